@@ -1,0 +1,3 @@
+from archbench.cli import main
+
+main()

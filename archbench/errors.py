@@ -1,0 +1,13 @@
+"""The one exception type for failures a user can cause and fix (bad name, missing data, ...).
+
+The CLI prints its message as a single line and exits with ``exit_code``; anything else is a bug and
+keeps its traceback.
+"""
+
+
+class ArchbenchError(Exception):
+    exit_code = 2
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.message = message

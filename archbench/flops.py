@@ -1,0 +1,43 @@
+"""Parameter and FLOP counts. FLOPs are fvcore's: one fused multiply-add counts as one flop."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+
+import torch
+from torch import nn
+
+log = logging.getLogger("archbench")
+_reported_unsupported: set[str] = set()
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def count_gflops(model: nn.Module, image_size: int) -> float:
+    """fvcore GFLOPs (1e9 multiply-adds) of one 1x3xSxS image, counted in eval mode.
+
+    fvcore leaves some ops uncounted (max-pool, the residual add): their names are logged once per
+    process rather than warned about on every call.
+    """
+    param = next(model.parameters())
+    x = torch.zeros(1, 3, image_size, image_size, device=param.device, dtype=param.dtype)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            # fvcore traces with torch.jit, which recent PyTorch marks as deprecated; nothing to act on.
+            warnings.filterwarnings("ignore", message=r".*torch\.jit\..* is deprecated", category=FutureWarning)
+            from fvcore.nn import FlopCountAnalysis
+
+            analysis = FlopCountAnalysis(model, x).unsupported_ops_warnings(False).uncalled_modules_warnings(False)
+            total = analysis.total()
+    finally:
+        model.train(was_training)
+    new = set(analysis.unsupported_ops()) - _reported_unsupported
+    if new:
+        _reported_unsupported.update(new)
+        log.warning("fvcore does not count these ops (FLOPs exclude them): %s", ", ".join(sorted(new)))
+    return total / 1e9
