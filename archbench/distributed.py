@@ -1,0 +1,128 @@
+"""The process group, when archbench runs under torchrun; a single-process stand-in otherwise.
+
+Under `torchrun --nproc-per-node N -m archbench run ...` every rank trains the same model with
+DistributedDataParallel: NCCL on GPUs, gloo on CPU. Only rank 0 writes run records and draws progress.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+import torch.distributed.nn.functional as dist_fn
+from torch import nn
+
+from archbench.errors import ArchbenchError
+
+# A rank that fails takes the others down within this time instead of leaving them hanging.
+TIMEOUT = dt.timedelta(seconds=int(os.environ.get("ARCHBENCH_DIST_TIMEOUT", "600")))
+
+
+@dataclass
+class Dist:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def all_reduce_sum(self, t: torch.Tensor) -> torch.Tensor:
+        """In place, and returned: the sum of `t` over ranks."""
+        if self.enabled:
+            dist.all_reduce(t, op=dist.ReduceOp.SUM)
+        return t
+
+    def all_reduce_min(self, t: torch.Tensor) -> torch.Tensor:
+        if self.enabled:
+            dist.all_reduce(t, op=dist.ReduceOp.MIN)
+        return t
+
+    def broadcast(self, obj):
+        """rank 0's `obj`, on every rank."""
+        if not self.enabled:
+            return obj
+        box = [obj]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def all_gather(self, obj) -> list:
+        if not self.enabled:
+            return [obj]
+        out = [None] * self.world_size
+        dist.all_gather_object(out, obj)
+        return out
+
+    def barrier(self) -> None:
+        if self.enabled:
+            dist.barrier()
+
+
+def from_environment(device: str) -> Dist:
+    """Join the process group torchrun describes in the environment (WORLD_SIZE > 1), else run alone."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size <= 1:
+        return Dist()
+    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    if not dist.is_initialized():
+        use_cuda = device != "cpu" and torch.cuda.is_available()
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            raise ArchbenchError(f"--device {device} was asked for but no CUDA device is available.")
+        if use_cuda:
+            torch.cuda.set_device(local_rank)
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo", timeout=TIMEOUT)
+    return Dist(rank=rank, world_size=world_size, local_rank=local_rank)
+
+
+class GlooSyncBatchNorm(nn.BatchNorm2d):
+    """BatchNorm2d with batch statistics over all ranks, for CPU (gloo) process groups.
+
+    torch.nn.SyncBatchNorm runs on GPUs only. This computes the same thing in plain autograd: per-channel
+    sums, sums of squares and counts go through one differentiable all-reduce (its backward is the
+    all-reduce of the gradients), so the backward pass is synchronised as well.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not (self.training and dist.is_initialized() and dist.get_world_size() > 1):
+            return super().forward(x)
+        channels = x.shape[1]
+        count = x.new_tensor([x.numel() / channels])
+        stats = dist_fn.all_reduce(torch.cat([x.sum((0, 2, 3)), (x * x).sum((0, 2, 3)), count]))
+        n = stats[-1]
+        mean = stats[:channels] / n
+        var = stats[channels: 2 * channels] / n - mean * mean
+        with torch.no_grad():
+            self.num_batches_tracked += 1
+            m = self.momentum
+            self.running_mean.mul_(1 - m).add_(mean, alpha=m)
+            self.running_var.mul_(1 - m).add_(var * n / (n - 1), alpha=m)
+        scale = self.weight * torch.rsqrt(var + self.eps)
+        return x * scale[:, None, None] + (self.bias - mean * scale)[:, None, None]
+
+
+def convert_sync_batchnorm(model: nn.Module, device: torch.device) -> nn.Module:
+    """Every BatchNorm2d synchronised across ranks: PyTorch's SyncBatchNorm on GPUs, gloo's above on CPU."""
+    if device.type != "cpu":
+        return nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    for name, child in model.named_children():
+        if type(child) is nn.BatchNorm2d:
+            synced = GlooSyncBatchNorm(child.num_features, child.eps, child.momentum, child.affine,
+                                       child.track_running_stats)
+            synced.load_state_dict(child.state_dict())
+            setattr(model, name, synced)
+        else:
+            convert_sync_batchnorm(child, device)
+    return model
+
+
+def shutdown() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()

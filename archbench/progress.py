@@ -1,0 +1,111 @@
+"""How a training run shows itself: Rich progress bars, plain log lines (`--quiet`), or nothing.
+
+The training loop calls the same four methods whichever is in use; reading a value for display is a
+host-device sync, so the loop calls `step` only every few steps.
+"""
+
+from __future__ import annotations
+
+import time
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+
+def epoch_line(label: str, row: dict, epochs: int) -> str:
+    return (
+        f"{label} epoch {row['epoch']}/{epochs}: train loss {row['train_loss']:.4f} acc {100 * row['train_acc']:.2f}% | "
+        f"test loss {row['test_loss']:.4f} acc {100 * row['test_acc']:.2f}% | lr {row['lr']:.4g} | "
+        f"{row['train_images_per_s']:.0f} img/s | {row['epoch_seconds']:.1f}s"
+    )
+
+
+def finish_line(label: str, summary: dict) -> str:
+    status = summary["status"]
+    if status == "diverged":
+        return f"{label}: [red]diverged[/] at step {summary['diverged_at_step']} (non-finite loss)"
+    best = summary["best_test_acc"]
+    best_text = f"best test acc {100 * best:.2f}% (epoch {summary['best_epoch']})" if best is not None else "no epoch finished"
+    return f"{label}: {status}, {best_text}, {summary['wall_seconds']:.0f}s"
+
+
+class Silent:
+    """For ranks other than 0 under torchrun."""
+
+    def start(self, label: str, epochs: int, steps_per_epoch: int, done_steps: int) -> None: ...
+
+    def step(self, advance: int, epoch: int, loss: float, acc: float, images_per_s: float) -> None: ...
+
+    def epoch(self, label: str, row: dict) -> None: ...
+
+    def finish(self, label: str, summary: dict) -> None: ...
+
+    def skip(self, label: str, summary: dict) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class LogLines(Silent):
+    """`--quiet`: one line per epoch and per finished run, for logs and batch jobs."""
+
+    def __init__(self, console: Console):
+        self.console, self.epochs = console, 0
+
+    def start(self, label, epochs, steps_per_epoch, done_steps):
+        self.epochs = epochs
+        resumed = f" (resuming after step {done_steps})" if done_steps else ""
+        self.console.print(f"{label}: {epochs} epochs x {steps_per_epoch} steps{resumed}", highlight=False)
+
+    def epoch(self, label, row):
+        self.console.print(epoch_line(label, row, self.epochs), highlight=False)
+
+    def finish(self, label, summary):
+        self.console.print(finish_line(label, summary), highlight=False)
+
+    def skip(self, label, summary):
+        self.console.print(f"{label}: already recorded as {summary['run_id']} ({summary['status']}); --fresh runs it again",
+                           highlight=False)
+
+
+class Bars(LogLines):
+    """One bar per model over all its steps, with loss, accuracy, images/s and ETA."""
+
+    def __init__(self, console: Console):
+        super().__init__(console)
+        self.progress = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("ep {task.fields[epoch]}"),
+            TextColumn("loss {task.fields[loss]:.3f} acc {task.fields[acc]:5.1f}%"),
+            TextColumn("{task.fields[ips]:.0f} img/s"),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=console,
+        )
+        self.progress.start()
+        self.task = None
+        self.started = time.perf_counter()
+
+    def start(self, label, epochs, steps_per_epoch, done_steps):
+        self.epochs = epochs
+        self.task = self.progress.add_task(
+            label, total=epochs * steps_per_epoch, completed=done_steps, epoch=done_steps // max(steps_per_epoch, 1) + 1,
+            loss=float("nan"), acc=0.0, ips=0.0,
+        )
+
+    def step(self, advance, epoch, loss, acc, images_per_s):
+        self.progress.update(self.task, advance=advance, epoch=epoch, loss=loss, acc=100 * acc, ips=images_per_s)
+
+    def epoch(self, label, row):
+        self.progress.console.print(epoch_line(label, row, self.epochs), highlight=False)
+
+    def finish(self, label, summary):
+        self.progress.console.print(finish_line(label, summary), highlight=False)
+
+    def skip(self, label, summary):
+        self.console = self.progress.console
+        super().skip(label, summary)
+
+    def close(self):
+        self.progress.stop()
