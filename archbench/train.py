@@ -519,16 +519,18 @@ def run_models(request: RunRequest, console: Console | None = None) -> list[dict
 
 
 def results_table(results: list[dict]) -> Table:
-    """The closing comparison: one row per run, accuracies in percent, epochs to each threshold."""
+    """The closing comparison: one row per run, final accuracies, epochs to each threshold."""
     thresholds = list(results[0]["epochs_to_threshold"]) if results else []
-    table = Table(title="archbench run", caption="ep≥t: first epoch with test accuracy ≥ t (— never)", box=box.SIMPLE)
-    for column in ("model", "status", "train", "test", "best", *(f"ep≥{t}" for t in thresholds), "img/s", "time"):
-        table.add_column(column, justify="left" if column in ("model", "status") else "right")
+    table = Table(title="archbench run", box=box.SIMPLE,
+                  caption="final accuracies; ≥t: first epoch with test accuracy ≥ t (— never)")
+    table.add_column("model", no_wrap=True)
+    table.add_column("status", no_wrap=True)
+    for column in ("train", "test", *(f"≥{t}" for t in thresholds), "img/s", "time"):
+        table.add_column(column, justify="right", no_wrap=True)
     pct = lambda v: "—" if v is None else f"{100 * v:.1f}%"  # noqa: E731
     for s in results:
         table.add_row(
-            f"{s['model']} s{s['seed']}", s["status"],
-            pct(s["final_train_acc"]), pct(s["final_test_acc"]), pct(s["best_test_acc"]),
+            f"{s['model']} s{s['seed']}", s["status"], pct(s["final_train_acc"]), pct(s["final_test_acc"]),
             *(str(e) if (e := s["epochs_to_threshold"].get(t)) is not None else "—" for t in thresholds),
             "—" if s["mean_train_images_per_s"] is None else f"{s['mean_train_images_per_s']:.0f}",
             f"{s['wall_seconds']:.0f}s",
