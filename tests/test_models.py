@@ -10,7 +10,7 @@ from archbench.models import resnet
 from archbench.models.resnet import BasicBlock
 from archbench.registry import build_model
 
-# /work/shared/REFERENCES.md: parameters at 200 classes and fvcore GFLOPs at 64x64 (eval mode), measured
+# shared/REFERENCES.md: parameters at 200 classes and fvcore GFLOPs at 64x64 (eval mode), measured
 # there with torchvision 0.29.1 and fvcore 0.1.5. (The 224 column: test_registry.py, through catalogue().)
 REFERENCE = {
     "resnet18": (11_279_112, 0.1486),

@@ -109,12 +109,23 @@ def test_rerunning_skips_a_recorded_run_and_fresh_starts_another(tiny_registry, 
 
 
 def test_divergence_is_recorded_and_the_next_model_still_runs(tiny_registry, tiny_data, tmp_path):
-    diverged, completed = run_models(request(tiny_registry, tiny_data, tmp_path, models=("tiny_vgg", "tiny_resnet"), lr=1e6))
+    diverged, completed = run_models(request(tiny_registry, tiny_data, tmp_path, models=("tiny_vgg", "tiny_resnet"), lr=1e6,
+                                             clip_grad_norm=0))
     assert diverged["status"] == "diverged" and diverged["model"] == "tiny_vgg"
     assert 0 <= diverged["diverged_at_step"] < 2 * 6
     assert completed["model"] == "tiny_resnet" and completed["run_id"] != diverged["run_id"]
     (run,) = run_dirs(tmp_path, "tiny_vgg")
     assert json.loads((run / "summary.json").read_text())["status"] == "diverged"
+
+
+def test_gradient_clipping_bounds_the_step(tiny_registry, tiny_data, tmp_path):
+    # lr 1e3 diverges unclipped; clipped to 1e-9 every gradient step is tiny (weight decay, applied by
+    # SGD after clipping, then only shrinks the weights by half a step's worth: lr x wd = 0.5).
+    runs = {clip: run_models(request(tiny_registry, tiny_data, tmp_path / str(clip), models=("tiny_vgg",), lr=1e3,
+                                     clip_grad_norm=clip))[0]["status"] for clip in (0, 1e-9)}
+    assert runs == {0: "diverged", 1e-9: "completed"}
+    (run,) = run_dirs(tmp_path / "1e-09", "tiny_vgg")
+    assert json.loads((run / "config.json").read_text())["recipe"]["clip_grad_norm"] == 1e-9
 
 
 def test_registry_lr_scale_is_applied_and_recorded(tiny_registry, tiny_data, tmp_path):
