@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
@@ -132,11 +133,12 @@ def run_bench(request: BenchRequest, console: Console | None = None) -> list[dic
     table = Table(
         title=f"archbench bench: {info['device_name']}, torch {info['torch']}, "
         f"S={request.image_size}, batch {request.batch_size}, compile={'on' if request.compile else 'off'}",
-        caption=f"images/s, median of {ROUNDS} interleaved rounds of {request.steps} steps; "
-        "ratio = end-to-end / model-only (the input pipeline's efficiency)",
+        caption=f"images/s, median of {ROUNDS} interleaved rounds of {request.steps} steps; model: a fixed batch on the "
+        "device; e2e: fed by the input pipeline; ratio = e2e / model (the pipeline's efficiency)",
+        box=box.SIMPLE,
     )
-    for column in ("model", "precision", "train model-only", "train end-to-end", "train ratio",
-                   "infer model-only", "infer end-to-end", "infer ratio"):
+    for column in ("model", "precision", "train\nmodel", "train\ne2e", "train\nratio", "infer\nmodel", "infer\ne2e",
+                   "infer\nratio"):
         table.add_column(column, justify="left" if column in ("model", "precision") else "right")
     for r in rows:
         fmt = f"{r['precision']}{' +CL' if r['channels_last'] else ''}"

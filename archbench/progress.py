@@ -54,17 +54,17 @@ class LogLines(Silent):
     def start(self, label, epochs, steps_per_epoch, done_steps):
         self.epochs = epochs
         resumed = f" (resuming after step {done_steps})" if done_steps else ""
-        self.console.print(f"{label}: {epochs} epochs x {steps_per_epoch} steps{resumed}", highlight=False)
+        self.console.print(f"{label}: {epochs} epochs x {steps_per_epoch} steps{resumed}", highlight=False, soft_wrap=True)
 
     def epoch(self, label, row):
-        self.console.print(epoch_line(label, row, self.epochs), highlight=False)
+        self.console.print(epoch_line(label, row, self.epochs), highlight=False, soft_wrap=True)
 
     def finish(self, label, summary):
-        self.console.print(finish_line(label, summary), highlight=False)
+        self.console.print(finish_line(label, summary), highlight=False, soft_wrap=True)
 
     def skip(self, label, summary):
         self.console.print(f"{label}: already recorded as {summary['run_id']} ({summary['status']}); --fresh runs it again",
-                           highlight=False)
+                           highlight=False, soft_wrap=True)
 
 
 class Bars(LogLines):
@@ -98,10 +98,10 @@ class Bars(LogLines):
         self.progress.update(self.task, advance=advance, epoch=epoch, loss=loss, acc=100 * acc, ips=images_per_s)
 
     def epoch(self, label, row):
-        self.progress.console.print(epoch_line(label, row, self.epochs), highlight=False)
+        self.progress.console.print(epoch_line(label, row, self.epochs), highlight=False, soft_wrap=True)
 
     def finish(self, label, summary):
-        self.progress.console.print(finish_line(label, summary), highlight=False)
+        self.progress.console.print(finish_line(label, summary), highlight=False, soft_wrap=True)
 
     def skip(self, label, summary):
         self.console = self.progress.console

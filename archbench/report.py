@@ -162,6 +162,7 @@ def _read_run(run_dir: Path) -> dict:
         "lr_source": cfg("recipe", "lr_source"),
         "lr_scale": entry.get("lr_scale"),
         "schedule": cfg("recipe", "schedule"),
+        "clip_grad_norm": cfg("recipe").get("clip_grad_norm"),
         "image_size": int(cfg("image_size")),
         "thresholds": tuple(thresholds),
         "gradnorm_steps": cfg("gradnorm_steps"),
@@ -441,12 +442,14 @@ def provenance_section(runs: pd.DataFrame) -> str:
             "lr source": ", ".join(_unique(group["lr_source"])),
             "registry lr_scale": ", ".join(f"{s:g}" for s in sorted(set(_finite(group["lr_scale"])))) or DASH,
             "schedule": ", ".join(_unique(group["schedule"])),
+            "grad clip": ", ".join(f"{c:g}" for c in sorted(set(_finite(group["clip_grad_norm"])))) or DASH,
         })
     return "\n\n".join([
         "## 1. Provenance",
         _md(pd.DataFrame(rows, columns=["", "value"])),
         "Training recipe per model (\"lr source\" says whether the learning rate is the preset's, the preset's "
-        "times the registry entry's `lr_scale`, or set with `--lr`):",
+        "times the registry entry's `lr_scale`, or set with `--lr`; \"grad clip\" is the global gradient-norm "
+        "bound, — where none):",
         _md(pd.DataFrame(recipe)),
     ])
 
@@ -861,11 +864,15 @@ def _gradient_sentences(early: pd.DataFrame, counted: pd.DataFrame) -> list[str]
         r_with, r_without = means[with_], means[without]
         if not (np.isfinite(r_with) and np.isfinite(r_without)) or r_with <= 0 or r_without <= 0:
             continue
-        evener = abs(math.log(r_with)) < abs(math.log(r_without))
+        # The claim is about the first layers' share of the gradient: larger with the feature supports it.
+        claim = f"the claim that {feature} {verb} early gradients alive"
         text = (f"With {feature}, {with_}'s first layer gets {r_with:.3g}x its last layer's gradient norm, against "
-                f"{r_without:.3g}x for {without}: gradients are {'more' if evener else 'less'} even across depth "
-                f"with {feature}, {'in line with' if evener else 'against'} the claim that {feature} {verb} early "
-                "gradients alive")
+                f"{r_without:.3g}x for {without}: ")
+        if r_with > r_without:
+            text += f"the first layer's share is larger with {feature}, in line with {claim}"
+        else:
+            text += (f"the first layer's share is smaller with {feature}, so these runs show no fading of early "
+                     f"gradients without {feature}, against {claim}")
         text += _gap_hedge(r_with - r_without, per_model[with_], per_model[without], "", ".3g")
         out.append(text + ".")
     return out

@@ -33,6 +33,8 @@ from archbench.provenance import provenance, utc_now
 from archbench.registry import Entry, build_model, get_entry
 
 LOG_EVERY = 25  # steps between progress reads (each is one host-device sync)
+METRICS_COLUMNS = ["epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr", "epoch_seconds",
+                   "train_images_per_s", "train_samples"]
 
 
 @dataclass(frozen=True)
@@ -382,7 +384,7 @@ def train_one(request: RunRequest, entry: Entry, seed: int, data, device: torch.
         }
         if dist.is_main:
             norms = gradnorms[: min(gradnorm_steps, steps_done)].cpu().tolist()
-            runs.write_csv(run_path / "metrics.csv", list(history[0]) if history else ["epoch"], history)
+            runs.write_csv(run_path / "metrics.csv", METRICS_COLUMNS, history)
             runs.write_csv(
                 run_path / "gradnorms.csv", ["step", "layer", "depth", "kind", "grad_norm"],
                 [

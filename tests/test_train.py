@@ -116,6 +116,7 @@ def test_divergence_is_recorded_and_the_next_model_still_runs(tiny_registry, tin
     assert completed["model"] == "tiny_resnet" and completed["run_id"] != diverged["run_id"]
     (run,) = run_dirs(tmp_path, "tiny_vgg")
     assert json.loads((run / "summary.json").read_text())["status"] == "diverged"
+    assert (run / "metrics.csv").read_text().startswith("epoch,train_loss,train_acc,test_loss,test_acc,lr,")
 
 
 def test_gradient_clipping_bounds_the_step(tiny_registry, tiny_data, tmp_path):
