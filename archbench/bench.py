@@ -10,7 +10,6 @@ end-to-end / model-only is the input pipeline's efficiency: 1.0 means it costs n
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import json
 import statistics
@@ -27,7 +26,7 @@ from rich.table import Table
 from archbench import distributed
 from archbench.provenance import provenance
 from archbench.registry import build_model, get_entry
-from archbench.train import PRECISIONS, resolve_device, resolve_precision
+from archbench.train import autocast_factory, resolve_device, resolve_precision
 
 ROUNDS = 3
 WARMUP_STEPS = 3
@@ -72,7 +71,7 @@ def bench_model(name: str, request: BenchRequest, data, device: torch.device) ->
     from archbench.data.loader import DeviceLoader
 
     precision = resolve_precision(request.precision, device)
-    dtype = PRECISIONS[precision]
+    autocast = autocast_factory(device, precision)
     channels_last = request.channels_last if request.channels_last is not None else device.type == "cuda"
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     torch.manual_seed(0)
@@ -80,9 +79,6 @@ def bench_model(name: str, request: BenchRequest, data, device: torch.device) ->
     model = model.to(device, memory_format=memory_format)
     forward = torch.compile(model) if request.compile else model
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
-
-    def autocast():
-        return torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
 
     def train_step(batch):
         x, y = batch
@@ -96,20 +92,22 @@ def bench_model(name: str, request: BenchRequest, data, device: torch.device) ->
         with torch.inference_mode(), autocast():
             forward(batch[0])
 
-    def loader_batches(train: bool):
-        loader = DeviceLoader(
-            data.train_images, data.train_labels, batch_size=request.batch_size, image_size=request.image_size,
-            train=train, device=device, seed=0, channels_last=channels_last,
-        )
+    loader = DeviceLoader(  # the split is uploaded once; `train` switches augmentation on and off
+        data.train_images, data.train_labels, batch_size=request.batch_size, image_size=request.image_size,
+        train=True, device=device, seed=0, channels_last=channels_last,
+    )
+
+    def loader_batches():
         for epoch in itertools.count():
             loader.set_epoch(epoch)
             yield from loader
 
-    fixed = next(loader_batches(train=True))
+    fixed = next(loader_batches())
     results = {}
     for mode, step in (("train", train_step), ("inference", infer_step)):
         model.train(mode == "train")
-        streams = {"model_only": itertools.repeat(fixed), "end_to_end": loader_batches(train=mode == "train")}
+        loader.train = mode == "train"
+        streams = {"model_only": itertools.repeat(fixed), "end_to_end": loader_batches()}
         samples = {kind: [] for kind in streams}
         for _ in range(ROUNDS):
             for kind, batches in streams.items():
@@ -126,6 +124,7 @@ def run_bench(request: BenchRequest, console: Console | None = None) -> list[dic
     for name in request.models:
         get_entry(name, registry=request.registry)  # unknown names fail before anything runs
     device = resolve_device(request.device, distributed.Dist())
+    torch.backends.cudnn.benchmark = True  # as in training
     data = resolve(request.data, console=console)
     rows = [bench_model(name, request, data, device) for name in request.models]
 

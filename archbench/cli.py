@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from archbench.errors import ArchbenchError
+from archbench.errors import DIVERGED_EXIT, ArchbenchError
 
 app = typer.Typer(
     help="Compare ResNet-18, plain-18 and VGG11/16 (with and without BN) under one training loop.",
@@ -84,16 +84,16 @@ def run(
     models: Annotated[list[str], typer.Argument(help="Registry names, e.g. resnet18 vgg16_bn.", show_default=False)],
     data: Annotated[Optional[str], typer.Option(help="Prepared data folder (see `archbench data prepare`) or 'synthetic'. Default: the preset's.", show_default=False)] = None,
     preset: Annotated[str, typer.Option(help="Recipe preset: 'paper' (Tiny-ImageNet at 224) or 'smoke'.")] = "paper",
-    epochs: Annotated[Optional[int], typer.Option(help="Override the preset's epochs.", show_default=False)] = None,
-    batch_size: Annotated[Optional[int], typer.Option(help="Per-process batch size (overrides the preset).", show_default=False)] = None,
+    epochs: Annotated[Optional[int], typer.Option(min=1, help="Override the preset's epochs.", show_default=False)] = None,
+    batch_size: Annotated[Optional[int], typer.Option(min=1, help="Per-process batch size (overrides the preset; the preset's lr scales linearly with the global batch).", show_default=False)] = None,
     lr: Annotated[Optional[float], typer.Option(help="Learning rate for every model (overrides preset and registry).", show_default=False)] = None,
-    clip_grad_norm: Annotated[Optional[float], typer.Option(help="Clip the global gradient norm (0: off; default: the preset's).", show_default=False)] = None,
-    image_size: Annotated[Optional[int], typer.Option(help="Training crop size S (images upscaled to S*256/224 first).", show_default=False)] = None,
+    clip_grad_norm: Annotated[Optional[float], typer.Option(min=0, help="Clip the global gradient norm (0: off; default: the preset's).", show_default=False)] = None,
+    image_size: Annotated[Optional[int], typer.Option(min=16, help="Training crop size S (images upscaled to S*256/224 first).", show_default=False)] = None,
     seeds: Annotated[Optional[list[int]], typer.Option("--seed", help="Seed; repeat for several runs per model.", show_default=False)] = None,
-    thresholds: Annotated[Optional[list[float]], typer.Option("--threshold", help="Test-accuracy threshold (fraction); repeatable.", show_default=False)] = None,
-    gradnorm_steps: Annotated[Optional[int], typer.Option(help="Record per-layer gradient norms for this many first steps.", show_default=False)] = None,
+    thresholds: Annotated[Optional[list[float]], typer.Option("--threshold", min=0, max=1, help="Test-accuracy threshold, a fraction in (0, 1]; repeatable.", show_default=False)] = None,
+    gradnorm_steps: Annotated[Optional[int], typer.Option(min=0, help="Record per-layer gradient norms for this many first steps.", show_default=False)] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
-    precision: Annotated[str, typer.Option(help="auto (bf16 where supported), fp32 or bf16.")] = "auto",
+    precision: Annotated[str, typer.Option(help="auto (bf16 where supported), fp32, bf16 or fp16.")] = "auto",
     compile: Annotated[bool, typer.Option("--compile/--no-compile", help="torch.compile the model.")] = False,
     channels_last: Annotated[Optional[bool], typer.Option("--channels-last/--no-channels-last", help="Default: on for CUDA.", show_default=False)] = None,
     deterministic: Annotated[bool, typer.Option(help="Deterministic algorithms (bit-exact resume on CPU).")] = False,
@@ -135,7 +135,7 @@ def run(
     )
     results = run_models(request, console=console)
     if any(r["status"] != "completed" for r in results):
-        raise typer.Exit(1)
+        raise typer.Exit(DIVERGED_EXIT)
 
 
 @app.command()
@@ -143,10 +143,10 @@ def run(
 def bench(
     models: Annotated[list[str], typer.Argument(help="Registry names.", show_default=False)],
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
-    image_size: Annotated[int, typer.Option(help="Input size S.")] = 224,
-    batch_size: Annotated[int, typer.Option(help="Batch size.")] = 64,
-    steps: Annotated[int, typer.Option(help="Timed steps per measurement (after warm-up).")] = 20,
-    precision: Annotated[str, typer.Option(help="auto, fp32 or bf16.")] = "auto",
+    image_size: Annotated[int, typer.Option(min=16, help="Input size S.")] = 224,
+    batch_size: Annotated[int, typer.Option(min=1, help="Batch size.")] = 64,
+    steps: Annotated[int, typer.Option(min=1, help="Timed steps per measurement (after warm-up).")] = 20,
+    precision: Annotated[str, typer.Option(help="auto, fp32, bf16 or fp16.")] = "auto",
     channels_last: Annotated[Optional[bool], typer.Option("--channels-last/--no-channels-last", help="Default: on for CUDA.", show_default=False)] = None,
     compile: Annotated[bool, typer.Option("--compile/--no-compile", help="torch.compile the model.")] = False,
     num_classes: Annotated[int, typer.Option(help="Output classes.")] = 200,

@@ -61,6 +61,12 @@ class Dist:
         dist.all_gather_object(out, obj)
         return out
 
+    def broadcast_buffers(self, model: torch.nn.Module) -> None:
+        """Rank 0's buffers (BN running statistics) on every rank."""
+        if self.enabled:
+            for buffer in model.buffers():
+                dist.broadcast(buffer, src=0)
+
     def barrier(self) -> None:
         if self.enabled:
             dist.barrier()
@@ -94,18 +100,19 @@ class GlooSyncBatchNorm(nn.BatchNorm2d):
         if not (self.training and dist.is_initialized() and dist.get_world_size() > 1):
             return super().forward(x)
         channels = x.shape[1]
-        count = x.new_tensor([x.numel() / channels])
-        stats = dist_fn.all_reduce(torch.cat([x.sum((0, 2, 3)), (x * x).sum((0, 2, 3)), count]))
+        xf = x.float()  # statistics in fp32, also under autocast
+        count = xf.new_tensor([x.numel() / channels])
+        stats = dist_fn.all_reduce(torch.cat([xf.sum((0, 2, 3)), (xf * xf).sum((0, 2, 3)), count]))
         n = stats[-1]
         mean = stats[:channels] / n
-        var = stats[channels: 2 * channels] / n - mean * mean
+        var = (stats[channels: 2 * channels] / n - mean * mean).clamp(min=0)
         with torch.no_grad():
             self.num_batches_tracked += 1
             m = self.momentum
             self.running_mean.mul_(1 - m).add_(mean, alpha=m)
             self.running_var.mul_(1 - m).add_(var * n / (n - 1), alpha=m)
         scale = self.weight * torch.rsqrt(var + self.eps)
-        return x * scale[:, None, None] + (self.bias - mean * scale)[:, None, None]
+        return (xf * scale[:, None, None] + (self.bias - mean * scale)[:, None, None]).to(x.dtype)
 
 
 def convert_sync_batchnorm(model: nn.Module, device: torch.device) -> nn.Module:

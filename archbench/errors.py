@@ -5,6 +5,9 @@ keeps its traceback.
 """
 
 
+DIVERGED_EXIT = 3  # `archbench run`'s exit code when every run was recorded but at least one diverged
+
+
 class ArchbenchError(Exception):
     exit_code = 2
 

@@ -22,7 +22,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from archbench import runs
-from archbench.errors import ArchbenchError
+from archbench.errors import DIVERGED_EXIT, ArchbenchError
+from archbench.provenance import utc_now
 
 EPOCH_LINE = re.compile(r" epoch (\d+)/(\d+):")
 # RunRequest fields that are not passed through to a child as they are.
@@ -30,11 +31,17 @@ NOT_PASSED = {"models", "seeds", "gpus", "device", "quiet"}
 
 
 def gpu_slot(gpu: str) -> tuple[dict[str, str], str]:
-    """The environment and `--device` for a child on GPU `gpu` (the one place a CUDA device is chosen)."""
+    """The environment and `--device` for a child on GPU `gpu` (the one place a CUDA device is chosen).
+
+    `gpu` indexes the GPUs this process sees, so under a scheduler that set CUDA_VISIBLE_DEVICES=4,5,
+    `--gpus 0,1` means physical GPUs 4 and 5.
+    """
     count = torch.cuda.device_count()
     if not gpu.isdigit() or int(gpu) >= count:
         raise ArchbenchError(f"--gpus names GPU '{gpu}' but this machine has {count} visible CUDA device(s).")
-    return {"CUDA_VISIBLE_DEVICES": gpu}, "cuda"
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    physical = visible.split(",")[int(gpu)].strip() if visible else gpu
+    return {"CUDA_VISIBLE_DEVICES": physical}, "cuda"
 
 
 def child_args(request, model: str, seed: int, device: str) -> list[str]:
@@ -59,13 +66,15 @@ def child_args(request, model: str, seed: int, device: str) -> list[str]:
     return args
 
 
-def _newest_summary(out: Path, model: str, seed: int) -> dict | None:
+def _newest_summary(out: Path, model: str, seed: int, since: str) -> dict | None:
+    """The summary of this sweep's job for (model, seed): one finished at or after `since`, else (the
+    job found its run already recorded and skipped it) the newest one."""
     found = []
     for summary in (out / model).glob("*/summary.json"):
-        config = runs.read_json(summary.parent / "config.json")
-        if config.get("seed") == seed:
+        if runs.read_json(summary.parent / "config.json").get("seed") == seed:
             found.append(runs.read_json(summary))
-    return max(found, key=lambda s: s["finished_at"], default=None)
+    fresh = [s for s in found if s.get("finished_at", "") >= since]
+    return max(fresh or found, key=lambda s: s["finished_at"], default=None)
 
 
 def run_on_gpus(request, console: Console) -> list[dict]:
@@ -73,6 +82,9 @@ def run_on_gpus(request, console: Console) -> list[dict]:
     gpus = [g.strip() for g in request.gpus.split(",") if g.strip()]
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise ArchbenchError("--gpus starts its own processes; use it without torchrun.")
+    if len(set(gpus)) != len(gpus):
+        raise ArchbenchError(f"--gpus {request.gpus} names a GPU twice; give each GPU once.")
+    since = utc_now()
     slots = {gpu: gpu_slot(gpu) for gpu in gpus}
     jobs: queue.Queue = queue.Queue()
     for model in request.models:
@@ -101,7 +113,7 @@ def run_on_gpus(request, console: Console) -> list[dict]:
                     progress.console.print(f"[dim]gpu {gpu}[/] {line}", highlight=False)
             code = proc.wait()
             progress.update(task, state="done" if code == 0 else f"[red]exit {code}")
-            if code not in (0, 1):  # 1: the run diverged, which its record says
+            if code not in (0, DIVERGED_EXIT):  # a divergence is a result, which its record says
                 failures.append(f"{model} s{seed} on gpu {gpu} (exit {code})")
 
     threads = [threading.Thread(target=worker, args=(gpu,), daemon=True) for gpu in gpus]
@@ -111,7 +123,7 @@ def run_on_gpus(request, console: Console) -> list[dict]:
         for t in threads:
             t.join()
     results = [s for model in request.models for seed in request.seeds
-               if (s := _newest_summary(request.out, model, seed)) is not None]
+               if (s := _newest_summary(request.out, model, seed, since)) is not None]
     if failures:
         raise ArchbenchError(f"{len(failures)} job(s) failed: {'; '.join(failures)}; their output is above.")
     from archbench.train import results_table

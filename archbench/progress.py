@@ -6,8 +6,6 @@ host-device sync, so the loop calls `step` only every few steps.
 
 from __future__ import annotations
 
-import time
-
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
@@ -85,7 +83,6 @@ class Bars(LogLines):
         )
         self.progress.start()
         self.task = None
-        self.started = time.perf_counter()
 
     def start(self, label, epochs, steps_per_epoch, done_steps):
         self.epochs = epochs
@@ -102,10 +99,6 @@ class Bars(LogLines):
 
     def finish(self, label, summary):
         self.progress.console.print(finish_line(label, summary), highlight=False, soft_wrap=True)
-
-    def skip(self, label, summary):
-        self.console = self.progress.console
-        super().skip(label, summary)
 
     def close(self):
         self.progress.stop()

@@ -26,13 +26,18 @@ from typing import Any
 
 import torch
 
+from archbench.errors import ArchbenchError
+
 CHECKPOINT = "checkpoint.pt"
 UNFINISHED = (None, "interrupted")
 
 
 def config_hash(config: dict) -> str:
-    """A stable hash of everything that determines a run's numbers (not where or when it ran)."""
+    """A stable hash of everything that determines a run's numbers (not where or when it ran, nor the
+    paths it read: the data fingerprint and the entry's builder and arguments identify those)."""
     keyed = {k: v for k, v in config.items() if k not in ("run_id", "provenance", "config_hash")}
+    keyed["data"] = {k: v for k, v in keyed.get("data", {}).items() if k not in ("root", "spec")}
+    keyed["entry"] = {k: v for k, v in keyed.get("entry", {}).items() if k != "path"}
     blob = json.dumps(keyed, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
 
@@ -74,7 +79,11 @@ def save_checkpoint(path: Path, state: dict) -> None:
 def load_checkpoint(path: Path) -> dict | None:
     if not path.exists():
         return None
-    return torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises several types for a damaged file
+        raise ArchbenchError(f"cannot read the checkpoint {path} ({type(e).__name__}); "
+                             "delete it or rerun with --fresh to start the run over.") from None
 
 
 @dataclass
@@ -87,13 +96,8 @@ class Run:
 
     path: Path
     run_id: str
-    resumed: bool = False
     status: str | None = None
     _lock_fd: int | None = None
-
-    @property
-    def checkpoint_path(self) -> Path:
-        return self.path / CHECKPOINT
 
     def close(self) -> None:
         if self._lock_fd is not None:
@@ -145,7 +149,7 @@ def open_run(out: Path, config: dict, fresh: bool = False) -> Run:
             if _status(run_dir) not in UNFINISHED:  # it finished while we looked
                 os.close(fd)
                 return Run(run_dir, run_dir.name, status=_status(run_dir))
-            return Run(run_dir, run_dir.name, resumed=True, _lock_fd=fd)
+            return Run(run_dir, run_dir.name, _lock_fd=fd)
     while True:
         stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
         run_id = f"{stamp}-s{config['seed']}-{digest[:6]}-{secrets.token_hex(2)}"

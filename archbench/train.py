@@ -11,6 +11,7 @@ the end of the epoch.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import os
 import random
@@ -149,8 +150,8 @@ def resolve_config(request: RunRequest, entry: Entry, seed: int, data, device: t
     preset = PRESETS[request.preset]
     recipe = replace(
         preset.recipe,
-        epochs=request.epochs or preset.recipe.epochs,
-        batch_size=request.batch_size or preset.recipe.batch_size,
+        epochs=preset.recipe.epochs if request.epochs is None else request.epochs,
+        batch_size=preset.recipe.batch_size if request.batch_size is None else request.batch_size,
     )
     if request.clip_grad_norm is not None:  # 0 turns the preset's clipping off
         recipe = replace(recipe, clip_grad_norm=request.clip_grad_norm or None)
@@ -160,9 +161,9 @@ def resolve_config(request: RunRequest, entry: Entry, seed: int, data, device: t
     else:
         # Linear scaling (Goyal et al. 2017) from the preset's batch to the global batch.
         lr = preset.recipe.lr * global_batch / preset.recipe.batch_size
-        lr_source = "preset"
+        lr_source = "preset" if global_batch == preset.recipe.batch_size else f"preset, scaled to batch {global_batch}"
         if entry.lr_scale is not None:
-            lr, lr_source = lr * entry.lr_scale, f"preset x registry lr_scale {entry.lr_scale:g}"
+            lr, lr_source = lr * entry.lr_scale, f"{lr_source} x registry lr_scale {entry.lr_scale:g}"
     precision = resolve_precision(request.precision, device)
     channels_last = request.channels_last if request.channels_last is not None else device.type == "cuda"
     return {
@@ -179,7 +180,7 @@ def resolve_config(request: RunRequest, entry: Entry, seed: int, data, device: t
         },
         "preset": request.preset,
         "recipe": {**asdict(recipe), "global_batch_size": global_batch, "lr": lr, "lr_source": lr_source},
-        "image_size": request.image_size or preset.image_size,
+        "image_size": preset.image_size if request.image_size is None else request.image_size,
         "seed": seed,
         "thresholds": sorted(request.thresholds or preset.thresholds),
         "gradnorm_steps": preset.gradnorm_steps if request.gradnorm_steps is None else request.gradnorm_steps,
@@ -200,6 +201,14 @@ def resolve_config(request: RunRequest, entry: Entry, seed: int, data, device: t
             "synthetic": data.synthetic,
         },
     }
+
+
+def autocast_factory(device: torch.device, precision: str):
+    """A no-argument callable that opens the autocast context of `precision` (a no-op for fp32)."""
+    dtype = PRECISIONS[precision]
+    if dtype is None:
+        return contextlib.nullcontext
+    return functools.partial(torch.autocast, device.type, dtype=dtype)
 
 
 def seed_everything(seed: int, deterministic: bool) -> None:
@@ -294,7 +303,7 @@ def train_one(request: RunRequest, entry: Entry, seed: int, data, device: torch.
     run_path, run_id, finished = dist.broadcast((str(run.path), run.run_id, run.status) if run else None)
     run_path = Path(run_path)
     if finished:
-        summary = runs.read_json(run_path / "summary.json")
+        summary = dist.broadcast(runs.read_json(run_path / "summary.json") if dist.is_main else None)
         reporter.skip(label, summary)
         return summary
 
@@ -331,13 +340,8 @@ def train_one(request: RunRequest, entry: Entry, seed: int, data, device: torch.
         weight_decay=recipe["weight_decay"], nesterov=recipe["nesterov"],
     )
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(recipe, steps_per_epoch))
-    dtype = PRECISIONS[config["precision"]]
-    scaler = torch.amp.GradScaler(device.type, enabled=dtype is torch.float16)
-
-    def autocast():
-        if dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(device.type, dtype=dtype)
+    autocast = autocast_factory(device, config["precision"])
+    scaler = torch.amp.GradScaler(device.type, enabled=config["precision"] == "fp16")
 
     forward = model
     if dist.enabled:
@@ -351,6 +355,10 @@ def train_one(request: RunRequest, entry: Entry, seed: int, data, device: torch.
     start_epoch, wall_before = 0, 0.0
 
     ckpt = runs.load_checkpoint(run_path / runs.CHECKPOINT)
+    resume_epochs = dist.all_gather(ckpt["epoch"] if ckpt is not None else 0)
+    if len(set(resume_epochs)) > 1:
+        raise ArchbenchError(f"ranks found different checkpoints in {run_path} (epochs {resume_epochs}): "
+                             "give every node the same --out folder on a shared filesystem.")
     if ckpt is not None:
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
@@ -408,8 +416,7 @@ def train_one(request: RunRequest, entry: Entry, seed: int, data, device: torch.
         train_loader.set_epoch(epoch)
         model.train()
         sums = torch.zeros(2, dtype=torch.float64, device=device)  # loss sum, correct
-        seen = shown = 0
-        lr = optimizer.param_groups[0]["lr"]
+        seen = seen_shown = shown = 0
         epoch_start = tick = time.perf_counter()
         for i, (x, y) in enumerate(train_loader):
             with autocast():
@@ -425,6 +432,7 @@ def train_one(request: RunRequest, entry: Entry, seed: int, data, device: torch.
                 nn.utils.clip_grad_norm_(model.parameters(), recipe["clip_grad_norm"], foreach=True)
             scaler.step(optimizer)
             scaler.update()
+            lr = optimizer.param_groups[0]["lr"]  # the rate this step used (a Python float: no sync)
             scheduler.step()
 
             loss = loss.detach()
@@ -442,15 +450,15 @@ def train_one(request: RunRequest, entry: Entry, seed: int, data, device: torch.
                 loss_sum, correct = sums.tolist()
                 now = time.perf_counter()
                 reporter.step(i + 1 - shown, epoch + 1, loss_sum / seen, correct / seen,
-                              (i + 1 - shown) * recipe["global_batch_size"] / max(now - tick, 1e-9))
-                shown, tick = i + 1, now
+                              (seen - seen_shown) * dist.world_size / max(now - tick, 1e-9))
+                shown, seen_shown, tick = i + 1, seen, now
         if diverged_at is not None:
             status = "diverged"
             break
         train_seconds = time.perf_counter() - epoch_start
 
-        train_counts = dist.all_reduce_sum(torch.stack([sums[0], sums[1], torch.tensor(float(seen), dtype=torch.float64, device=device)]))
-        loss_sum, correct, samples = train_counts.tolist()
+        loss_sum, correct, samples = dist.all_reduce_sum(torch.cat([sums, sums.new_tensor([seen])])).tolist()
+        dist.broadcast_buffers(model)  # every rank evaluates rank 0's BN statistics: the checkpointed model
         test_loss, test_acc = evaluate(model, test_loader, autocast, dist)
         history.append({
             "epoch": epoch + 1,

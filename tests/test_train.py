@@ -59,7 +59,7 @@ def test_a_run_writes_its_record(tiny_registry, tiny_data, tmp_path):
     config = json.loads((run / "config.json").read_text())
     assert config["seed"] == 3 and config["model"] == "tiny_resnet" and config["data"]["synthetic"] is True
     assert config["data"]["fingerprint"] and config["provenance"]["torch"] == torch.__version__
-    assert config["recipe"]["lr_source"] == "preset" and config["run_id"] == run.name
+    assert config["recipe"]["lr_source"] == "preset, scaled to batch 16" and config["run_id"] == run.name
 
     metrics = read_csv(run / "metrics.csv")
     assert [int(r["epoch"]) for r in metrics] == [1, 2]
@@ -174,7 +174,7 @@ def test_a_killed_run_resumes_and_matches_an_uninterrupted_one(tiny_registry, ti
     proc.wait()
     (run,) = run_dirs(out, "tiny_resnet")
     assert json.loads((run / "summary.json").read_text())["status"] == "interrupted"
-    killed_at = len(read_csv(run / "metrics.csv"))
+    killed_at = torch.load(run / "checkpoint.pt", weights_only=True)["epoch"]  # the record may be one ahead
     assert 1 <= killed_at < 4
 
     resumed = subprocess.run(_cli(tiny_registry, tiny_data, out), env=env, capture_output=True, text=True)
@@ -233,3 +233,29 @@ def test_bench_reports_model_only_and_end_to_end(tiny_registry, tiny_data, tmp_p
     for mode in ("train", "inference"):
         assert row[mode]["model_only"] > 0 and row[mode]["end_to_end"] > 0
         assert row[mode]["ratio"] == pytest.approx(row[mode]["end_to_end"] / row[mode]["model_only"])
+
+
+def test_the_same_data_by_another_path_is_the_same_run(tiny_registry, tiny_data, tmp_path, monkeypatch):
+    (first,) = run_models(request(tiny_registry, tiny_data, tmp_path / "runs", epochs=1))
+    monkeypatch.chdir(tiny_data.parent)
+    (again,) = run_models(request(tiny_registry, Path(tiny_data.name), tmp_path / "runs", epochs=1))
+    assert again["run_id"] == first["run_id"]  # recorded already: skipped, not trained again
+
+
+def test_a_damaged_checkpoint_is_one_line_pointing_at_fresh(tiny_registry, tiny_data, tmp_path):
+    req = request(tiny_registry, tiny_data, tmp_path, epochs=1, keep_checkpoint=True)
+    run_models(req)
+    (run,) = run_dirs(tmp_path, "tiny_resnet")
+    summary = json.loads((run / "summary.json").read_text())
+    (run / "summary.json").write_text(json.dumps({**summary, "status": "interrupted"}))
+    (run / "checkpoint.pt").write_bytes(b"not a checkpoint")
+    result = runner.invoke(app, ["run", "tiny_resnet", "--data", str(tiny_data), "--preset", "smoke", "--epochs", "1",
+                                 "--batch-size", "16", "--image-size", "32", "--device", "cpu", "--quiet",
+                                 "--registry", str(tiny_registry), "--out", str(tmp_path)])
+    assert result.exit_code == 2 and "--fresh" in result.output and "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("option", [["--epochs", "0"], ["--batch-size", "0"], ["--threshold", "50"], ["--image-size", "4"]])
+def test_out_of_range_options_are_refused(tiny_registry, tmp_path, option):
+    result = runner.invoke(app, ["run", "tiny_resnet", *option, "--registry", str(tiny_registry), "--out", str(tmp_path)])
+    assert result.exit_code == 2 and "Traceback" not in result.output

@@ -24,6 +24,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from archbench.errors import ArchbenchError
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -142,7 +144,7 @@ class DeviceLoader:
         self.num_samples = len(range(rank, self.dataset_size, world_size))
         self.num_batches = math.ceil(math.ceil(self.dataset_size / world_size) / batch_size)
         if self.dataset_size // world_size < self.num_batches:
-            raise ValueError(f"{self.dataset_size} samples are too few for {world_size} ranks at batch size {batch_size}")
+            raise ArchbenchError(f"{self.dataset_size} images are too few for {world_size} ranks at batch size {batch_size}.")
         self.images = _upload(images, self.device)
         self.labels = torch.from_numpy(np.array(labels, dtype=np.int64)).to(self.device)
 
