@@ -323,16 +323,12 @@ def train_one(request: RunRequest, entry: Entry, seed: int, data, device: torch.
     model = model.to(device, memory_format=memory_format)
     layers = weight_layers(model)
 
-    train_loader = DeviceLoader(
-        data.train_images, data.train_labels, batch_size=recipe["batch_size"], image_size=config["image_size"],
-        train=True, device=device, seed=seed, channels_last=config["channels_last"],
-        rank=dist.rank, world_size=dist.world_size,
+    loader = functools.partial(
+        DeviceLoader, batch_size=recipe["batch_size"], image_size=config["image_size"], device=device, seed=seed,
+        channels_last=config["channels_last"], rank=dist.rank, world_size=dist.world_size,
     )
-    test_loader = DeviceLoader(
-        data.val_images, data.val_labels, batch_size=recipe["batch_size"], image_size=config["image_size"],
-        train=False, device=device, seed=seed, channels_last=config["channels_last"],
-        rank=dist.rank, world_size=dist.world_size,
-    )
+    train_loader = loader(data.train_images, data.train_labels, train=True)
+    test_loader = loader(data.val_images, data.val_labels, train=False)
     steps_per_epoch = len(train_loader)
 
     optimizer = torch.optim.SGD(
@@ -474,24 +470,23 @@ def train_one(request: RunRequest, entry: Entry, seed: int, data, device: torch.
         reporter.epoch(label, history[-1])
 
         wall = wall_before + time.perf_counter() - started
-        state = {
-            "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "scaler": scaler.state_dict(),
-            "epoch": epoch + 1,
-            "history": history,
-            "gradnorms": gradnorms.cpu(),
-            "wall_seconds": wall,
-            "rng": dist.all_gather(rng_state()),
-            "loader": {"seed": seed, "next_epoch": epoch + 1},
-            "config_hash": runs.config_hash(config),
-        }
+        rng = dist.all_gather(rng_state())  # every rank's, so every rank resumes its own stream
         if dist.is_main:
             # Record first, checkpoint second: a crash between them redoes one epoch, and the files
             # are rewritten from the checkpoint's history, so the record always matches it.
             write_record("interrupted", None, step, wall)
-            runs.save_checkpoint(run_path / runs.CHECKPOINT, state)
+            runs.save_checkpoint(run_path / runs.CHECKPOINT, {
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "scaler": scaler.state_dict(),
+                "epoch": epoch + 1,
+                "history": history,
+                "gradnorms": gradnorms.cpu(),
+                "wall_seconds": wall,
+                "rng": rng,
+                "loader": {"seed": seed, "next_epoch": epoch + 1},
+            })
         dist.barrier()
 
     summary = write_record(status, diverged_at, step, wall_before + time.perf_counter() - started)
