@@ -1,20 +1,52 @@
-"""`archbench bench`: images/s of each model, with and without the input pipeline, in one process.
+"""`archbench bench`: training and inference images/s of each model, each measured in a process of its own.
 
-For every model four numbers, each the median of `ROUNDS` interleaved measurements so that a slow
-spell of the machine hits both sides of a ratio alike:
+Models measured one after another in one process change each other's numbers: the caching allocator
+keeps the previous model's fragments, cuDNN and torch.compile keep its autotuning and graphs
+(`archbench.references.TIMM_BENCHMARK_PITFALLS`). So every model is measured by a fresh
+``python -m archbench.bench`` process, which writes its numbers to a JSON file and exits; the process id
+it ran in is recorded.
+
+In that process, for the model at the requested batch:
 - train, model-only: forward + backward + SGD step on one fixed batch already on the device;
 - train, end-to-end: the same step fed by the real DeviceLoader (upscale, random crop, flip, normalise);
 - inference, model-only and end-to-end: forward passes in eval mode under inference_mode.
-end-to-end / model-only is the input pipeline's efficiency: 1.0 means it costs nothing.
+Each number is the median of `ROUNDS` interleaved windows of `--steps` steps, each window after
+`WARMUP_STEPS` untimed steps, so that a slow spell of the machine hits both sides of a ratio alike;
+end-to-end / model-only is the input pipeline's efficiency (1.0: it costs nothing). On CUDA a window is
+timed by two CUDA events with one synchronise at its end; on the CPU, where every op has finished when
+it returns, by the wall clock. With --compile the first step of each mode (compilation included) is
+timed and reported apart, never inside a window.
+
+Beside the headline numbers, in windows of their own: the step split into forward (with the loss),
+backward and optimiser (events between the phases on CUDA, the wall clock on the CPU), and memory:
+the bytes of weights, gradients and optimiser state (from the tensors), the bytes autograd saves for
+backward in one step (the activations), and the peak (CUDA: max_memory_allocated over one step after
+reset_peak_memory_stats; CPU: the peak resident set of the measuring process, ru_maxrss). The step uses
+the SGD kernel training uses on this device (`archbench.devices.sgd_implementation`).
+
+Out of memory, a model is measured again in a new process at half the batch, down to 1 (as timm's
+benchmark does); the batch that ran is recorded beside the one asked for. Results go to the `--out`
+folder (default benchmarks/results/) as
+``bench-<device>-<precision>-<memory format>[-compiled]-torch<version>[-cuda<version>].json`` and
+``.csv``; a later run with the same settings replaces its models' rows and keeps the others. Each row
+carries its provenance.
 """
 
 from __future__ import annotations
 
+import csv
+import dataclasses
+import io
 import itertools
 import json
+import os
+import re
+import resource
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -23,132 +55,551 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from archbench import distributed
-from archbench.provenance import provenance
+import archbench
+from archbench.config import BenchRequest
+from archbench.data import resolve
+from archbench.data.loader import DeviceLoader
+from archbench.devices import (
+    autocast_factory,
+    make_sgd,
+    memory_format,
+    resolve_channels_last,
+    resolve_device,
+    resolve_precision,
+    sgd_implementation,
+    synchronize,
+)
+from archbench.errors import ArchbenchError
+from archbench.provenance import provenance, utc_now
 from archbench.registry import build_model, get_entry
-from archbench.train import autocast_factory, resolve_device, resolve_precision
 
 ROUNDS = 3
 WARMUP_STEPS = 3
+DEFAULT_OUT = Path("benchmarks/results")
+# Tests set this to a batch size: any larger batch then fails as a CUDA out-of-memory error would.
+SIMULATE_OOM_ABOVE = "ARCHBENCH_BENCH_OOM_ABOVE"
+MB = 1024**2
 
 
-@dataclass
-class BenchRequest:
-    models: list[str]
-    device: str = "auto"
-    image_size: int = 224
-    batch_size: int = 64
-    steps: int = 20
-    precision: str = "auto"
-    channels_last: bool | None = None
-    compile: bool = False
-    num_classes: int = 200
-    data: str = "synthetic"
-    out: Path | None = None
-    registry: Path | None = None
+# ------------------------------------------------------------------------------------------ clocks
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+class Clock:
+    """Time stamps in stream order. On CUDA, events read only after `finish` synchronises on the last
+    one, so a window holds no other sync; on the CPU, `time.perf_counter`."""
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+
+    def mark(self):
+        if self.cuda:
+            event = torch.cuda.Event(enable_timing=True)
+            event.record()
+            return event
+        return time.perf_counter()
+
+    def finish(self, last) -> None:
+        if self.cuda:
+            last.synchronize()
+
+    def seconds(self, start, end) -> float:
+        return start.elapsed_time(end) / 1000 if self.cuda else end - start
 
 
-def _images_per_s(step, batches, steps: int, device: torch.device) -> float:
-    for _ in range(WARMUP_STEPS):
-        step(next(batches))
-    _sync(device)
-    images = 0
-    start = time.perf_counter()
-    for _ in range(steps):
-        batch = next(batches)
-        images += len(batch[1])
-        step(batch)
-    _sync(device)
-    return images / (time.perf_counter() - start)
+# ------------------------------------------------------------------------------------------ one model
 
 
-def bench_model(name: str, request: BenchRequest, data, device: torch.device) -> dict:
-    from archbench.data.loader import DeviceLoader
+class Subject:
+    """One model with what trains it, the way `archbench.train` builds them, and its batches."""
 
-    precision = resolve_precision(request.precision, device)
-    autocast = autocast_factory(device, precision)
-    channels_last = request.channels_last if request.channels_last is not None else device.type == "cuda"
-    memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    torch.manual_seed(0)
-    model = build_model(name, registry=request.registry, num_classes=request.num_classes)
-    model = model.to(device, memory_format=memory_format)
-    forward = torch.compile(model) if request.compile else model
-    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+    def __init__(self, name: str, request: BenchRequest, data, device: torch.device):
+        self.device, self.clock = device, Clock(device)
+        self.precision = resolve_precision(request.precision, device)
+        self.channels_last = resolve_channels_last(request.channels_last, device)
+        self.autocast = autocast_factory(device, self.precision)
+        self.num_classes = request.num_classes
+        torch.manual_seed(0)
+        model = build_model(name, registry=request.registry, num_classes=request.num_classes)
+        self.model = model.to(device, memory_format=memory_format(self.channels_last))
+        self.forward_module = torch.compile(self.model) if request.compile else self.model
+        self.sgd = sgd_implementation(device, self.precision)
+        self.optimizer = make_sgd(
+            self.model.parameters(), lr=1e-3, momentum=0.9, weight_decay=5e-4, nesterov=False, implementation=self.sgd
+        )
+        self.scaler = torch.amp.GradScaler(device.type, enabled=self.precision == "fp16")
+        self.loader = DeviceLoader(  # the split is uploaded once; `train` switches augmentation on and off
+            data.train_images,
+            data.train_labels,
+            batch_size=request.batch_size,
+            image_size=request.image_size,
+            train=True,
+            device=device,
+            seed=0,
+            channels_last=self.channels_last,
+        )
+        self.fixed = next(iter(self.loader))
 
-    def train_step(batch):
+    # The training step in three phases, as `archbench.train.optimiser_step` takes it.
+    def forward(self, batch) -> torch.Tensor:
         x, y = batch
-        with autocast():
-            loss = F.cross_entropy(forward(x), y % request.num_classes)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        with self.autocast():
+            return F.cross_entropy(self.forward_module(x), y % self.num_classes)
 
-    def infer_step(batch):
-        with torch.inference_mode(), autocast():
-            forward(batch[0])
+    def backward(self, loss: torch.Tensor) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
 
-    loader = DeviceLoader(  # the split is uploaded once; `train` switches augmentation on and off
-        data.train_images, data.train_labels, batch_size=request.batch_size, image_size=request.image_size,
-        train=True, device=device, seed=0, channels_last=channels_last,
-    )
+    def update(self) -> None:
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
 
-    def loader_batches():
+    def train_step(self, batch) -> None:
+        self.backward(self.forward(batch))
+        self.update()
+
+    def infer_step(self, batch) -> None:
+        with torch.inference_mode(), self.autocast():
+            self.forward_module(batch[0])
+
+    def set_mode(self, mode: str) -> None:
+        """ "train" or "inference": the model's mode and the loader's augmentation."""
+        self.model.train(mode == "train")
+        self.loader.train = mode == "train"
+
+    def loader_batches(self):
         for epoch in itertools.count():
-            loader.set_epoch(epoch)
-            yield from loader
+            self.loader.set_epoch(epoch)
+            yield from self.loader
 
-    fixed = next(loader_batches())
-    results = {}
-    for mode, step in (("train", train_step), ("inference", infer_step)):
-        model.train(mode == "train")
-        loader.train = mode == "train"
-        streams = {"model_only": itertools.repeat(fixed), "end_to_end": loader_batches()}
+    def first_step_seconds(self, step) -> float:
+        """The first call of a step, compilation included under --compile (outside any window)."""
+        synchronize(self.device)
+        start = time.perf_counter()
+        step(self.fixed)
+        synchronize(self.device)
+        return time.perf_counter() - start
+
+    def images_per_s(self, step, batches, steps: int) -> float:
+        for _ in range(WARMUP_STEPS):
+            step(next(batches))
+        synchronize(self.device)  # the warm-up's queued work stays out of the window
+        images = 0
+        start = self.clock.mark()
+        for _ in range(steps):
+            batch = next(batches)
+            images += len(batch[1])
+            step(batch)
+        end = self.clock.mark()
+        self.clock.finish(end)
+        return images / self.clock.seconds(start, end)
+
+    def breakdown(self, steps: int) -> dict:
+        """Mean seconds per training step of forward (with the loss), backward (with zero_grad) and the
+        optimiser, on the fixed batch; `step_s` is the whole window's time per step, so the phases' sum
+        falls short of it only by the loop between steps."""
+        for _ in range(WARMUP_STEPS):
+            self.train_step(self.fixed)
+        synchronize(self.device)
+        marks = []
+        window_start = self.clock.mark()
+        for _ in range(steps):
+            start = self.clock.mark()
+            loss = self.forward(self.fixed)
+            forward_done = self.clock.mark()
+            self.backward(loss)
+            backward_done = self.clock.mark()
+            self.update()
+            marks.append((start, forward_done, backward_done, self.clock.mark()))
+        window_end = self.clock.mark()
+        self.clock.finish(window_end)
+        phases = [[self.clock.seconds(a, b) for a, b in itertools.pairwise(m)] for m in marks]
+        forward, backward, update = (statistics.fmean(column) for column in zip(*phases))
+        return {
+            "forward_s": forward,
+            "backward_s": backward,
+            "optimizer_s": update,
+            "step_s": self.clock.seconds(window_start, window_end) / steps,
+        }
+
+    def memory(self) -> dict:
+        """Weights, gradients, optimiser state and activations in bytes, and the peak of one step."""
+        params = list(self.model.parameters())
+        state = [t for s in self.optimizer.state.values() for t in s.values() if torch.is_tensor(t)]
+        out = {
+            "weights_bytes": tensor_bytes(params),
+            "gradient_bytes": tensor_bytes(p.grad for p in params if p.grad is not None),
+            "optimizer_state_bytes": tensor_bytes(state),
+            "activation_bytes": self.saved_activation_bytes(),
+        }
+        if self.device.type == "cuda":
+            synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self.train_step(self.fixed)
+            synchronize(self.device)
+            out.update(
+                peak_bytes=torch.cuda.max_memory_allocated(self.device),
+                peak_kind="cuda max_memory_allocated over one training step",
+            )
+        else:
+            rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+            out.update(
+                peak_bytes=rss if sys.platform == "darwin" else rss * 1024,
+                peak_kind="cpu peak resident set of the measuring process (ru_maxrss)",
+            )
+        return out
+
+    def saved_activation_bytes(self) -> int:
+        """Bytes of the tensors autograd keeps for backward in one training step of the uncompiled model
+        (each storage once; the weights, which it also keeps, are counted as weights)."""
+        weights = {p.untyped_storage().data_ptr() for p in self.model.parameters()}
+        saved: dict[int, int] = {}
+
+        def pack(t: torch.Tensor) -> torch.Tensor:
+            storage = t.untyped_storage()
+            if storage.data_ptr() not in weights:
+                saved[storage.data_ptr()] = storage.nbytes()
+            return t
+
+        x, y = self.fixed
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), self.autocast():
+            loss = F.cross_entropy(self.model(x), y % self.num_classes)
+        loss.backward()
+        self.optimizer.zero_grad(set_to_none=True)
+        return sum(saved.values())
+
+
+def tensor_bytes(tensors) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def simulated_oom(batch_size: int) -> None:
+    limit = os.environ.get(SIMULATE_OOM_ABOVE)
+    if limit and batch_size > int(limit):
+        raise torch.cuda.OutOfMemoryError(f"simulated: batch {batch_size} > {SIMULATE_OOM_ABOVE}={limit}")
+
+
+def measure(name: str, request: BenchRequest) -> dict:
+    """Every number of one model at `request.batch_size`, in this process (see the module's docstring)."""
+    device = resolve_device(request.device)
+    torch.backends.cudnn.benchmark = True  # as in training
+    subject = Subject(name, request, resolve(request.data), device)
+    simulated_oom(request.batch_size)
+    first, results = {}, {}
+    for mode, step in (("train", subject.train_step), ("inference", subject.infer_step)):
+        subject.set_mode(mode)
+        first[mode] = subject.first_step_seconds(step)
+        streams = {"model_only": itertools.repeat(subject.fixed), "end_to_end": subject.loader_batches()}
         samples = {kind: [] for kind in streams}
         for _ in range(ROUNDS):
             for kind, batches in streams.items():
-                samples[kind].append(_images_per_s(step, batches, request.steps, device))
+                samples[kind].append(subject.images_per_s(step, batches, request.steps))
         model_only, end_to_end = (statistics.median(samples[k]) for k in ("model_only", "end_to_end"))
         results[mode] = {"model_only": model_only, "end_to_end": end_to_end, "ratio": end_to_end / model_only}
-    return {"model": name, "precision": precision, "channels_last": channels_last, **results}
+    subject.set_mode("train")
+    breakdown = subject.breakdown(request.steps)
+    return {
+        "model": name,
+        "device": device.type,
+        "precision": subject.precision,
+        "channels_last": subject.channels_last,
+        "memory_format": memory_format_name(subject.channels_last),
+        "compile": request.compile,
+        "compile_seconds": first if request.compile else None,
+        "image_size": request.image_size,
+        "batch_size": request.batch_size,
+        "steps": request.steps,
+        "warmup_steps": WARMUP_STEPS,
+        "rounds": ROUNDS,
+        "sgd": subject.sgd,
+        **results,
+        "breakdown": breakdown,
+        "memory": subject.memory(),  # last: on the CPU the peak resident set covers everything above
+        "pid": os.getpid(),
+        "measured_at": utc_now(),
+        "provenance": provenance(device),
+    }
+
+
+def memory_format_name(channels_last: bool) -> str:
+    return "channels_last" if channels_last else "contiguous"
+
+
+# ------------------------------------------------------------------------------------------ processes
+
+
+def _request_json(request: BenchRequest) -> dict:
+    return {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(request).items()}
+
+
+def _request_from_json(fields: dict) -> BenchRequest:
+    paths = {"registry", "out"}
+    return BenchRequest(**{k: Path(v) if k in paths and v is not None else v for k, v in fields.items()})
+
+
+def measure_in_subprocess(name: str, request: BenchRequest) -> dict:
+    """`measure` in a fresh ``python -m archbench.bench`` process; its result, or {"oom": message}."""
+    with tempfile.TemporaryDirectory(prefix="archbench-bench-") as tmp:
+        spec, result = Path(tmp) / "spec.json", Path(tmp) / "result.json"
+        spec.write_text(json.dumps({"model": name, "request": _request_json(request)}))
+        env = dict(os.environ)  # the same archbench as this process, wherever it is installed
+        env["PYTHONPATH"] = os.pathsep.join(
+            p for p in (str(Path(archbench.__file__).resolve().parent.parent), env.get("PYTHONPATH")) if p
+        )
+        done = subprocess.run([sys.executable, "-m", "archbench.bench", str(spec), str(result)], env=env)
+        if not result.exists():
+            raise ArchbenchError(
+                f"measuring {name} failed: its process exited with code {done.returncode} (its error is above)."
+            )
+        outcome = json.loads(result.read_text())
+    if "error" in outcome:
+        raise ArchbenchError(outcome["error"])
+    return outcome
+
+
+def measure_with_retries(name: str, request: BenchRequest, console: Console) -> dict:
+    """`measure_in_subprocess`, halving the batch after each out-of-memory failure (down to 1)."""
+    batch, failed = request.batch_size, []
+    while True:
+        outcome = measure_in_subprocess(name, dataclasses.replace(request, batch_size=batch))
+        if "oom" not in outcome:
+            return {**outcome, "requested_batch_size": request.batch_size, "oom_batch_sizes": failed}
+        failed.append(batch)
+        if batch == 1:
+            raise ArchbenchError(f"{name} runs out of memory even at batch 1 ({outcome['oom']}).")
+        console.print(f"{name}: out of memory at batch {batch}; measuring again at {batch // 2}", highlight=False)
+        batch //= 2
+
+
+def _child(spec_path: str, result_path: str) -> None:
+    """The measuring process: one model, its numbers (or what stopped it) written to `result_path`."""
+    spec = json.loads(Path(spec_path).read_text())
+    try:
+        outcome = measure(spec["model"], _request_from_json(spec["request"]))
+    except torch.cuda.OutOfMemoryError as e:
+        outcome = {"oom": str(e).splitlines()[0] if str(e) else "CUDA out of memory"}
+    except ArchbenchError as e:
+        outcome = {"error": e.message}
+    Path(result_path).write_text(json.dumps(outcome, indent=2) + "\n")
+
+
+# ------------------------------------------------------------------------------------------ files
+
+
+def result_stem(rows: list[dict]) -> str:
+    """bench-<device>-<precision>-<memory format>[-compiled]-torch<version>[-cuda<version>]."""
+    row = rows[0]
+    info = row["provenance"]
+    device = "cpu" if row["device"] == "cpu" else slug(info["device_name"])
+    torch_version = info["torch"].split("+")[0] + (f"-cuda{info['cuda']}" if info.get("cuda") else "")
+    compiled = "-compiled" if row["compile"] else ""
+    return f"bench-{device}-{row['precision']}-{row['memory_format']}{compiled}-torch{torch_version}"
+
+
+def slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9.]+", "-", text.lower()).strip("-")
+
+
+def _key(row: dict) -> tuple:
+    """Rows with the same key measure the same thing: a newer one replaces an older one."""
+    return row["model"], row["image_size"], row["requested_batch_size"], row["steps"], row["provenance"]["device_name"]
+
+
+def flat(row: dict, prefix: str = "") -> dict:
+    """A result row as CSV columns: nested keys joined by '_' (train_model_only, memory_peak_bytes, ...)."""
+    out = {}
+    for key, value in row.items():
+        if isinstance(value, dict):
+            out.update(flat(value, f"{prefix}{key}_"))
+        elif isinstance(value, list):
+            out[prefix + key] = " ".join(str(v) for v in value)
+        else:
+            out[prefix + key] = value
+    return out
+
+
+def write_results(rows: list[dict], folder: Path) -> tuple[Path, Path]:
+    """Merge `rows` into the JSON and CSV files of their settings; returns both paths."""
+    folder.mkdir(parents=True, exist_ok=True)
+    stem = result_stem(rows)
+    json_path, csv_path = folder / f"{stem}.json", folder / f"{stem}.csv"
+    kept = []
+    if json_path.exists():
+        try:
+            kept = json.loads(json_path.read_text())["results"]
+        except (OSError, ValueError, KeyError, TypeError):
+            kept = []  # a damaged file is replaced by this run's rows
+    new_keys = {_key(r) for r in rows}
+    merged = sorted([r for r in kept if _key(r) not in new_keys] + rows, key=lambda r: (r["model"], r["measured_at"]))
+    payload = {
+        "about": "archbench bench: one row per model; see archbench/bench.py for how each number is measured",
+        "provenance": rows[-1]["provenance"],
+        "results": merged,
+    }
+    _replace(json_path, json.dumps(payload, indent=2) + "\n")
+    flats = [flat(r) for r in merged]
+    columns = list(dict.fromkeys(c for f in flats for c in f))
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(flats)
+    _replace(csv_path, text.getvalue())
+    return json_path, csv_path
+
+
+def _replace(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def latest_bench_results(folder: Path):
+    """The newest result per model and device under `folder` (the bench-*.json files), as a DataFrame with
+    training and inference images/s, peak memory, batch, precision and provenance columns; None when the
+    folder holds no results. Files that cannot be read are skipped."""
+    import pandas as pd
+
+    records = []
+    for path in sorted(Path(folder).glob("bench-*.json")):
+        try:
+            rows = json.loads(path.read_text())["results"]
+            records += [_summary_record(row, path.name) for row in rows]
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    if not records:
+        return None
+    frame = pd.DataFrame(records).sort_values("measured_at")
+    latest = frame.groupby(["model", "device_name"], sort=True).tail(1)
+    return latest.sort_values(["device_name", "model"], ignore_index=True)
+
+
+def _summary_record(row: dict, file: str) -> dict:
+    info, memory = row["provenance"], row["memory"]
+    return {
+        "model": row["model"],
+        "device": row["device"],
+        "device_name": info["device_name"],
+        "train_images_per_s": row["train"]["model_only"],
+        "train_end_to_end_images_per_s": row["train"]["end_to_end"],
+        "inference_images_per_s": row["inference"]["model_only"],
+        "inference_end_to_end_images_per_s": row["inference"]["end_to_end"],
+        "peak_memory_mb": memory["peak_bytes"] / MB,
+        "peak_memory_kind": memory["peak_kind"],
+        "weights_and_optimizer_mb": (memory["weights_bytes"] + memory["optimizer_state_bytes"]) / MB,
+        "activation_mb": memory["activation_bytes"] / MB,
+        "batch_size": row["batch_size"],
+        "requested_batch_size": row["requested_batch_size"],
+        "image_size": row["image_size"],
+        "precision": row["precision"],
+        "memory_format": row["memory_format"],
+        "compile": row["compile"],
+        "sgd": row["sgd"],
+        "torch": info["torch"],
+        "cuda": info.get("cuda"),
+        "git_commit": info.get("git_commit"),
+        "measured_at": row["measured_at"],
+        "file": file,
+    }
+
+
+# ------------------------------------------------------------------------------------------ command
+
+
+def out_folder(out: Path | None) -> Path:
+    folder = Path(out) if out is not None else DEFAULT_OUT
+    if folder.suffix in (".json", ".csv") or folder.is_file():
+        raise ArchbenchError(
+            f"--out is the folder the result files go into (default {DEFAULT_OUT}), not a file: {folder}"
+        )
+    return folder
 
 
 def run_bench(request: BenchRequest, console: Console | None = None) -> list[dict]:
-    from archbench.data import resolve
-
+    """`archbench bench`: measure every model in its own process, print the tables, write the files."""
     console = console or Console()
+    folder = out_folder(request.out)
     for name in request.models:
         get_entry(name, registry=request.registry)  # unknown names fail before anything runs
-    device = resolve_device(request.device, distributed.Dist())
-    torch.backends.cudnn.benchmark = True  # as in training
-    data = resolve(request.data, console=console)
-    rows = [bench_model(name, request, data, device) for name in request.models]
+    resolve_device(request.device)
+    resolve_precision(request.precision, torch.device("cpu"))  # the name alone: this process keeps off the GPU
+    resolve(request.data, console=console)  # made (synthetic) or checked once, before the measuring processes
+    rows = []
+    for name in request.models:
+        console.print(f"measuring {name} in a new process ...", highlight=False)
+        rows.append(measure_with_retries(name, request, console))
+    console.print(throughput_table(rows, request))
+    console.print(step_table(rows, request))
+    json_path, csv_path = write_results(rows, folder)
+    console.print(f"wrote {json_path} and {csv_path}", highlight=False, soft_wrap=True)
+    return rows
 
-    info = provenance(device)
+
+def _batch(row: dict) -> str:
+    return str(row["batch_size"]) + (f" (of {row['requested_batch_size']}: OOM)" if row["oom_batch_sizes"] else "")
+
+
+def throughput_table(rows: list[dict], request: BenchRequest) -> Table:
+    info, first = rows[0]["provenance"], rows[0]
     table = Table(
-        title=f"archbench bench: {info['device_name']}, torch {info['torch']}, "
-        f"S={request.image_size}, batch {request.batch_size}, compile={'on' if request.compile else 'off'}",
-        caption=f"images/s, median of {ROUNDS} interleaved rounds of {request.steps} steps; model: a fixed batch on the "
-        "device; e2e: fed by the input pipeline; ratio = e2e / model (the pipeline's efficiency)",
+        title=f"archbench bench: {info['device_name']}, torch {info['torch']}, S={request.image_size}, "
+        f"{first['precision']}{', channels_last' if first['channels_last'] else ''}, SGD {first['sgd']}, "
+        f"compile {'on' if request.compile else 'off'}",
+        caption=f"images/s, median of {ROUNDS} interleaved windows of {request.steps} steps after {WARMUP_STEPS} "
+        "warm-up steps, each model in its own process; model: a fixed batch on the device; e2e: fed by the "
+        "input pipeline; ratio = e2e / model (the pipeline's efficiency)",
         box=box.SIMPLE,
     )
-    for column in ("model", "precision", "train\nmodel", "train\ne2e", "train\nratio", "infer\nmodel", "infer\ne2e",
-                   "infer\nratio"):
-        table.add_column(column, justify="left" if column in ("model", "precision") else "right")
+    for column in (
+        "model",
+        "batch",
+        "train\nmodel",
+        "train\ne2e",
+        "train\nratio",
+        "infer\nmodel",
+        "infer\ne2e",
+        "infer\nratio",
+    ):
+        table.add_column(column, justify="left" if column == "model" else "right")
     for r in rows:
-        fmt = f"{r['precision']}{' +CL' if r['channels_last'] else ''}"
-        table.add_row(
-            r["model"], fmt,
-            *(f"{r[m][k]:.{3 if k == 'ratio' else 0}f}" for m in ("train", "inference") for k in ("model_only", "end_to_end", "ratio")),
-        )
-    console.print(table)
-    if request.out:
-        request.out.parent.mkdir(parents=True, exist_ok=True)
-        payload = {"request": {k: str(v) if isinstance(v, Path) else v for k, v in vars(request).items()},
-                   "provenance": info, "rounds": ROUNDS, "results": rows}
-        request.out.write_text(json.dumps(payload, indent=2) + "\n")
-    return rows
+        numbers = [r[mode][k] for mode in ("train", "inference") for k in ("model_only", "end_to_end", "ratio")]
+        table.add_row(r["model"], _batch(r), *(f"{n:.0f}" if i % 3 < 2 else f"{n:.3f}" for i, n in enumerate(numbers)))
+    return table
+
+
+def step_table(rows: list[dict], request: BenchRequest) -> Table:
+    compiled = "; compile: seconds of the first train and inference steps, compilation included"
+    table = Table(
+        title="where a training step goes",
+        caption="ms per step on the fixed batch, in a window of its own; MB: weights + optimiser state, the "
+        f"activations autograd keeps for backward, and the peak ({rows[0]['memory']['peak_kind']})"
+        + (compiled if request.compile else ""),
+        box=box.SIMPLE,
+    )
+    columns = [
+        "model",
+        "forward\nms",
+        "backward\nms",
+        "optim\nms",
+        "step\nms",
+        "weights\n+opt MB",
+        "activ.\nMB",
+        "peak\nMB",
+    ]
+    for column in columns + (["compile\ns"] if request.compile else []):
+        table.add_column(column, justify="left" if column == "model" else "right")
+    for r in rows:
+        b, m = r["breakdown"], r["memory"]
+        cells = [
+            r["model"],
+            *(f"{1000 * b[k]:.2f}" for k in ("forward_s", "backward_s", "optimizer_s", "step_s")),
+            f"{(m['weights_bytes'] + m['optimizer_state_bytes']) / MB:.1f}",
+            f"{m['activation_bytes'] / MB:.1f}",
+            f"{m['peak_bytes'] / MB:.0f}",
+        ]
+        if request.compile:
+            cells.append(" + ".join(f"{r['compile_seconds'][mode]:.1f}" for mode in ("train", "inference")))
+        table.add_row(*cells)
+    return table
+
+
+if __name__ == "__main__":
+    _child(*sys.argv[1:3])

@@ -1,18 +1,54 @@
-"""The `archbench` command line: argument parsing and presentation only; the work is in the library."""
+"""The `archbench` command line: argument parsing and presentation only; the work is in the library.
+
+The options of `run` and `bench` are the fields of their request dataclasses (`archbench.config.RunRequest`,
+`archbench.bench.BenchRequest`): `request_command` turns those fields into Typer parameters, so an option
+is defined once. Every expected failure, a bad option on the command line included, is one line on
+stderr and exit code 2.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import inspect
+import sys
+import typing
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
+from typer.core import TyperGroup
 
+from archbench.config import BenchRequest, RunRequest, TuneRequest, cli_fields
 from archbench.errors import DIVERGED_EXIT, ArchbenchError
 
+
+class OneLineErrors(TyperGroup):
+    """Typer's group, but a command-line error is one line (not a usage box) and exit code 2."""
+
+    def main(self, *args, standalone_mode: bool = True, **kwargs):
+        try:
+            code = super().main(*args, standalone_mode=False, **kwargs)
+        except typer.TyperException as e:  # click's ClickException and its usage errors
+            if type(e).__name__ == "NoArgsIsHelpError":
+                e.show()
+                code = 0
+            else:
+                err_console.print(f"[bold red]error:[/] {escape(e.format_message())}", highlight=False, soft_wrap=True)
+                code = getattr(e, "exit_code", 2)
+        except typer.Abort:
+            code = 1
+        code = code if isinstance(code, int) else 0
+        if standalone_mode:
+            sys.exit(code)
+        return code
+
+
 app = typer.Typer(
+    cls=OneLineErrors,
     help="Compare ResNet-18, plain-18 and VGG11/16 (with and without BN) under one training loop.",
     no_args_is_help=True,
     add_completion=False,
@@ -24,16 +60,6 @@ app.add_typer(data_app, name="data")
 console = Console()
 err_console = Console(stderr=True)
 
-RegistryOption = Annotated[
-    Optional[Path],
-    typer.Option(
-        "--registry",
-        envvar="ARCHBENCH_REGISTRY",
-        help="Folder of model TOML files to use instead of the built-in catalogue.",
-        show_default=False,
-    ),
-]
-
 
 def friendly_errors(fn):
     """Turn an expected failure into one red line and exit code 2, never a traceback."""
@@ -43,10 +69,72 @@ def friendly_errors(fn):
         try:
             return fn(*args, **kwargs)
         except ArchbenchError as e:
-            err_console.print(f"[bold red]error:[/] {e.message}", highlight=False, soft_wrap=True)
+            err_console.print(f"[bold red]error:[/] {escape(e.message)}", highlight=False, soft_wrap=True)
             raise typer.Exit(e.exit_code) from None
+        except OSError as e:  # a filesystem failure the library did not expect: still one line, with the path
+            where = f" {e.filename}" if e.filename else ""
+            err_console.print(
+                f"[bold red]error:[/] {escape(f'cannot access{where}: {e.strerror or e}')}",
+                highlight=False,
+                soft_wrap=True,
+            )
+            raise typer.Exit(2) from None
 
     return wrapper
+
+
+def _parameter(f: dataclasses.Field, hint) -> inspect.Parameter:
+    """A request field as a Typer parameter: its type, help, flags and limits from the field's metadata."""
+    meta = f.metadata
+    extra = {k: v for k, v in meta.items() if k not in ("help", "flags", "argument")}
+    if meta["argument"]:
+        marker = typer.Argument(help=meta["help"], show_default=False)
+        default = inspect.Parameter.empty
+    else:
+        has_default = f.default is not dataclasses.MISSING
+        default = f.default if has_default and not isinstance(f.default, list) else None
+        show = default is not None and not isinstance(default, bool)
+        marker = typer.Option(*meta["flags"], help=meta["help"], show_default=show, **extra)
+        if default is None:
+            hint = Optional[hint]  # noqa: UP045 (Typer reads typing.Optional)
+    return inspect.Parameter(
+        f.name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=Annotated[hint, marker]
+    )
+
+
+def _plain_type(hint):
+    """`int | None` -> int, `list[int] | None` -> list[int]: the type Typer parses."""
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    if typing.get_origin(hint) in (typing.Union, getattr(__import__("types"), "UnionType", None)) and len(args) == 1:
+        return args[0]
+    return hint
+
+
+def request_command(request_type, handler):
+    """A Typer command whose parameters are `request_type`'s option fields and which calls
+    ``handler(request_type(...))``; unset options keep the dataclass's defaults."""
+    hints = typing.get_type_hints(request_type)
+    params = [_parameter(f, _plain_type(hints[f.name])) for f in cli_fields(request_type)]
+
+    def command(**kwargs):
+        given = {k: v for k, v in kwargs.items() if v is not None and v != []}
+        return handler(request_type(**given))
+
+    command.__signature__ = inspect.Signature(params)
+    command.__annotations__ = {p.name: p.annotation for p in params}
+    command.__doc__ = handler.__doc__
+    command.__name__ = handler.__name__
+    return command
+
+
+def _field(request_type, name: str) -> dataclasses.Field:
+    return next(f for f in dataclasses.fields(request_type) if f.name == name)
+
+
+RegistryOption = _parameter(_field(RunRequest, "registry"), Path).annotation
+
+
+# ------------------------------------------------------------------------------------------ commands
 
 
 @app.command("list")
@@ -67,113 +155,47 @@ def list_cmd(registry: RegistryOption = None) -> None:
     table.add_column("residual", justify="center")
     table.add_column("BN", justify="center")
     for row in rows:
+        residual = {True: "yes", False: "no"}.get(row["residual"], "?")
         table.add_row(
             row["name"],
             row["description"],
             f"{row['parameters']:,}",
             f"{row['gflops_224']:.4f}",
-            "yes" if row["residual"] else "no",
+            residual,
             "yes" if row["batch_norm"] else "no",
         )
     console.print(table)
 
 
-@app.command()
 @friendly_errors
-def run(
-    models: Annotated[list[str], typer.Argument(help="Registry names, e.g. resnet18 vgg16_bn.", show_default=False)],
-    data: Annotated[Optional[str], typer.Option(help="Prepared data folder (see `archbench data prepare`) or 'synthetic'. Default: the preset's.", show_default=False)] = None,
-    preset: Annotated[str, typer.Option(help="Recipe preset: 'paper' (Tiny-ImageNet at 224) or 'smoke'.")] = "paper",
-    epochs: Annotated[Optional[int], typer.Option(min=1, help="Override the preset's epochs.", show_default=False)] = None,
-    batch_size: Annotated[Optional[int], typer.Option(min=1, help="Per-process batch size (overrides the preset; the preset's lr scales linearly with the global batch).", show_default=False)] = None,
-    lr: Annotated[Optional[float], typer.Option(help="Learning rate for every model (overrides preset and registry).", show_default=False)] = None,
-    clip_grad_norm: Annotated[Optional[float], typer.Option(min=0, help="Clip the global gradient norm (0: off; default: the preset's).", show_default=False)] = None,
-    image_size: Annotated[Optional[int], typer.Option(min=16, help="Training crop size S (images upscaled to S*256/224 first).", show_default=False)] = None,
-    seeds: Annotated[Optional[list[int]], typer.Option("--seed", help="Seed; repeat for several runs per model.", show_default=False)] = None,
-    thresholds: Annotated[Optional[list[float]], typer.Option("--threshold", min=0, max=1, help="Test-accuracy threshold, a fraction in (0, 1]; repeatable.", show_default=False)] = None,
-    gradnorm_steps: Annotated[Optional[int], typer.Option(min=0, help="Record per-layer gradient norms for this many first steps.", show_default=False)] = None,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
-    precision: Annotated[str, typer.Option(help="auto (bf16 where supported), fp32, bf16 or fp16.")] = "auto",
-    compile: Annotated[bool, typer.Option("--compile/--no-compile", help="torch.compile the model.")] = False,
-    channels_last: Annotated[Optional[bool], typer.Option("--channels-last/--no-channels-last", help="Default: on for CUDA.", show_default=False)] = None,
-    deterministic: Annotated[bool, typer.Option(help="Deterministic algorithms (bit-exact resume on CPU).")] = False,
-    sync_bn: Annotated[bool, typer.Option("--sync-bn", help="SyncBatchNorm under torchrun.")] = False,
-    gpus: Annotated[Optional[str], typer.Option(help="Comma-separated GPU ids: run the models concurrently, one per GPU.", show_default=False)] = None,
-    out: Annotated[Path, typer.Option(help="Where run records go.")] = Path("runs"),
-    fresh: Annotated[bool, typer.Option("--fresh", help="Start a new run even if one with this config is recorded or unfinished.")] = False,
-    keep_checkpoint: Annotated[bool, typer.Option("--keep-checkpoint", help="Keep checkpoint.pt after the run ends.")] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", help="Plain log lines instead of progress bars.")] = False,
-    registry: RegistryOption = None,
-) -> None:
+def run(request: RunRequest) -> None:
     """Train MODELs with the shared loop and record metrics, gradient norms and provenance."""
-    from archbench.train import RunRequest, run_models
+    from archbench.train import run_models
 
-    request = RunRequest(
-        models=models,
-        data=data,
-        preset=preset,
-        epochs=epochs,
-        batch_size=batch_size,
-        lr=lr,
-        clip_grad_norm=clip_grad_norm,
-        image_size=image_size,
-        seeds=seeds or [0],
-        thresholds=thresholds,
-        gradnorm_steps=gradnorm_steps,
-        device=device,
-        precision=precision,
-        compile=compile,
-        channels_last=channels_last,
-        deterministic=deterministic,
-        sync_bn=sync_bn,
-        gpus=gpus,
-        out=out,
-        fresh=fresh,
-        keep_checkpoint=keep_checkpoint,
-        quiet=quiet,
-        registry=registry,
-    )
     results = run_models(request, console=console)
     if any(r["status"] != "completed" for r in results):
         raise typer.Exit(DIVERGED_EXIT)
 
 
-@app.command()
 @friendly_errors
-def bench(
-    models: Annotated[list[str], typer.Argument(help="Registry names.", show_default=False)],
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
-    image_size: Annotated[int, typer.Option(min=16, help="Input size S.")] = 224,
-    batch_size: Annotated[int, typer.Option(min=1, help="Batch size.")] = 64,
-    steps: Annotated[int, typer.Option(min=1, help="Timed steps per measurement (after warm-up).")] = 20,
-    precision: Annotated[str, typer.Option(help="auto, fp32, bf16 or fp16.")] = "auto",
-    channels_last: Annotated[Optional[bool], typer.Option("--channels-last/--no-channels-last", help="Default: on for CUDA.", show_default=False)] = None,
-    compile: Annotated[bool, typer.Option("--compile/--no-compile", help="torch.compile the model.")] = False,
-    num_classes: Annotated[int, typer.Option(help="Output classes.")] = 200,
-    data: Annotated[str, typer.Option(help="Data for the end-to-end numbers: a prepared folder or 'synthetic'.")] = "synthetic",
-    out: Annotated[Optional[Path], typer.Option(help="Also write the table as JSON here.", show_default=False)] = None,
-    registry: RegistryOption = None,
-) -> None:
+def bench(request: BenchRequest) -> None:
     """Training and inference images/s: model-only against end-to-end with the real input pipeline."""
-    from archbench.bench import BenchRequest, run_bench
+    from archbench.bench import run_bench
 
-    run_bench(
-        BenchRequest(
-            models=models,
-            device=device,
-            image_size=image_size,
-            batch_size=batch_size,
-            steps=steps,
-            precision=precision,
-            channels_last=channels_last,
-            compile=compile,
-            num_classes=num_classes,
-            data=data,
-            out=out,
-            registry=registry,
-        ),
-        console=console,
-    )
+    run_bench(request, console=console)
+
+
+@friendly_errors
+def tune(request: TuneRequest) -> None:
+    """Tune each MODEL's learning rate on a validation split carved from train; write the tuning file."""
+    from archbench.tune import tune as tune_models
+
+    tune_models(request, console=console)
+
+
+app.command("run")(request_command(RunRequest, run))
+app.command("tune")(request_command(TuneRequest, tune))
+app.command("bench")(request_command(BenchRequest, bench))
 
 
 @app.command()
@@ -181,21 +203,47 @@ def bench(
 def report(
     runs: Annotated[Path, typer.Option(help="Folder of run records.")] = Path("runs"),
     out: Annotated[Path, typer.Option(help="Markdown file to write; figures go beside it.")] = Path("REPORT.md"),
-    benchmarks: Annotated[Path, typer.Option(help="pytest-benchmark JSON of forward latency.")] = Path("benchmarks/forward_latency.json"),
+    benchmarks: Annotated[Path, typer.Option(help="pytest-benchmark JSON of forward latency.")] = Path(
+        "benchmarks/forward_latency.json"
+    ),
+    bench_results: Annotated[Path, typer.Option(help="Folder of `archbench bench` result files.")] = Path(
+        "benchmarks/results"
+    ),
+    gpu_results: Annotated[Path, typer.Option(help="gpu-results.json written by benchmarks/gpu.sh.")] = Path(
+        "benchmarks/gpu/gpu-results.json"
+    ),
 ) -> None:
     """Regenerate REPORT.md (tables, figures, discussion) from the recorded runs."""
     from archbench.report import write_report
 
-    path = write_report(runs_dir=runs, out=out, benchmarks=benchmarks)
+    path = write_report(
+        runs_dir=runs, out=out, benchmarks=benchmarks, bench_results=bench_results, gpu_results=gpu_results
+    )
     console.print(f"wrote {path}")
+
+
+@app.command()
+@friendly_errors
+def status(runs: Annotated[Path, typer.Option(help="Folder of run records.")] = Path("runs")) -> None:
+    """Where a study stands: every run under the folder, its progress, accuracy, speed and time left."""
+    from archbench.status import show_status
+
+    show_status(runs, console=console)
 
 
 @data_app.command("prepare")
 @friendly_errors
 def data_prepare(
     root: Annotated[Path, typer.Option(help="Where the data and its packed cache live.")] = Path("data"),
-    source: Annotated[Optional[str], typer.Option(help="URL, local zip or extracted folder (default: the official zip).", show_default=False)] = None,
-    skip_bad: Annotated[bool, typer.Option("--skip-bad", help="Skip unreadable images (counted) instead of stopping.")] = False,
+    source: Annotated[
+        str | None,
+        typer.Option(  # noqa: UP045
+            help="URL, local zip or extracted folder (default: the official zip).", show_default=False
+        ),
+    ] = None,
+    skip_bad: Annotated[
+        bool, typer.Option("--skip-bad", help="Skip unreadable images (counted) instead of stopping.")
+    ] = False,
 ) -> None:
     """Download (resumable, md5-checked), extract, verify and pack Tiny-ImageNet-200."""
     from archbench.data.tinyimagenet import prepare
@@ -217,7 +265,12 @@ def data_synth(
     from archbench.data.synthetic import make_synthetic
 
     manifest = make_synthetic(
-        root=root, classes=classes, train_per_class=train_per_class, val_per_class=val_per_class, seed=seed, console=console
+        root=root,
+        classes=classes,
+        train_per_class=train_per_class,
+        val_per_class=val_per_class,
+        seed=seed,
+        console=console,
     )
     _print_manifest(manifest)
 

@@ -22,7 +22,10 @@ TIMEOUT = dt.timedelta(seconds=int(os.environ.get("ARCHBENCH_DIST_TIMEOUT", "600
 
 
 @dataclass
-class Dist:
+class DistContext:
+    """This process's place in the job (rank, world size, local GPU) and the collectives the loop uses;
+    a single process is world size 1, where every collective is the identity."""
+
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
@@ -72,11 +75,11 @@ class Dist:
             dist.barrier()
 
 
-def from_environment(device: str) -> Dist:
+def from_environment(device: str) -> DistContext:
     """Join the process group torchrun describes in the environment (WORLD_SIZE > 1), else run alone."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size <= 1:
-        return Dist()
+        return DistContext()
     rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
     if not dist.is_initialized():
         use_cuda = device != "cpu" and torch.cuda.is_available()
@@ -85,7 +88,7 @@ def from_environment(device: str) -> Dist:
         if use_cuda:
             torch.cuda.set_device(local_rank)
         dist.init_process_group(backend="nccl" if use_cuda else "gloo", timeout=TIMEOUT)
-    return Dist(rank=rank, world_size=world_size, local_rank=local_rank)
+    return DistContext(rank=rank, world_size=world_size, local_rank=local_rank)
 
 
 class GlooSyncBatchNorm(nn.BatchNorm2d):
@@ -105,7 +108,7 @@ class GlooSyncBatchNorm(nn.BatchNorm2d):
         stats = dist_fn.all_reduce(torch.cat([xf.sum((0, 2, 3)), (xf * xf).sum((0, 2, 3)), count]))
         n = stats[-1]
         mean = stats[:channels] / n
-        var = (stats[channels: 2 * channels] / n - mean * mean).clamp(min=0)
+        var = (stats[channels : 2 * channels] / n - mean * mean).clamp(min=0)
         with torch.no_grad():
             self.num_batches_tracked += 1
             m = self.momentum
@@ -121,8 +124,9 @@ def convert_sync_batchnorm(model: nn.Module, device: torch.device) -> nn.Module:
         return nn.SyncBatchNorm.convert_sync_batchnorm(model)
     for name, child in model.named_children():
         if type(child) is nn.BatchNorm2d:
-            synced = GlooSyncBatchNorm(child.num_features, child.eps, child.momentum, child.affine,
-                                       child.track_running_stats)
+            synced = GlooSyncBatchNorm(
+                child.num_features, child.eps, child.momentum, child.affine, child.track_running_stats
+            )
             synced.load_state_dict(child.state_dict())
             setattr(model, name, synced)
         else:

@@ -4,7 +4,6 @@ The CLI prints its message as a single line and exits with ``exit_code``; anythi
 keeps its traceback.
 """
 
-
 DIVERGED_EXIT = 3  # `archbench run`'s exit code when every run was recorded but at least one diverged
 
 

@@ -14,20 +14,35 @@ import re
 import subprocess
 import sys
 import threading
-from dataclasses import fields
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from archbench import runs
+from archbench.config import RunRequest, cli_fields, flag
 from archbench.errors import DIVERGED_EXIT, ArchbenchError
-from archbench.provenance import utc_now
+from archbench.progress import job_progress, results_table
 
 EPOCH_LINE = re.compile(r" epoch (\d+)/(\d+):")
+RUN_ID = re.compile(r"\b(\d{8}-\d{6}-s\d+-[0-9a-f]{6}-[0-9a-f]{4})\b")  # runs.open_run's ids
 # RunRequest fields that are not passed through to a child as they are.
-NOT_PASSED = {"models", "seeds", "gpus", "device", "quiet"}
+NOT_PASSED = {
+    "models",
+    "seeds",
+    "gpus",
+    "device",
+    "quiet",
+    "launcher",
+    "cluster",
+    "partition",
+    "time_limit",
+    "gpus_per_job",
+    "cpus_per_job",
+    "slurm_param",
+    "wait",
+}
 
 
 def gpu_slot(gpu: str) -> tuple[dict[str, str], str]:
@@ -44,69 +59,95 @@ def gpu_slot(gpu: str) -> tuple[dict[str, str], str]:
     return {"CUDA_VISIBLE_DEVICES": physical}, "cuda"
 
 
-def child_args(request, model: str, seed: int, device: str) -> list[str]:
-    """The `archbench run` command line that does one job of `request`."""
+def child_args(request: RunRequest, model: str, seed: int, device: str) -> list[str]:
+    """The `archbench run` command line that does one job of `request`: every option it was given."""
     args = [sys.executable, "-m", "archbench", "run", model, "--seed", str(seed), "--device", device, "--quiet"]
-    for f in fields(request):
+    for f in cli_fields(RunRequest):
         value = getattr(request, f.name)
-        flag = "--" + f.name.replace("_", "-")
-        if f.name in NOT_PASSED or value is None:
+        if f.name in NOT_PASSED or f.metadata["argument"] or value is None:
             continue
-        if f.name == "channels_last":
-            args.append("--channels-last" if value else "--no-channels-last")
-        elif value is False:
-            continue
-        elif f.name == "thresholds":
-            for t in value:
-                args += ["--threshold", str(t)]
-        elif value is True:
-            args.append(flag)
+        names = f.metadata["flags"][0].split("/") if f.metadata["flags"] else [flag(f)]
+        if isinstance(value, bool):
+            if len(names) == 2:  # --x/--no-x
+                args.append(names[0] if value else names[1])
+            elif value:
+                args.append(names[0])
+        elif isinstance(value, list):
+            for item in value:
+                args += [names[0], str(item)]
         else:
-            args += [flag, str(value)]
+            args += [names[0], str(value)]
     return args
 
 
-def _newest_summary(out: Path, model: str, seed: int, since: str) -> dict | None:
-    """The summary of this sweep's job for (model, seed): one finished at or after `since`, else (the
-    job found its run already recorded and skipped it) the newest one."""
-    found = []
-    for summary in (out / model).glob("*/summary.json"):
-        if runs.read_json(summary.parent / "config.json").get("seed") == seed:
-            found.append(runs.read_json(summary))
-    fresh = [s for s in found if s.get("finished_at", "") >= since]
-    return max(fresh or found, key=lambda s: s["finished_at"], default=None)
+@dataclass(frozen=True)
+class Job:
+    """One (model, seed) run of a request: what a GPU slot or a cluster job runs as `archbench run`."""
+
+    request: RunRequest
+    model: str
+    seed: int
+
+    @property
+    def label(self) -> str:
+        lr = f" lr {self.request.lr}" if self.request.tuning_trial else ""
+        return f"{self.model} s{self.seed}{lr}"
+
+    def command(self, device: str) -> list[str]:
+        return child_args(self.request, self.model, self.seed, device)
 
 
-def run_on_gpus(request, console: Console) -> list[dict]:
+def jobs_of(requests: list[RunRequest]) -> list[Job]:
+    return [Job(r, model, seed) for r in requests for model in r.models for seed in r.seeds]
 
-    gpus = [g.strip() for g in request.gpus.split(",") if g.strip()]
+
+def recorded_summary(out: Path, model: str, output: str) -> dict | None:
+    """The summary of the run a child `archbench run --quiet` reported in `output` (its last run id)."""
+    ids = RUN_ID.findall(output)
+    if not ids:
+        return None
+    try:
+        return runs.read_json(out / model / ids[-1] / runs.SUMMARY)
+    except (OSError, ValueError):
+        return None
+
+
+def run_on_gpus(jobs: list[Job], gpus: str, out: Path, console: Console) -> list[dict]:
+    """Run every job as its own `archbench run` process, one per GPU at a time, and return their summaries."""
+    slots_wanted = [g.strip() for g in gpus.split(",") if g.strip()]
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise ArchbenchError("--gpus starts its own processes; use it without torchrun.")
-    if len(set(gpus)) != len(gpus):
-        raise ArchbenchError(f"--gpus {request.gpus} names a GPU twice; give each GPU once.")
-    since = utc_now()
-    slots = {gpu: gpu_slot(gpu) for gpu in gpus}
-    jobs: queue.Queue = queue.Queue()
-    for model in request.models:
-        for seed in request.seeds:
-            jobs.put((model, seed))
+    if len(set(slots_wanted)) != len(slots_wanted):
+        raise ArchbenchError(f"--gpus {gpus} names a GPU twice; give each GPU once.")
+    slots = {gpu: gpu_slot(gpu) for gpu in slots_wanted}
+    queued: queue.Queue = queue.Queue()
+    for index, job in enumerate(jobs):
+        queued.put((index, job))
 
-    progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                        TextColumn("{task.fields[state]}"), TimeElapsedColumn(), console=console)
+    progress = job_progress(console)
     failures: list[str] = []
+    results: dict[int, dict] = {}
 
     def worker(gpu: str) -> None:
         env, device = slots[gpu]
         while True:
             try:
-                model, seed = jobs.get_nowait()
+                index, job = queued.get_nowait()
             except queue.Empty:
                 return
-            task = progress.add_task(f"gpu {gpu}: {model} s{seed}", total=None, state="starting")
-            proc = subprocess.Popen(child_args(request, model, seed, device), env={**os.environ, **env},
-                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
+            task = progress.add_task(f"gpu {gpu}: {job.label}", total=None, state="starting")
+            proc = subprocess.Popen(
+                job.command(device),
+                env={**os.environ, **env},
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                bufsize=1,
+            )
+            output = []
             for line in proc.stdout:
                 line = line.rstrip()
+                output.append(line)
                 if match := EPOCH_LINE.search(line):
                     progress.update(task, completed=int(match[1]), total=int(match[2]), state="training")
                 if line:
@@ -114,19 +155,18 @@ def run_on_gpus(request, console: Console) -> list[dict]:
             code = proc.wait()
             progress.update(task, state="done" if code == 0 else f"[red]exit {code}")
             if code not in (0, DIVERGED_EXIT):  # a divergence is a result, which its record says
-                failures.append(f"{model} s{seed} on gpu {gpu} (exit {code})")
+                failures.append(f"{job.label} on gpu {gpu} (exit {code})")
+            elif (summary := recorded_summary(job.request.out, job.model, "\n".join(output))) is not None:
+                results[index] = summary
 
-    threads = [threading.Thread(target=worker, args=(gpu,), daemon=True) for gpu in gpus]
+    threads = [threading.Thread(target=worker, args=(gpu,), daemon=True) for gpu in slots_wanted]
     with progress:
         for t in threads:
             t.start()
         for t in threads:
             t.join()
-    results = [s for model in request.models for seed in request.seeds
-               if (s := _newest_summary(request.out, model, seed, since)) is not None]
     if failures:
         raise ArchbenchError(f"{len(failures)} job(s) failed: {'; '.join(failures)}; their output is above.")
-    from archbench.train import results_table
-
-    console.print(results_table(results))
-    return results
+    ordered = [results[i] for i in sorted(results)]
+    console.print(results_table(ordered))
+    return ordered

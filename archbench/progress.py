@@ -1,34 +1,57 @@
-"""How a training run shows itself: Rich progress bars, plain log lines (`--quiet`), or nothing.
+"""How a training run shows itself: Rich progress bars, plain log lines (`--quiet`), or nothing; and the
+closing table of a command's runs.
 
-The training loop calls the same four methods whichever is in use; reading a value for display is a
-host-device sync, so the loop calls `step` only every few steps.
+The training loop calls the same methods whichever reporter is in use; reading a value for display is
+a host-device sync, so the loop calls `step` only every few steps.
 """
 
 from __future__ import annotations
 
+from rich import box
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
 
 
 def epoch_line(label: str, row: dict, epochs: int) -> str:
+    val = "" if row.get("val_acc") is None else f" | val acc {100 * row['val_acc']:.2f}%"
     return (
-        f"{label} epoch {row['epoch']}/{epochs}: train loss {row['train_loss']:.4f} acc {100 * row['train_acc']:.2f}% | "
-        f"test loss {row['test_loss']:.4f} acc {100 * row['test_acc']:.2f}% | lr {row['lr']:.4g} | "
-        f"{row['train_images_per_s']:.0f} img/s | {row['epoch_seconds']:.1f}s"
+        f"{label} epoch {row['epoch']}/{epochs}: train loss {row['train_loss']:.4f} "
+        f"acc {100 * row['train_acc']:.2f}% | test loss {row['test_loss']:.4f} acc {100 * row['test_acc']:.2f}%{val} "
+        f"| lr {row['lr']:.4g} | {row['train_images_per_s']:.0f} img/s | {row['epoch_seconds']:.1f}s"
     )
 
 
 def finish_line(label: str, summary: dict) -> str:
-    status = summary["status"]
+    status, run = summary["status"], f"(run {summary['run_id']})"
     if status == "diverged":
-        return f"{label}: [red]diverged[/] at step {summary['diverged_at_step']} (non-finite loss)"
-    best = summary["best_test_acc"]
-    best_text = f"best test acc {100 * best:.2f}% (epoch {summary['best_epoch']})" if best is not None else "no epoch finished"
-    return f"{label}: {status}, {best_text}, {summary['wall_seconds']:.0f}s"
+        return f"{label}: [red]diverged[/] at step {summary['diverged_at_step']} (non-finite loss) {run}"
+    if summary["best_epoch"] is None:
+        return f"{label}: {status}, no epoch finished, {summary['wall_seconds']:.0f}s {run}"
+    if summary.get("selected_on") == "val":
+        best = (
+            f"test acc {100 * summary['test_acc_at_best_epoch']:.2f}% at epoch {summary['best_epoch']}, "
+            "chosen on validation"
+        )
+    else:
+        best = f"final test acc {100 * summary['final_test_acc']:.2f}%"
+    return f"{label}: {status}, {best}, {summary['wall_seconds']:.0f}s {run}"
 
 
-class Silent:
-    """For ranks other than 0 under torchrun."""
+def job_progress(console: Console) -> Progress:
+    """One bar per job of a sweep or a cluster submission, with its state (queued, training, done, exit N)."""
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[state]}"),
+        TimeElapsedColumn(),
+        console=console,
+    )
+
+
+class Reporter:
+    """The reporter interface; on its own it shows nothing (ranks other than 0 under torchrun)."""
 
     def start(self, label: str, epochs: int, steps_per_epoch: int, done_steps: int) -> None: ...
 
@@ -43,7 +66,7 @@ class Silent:
     def close(self) -> None: ...
 
 
-class LogLines(Silent):
+class LogLines(Reporter):
     """`--quiet`: one line per epoch and per finished run, for logs and batch jobs."""
 
     def __init__(self, console: Console):
@@ -52,7 +75,9 @@ class LogLines(Silent):
     def start(self, label, epochs, steps_per_epoch, done_steps):
         self.epochs = epochs
         resumed = f" (resuming after step {done_steps})" if done_steps else ""
-        self.console.print(f"{label}: {epochs} epochs x {steps_per_epoch} steps{resumed}", highlight=False, soft_wrap=True)
+        self.console.print(
+            f"{label}: {epochs} epochs x {steps_per_epoch} steps{resumed}", highlight=False, soft_wrap=True
+        )
 
     def epoch(self, label, row):
         self.console.print(epoch_line(label, row, self.epochs), highlight=False, soft_wrap=True)
@@ -61,8 +86,11 @@ class LogLines(Silent):
         self.console.print(finish_line(label, summary), highlight=False, soft_wrap=True)
 
     def skip(self, label, summary):
-        self.console.print(f"{label}: already recorded as {summary['run_id']} ({summary['status']}); --fresh runs it again",
-                           highlight=False, soft_wrap=True)
+        self.console.print(
+            f"{label}: already recorded as {summary['run_id']} ({summary['status']}); --fresh runs it again",
+            highlight=False,
+            soft_wrap=True,
+        )
 
 
 class Bars(LogLines):
@@ -87,8 +115,13 @@ class Bars(LogLines):
     def start(self, label, epochs, steps_per_epoch, done_steps):
         self.epochs = epochs
         self.task = self.progress.add_task(
-            label, total=epochs * steps_per_epoch, completed=done_steps, epoch=done_steps // max(steps_per_epoch, 1) + 1,
-            loss=float("nan"), acc=0.0, ips=0.0,
+            label,
+            total=epochs * steps_per_epoch,
+            completed=done_steps,
+            epoch=done_steps // max(steps_per_epoch, 1) + 1,
+            loss=float("nan"),
+            acc=0.0,
+            ips=0.0,
         )
 
     def step(self, advance, epoch, loss, acc, images_per_s):
@@ -102,3 +135,32 @@ class Bars(LogLines):
 
     def close(self):
         self.progress.stop()
+
+
+def results_table(results: list[dict]) -> Table:
+    """The closing comparison: one row per run, final accuracies, epochs to each threshold."""
+    thresholds = list(results[0]["epochs_to_threshold"]) if results else []
+    table = Table(
+        title="archbench run",
+        box=box.SIMPLE,
+        caption="final accuracies; ≥t: first epoch with test accuracy ≥ t (— never)",
+    )
+    table.add_column("model", no_wrap=True)
+    table.add_column("status", no_wrap=True)
+    for column in ("train", "test", *(f"≥{t}" for t in thresholds), "img/s", "time"):
+        table.add_column(column, justify="right", no_wrap=True)
+
+    def pct(value):
+        return "—" if value is None else f"{100 * value:.1f}%"
+
+    for s in results:
+        table.add_row(
+            f"{s['model']} s{s['seed']}",
+            s["status"],
+            pct(s["final_train_acc"]),
+            pct(s["final_test_acc"]),
+            *(str(e) if (e := s["epochs_to_threshold"].get(t)) is not None else "—" for t in thresholds),
+            "—" if s["mean_train_images_per_s"] is None else f"{s['mean_train_images_per_s']:.0f}",
+            f"{s['wall_seconds']:.0f}s",
+        )
+    return table

@@ -73,3 +73,76 @@ PUBLISHED: tuple[PublishedResult, ...] = (
 )
 
 HE_2016_CONVERGENCE_QUOTE = "the 18-layer ResNet converges faster"  # than plain-18, at similar accuracy
+
+# Parameters and fvcore GFLOPs, measured: what archbench's own builders must reproduce, and torchvision's
+# modules (the same architectures) are checked against.
+COUNTS_MEASURED = (
+    "torchvision 0.29.1 + fvcore 0.1.5, measured: 200 classes, eval mode, one 1x3xSxS input; "
+    "fvcore counts one fused multiply-add as one flop and does not count max-pool or the residual add"
+)
+PLAIN34_DERIVED = (
+    f"resnet34 (torchvision) without its three 1x1 projection shortcuts (173,824 fewer); {COUNTS_MEASURED}"
+)
+
+
+@dataclass(frozen=True)
+class ModelCount:
+    """Parameters and fvcore GFLOPs of one architecture at 200 classes; None where not measured."""
+
+    model: str  # the archbench registry name; for a torchvision-only model, torchvision's name for it
+    parameters: int
+    gflops_224: float | None  # fvcore GFLOPs at 224x224
+    gflops_64: float | None  # fvcore GFLOPs at 64x64
+    source: str
+
+
+MODEL_COUNTS: tuple[ModelCount, ...] = (
+    ModelCount("resnet18", 11_279_112, 1.8187, 0.1486, COUNTS_MEASURED),
+    ModelCount("vgg11", 129_585_736, 7.6058, 0.7314, COUNTS_MEASURED),
+    ModelCount("vgg11_bn", 129_591_240, 7.6207, 0.7326, COUNTS_MEASURED),
+    ModelCount("vgg16", 135_079_944, 15.4670, 1.3731, COUNTS_MEASURED),
+    ModelCount("vgg16_bn", 135_088_392, 15.4941, 1.3754, COUNTS_MEASURED),
+    ModelCount("resnet34", 21_387_272, 3.6709, None, COUNTS_MEASURED),
+    ModelCount("resnet34_plain", 21_213_448, None, None, PLAIN34_DERIVED),
+    ModelCount("vgg19", 140_389_640, 19.6288, None, COUNTS_MEASURED),
+    ModelCount("vgg19_bn", 140_400_648, 19.6585, None, COUNTS_MEASURED),
+    ModelCount("mobilenet_v3_small", 1_722_856, 0.0588, None, COUNTS_MEASURED),
+)
+
+
+@dataclass(frozen=True)
+class DepthError:
+    """One row of He et al. 2016, Table 2: a plain or residual net of one depth, ImageNet top-1 error."""
+
+    label: str  # the name the paper uses
+    depth: int
+    residual: bool
+    top1_error: float  # percent, 10-crop testing
+    source: str
+
+
+HE_2016_TABLE2_PROTOCOL = "ImageNet, top-1 error, 10-crop testing"
+HE_2016_TABLE2: tuple[DepthError, ...] = (
+    DepthError("plain-18", 18, False, 27.94, HE_2016),
+    DepthError("ResNet-18", 18, True, 27.88, HE_2016),
+    DepthError("plain-34", 34, False, 28.54, HE_2016),
+    DepthError("ResNet-34", 34, True, 25.03, HE_2016),
+)
+
+# Balduzzi et al. 2017, "The Shattered Gradients Problem: If resnets are the answer, then what is the
+# question?" (ICML): in plain nets, gradients decorrelate towards white noise with depth (exponentially);
+# with skip connections the decorrelation is sublinear.
+BALDUZZI_2017 = 'Balduzzi et al. 2017, "The Shattered Gradients Problem" (ICML)'
+
+# The reference reproduction's reading of early training (the project brief): residual connections make
+# early training easier, and avoid early noisy gradients.
+NOISY_GRADIENTS_CLAIM = "residual connections avoid early noisy gradients"
+
+# How a throughput benchmark is trusted (`archbench bench` follows both): users of timm's benchmark
+# reported that models measured one after another in one process change each other's numbers (allocator
+# fragmentation), so each model is measured in a process of its own (huggingface/pytorch-image-models
+# issue 955); and that synthetic-input throughput overstates training speed when the input pipeline is the
+# bottleneck (ResNet-50 on an A100: about 2,600 img/s on synthetic input against 1,923 img/s in real
+# training, issue 1491), hence model-only beside end-to-end. timm's benchmark retries with a smaller batch
+# after running out of memory and records the batch used.
+TIMM_BENCHMARK_PITFALLS = "huggingface/pytorch-image-models issues 955 and 1491"

@@ -9,6 +9,12 @@ A file names a builder from ``archbench.models.BUILDERS`` and that builder's arg
     [recipe]            # optional; the only key is lr_scale (multiplies the preset's learning rate)
     lr_scale = 0.1
 
+Builders: ``resnet`` and ``vgg`` (archbench's own), ``torchvision`` (``[args] name = "convnext_tiny"`` plus
+the constructor's keyword arguments) and ``python`` (``[args] target = "mynet.py:make_net"`` plus the
+callable's keyword arguments). Reading a folder checks every file cheaply (keys, types, names, files);
+torchvision and user code are built only when an entry is used (``Entry.build``, ``check_forward``,
+``catalogue``). Every problem is an ArchbenchError of one line naming the file and the key.
+
 The folder is, first match wins: the ``path`` argument (``--registry``), ``$ARCHBENCH_REGISTRY``, the
 checkout's ``registry/`` beside the package, the copy an installed package carries as
 ``archbench/registry_files``.
@@ -16,13 +22,15 @@ checkout's ``registry/`` beside the package, the copy an installed package carri
 
 from __future__ import annotations
 
-import collections.abc
+import copy
+import datetime
 import difflib
+import hashlib
 import importlib.resources
-import inspect
+import logging
+import math
 import os
 import re
-import types
 import typing
 from dataclasses import dataclass
 from functools import cached_property
@@ -37,51 +45,150 @@ except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
 from archbench.errors import ArchbenchError
-from archbench.models import BUILDERS
+from archbench.models import BUILDERS, ArgumentError, ModelTraits, read_traits
+from archbench.models.builders import check_type, describe
 
+log = logging.getLogger("archbench")
 ENV_VAR = "ARCHBENCH_REGISTRY"
 CHECKOUT_REGISTRY = Path(__file__).resolve().parent.parent / "registry"
 TOP_LEVEL_KEYS: dict[str, type] = {"description": str, "builder": str, "args": dict, "recipe": dict}
 RECIPE_KEYS: dict[str, type] = {"lr_scale": float}
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+# (builder, folder, arguments) that passed the builder's check in this process: the registry is read again
+# by every lookup, and the check of an archbench builder builds the model on the meta device (~25 ms).
+_CHECKED: set[tuple[str, str, str]] = set()
 
 
 @dataclass(frozen=True)
 class Entry:
+    """One registry file: what to build (``builder`` and ``args``), how to train it (``lr_scale``), and
+    what the built model is (``traits``: residual, batch_norm, depth, read from the module itself)."""
+
     name: str
     description: str
     builder: str
     args: dict
     lr_scale: float | None
-    path: Path
+    path: Path  # the TOML file on this machine, for messages and display; identity() records its hash
+    toml_sha256: str
 
     def build(self, **overrides) -> nn.Module:
         """A freshly initialised model; ``overrides`` (e.g. ``num_classes=10``) replace TOML arguments."""
-        return BUILDERS[self.builder](**{**self.args, **overrides})
+        make = self._constructor()
+        try:
+            return make(**overrides)
+        except ArgumentError as e:
+            raise _error(self.path, e.key, e.problem) from None
 
-    def argument(self, key: str):
-        """The argument as the builder sees it: from the TOML, else the builder's default."""
-        if key in self.args:
-            return self.args[key]
-        param = inspect.signature(BUILDERS[self.builder]).parameters.get(key)
-        return None if param is None or param.default is inspect.Parameter.empty else param.default
+    def build_on_meta(self, **overrides) -> nn.Module:
+        """The model on the meta device: its structure and shapes without memory or initialisation.
+
+        Code that cannot run on the meta device (sizes computed from tensor values, say) is built for real
+        on the CPU instead; if that fails too, its error is the one raised.
+        """
+        make = self._constructor()  # imports happen outside the meta context, so module-level tensors are real
+        try:
+            with torch.device("meta"):
+                return make(**overrides)
+        except ArgumentError:
+            return self.build(**overrides)
+
+    def build_for_counting(self, **overrides) -> nn.Module:
+        """A CPU model whose parameters and FLOPs are right but whose values may not be: where the builder
+        allows, built on the meta device and given uninitialised memory (VGG's initialisation is slow)."""
+        if BUILDERS[self.builder].counts_on_empty:
+            return self.build_on_meta(**overrides).to_empty(device="cpu")
+        return self.build(**overrides)
+
+    @cached_property
+    def traits(self) -> ModelTraits:
+        """Residual, batch norm and depth, read from the model built on the meta device."""
+        return read_traits(self.build_on_meta())
 
     @property
-    def residual(self) -> bool:
-        return bool(self.argument("residual"))
+    def residual(self) -> bool | None:
+        """Whether the forward pass adds two activations; None if its graph could not be traced."""
+        return self.traits.residual
 
     @property
     def batch_norm(self) -> bool:
-        return self.builder == "resnet" or bool(self.argument("batch_norm"))  # every ResNet conv has BN
+        return self.traits.batch_norm
 
-    @cached_property
+    @property
     def depth(self) -> int:
-        """Conv and linear weight layers on the main path (shortcut projections excluded): 18 for resnet18."""
-        with torch.device("meta"):
-            model = self.build()
-        return sum(
-            isinstance(m, (nn.Conv2d, nn.Linear)) and "downsample" not in name for name, m in model.named_modules()
-        )
+        """Conv and linear layers on the longest input-to-output path: 18 for resnet18 and resnet18_plain."""
+        return self.traits.depth
+
+    def identity(self) -> dict:
+        """Which model a run trained, as portable JSON: no path of this machine, the TOML file's sha256,
+        and for a ``python`` entry its ``target`` and the sha256 of the source file that defines it."""
+        try:
+            source = BUILDERS[self.builder].source(self.args, self.path.parent)
+        except ArgumentError as e:
+            raise _error(self.path, e.key, e.problem) from None
+        return {
+            "name": self.name,
+            "builder": self.builder,
+            "args": _plain(copy.deepcopy(self.args)),
+            "description": self.description,
+            "lr_scale": self.lr_scale,
+            "toml_sha256": self.toml_sha256,
+            "residual": self.residual,
+            "batch_norm": self.batch_norm,
+            "depth": self.depth,
+            **source,
+        }
+
+    def _constructor(self):
+        try:
+            return BUILDERS[self.builder].constructor(self.args, self.path.parent)
+        except ArgumentError as e:
+            raise _error(self.path, e.key, e.problem) from None
+
+
+def check_forward(entry: Entry, image_size: int, num_classes: int) -> None:
+    """Raise one ArchbenchError line naming the entry's file unless its model, built for ``num_classes``,
+    maps ``image_size`` x ``image_size`` RGB images to one row of ``num_classes`` logits per image: in
+    training mode (a batch of 2, as batch norm needs) and in eval mode (a batch of 1).
+
+    Runs on the meta device: no memory, no arithmetic. Where the model cannot be built or run there (an
+    op without a meta kernel, sizes read from values), it is decided on a real CPU build. The global RNG
+    state is left as it was, so seeding after this call is unaffected.
+    """
+    with torch.random.fork_rng(devices=[]):
+        model = entry.build_on_meta(num_classes=num_classes)
+        device = next(iter([*model.parameters(), *model.buffers()]), torch.empty(0, device="meta")).device
+        problem, error = _forward_problem(model, image_size, num_classes, device)
+        if device.type == "meta" and error is not None and _meta_only(error):
+            model = entry.build(num_classes=num_classes)
+            problem, _ = _forward_problem(model, image_size, num_classes, torch.device("cpu"))
+    if problem is not None:
+        _fail(entry.path, "args", f"builds a model that cannot run on {image_size}x{image_size} input: {problem}")
+
+
+def _forward_problem(
+    model: nn.Module, image_size: int, num_classes: int, device: torch.device
+) -> tuple[str | None, Exception | None]:
+    """What is wrong with the model's forward pass at this size (None if nothing), and the exception."""
+    for training, batch in ((True, 2), (False, 1)):
+        mode = "training" if training else "eval"
+        model.train(training)
+        try:
+            with torch.no_grad():
+                out = model(torch.zeros(batch, 3, image_size, image_size, device=device))
+        except Exception as e:  # whatever the model raises is a problem with this entry at this size
+            return f"{describe(e)} (in {mode} mode)", e
+        if not isinstance(out, torch.Tensor):
+            return f"in {mode} mode it returns {type(out).__name__}, not a tensor of logits", None
+        if tuple(out.shape) != (batch, num_classes):
+            shape, want = tuple(out.shape), (batch, num_classes)
+            return f"in {mode} mode its output for {batch} image(s) has shape {shape}, not {want}", None
+    return None, None
+
+
+def _meta_only(error: Exception) -> bool:
+    """Whether an error on the meta device may not happen on real tensors (no kernel, no data to read)."""
+    return isinstance(error, NotImplementedError) or "meta" in str(error).lower()
 
 
 def resolve_registry_dir(path: str | os.PathLike | None = None) -> Path:
@@ -141,21 +248,26 @@ def build_model(name: str, registry: str | os.PathLike | None = None, **override
 
 
 def catalogue(registry: str | os.PathLike | None = None) -> list[dict]:
-    """One row per entry: name, description, parameters, gflops_224, residual, batch_norm."""
+    """One row per entry: name, description, parameters, gflops_224, residual, batch_norm.
+
+    gflops_224 is NaN (and a warning is logged) for a model that cannot run on 224x224 input.
+    """
     from archbench.flops import count_gflops, count_parameters
 
     rows = []
     for entry in load_registry(registry).values():
-        # Counting needs shapes, not values: skip the (slow, for VGG's classifier) initialisation.
-        with torch.device("meta"):
-            model = entry.build()
-        model = model.to_empty(device="cpu")
+        model = entry.build_for_counting()
+        try:
+            gflops = count_gflops(model, 224)
+        except Exception as e:  # e.g. a network with a fixed 32x32 input
+            log.warning("%s cannot run on 224x224 input, so its FLOPs are not counted: %s", entry.name, describe(e))
+            gflops = math.nan
         rows.append(
             {
                 "name": entry.name,
                 "description": entry.description,
                 "parameters": count_parameters(model),
-                "gflops_224": count_gflops(model, 224),
+                "gflops_224": gflops,
                 "residual": entry.residual,
                 "batch_norm": entry.batch_norm,
             }
@@ -167,8 +279,9 @@ def catalogue(registry: str | os.PathLike | None = None) -> list[dict]:
 def _load_entry(file: Path) -> Entry:
     if not NAME_PATTERN.fullmatch(file.stem):
         raise ArchbenchError(f"{file}: the model name (file stem) may hold only letters, digits, '_', '.', '-'")
+    raw = file.read_bytes()
     try:
-        data = tomllib.loads(file.read_text(encoding="utf-8"))
+        data = tomllib.loads(raw.decode("utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise ArchbenchError(f"{file}: not valid TOML: {e}") from None
 
@@ -182,18 +295,14 @@ def _load_entry(file: Path) -> Entry:
     builder_name = data["builder"]
     if builder_name not in BUILDERS:
         _fail(file, "builder", f"names an unknown builder '{builder_name}' (known: {', '.join(BUILDERS)})")
-
-    builder = BUILDERS[builder_name]
-    params = inspect.signature(builder).parameters
-    hints = typing.get_type_hints(builder)
     args = data.get("args", {})
-    for key, value in args.items():
-        if key not in params:
-            _fail(file, f"args.{key}", f"is not an argument of builder '{builder_name}' ({', '.join(params)})")
-        _check_type(file, f"args.{key}", value, hints[key])
-    for key, param in params.items():
-        if param.default is inspect.Parameter.empty and key not in args:
-            _fail(file, f"args.{key}", f"is missing (builder '{builder_name}' requires it)")
+    checked = (builder_name, str(file.parent.resolve()), repr(args))
+    if checked not in _CHECKED:
+        try:
+            BUILDERS[builder_name].check(args, file.parent)
+        except ArgumentError as e:
+            raise _error(file, e.key, e.problem) from None
+        _CHECKED.add(checked)
 
     recipe = data.get("recipe", {})
     for key, value in recipe.items():
@@ -205,36 +314,31 @@ def _load_entry(file: Path) -> Entry:
         _fail(file, "recipe.lr_scale", f"must be positive, got {lr_scale}")
 
     lr_scale = None if lr_scale is None else float(lr_scale)
-    entry = Entry(file.stem, data["description"], builder_name, args, lr_scale, file)
-    try:  # values the types allow but the builder rejects (e.g. config = "Z"); meta tensors take no memory
-        with torch.device("meta"):
-            entry.build()
-    except (ValueError, RuntimeError) as e:
-        _fail(file, "args", f"is rejected by builder '{builder_name}': {e}")
-    return entry
+    sha256 = hashlib.sha256(raw).hexdigest()
+    return Entry(file.stem, data["description"], builder_name, args, lr_scale, file, sha256)
+
+
+def _error(file: Path, key: str, problem: str) -> ArchbenchError:
+    return ArchbenchError(f"{file}: key '{key}' {problem}")
 
 
 def _fail(file: Path, key: str, problem: str) -> typing.NoReturn:
-    raise ArchbenchError(f"{file}: key '{key}' {problem}")
+    raise _error(file, key, problem)
 
 
 def _check_type(file: Path, key: str, value, expected) -> None:
-    if not _matches(value, expected):
-        name = str(expected) if typing.get_origin(expected) else expected.__name__
-        _fail(file, key, f"must be {name.replace('collections.abc.Sequence', 'list')}, got {value!r}")
+    try:
+        check_type(key, value, expected)
+    except ArgumentError as e:
+        raise _error(file, e.key, e.problem) from None
 
 
-def _matches(value, expected) -> bool:
-    """Whether a TOML value fits a builder annotation (int, float, bool, str, list[...], unions)."""
-    origin, inner = typing.get_origin(expected), typing.get_args(expected)
-    if origin in (typing.Union, types.UnionType):
-        return any(_matches(value, t) for t in inner)
-    if origin in (list, collections.abc.Sequence):
-        return isinstance(value, list) and all(_matches(v, inner[0]) for v in value)
-    if expected is float:  # a TOML integer is fine where a float is expected
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if expected is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if expected is type(None):
-        return value is None
-    return isinstance(value, expected)
+def _plain(value):
+    """TOML values as JSON can hold them: dates and times become ISO 8601 strings."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    if isinstance(value, (datetime.date, datetime.time)):
+        return value.isoformat()
+    return value

@@ -1,8 +1,13 @@
-"""Run records on disk: one folder per run, `runs/<model>/<run_id>/`.
+"""Run records on disk: one folder per run, `runs/<model>/<run_id>/`, and the one schema of their files.
 
-A run folder holds config.json, metrics.csv, gradnorms.csv and summary.json (tracked by git) and
-checkpoint.pt (never tracked). Every file is written to a temporary name and moved into place with
-`os.replace`, so a crash leaves either the old file or the new one, never half of one.
+A run folder holds config.json (the resolved `RunConfig` plus provenance), metrics.csv (one
+`EpochMetrics` row per epoch), gradnorms.csv (one `GradNormRow` per early step and weight layer) and
+summary.json (a `Summary`), all tracked by git, and checkpoint.pt (never tracked). The dataclasses
+below are the schema: the training loop writes through `write_record`, the report reads the columns
+they define, and the tests build their fixtures with the same writer, so a column exists in one place.
+
+Every file is written to a temporary name and moved into place with `os.replace`, so a crash leaves
+either the old file or the new one, never half of one.
 
 Resuming: rerunning the same command finds the unfinished run whose config hash matches and continues
 it from its checkpoint. Each process holds an exclusive lock on the run it writes, so two processes
@@ -12,6 +17,7 @@ started at once never write to the same folder: the second one starts a run of i
 from __future__ import annotations
 
 import csv
+import dataclasses
 import datetime as dt
 import fcntl
 import hashlib
@@ -20,39 +26,164 @@ import json
 import os
 import secrets
 import tempfile
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from archbench.errors import ArchbenchError
 
 CHECKPOINT = "checkpoint.pt"
+CONFIG, METRICS, GRADNORMS, SUMMARY = "config.json", "metrics.csv", "gradnorms.csv", "summary.json"
+STATUSES = ("completed", "diverged", "interrupted")
 UNFINISHED = (None, "interrupted")
 
 
+# ------------------------------------------------------------------------------------------ schema
+
+
+@dataclass(frozen=True)
+class EpochMetrics:
+    """One row of metrics.csv: an epoch of training and the evaluation after it."""
+
+    epoch: int
+    train_loss: float  # mean over the epoch's augmented training batches
+    train_acc: float
+    test_loss: float  # on the val split, the study's test set
+    test_acc: float
+    lr: float  # the rate of the epoch's last optimiser step
+    epoch_seconds: float  # training and evaluation
+    train_images_per_s: float  # training images over training seconds, all ranks
+    train_samples: int  # training images seen in the epoch, all ranks
+    train_seconds: float  # training alone: no evaluation, no compilation (the first compiled step)
+    images_seen: int  # training images since the run began, all ranks
+    val_loss: float | None = None  # on the held-out validation split, when the run has one
+    val_acc: float | None = None
+
+
+@dataclass(frozen=True)
+class GradNormRow:
+    """One row of gradnorms.csv: a weight layer's gradient norm at one early step, before clipping."""
+
+    step: int
+    layer: str  # module name, e.g. "layer1.0.conv2"
+    layer_index: int  # position among the conv and linear weights in forward order (0: the first conv)
+    kind: str  # "conv" or "linear"
+    grad_norm: float  # ‖g‖
+    weight_norm: float  # ‖w‖ before the step
+    grad_to_weight: float  # ‖g‖ / ‖w‖, the relative update scale (LARS)
+    grad_rms: float  # ‖g‖ / √n over the layer's n weights
+    cosine_to_previous: float  # cosine between this step's gradient and the previous step's (NaN at step 0)
+
+
+@dataclass(frozen=True)
+class Summary:
+    """summary.json: how the run ended and what it reached."""
+
+    run_id: str
+    model: str
+    seed: int
+    status: str  # one of STATUSES
+    diverged_at_step: int | None
+    epochs_completed: int
+    final_train_acc: float | None
+    final_test_acc: float | None
+    best_test_acc: float | None  # the highest test accuracy of any epoch: selected on the test set
+    best_epoch: int | None  # the epoch chosen on `selected_on`
+    selected_on: str  # "val" (the held-out split) or "test" (no split: the choice is test-set selection)
+    best_val_acc: float | None  # validation accuracy at best_epoch (None without a split)
+    test_acc_at_best_epoch: float | None  # the test accuracy of the chosen epoch
+    epochs_to_threshold: dict[str, int | None]  # threshold (as "%g") -> first epoch reaching it
+    seconds_to_threshold: dict[str, float | None]  # training seconds (no evaluation, no compilation) to it
+    images_to_threshold: dict[str, int | None]  # training images to it
+    parameters: int
+    gflops: dict  # image_size, at_image_size, at_224 (fvcore, eval mode)
+    mean_train_images_per_s: float | None
+    train_seconds: float  # training alone, over every epoch
+    compile_seconds: float | None  # the first compiled step, compilation included (None: not compiled)
+    peak_memory_mb: float | None
+    peak_memory_kind: str  # what peak_memory_mb measures: "cuda max_memory_allocated" or "cpu peak RSS"
+    wall_seconds: float
+    synthetic: bool
+    finished_at: str
+
+
+def epochs_to_threshold(test_acc: list[float], thresholds) -> dict[str, int | None]:
+    """The first (1-based) epoch whose test accuracy reaches each threshold, or None."""
+    return {
+        f"{t:g}": next((epoch for epoch, acc in enumerate(test_acc, start=1) if acc >= t), None) for t in thresholds
+    }
+
+
+def choose_epoch(history: list[EpochMetrics], on_val: bool) -> int | None:
+    """Index of the best epoch: by validation accuracy when the run holds a split out, else by test accuracy
+    (which is test-set selection, and recorded as such). Ties go to the earliest epoch."""
+    if not history:
+        return None
+    scores = [row.val_acc if on_val else row.test_acc for row in history]
+    return int(np.argmax(scores))
+
+
+def time_to_threshold(history: list[EpochMetrics], thresholds) -> tuple[dict, dict]:
+    """Training seconds and images until the test accuracy first reaches each threshold (AlgoPerf's
+    time-to-result, on the study's test metric), or None."""
+    seconds, images = {}, {}
+    elapsed = np.cumsum([row.train_seconds for row in history]) if history else []
+    for key, epoch in epochs_to_threshold([row.test_acc for row in history], thresholds).items():
+        seconds[key] = None if epoch is None else float(elapsed[epoch - 1])
+        images[key] = None if epoch is None else history[epoch - 1].images_seen
+    return seconds, images
+
+
+def columns(row_type) -> tuple[str, ...]:
+    return tuple(f.name for f in dataclasses.fields(row_type))
+
+
+METRICS_COLUMNS = columns(EpochMetrics)
+GRADNORM_COLUMNS = columns(GradNormRow)
+SUMMARY_FIELDS = columns(Summary)
+GRADNORM_TEXT_COLUMNS = ("layer", "kind")
+TIMING_COLUMNS = ("epoch_seconds", "train_images_per_s", "train_seconds")  # differ between identical runs
+
+
+def write_record(run_dir: Path, metrics: list[EpochMetrics], gradnorms: list[GradNormRow], summary: Summary) -> None:
+    """metrics.csv, gradnorms.csv and summary.json of one run, each replaced atomically."""
+    write_csv(run_dir / METRICS, METRICS_COLUMNS, [asdict(row) for row in metrics])
+    write_csv(run_dir / GRADNORMS, GRADNORM_COLUMNS, [asdict(row) for row in gradnorms])
+    write_json(run_dir / SUMMARY, asdict(summary))
+
+
+# ------------------------------------------------------------------------------------------ files
+
+
 def config_hash(config: dict) -> str:
-    """A stable hash of everything that determines a run's numbers (not where or when it ran, nor the
-    paths it read: the data fingerprint and the entry's builder and arguments identify those)."""
+    """A stable hash of everything that determines a run's numbers: not where or when it ran, nor the
+    registry entry's description or comments (its builder and arguments identify the architecture)."""
     keyed = {k: v for k, v in config.items() if k not in ("run_id", "provenance", "config_hash")}
-    keyed["data"] = {k: v for k, v in keyed.get("data", {}).items() if k not in ("root", "spec")}
-    keyed["entry"] = {k: v for k, v in keyed.get("entry", {}).items() if k != "path"}
+    keyed["entry"] = {k: v for k, v in keyed.get("entry", {}).items() if k not in ("description", "toml_sha256")}
     blob = json.dumps(keyed, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
 def _atomic_write(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    """Write to a temporary name beside `path`, then rename: readers see the old file or the new one.
+    A filesystem failure (no space left, not writable) is one line naming `path`, with nothing left behind."""
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as e:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError):
+            raise ArchbenchError(f"cannot write {path}: {e.strerror or e}") from None
         raise
 
 
@@ -61,10 +192,10 @@ def write_json(path: Path, obj: Any) -> None:
 
 
 def read_json(path: Path) -> Any:
-    return json.loads(path.read_text())
+    return json.loads(path.read_text(encoding="utf-8"))
 
 
-def write_csv(path: Path, fieldnames: list[str], rows: list[dict]) -> None:
+def write_csv(path: Path, fieldnames: tuple[str, ...], rows: list[dict]) -> None:
     text = io.StringIO()
     writer = csv.DictWriter(text, fieldnames=fieldnames, lineterminator="\n")
     writer.writeheader()
@@ -82,8 +213,13 @@ def load_checkpoint(path: Path) -> dict | None:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises several types for a damaged file
-        raise ArchbenchError(f"cannot read the checkpoint {path} ({type(e).__name__}); "
-                             "delete it or rerun with --fresh to start the run over.") from None
+        raise ArchbenchError(
+            f"cannot read the checkpoint {path} ({type(e).__name__}); "
+            "delete it or rerun with --fresh to start the run over."
+        ) from None
+
+
+# ------------------------------------------------------------------------------------------ folders
 
 
 @dataclass
@@ -115,10 +251,18 @@ def _try_lock(run_dir: Path) -> int | None:
     return fd
 
 
-def _status(run_dir: Path) -> str | None:
+def remove_stale_temporaries(run_dir: Path) -> list[Path]:
+    """Delete the temporary files an interrupted atomic write left (`.NAME.xxxx.tmp`); call with the lock held."""
+    stale = sorted(run_dir.glob(".*.tmp"))
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale
+
+
+def recorded_status(run_dir: Path) -> str | None:
     try:
-        return read_json(run_dir / "summary.json").get("status")
-    except (OSError, ValueError):
+        return read_json(run_dir / SUMMARY).get("status")
+    except (OSError, ValueError, AttributeError):
         return None
 
 
@@ -135,20 +279,21 @@ def open_run(out: Path, config: dict, fresh: bool = False) -> Run:
         matching = []
         for run_dir in sorted(model_dir.iterdir(), reverse=True):  # newest first: ids start with the time
             try:
-                if read_json(run_dir / "config.json").get("config_hash") == digest:
+                if read_json(run_dir / CONFIG).get("config_hash") == digest:
                     matching.append(run_dir)
-            except (OSError, ValueError):
+            except (OSError, ValueError, AttributeError):
                 continue
         for run_dir in matching:
-            if _status(run_dir) not in UNFINISHED:
-                return Run(run_dir, run_dir.name, status=_status(run_dir))
+            if recorded_status(run_dir) not in UNFINISHED:
+                return Run(run_dir, run_dir.name, status=recorded_status(run_dir))
         for run_dir in matching:
             fd = _try_lock(run_dir)
             if fd is None:  # another process is running it right now
                 continue
-            if _status(run_dir) not in UNFINISHED:  # it finished while we looked
+            if recorded_status(run_dir) not in UNFINISHED:  # it finished while we looked
                 os.close(fd)
-                return Run(run_dir, run_dir.name, status=_status(run_dir))
+                return Run(run_dir, run_dir.name, status=recorded_status(run_dir))
+            remove_stale_temporaries(run_dir)
             return Run(run_dir, run_dir.name, _lock_fd=fd)
     while True:
         stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
@@ -160,5 +305,5 @@ def open_run(out: Path, config: dict, fresh: bool = False) -> Run:
             continue
     run_dir = model_dir / run_id
     fd = _try_lock(run_dir)
-    write_json(run_dir / "config.json", {**config, "run_id": run_id, "config_hash": digest})
+    write_json(run_dir / CONFIG, {**config, "run_id": run_id, "config_hash": digest})
     return Run(run_dir, run_id, _lock_fd=fd)

@@ -1,281 +1,344 @@
 """The one training loop every model in the study goes through.
 
-Read `train_one` top to bottom: build the model, resume if a checkpoint exists, then for each epoch
-train on device-resident augmented batches, evaluate on the val split (the study's test set), write
-the run record and an atomic checkpoint. Precision, channels_last, torch.compile and DDP are switches
-of the same loop, never copies of it. The step has no host-device sync: loss and accuracy sums and
-the early per-layer gradient norms stay on the device and are read every `LOG_EVERY` steps and at
-the end of the epoch.
+`run_models` checks everything it can before any run folder exists (`plan_runs`: names, options, the
+data, every model's forward pass at the requested size, the output folder), then trains each model and
+seed with `train_one`, which reads top to bottom: open the run folder, build the model and what trains
+it (`build_training`), resume from a checkpoint if there is one (`resume`), then for each epoch train
+(`train_epoch`, one `optimiser_step` per batch), evaluate on the test split and, when the run holds one
+out, on the validation split (`evaluate`), write the run record (`write_run_record`) and an atomic
+checkpoint (`save_checkpoint`). Precision, channels_last, torch.compile and DDP are switches of the same
+loop, never copies of it.
+
+The step has no host-device sync: the loss and accuracy sums and the early per-layer gradient
+diagnostics stay on the device and are read every `LOG_EVERY` steps and at the end of the epoch.
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import math
-import os
-import random
 import time
-from dataclasses import asdict, dataclass, field, replace
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
-from rich import box
 from rich.console import Console
-from rich.table import Table
+from torch import nn
 
 from archbench import distributed, flops, runs
+from archbench.cluster import submit_runs
+from archbench.config import Recipe, RunConfig, RunRequest, parse_lr, resolve_config
+from archbench.data import resolve
+from archbench.data.loader import DeviceLoader
+from archbench.data.split import Holdout, holdout
+from archbench.devices import (
+    PRECISIONS,
+    autocast_factory,
+    make_deterministic,
+    make_sgd,
+    memory_format,
+    needs_deterministic_pooling,
+    peak_memory,
+    reset_peak_memory,
+    resolve_channels_last,
+    resolve_device,
+    resolve_precision,
+    rng_state,
+    seed_everything,
+    set_rng_state,
+    sgd_implementation,
+    synchronize,
+)
+from archbench.distributed import DistContext
 from archbench.errors import ArchbenchError
-from archbench.progress import Bars, LogLines, Silent
+from archbench.gradients import GradientRecorder
+from archbench.launch import jobs_of, run_on_gpus
+from archbench.progress import Bars, LogLines, Reporter, results_table
 from archbench.provenance import provenance, utc_now
-from archbench.registry import Entry, build_model, get_entry
+from archbench.registry import Entry, check_forward, get_entry
+from archbench.runs import EpochMetrics, Summary, choose_epoch, epochs_to_threshold, time_to_threshold
+from archbench.tuning import read_tuning
 
 LOG_EVERY = 25  # steps between progress reads (each is one host-device sync)
-METRICS_COLUMNS = ["epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr", "epoch_seconds",
-                   "train_images_per_s", "train_samples"]
-
-
-@dataclass(frozen=True)
-class Recipe:
-    """One optimisation recipe for every model; `lr` is for a global batch of `batch_size`."""
-
-    epochs: int
-    batch_size: int
-    lr: float
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    nesterov: bool = False
-    schedule: str = "cosine"
-    warmup_epochs: float = 2.0
-    label_smoothing: float = 0.0
-    clip_grad_norm: float | None = None  # clip the global gradient norm to this (None: never)
-
-
-@dataclass(frozen=True)
-class Preset:
-    recipe: Recipe
-    data: str
-    image_size: int
-    thresholds: tuple[float, ...]
-    gradnorm_steps: int = 200
-
-
-PRESETS = {
-    # The study's setup: Tiny-ImageNet-200 upscaled to 256 with 224 crops. SGD with momentum 0.9 and
-    # lr 0.1 for a batch of 256 (He et al. 2016, §3.4), weight decay 5e-4 (the independent
-    # Tiny-ImageNet baseline in REFERENCES.md: 1e-4 is ImageNet's, a 100k-image set overfits more),
-    # cosine decay after 2 linear warm-up epochs, 40 epochs: the reference reproduction saw ResNet
-    # converge in about 30 and the VGGs in about 40. VGG without BN trains at a tenth of the rate
-    # (its registry entry's lr_scale, after torchvision's reference recipe).
-    "paper": Preset(
-        recipe=Recipe(epochs=40, batch_size=256, lr=0.1, weight_decay=5e-4, warmup_epochs=2),
-        data="data",
-        image_size=224,
-        thresholds=(0.3, 0.4, 0.5),
-    ),
-    # A few minutes on 2 CPU cores: the default synthetic set (10 classes) at 32x32. At this size the
-    # VGG classifier's adaptive pool copies a 1x1 feature map 49 times, which multiplies the step of its
-    # first linear layer: without clipping VGG16-BN diverges at any lr that trains in 3 epochs.
-    "smoke": Preset(
-        recipe=Recipe(epochs=3, batch_size=32, lr=0.1, weight_decay=5e-4, warmup_epochs=0.5, clip_grad_norm=2.0),
-        data="synthetic",
-        image_size=32,
-        thresholds=(0.2, 0.3, 0.5),
-        gradnorm_steps=60,
-    ),
-}
-
-PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+NEVER = torch.iinfo(torch.long).max  # "no non-finite loss yet"
 
 
 @dataclass
-class RunRequest:
-    """What `archbench run` was asked for; `None` means: take it from the preset."""
+class Training:
+    """What one run trains with. The model, optimiser, scheduler, scaler and gradient recorder are
+    checkpointed; `forward` is the model as the step calls it (wrapped by DDP and/or torch.compile)."""
 
-    models: list[str]
-    data: str | None = None
-    preset: str = "paper"
-    epochs: int | None = None
-    batch_size: int | None = None
-    lr: float | None = None
-    clip_grad_norm: float | None = None
-    image_size: int | None = None
-    seeds: list[int] = field(default_factory=lambda: [0])
-    thresholds: list[float] | None = None
-    gradnorm_steps: int | None = None
-    device: str = "auto"
-    precision: str = "auto"
-    compile: bool = False
-    channels_last: bool | None = None
-    deterministic: bool = False
-    sync_bn: bool = False
-    gpus: str | None = None
-    out: Path = Path("runs")
-    fresh: bool = False
-    quiet: bool = False
-    keep_checkpoint: bool = False
-    registry: Path | None = None
+    model: nn.Module
+    forward: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+    autocast: Callable
+    train_loader: DeviceLoader
+    test_loader: DeviceLoader
+    val_loader: DeviceLoader | None
+    gradients: GradientRecorder
+    recipe: Recipe
+    compiled: bool
 
 
-# --------------------------------------------------------------------------------------- settings
+@dataclass
+class RunState:
+    """Where a run stands: the epochs recorded, optimiser steps taken, wall time of earlier sessions."""
+
+    history: list[EpochMetrics]
+    step: int = 0
+    wall_before: float = 0.0
+    compile_seconds: float | None = None
+
+    @property
+    def epoch(self) -> int:
+        return len(self.history)
+
+    @property
+    def images_seen(self) -> int:
+        return self.history[-1].images_seen if self.history else 0
 
 
-def resolve_device(name: str, dist: distributed.Dist) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise ArchbenchError(f"--device {name} was asked for but no CUDA device is available; use --device cpu.")
-        if dist.enabled:
-            return torch.device("cuda", dist.local_rank)
-    elif name != "cpu":
-        raise ArchbenchError(f"unknown device '{name}'; use auto, cpu, cuda or cuda:N.")
-    return torch.device(name)
+@dataclass(frozen=True)
+class EpochResult:
+    """One epoch of training, summed over ranks; `diverged_at` is the first step with a non-finite loss."""
+
+    loss: float
+    accuracy: float
+    samples: int  # images trained on
+    timed_samples: int  # images trained on within `seconds`
+    lr: float  # the rate the epoch's last step used
+    seconds: float  # training time, without a first compiled step (see compile_seconds)
+    step: int  # optimiser steps taken after this epoch
+    compile_seconds: float | None = None
+    diverged_at: int | None = None
 
 
-def resolve_precision(name: str, device: torch.device) -> str:
-    if name == "auto":
-        return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
-    if name not in PRECISIONS:
-        raise ArchbenchError(f"unknown precision '{name}'; use auto, fp32, bf16 or fp16.")
-    return name
+@dataclass(frozen=True)
+class Plan:
+    """One run `run_models` will train: checked, with its config resolved, before any folder exists."""
+
+    entry: Entry
+    config: RunConfig
 
 
-def resolve_config(request: RunRequest, entry: Entry, seed: int, data, device: torch.device,
-                   dist: distributed.Dist) -> dict:
-    """Everything that determines a run, as plain JSON: what config.json records."""
-    preset = PRESETS[request.preset]
-    recipe = replace(
-        preset.recipe,
-        epochs=preset.recipe.epochs if request.epochs is None else request.epochs,
-        batch_size=preset.recipe.batch_size if request.batch_size is None else request.batch_size,
-    )
-    if request.clip_grad_norm is not None:  # 0 turns the preset's clipping off
-        recipe = replace(recipe, clip_grad_norm=request.clip_grad_norm or None)
-    global_batch = recipe.batch_size * dist.world_size
-    if request.lr is not None:
-        lr, lr_source = request.lr, "--lr"
-    else:
-        # Linear scaling (Goyal et al. 2017) from the preset's batch to the global batch.
-        lr = preset.recipe.lr * global_batch / preset.recipe.batch_size
-        lr_source = "preset" if global_batch == preset.recipe.batch_size else f"preset, scaled to batch {global_batch}"
-        if entry.lr_scale is not None:
-            lr, lr_source = lr * entry.lr_scale, f"{lr_source} x registry lr_scale {entry.lr_scale:g}"
-    precision = resolve_precision(request.precision, device)
-    channels_last = request.channels_last if request.channels_last is not None else device.type == "cuda"
-    return {
-        "model": entry.name,
-        "entry": {
-            "builder": entry.builder,
-            "args": entry.args,
-            "description": entry.description,
-            "lr_scale": entry.lr_scale,
-            "path": str(entry.path),
-            "residual": entry.residual,
-            "batch_norm": entry.batch_norm,
-            "depth": entry.depth,
-        },
-        "preset": request.preset,
-        "recipe": {**asdict(recipe), "global_batch_size": global_batch, "lr": lr, "lr_source": lr_source},
-        "image_size": preset.image_size if request.image_size is None else request.image_size,
-        "seed": seed,
-        "thresholds": sorted(request.thresholds or preset.thresholds),
-        "gradnorm_steps": preset.gradnorm_steps if request.gradnorm_steps is None else request.gradnorm_steps,
-        "device": device.type,
-        "precision": precision,
-        "compile": request.compile,
-        "channels_last": channels_last,
-        "deterministic": request.deterministic,
-        "sync_bn": request.sync_bn and dist.enabled,
-        "world_size": dist.world_size,
-        "data": {
-            "spec": request.data or preset.data,
-            "root": str(data.root),
-            "fingerprint": data.fingerprint,
-            "num_classes": data.num_classes,
-            "train_size": len(data.train_labels),
-            "val_size": len(data.val_labels),
-            "synthetic": data.synthetic,
-        },
-    }
+# ------------------------------------------------------------------------------------------ recipe
 
 
-def autocast_factory(device: torch.device, precision: str):
-    """A no-argument callable that opens the autocast context of `precision` (a no-op for fp32)."""
-    dtype = PRECISIONS[precision]
-    if dtype is None:
-        return contextlib.nullcontext
-    return functools.partial(torch.autocast, device.type, dtype=dtype)
-
-
-def seed_everything(seed: int, deterministic: bool) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-    if deterministic:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True)
-        torch.backends.cudnn.benchmark = False
-    else:
-        torch.backends.cudnn.benchmark = True
-
-
-def rng_state() -> dict:
-    np_state = np.random.get_state()
-    return {
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
-        "python": random.getstate(),
-    }
-
-
-def set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-    name, keys, *rest = state["numpy"]
-    np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
-
-
-def lr_lambda(recipe: dict, steps_per_epoch: int):
-    """Linear warm-up, then cosine decay to zero, per optimiser step."""
-    warmup = int(recipe["warmup_epochs"] * steps_per_epoch)
-    total = recipe["epochs"] * steps_per_epoch
+def lr_lambda(recipe: Recipe, steps_per_epoch: int) -> Callable[[int], float]:
+    """Linear warm-up over `recipe.warmup_epochs`, then `recipe.schedule`: cosine decay to zero, or constant."""
+    warmup = int(recipe.warmup_epochs * steps_per_epoch)
+    total = recipe.epochs * steps_per_epoch
 
     def factor(step: int) -> float:
         if step < warmup:
             return (step + 1) / warmup
+        if recipe.schedule == "constant":
+            return 1.0
         progress = (step - warmup) / max(1, total - warmup)
         return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
 
     return factor
 
 
-def epochs_to_threshold(test_acc: list[float], thresholds: list[float]) -> dict[str, int | None]:
-    """The first (1-based) epoch whose test accuracy reaches each threshold, or None."""
-    return {
-        f"{t:g}": next((epoch for epoch, acc in enumerate(test_acc, start=1) if acc >= t), None)
-        for t in thresholds
-    }
+# ------------------------------------------------------------------------------------------ steps
 
 
-def weight_layers(model: nn.Module) -> list[tuple[str, str, torch.Tensor]]:
-    """(name, kind, weight) of every conv and linear layer, in registration (= forward) order."""
-    kinds = {nn.Conv2d: "conv", nn.Linear: "linear"}
-    return [(name, kinds[type(m)], m.weight) for name, m in model.named_modules() if type(m) in kinds]
+def build_training(
+    model: nn.Module, config: RunConfig, data, split: Holdout | None, device: torch.device, dist: DistContext
+) -> Training:
+    """Put the model on the device and make its loaders, optimiser, schedule, scaler and gradient recorder."""
+    recipe = config.recipe
+    if config.sync_bn:
+        model = distributed.convert_sync_batchnorm(model, device)
+    if needs_deterministic_pooling(device, config.deterministic):
+        model = make_deterministic(model)
+    model = model.to(device, memory_format=memory_format(config.channels_last))
+    loader = functools.partial(
+        DeviceLoader,
+        batch_size=recipe.batch_size,
+        image_size=config.image_size,
+        device=device,
+        seed=config.seed,
+        channels_last=config.channels_last,
+        dtype=PRECISIONS[config.precision] or torch.float32,
+        rank=dist.rank,
+        world_size=dist.world_size,
+    )
+    train_images, train_labels = data.train_images, data.train_labels
+    if split is not None:
+        train_images, train_labels = train_images[split.train], train_labels[split.train]
+    train_loader = loader(train_images, train_labels, train=True)
+    optimizer = make_sgd(
+        model.parameters(),
+        lr=recipe.lr,
+        momentum=recipe.momentum,
+        weight_decay=recipe.weight_decay,
+        nesterov=recipe.nesterov,
+        implementation=config.optimizer,
+    )
+    forward = model
+    if dist.enabled:  # BN buffers are synchronised once per epoch (`broadcast_buffers`), not every step
+        device_ids = [device.index] if device.type == "cuda" else None
+        forward = nn.parallel.DistributedDataParallel(model, device_ids=device_ids, broadcast_buffers=False)
+    if config.compile:
+        forward = compile_model(forward, config.compile_backend)
+    return Training(
+        model=model,
+        forward=forward,
+        optimizer=optimizer,
+        scheduler=torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(recipe, len(train_loader))),
+        scaler=torch.amp.GradScaler(device.type, enabled=config.precision == "fp16"),
+        autocast=autocast_factory(device, config.precision),
+        train_loader=train_loader,
+        test_loader=loader(data.val_images, data.val_labels, train=False),
+        val_loader=None
+        if split is None
+        else loader(data.train_images[split.val], data.train_labels[split.val], train=False),
+        gradients=GradientRecorder(model, min(config.gradnorm_steps, recipe.epochs * len(train_loader)), device),
+        recipe=recipe,
+        compiled=config.compile,
+    )
 
 
-# ------------------------------------------------------------------------------------------ loop
+def compile_model(forward: nn.Module, backend: str) -> nn.Module:
+    """torch.compile for one static shape: a fresh dynamo cache and recompile budget per model (models of one
+    class compiled one after another in a process would otherwise share it), and a recompile-limit hit
+    stops the run instead of falling back to eager in silence."""
+    torch._dynamo.reset()
+    torch._dynamo.config.fail_on_recompile_limit_hit = True
+    return torch.compile(forward, dynamic=False, backend=backend)
 
 
-def evaluate(model: nn.Module, loader, autocast, dist: distributed.Dist) -> tuple[float, float]:
-    """Test loss and accuracy over the whole val split (sharded across ranks, then summed)."""
+def resume(run_path: Path, t: Training, device: torch.device, dist: DistContext) -> RunState:
+    """Load the run's checkpoint into `t`, if it has one; every rank must find the same one."""
+    ckpt = runs.load_checkpoint(run_path / runs.CHECKPOINT)
+    found = dist.all_gather(ckpt["epoch"] if isinstance(ckpt, dict) and "epoch" in ckpt else 0)
+    if len(set(found)) > 1:
+        raise ArchbenchError(
+            f"ranks found different checkpoints in {run_path} (epochs {found}): "
+            "give every node the same --out folder on a shared filesystem."
+        )
+    if ckpt is None:
+        return RunState(history=[])
+    try:
+        t.model.load_state_dict(ckpt["model"])
+        t.optimizer.load_state_dict(ckpt["optimizer"])
+        t.scheduler.load_state_dict(ckpt["scheduler"])
+        t.scaler.load_state_dict(ckpt["scaler"])
+        t.gradients.load_state_dict(ckpt["gradients"])
+        history = [EpochMetrics(**row) for row in ckpt["history"]]
+        set_rng_state(ckpt["rng"][dist.rank], device)
+        state = RunState(
+            history=history,
+            step=ckpt["epoch"] * len(t.train_loader),
+            wall_before=ckpt["wall_seconds"],
+            compile_seconds=ckpt["compile_seconds"],
+        )
+    except (KeyError, IndexError, TypeError, ValueError, RuntimeError) as e:
+        problem = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ArchbenchError(
+            f"the checkpoint of run {run_path.name} does not fit this model and recipe ({problem}); "
+            "rerun with --fresh to start the run over."
+        ) from None
+    if len(history) != ckpt["epoch"]:
+        raise ArchbenchError(
+            f"the checkpoint of run {run_path.name} is inconsistent (epoch {ckpt['epoch']}, "
+            f"{len(history)} recorded); rerun with --fresh to start the run over."
+        )
+    return state
+
+
+def optimiser_step(
+    t: Training, x: torch.Tensor, y: torch.Tensor, step: int
+) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """Forward, backward, the early gradient diagnostics (before clipping), clipping, the SGD step and the
+    schedule. Returns the logits, the detached loss and the learning rate this step used."""
+    with t.autocast():
+        logits = t.forward(x)
+        loss = F.cross_entropy(logits, y, label_smoothing=t.recipe.label_smoothing)
+    t.optimizer.zero_grad(set_to_none=True)
+    t.scaler.scale(loss).backward()
+    record = t.gradients.wants(step)
+    if record or t.recipe.clip_grad_norm:
+        t.scaler.unscale_(t.optimizer)  # the true gradient, also under fp16
+    if record:
+        t.gradients.record(step)
+    if t.recipe.clip_grad_norm:
+        nn.utils.clip_grad_norm_(t.model.parameters(), t.recipe.clip_grad_norm, foreach=True)
+    t.scaler.step(t.optimizer)
+    t.scaler.update()
+    lr = t.optimizer.param_groups[0]["lr"]  # a Python float: no sync
+    t.scheduler.step()
+    return logits, loss.detach(), lr
+
+
+def train_epoch(
+    t: Training, epoch: int, step: int, dist: DistContext, reporter: Reporter, time_compilation: bool = False
+) -> EpochResult:
+    """One pass over this rank's shard of the training split. Stops at the first log point after a step
+    whose loss is not finite, and says at which step that was. With `time_compilation` the first step (in
+    which torch.compile compiles) is timed on its own and left out of the epoch's seconds and images."""
+    t.train_loader.set_epoch(epoch)
+    t.model.train()
+    device = t.train_loader.device
+    sums = torch.zeros(2, dtype=torch.float64, device=device)  # loss sum, correct
+    first_bad = torch.full((), NEVER, dtype=torch.long, device=device)
+    seen = seen_shown = shown = 0
+    lr, compile_seconds, excluded = t.optimizer.param_groups[0]["lr"], None, 0
+    started = tick = time.perf_counter()
+    steps = len(t.train_loader)
+    for i, (x, y) in enumerate(t.train_loader):
+        logits, loss, lr = optimiser_step(t, x, y, step)
+        if time_compilation and i == 0:
+            synchronize(device)
+            compile_seconds, excluded = time.perf_counter() - started, y.numel()
+            started = tick = time.perf_counter()
+            seen_shown = y.numel()
+        first_bad = torch.where(torch.isfinite(loss), first_bad, first_bad.clamp(max=step))
+        sums[0] += loss * y.numel()
+        sums[1] += (logits.argmax(1) == y).sum()
+        seen += y.numel()
+        step += 1
+        if (i + 1) % LOG_EVERY == 0 or i + 1 == steps:  # the deliberate sync point
+            bad = int(dist.all_reduce_min(first_bad.clone()).item())
+            if bad != NEVER:
+                return EpochResult(
+                    math.nan,
+                    math.nan,
+                    seen,
+                    seen - excluded,
+                    lr,
+                    time.perf_counter() - started,
+                    step,
+                    compile_seconds,
+                    diverged_at=bad,
+                )
+            loss_sum, correct = sums.tolist()
+            now = time.perf_counter()
+            reporter.step(
+                i + 1 - shown,
+                epoch + 1,
+                loss_sum / seen,
+                correct / seen,
+                (seen - seen_shown) * dist.world_size / max(now - tick, 1e-9),
+            )
+            shown, seen_shown, tick = i + 1, seen, now
+    seconds = time.perf_counter() - started
+    loss_sum, correct, samples, timed = dist.all_reduce_sum(
+        torch.cat([sums, sums.new_tensor([seen, seen - excluded])])
+    ).tolist()
+    return EpochResult(
+        loss_sum / samples, correct / samples, int(samples), int(timed), lr, seconds, step, compile_seconds
+    )
+
+
+def evaluate(model: nn.Module, loader: DeviceLoader, autocast, dist: DistContext) -> tuple[float, float]:
+    """Loss and accuracy over a whole evaluation split (sharded across ranks, then summed)."""
     model.eval()
     sums = torch.zeros(3, dtype=torch.float64, device=loader.device)
     with torch.inference_mode():
@@ -289,264 +352,299 @@ def evaluate(model: nn.Module, loader, autocast, dist: distributed.Dist) -> tupl
     return loss_sum / count, correct / count
 
 
-def train_one(request: RunRequest, entry: Entry, seed: int, data, device: torch.device,
-              dist: distributed.Dist, reporter) -> dict:
+def summarise(
+    config: RunConfig,
+    run_id: str,
+    state: RunState,
+    status: str,
+    diverged_at: int | None,
+    size: dict,
+    memory: tuple[float | None, str],
+    wall: float,
+) -> Summary:
+    history = state.history
+    on_val = config.validation is not None
+    best = choose_epoch(history, on_val)
+    seconds_to, images_to = time_to_threshold(history, config.thresholds)
+    return Summary(
+        run_id=run_id,
+        model=config.model,
+        seed=config.seed,
+        status=status,
+        diverged_at_step=diverged_at,
+        epochs_completed=len(history),
+        final_train_acc=history[-1].train_acc if history else None,
+        final_test_acc=history[-1].test_acc if history else None,
+        best_test_acc=max(row.test_acc for row in history) if history else None,
+        best_epoch=None if best is None else best + 1,
+        selected_on="val" if on_val else "test",
+        best_val_acc=history[best].val_acc if on_val and best is not None else None,
+        test_acc_at_best_epoch=None if best is None else history[best].test_acc,
+        epochs_to_threshold=epochs_to_threshold([row.test_acc for row in history], config.thresholds),
+        seconds_to_threshold=seconds_to,
+        images_to_threshold=images_to,
+        parameters=size["parameters"],
+        gflops=size["gflops"],
+        mean_train_images_per_s=float(np.mean([r.train_images_per_s for r in history])) if history else None,
+        train_seconds=float(sum(row.train_seconds for row in history)),
+        compile_seconds=state.compile_seconds,
+        peak_memory_mb=memory[0],
+        peak_memory_kind=memory[1],
+        wall_seconds=wall,
+        synthetic=config.data.synthetic,
+        finished_at=utc_now(),
+    )
+
+
+def write_run_record(run_path: Path, state: RunState, t: Training, summary: Summary) -> None:
+    runs.write_record(run_path, state.history, t.gradients.rows(state.step), summary)
+
+
+def save_checkpoint(run_path: Path, t: Training, state: RunState, wall: float, rng: list[dict]) -> None:
+    runs.save_checkpoint(
+        run_path / runs.CHECKPOINT,
+        {
+            "model": t.model.state_dict(),
+            "optimizer": t.optimizer.state_dict(),
+            "scheduler": t.scheduler.state_dict(),
+            "scaler": t.scaler.state_dict(),
+            "gradients": t.gradients.state_dict(),
+            "epoch": state.epoch,
+            "history": [asdict(row) for row in state.history],
+            "wall_seconds": wall,
+            "compile_seconds": state.compile_seconds,
+            "rng": rng,  # every rank's, so every rank resumes its own stream
+        },
+    )
+
+
+def model_size(model: nn.Module, image_size: int, dist: DistContext) -> dict:
+    """Parameters and fvcore GFLOPs (counted once, on rank 0, on the uncompiled model)."""
+    gflops = dist.broadcast(
+        {
+            "image_size": image_size,
+            "at_image_size": flops.count_gflops(model, image_size),
+            "at_224": flops.count_gflops(model, 224),
+        }
+        if dist.is_main
+        else None
+    )
+    return {"parameters": flops.count_parameters(model), "gflops": gflops}
+
+
+def epoch_row(
+    epoch: int,
+    result: EpochResult,
+    images_before: int,
+    test: tuple[float, float],
+    val: tuple[float, float] | None,
+    epoch_seconds: float,
+) -> EpochMetrics:
+    return EpochMetrics(
+        epoch=epoch + 1,
+        train_loss=result.loss,
+        train_acc=result.accuracy,
+        test_loss=test[0],
+        test_acc=test[1],
+        lr=result.lr,
+        epoch_seconds=epoch_seconds,
+        train_images_per_s=result.timed_samples / result.seconds,
+        train_samples=result.samples,
+        train_seconds=result.seconds,
+        images_seen=images_before + result.samples,
+        val_loss=None if val is None else val[0],
+        val_acc=None if val is None else val[1],
+    )
+
+
+# ------------------------------------------------------------------------------------------ the loop
+
+
+def train_one(
+    plan: Plan,
+    request: RunRequest,
+    data,
+    split: Holdout | None,
+    device: torch.device,
+    dist: DistContext,
+    reporter: Reporter,
+) -> dict:
     """Train one model with one seed; returns its summary (also written to summary.json)."""
-    from archbench.data.loader import DeviceLoader
-
-    config = resolve_config(request, entry, seed, data, device, dist)
-    recipe = config["recipe"]
-    label = f"{entry.name} s{seed}"
-
+    entry, config = plan.entry, plan.config
+    label = f"{entry.name} s{config.seed}"
+    local = {
+        "registry_file": str(entry.path),
+        "data_root": str(data.root),
+        "data_spec": str(request.data or request.preset_spec.data),
+    }
     # Rank 0 picks (or reopens) the run folder; the others follow it.
-    run = runs.open_run(request.out, {**config, "provenance": provenance(device)}, request.fresh) if dist.is_main else None
+    run = (
+        runs.open_run(request.out, {**config.to_json(), "provenance": {**provenance(device), **local}}, request.fresh)
+        if dist.is_main
+        else None
+    )
     run_path, run_id, finished = dist.broadcast((str(run.path), run.run_id, run.status) if run else None)
     run_path = Path(run_path)
     if finished:
-        summary = dist.broadcast(runs.read_json(run_path / "summary.json") if dist.is_main else None)
+        summary = dist.broadcast(runs.read_json(run_path / runs.SUMMARY) if dist.is_main else None)
         reporter.skip(label, summary)
         return summary
 
-    seed_everything(seed, request.deterministic)
-    model = build_model(entry.name, registry=request.registry, num_classes=data.num_classes)
-    parameters = flops.count_parameters(model)
-    gflops = dist.broadcast({
-        "image_size": config["image_size"],
-        "at_image_size": flops.count_gflops(model, config["image_size"]),
-        "at_224": flops.count_gflops(model, 224),
-    } if dist.is_main else None)
+    seed_everything(config.seed, config.deterministic)
+    model = entry.build(num_classes=data.num_classes)
+    size = model_size(model, config.image_size, dist)
     if dist.rank:  # other ranks draw their own dropout masks; rank 0 matches a single process
-        torch.manual_seed(seed + 7919 * dist.rank)
-    if config["sync_bn"]:
-        model = distributed.convert_sync_batchnorm(model, device)
-    memory_format = torch.channels_last if config["channels_last"] else torch.contiguous_format
-    model = model.to(device, memory_format=memory_format)
-    layers = weight_layers(model)
+        torch.manual_seed(config.seed + 7919 * dist.rank)
+    t = build_training(model, config, data, split, device, dist)
+    state = resume(run_path, t, device, dist)
+    reset_peak_memory(device)
 
-    loader = functools.partial(
-        DeviceLoader, batch_size=recipe["batch_size"], image_size=config["image_size"], device=device, seed=seed,
-        channels_last=config["channels_last"], rank=dist.rank, world_size=dist.world_size,
-    )
-    train_loader = loader(data.train_images, data.train_labels, train=True)
-    test_loader = loader(data.val_images, data.val_labels, train=False)
-    steps_per_epoch = len(train_loader)
-
-    optimizer = torch.optim.SGD(
-        model.parameters(), lr=recipe["lr"], momentum=recipe["momentum"],
-        weight_decay=recipe["weight_decay"], nesterov=recipe["nesterov"],
-    )
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(recipe, steps_per_epoch))
-    autocast = autocast_factory(device, config["precision"])
-    scaler = torch.amp.GradScaler(device.type, enabled=config["precision"] == "fp16")
-
-    forward = model
-    if dist.enabled:
-        forward = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    if config["compile"]:
-        forward = torch.compile(forward)
-
-    gradnorm_steps = min(config["gradnorm_steps"], recipe["epochs"] * steps_per_epoch)
-    gradnorms = torch.zeros(gradnorm_steps, len(layers), device=device)
-    history: list[dict] = []
-    start_epoch, wall_before = 0, 0.0
-
-    ckpt = runs.load_checkpoint(run_path / runs.CHECKPOINT)
-    resume_epochs = dist.all_gather(ckpt["epoch"] if ckpt is not None else 0)
-    if len(set(resume_epochs)) > 1:
-        raise ArchbenchError(f"ranks found different checkpoints in {run_path} (epochs {resume_epochs}): "
-                             "give every node the same --out folder on a shared filesystem.")
-    if ckpt is not None:
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        scaler.load_state_dict(ckpt["scaler"])
-        gradnorms.copy_(ckpt["gradnorms"])
-        history, start_epoch, wall_before = ckpt["history"], ckpt["epoch"], ckpt["wall_seconds"]
-        set_rng_state(ckpt["rng"][dist.rank])
-
-    def write_record(status: str, diverged_at_step: int | None, steps_done: int, wall: float) -> dict:
-        test_acc = [row["test_acc"] for row in history]
-        best = int(np.argmax(test_acc)) if test_acc else None
-        summary = {
-            "run_id": run_id,
-            "model": entry.name,
-            "seed": seed,
-            "status": status,
-            "diverged_at_step": diverged_at_step,
-            "epochs_completed": len(history),
-            "final_train_acc": history[-1]["train_acc"] if history else None,
-            "final_test_acc": history[-1]["test_acc"] if history else None,
-            "best_test_acc": test_acc[best] if history else None,
-            "best_epoch": best + 1 if history else None,
-            "epochs_to_threshold": epochs_to_threshold(test_acc, config["thresholds"]),
-            "parameters": parameters,
-            "gflops": gflops,
-            "mean_train_images_per_s": float(np.mean([r["train_images_per_s"] for r in history])) if history else None,
-            "wall_seconds": wall,
-            "synthetic": data.synthetic,
-            "finished_at": utc_now(),
-        }
-        if dist.is_main:
-            norms = gradnorms[: min(gradnorm_steps, steps_done)].cpu().tolist()
-            runs.write_csv(run_path / "metrics.csv", METRICS_COLUMNS, history)
-            runs.write_csv(
-                run_path / "gradnorms.csv", ["step", "layer", "depth", "kind", "grad_norm"],
-                [
-                    {"step": step, "layer": name, "depth": depth, "kind": kind, "grad_norm": row[depth]}
-                    for step, row in enumerate(norms)
-                    for depth, (name, kind, _) in enumerate(layers)
-                ],
-            )
-            runs.write_json(run_path / "summary.json", summary)
-        return summary
-
-    reporter.start(label, recipe["epochs"], steps_per_epoch, start_epoch * steps_per_epoch)
+    reporter.start(label, config.recipe.epochs, len(t.train_loader), state.step)
     started = time.perf_counter()
-    weights = [w for _, _, w in layers]
-    never = torch.iinfo(torch.long).max
-    first_bad = torch.full((), never, dtype=torch.long, device=device)  # first step with a non-finite loss
     status, diverged_at = "completed", None
-    step = start_epoch * steps_per_epoch
-
-    for epoch in range(start_epoch, recipe["epochs"]):
-        train_loader.set_epoch(epoch)
-        model.train()
-        sums = torch.zeros(2, dtype=torch.float64, device=device)  # loss sum, correct
-        seen = seen_shown = shown = 0
-        epoch_start = tick = time.perf_counter()
-        for i, (x, y) in enumerate(train_loader):
-            with autocast():
-                logits = forward(x)
-                loss = F.cross_entropy(logits, y, label_smoothing=recipe["label_smoothing"])
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            if step < gradnorm_steps or recipe["clip_grad_norm"]:
-                scaler.unscale_(optimizer)  # the true gradient, also under fp16
-            if step < gradnorm_steps:
-                gradnorms[step] = torch.stack(torch._foreach_norm([w.grad for w in weights]))
-            if recipe["clip_grad_norm"]:
-                nn.utils.clip_grad_norm_(model.parameters(), recipe["clip_grad_norm"], foreach=True)
-            scaler.step(optimizer)
-            scaler.update()
-            lr = optimizer.param_groups[0]["lr"]  # the rate this step used (a Python float: no sync)
-            scheduler.step()
-
-            loss = loss.detach()
-            first_bad = torch.where(torch.isfinite(loss), first_bad, first_bad.clamp(max=step))
-            sums[0] += loss * y.numel()
-            sums[1] += (logits.argmax(1) == y).sum()
-            seen += y.numel()
-            step += 1
-
-            if (i + 1) % LOG_EVERY == 0 or i + 1 == steps_per_epoch:  # the deliberate sync point
-                bad = int(dist.all_reduce_min(first_bad.clone()).item())
-                if bad != never:
-                    diverged_at = bad
-                    break
-                loss_sum, correct = sums.tolist()
-                now = time.perf_counter()
-                reporter.step(i + 1 - shown, epoch + 1, loss_sum / seen, correct / seen,
-                              (seen - seen_shown) * dist.world_size / max(now - tick, 1e-9))
-                shown, seen_shown, tick = i + 1, seen, now
-        if diverged_at is not None:
-            status = "diverged"
+    for epoch in range(state.epoch, config.recipe.epochs):
+        epoch_start = time.perf_counter()
+        try:
+            result = train_epoch(
+                t, epoch, state.step, dist, reporter, time_compilation=t.compiled and epoch == state.epoch
+            )
+        except torch._dynamo.exc.FailOnRecompileLimitHit:
+            raise ArchbenchError(
+                f"torch.compile hit its recompile limit on {label} (the step saw too many shapes); "
+                "rerun without --compile and report it."
+            ) from None
+        state.step = result.step
+        state.compile_seconds = state.compile_seconds or result.compile_seconds
+        if result.diverged_at is not None:
+            status, diverged_at = "diverged", result.diverged_at
             break
-        train_seconds = time.perf_counter() - epoch_start
+        dist.broadcast_buffers(t.model)  # every rank evaluates rank 0's BN statistics: the checkpointed model
+        test = evaluate(t.model, t.test_loader, t.autocast, dist)
+        val = None if t.val_loader is None else evaluate(t.model, t.val_loader, t.autocast, dist)
+        state.history.append(epoch_row(epoch, result, state.images_seen, test, val, time.perf_counter() - epoch_start))
+        reporter.epoch(label, asdict(state.history[-1]))
 
-        loss_sum, correct, samples = dist.all_reduce_sum(torch.cat([sums, sums.new_tensor([seen])])).tolist()
-        dist.broadcast_buffers(model)  # every rank evaluates rank 0's BN statistics: the checkpointed model
-        test_loss, test_acc = evaluate(model, test_loader, autocast, dist)
-        history.append({
-            "epoch": epoch + 1,
-            "train_loss": loss_sum / samples,
-            "train_acc": correct / samples,
-            "test_loss": test_loss,
-            "test_acc": test_acc,
-            "lr": lr,
-            "epoch_seconds": time.perf_counter() - epoch_start,
-            "train_images_per_s": samples / train_seconds,
-            "train_samples": int(samples),
-        })
-        reporter.epoch(label, history[-1])
-
-        wall = wall_before + time.perf_counter() - started
-        rng = dist.all_gather(rng_state())  # every rank's, so every rank resumes its own stream
+        wall = state.wall_before + time.perf_counter() - started
+        rng = dist.all_gather(rng_state(device))
         if dist.is_main:
             # Record first, checkpoint second: a crash between them redoes one epoch, and the files
             # are rewritten from the checkpoint's history, so the record always matches it.
-            write_record("interrupted", None, step, wall)
-            runs.save_checkpoint(run_path / runs.CHECKPOINT, {
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "scaler": scaler.state_dict(),
-                "epoch": epoch + 1,
-                "history": history,
-                "gradnorms": gradnorms.cpu(),
-                "wall_seconds": wall,
-                "rng": rng,
-                "loader": {"seed": seed, "next_epoch": epoch + 1},
-            })
+            interim = summarise(config, run_id, state, "interrupted", None, size, peak_memory(device), wall)
+            write_run_record(run_path, state, t, interim)
+            save_checkpoint(run_path, t, state, wall, rng)
         dist.barrier()
 
-    summary = write_record(status, diverged_at, step, wall_before + time.perf_counter() - started)
-    if dist.is_main and not request.keep_checkpoint:  # the run is final: nothing left to resume
-        (run_path / runs.CHECKPOINT).unlink(missing_ok=True)
+    summary = summarise(
+        config,
+        run_id,
+        state,
+        status,
+        diverged_at,
+        size,
+        peak_memory(device),
+        state.wall_before + time.perf_counter() - started,
+    )
+    if dist.is_main:
+        write_run_record(run_path, state, t, summary)
+        if not request.keep_checkpoint:  # the run is final: nothing left to resume
+            (run_path / runs.CHECKPOINT).unlink(missing_ok=True)
     if run is not None:
         run.close()
+    summary = asdict(summary)
     reporter.finish(label, summary)
     return summary
 
 
-def run_models(request: RunRequest, console: Console | None = None) -> list[dict]:
-    """`archbench run`: every model x seed through `train_one`, one after another.
+def plan_runs(request: RunRequest, data, split: Holdout | None, device: torch.device, world_size: int) -> list[Plan]:
+    """Every (model, seed) run of `request`, checked before anything is created: the options, the rates,
+    the batch against the training split, and each model's forward pass at the requested size."""
+    precision = resolve_precision(request.precision, device)
+    channels_last = resolve_channels_last(request.channels_last, device)
+    if request.compile and request.sync_bn and world_size > 1:
+        raise ArchbenchError(
+            "--sync-bn with --compile: SyncBatchNorm breaks torch.compile's graph; use one or the other."
+        )
+    tuned = read_tuning(request.tuning or request.out / "tuning.json", data) if request.lr == "tuned" else None
+    train_size = len(split.train) if split is not None else len(data.train_labels)
+    plans = []
+    for name in request.models:
+        entry = get_entry(name, registry=request.registry)
+        base = resolve_config(
+            request,
+            entry,
+            request.seeds[0],
+            data,
+            device=device.type,
+            precision=precision,
+            channels_last=channels_last,
+            optimizer=sgd_implementation(device, precision),
+            world_size=world_size,
+            validation=None if split is None else split.record(),
+            tuned=None if tuned is None else tuned.rate_for(name),
+        )
+        if base.global_batch_size > train_size:
+            raise ArchbenchError(
+                f"a global batch of {base.global_batch_size} is larger than the {train_size} training "
+                "images: lower --batch-size."
+            )
+        check_forward(entry, base.image_size, data.num_classes)
+        plans += [Plan(entry, replace(base, seed=seed)) for seed in request.seeds]
+    return plans
 
-    Names, preset and data are checked before anything trains. A model that diverges is recorded as
-    such and the next one still runs.
+
+def ensure_writable(folder: Path) -> None:
+    """Create `folder` if needed and prove a file can be written there, or say in one line why not."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".archbench-write-test-{time.time_ns()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise ArchbenchError(f"cannot write run records to {folder}: {e.strerror or e}") from None
+
+
+def run_models(request: RunRequest, console: Console | None = None) -> list[dict]:
+    """`archbench run`: every model x seed of `request`; see `run_requests`."""
+    return run_requests([request], console)
+
+
+def run_requests(requests: list[RunRequest], console: Console | None = None) -> list[dict]:
+    """Every model x seed of every request through `train_one`, one after another in this process (or as
+    jobs: one per GPU with --gpus, one per cluster job with --launcher). `archbench tune` passes one
+    request per learning rate; they share the device, the data and the validation split.
+
+    Everything that can fail is checked before the first run folder is made (`plan_runs`). A model that
+    diverges is recorded as such and the next one still runs.
     """
     console = console or Console()
-    if request.preset not in PRESETS:
-        raise ArchbenchError(f"unknown preset '{request.preset}'; use one of: {', '.join(PRESETS)}.")
-    entries = [get_entry(name, registry=request.registry) for name in request.models]
-    if request.gpus:
-        from archbench.launch import run_on_gpus
+    first = requests[0]
+    for request in requests:
+        request.recipe()  # an unknown preset or schedule fails here, before anything is built
+        parse_lr(request.lr)
+        for name in request.models:
+            get_entry(name, registry=request.registry)
+    if first.launcher:
+        return submit_runs(jobs_of(requests), first, console)
+    if first.gpus:
+        return run_on_gpus(jobs_of(requests), first.gpus, first.out, console)
 
-        return run_on_gpus(request, console)
-
-    from archbench.data import resolve
-
-    dist = distributed.from_environment(request.device)
-    device = resolve_device(request.device, dist)
-    data = resolve(request.data or PRESETS[request.preset].data, console=console)
-    reporter = Silent() if not dist.is_main else LogLines(console) if request.quiet else Bars(console)
+    dist = distributed.from_environment(first.device)
+    device = resolve_device(first.device, dist.local_rank if dist.enabled else None)
+    data = resolve(first.data or first.preset_spec.data, console=console)
+    split = holdout(data.train_labels, first.val_per_class, first.split_seed) if first.val_per_class else None
+    plans = [
+        (request, plan) for request in requests for plan in plan_runs(request, data, split, device, dist.world_size)
+    ]
+    if dist.is_main:
+        ensure_writable(first.out)
+    reporter = Reporter() if not dist.is_main else LogLines(console) if first.quiet else Bars(console)
     results = []
     try:
-        for entry in entries:
-            for seed in request.seeds:
-                results.append(train_one(request, entry, seed, data, device, dist, reporter))
+        for request, plan in plans:
+            results.append(train_one(plan, request, data, split, device, dist, reporter))
     finally:
         reporter.close()
         distributed.shutdown()
     if dist.is_main:
         console.print(results_table(results))
     return results
-
-
-def results_table(results: list[dict]) -> Table:
-    """The closing comparison: one row per run, final accuracies, epochs to each threshold."""
-    thresholds = list(results[0]["epochs_to_threshold"]) if results else []
-    table = Table(title="archbench run", box=box.SIMPLE,
-                  caption="final accuracies; ≥t: first epoch with test accuracy ≥ t (— never)")
-    table.add_column("model", no_wrap=True)
-    table.add_column("status", no_wrap=True)
-    for column in ("train", "test", *(f"≥{t}" for t in thresholds), "img/s", "time"):
-        table.add_column(column, justify="right", no_wrap=True)
-    pct = lambda v: "—" if v is None else f"{100 * v:.1f}%"  # noqa: E731
-    for s in results:
-        table.add_row(
-            f"{s['model']} s{s['seed']}", s["status"], pct(s["final_train_acc"]), pct(s["final_test_acc"]),
-            *(str(e) if (e := s["epochs_to_threshold"].get(t)) is not None else "—" for t in thresholds),
-            "—" if s["mean_train_images_per_s"] is None else f"{s['mean_train_images_per_s']:.0f}",
-            f"{s['wall_seconds']:.0f}s",
-        )
-    return table

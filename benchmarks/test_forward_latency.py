@@ -23,12 +23,18 @@ Memory format, always the same for both implementations of a pair: channels_last
 channels_last for the VGGs (clearly faster at batch 32 on 2 cores) and the default contiguous NCHW for
 the ResNets (channels_last was slower for them there). `benchmark.extra_info` records model, impl,
 batch, image_size, device, memory_format and threads (torch's intra-op threads).
+
+`test_archbench_runs_as_fast_as_its_torchvision_twin` asserts what the pairs exist to show, measured in one
+test per pair so that it holds in any test order: at the larger batch, rounds of the two implementations
+alternate, and the ratio of their fastest rounds must lie within `RATIO_BOUNDS` (the same function on the
+same input; measured within 10% of 1 on a shared 2-core CPU; the bounds are generous on purpose).
 """
 
 from __future__ import annotations
 
 import functools
 import os
+import time
 
 import pytest
 import torch
@@ -41,6 +47,8 @@ IMAGE_SIZE = 224 if DEVICE.type == "cuda" else 64
 NUM_CLASSES = 200
 BATCHES = (1, 32)
 WARMUP_CALLS = 2  # oneDNN / cuDNN pick and cache their kernels on the first calls of a shape
+RATIO_ROUNDS = 7
+RATIO_BOUNDS = (0.5, 2.0)  # archbench's time over torchvision's
 if os.environ.get("ARCHBENCH_BENCH_THREADS"):
     torch.set_num_threads(int(os.environ["ARCHBENCH_BENCH_THREADS"]))
 
@@ -100,7 +108,11 @@ def test_forward_latency(benchmark, name: str, batch: int, impl: str) -> None:
 
     benchmark.group = f"{name}-b{batch}"
     benchmark.extra_info.update(
-        model=name, impl=impl, batch=batch, image_size=IMAGE_SIZE, device=str(DEVICE),
+        model=name,
+        impl=impl,
+        batch=batch,
+        image_size=IMAGE_SIZE,
+        device=str(DEVICE),
         memory_format="channels_last" if fmt == torch.channels_last else "contiguous",
         threads=torch.get_num_threads(),
     )
@@ -111,3 +123,25 @@ def test_forward_latency(benchmark, name: str, batch: int, impl: str) -> None:
             forward()
         out = benchmark(forward)
     assert out.shape == (batch, NUM_CLASSES)
+
+
+@pytest.mark.parametrize("name", list(TORCHVISION_TWINS))
+def test_archbench_runs_as_fast_as_its_torchvision_twin(name: str) -> None:
+    pair = models(name)
+    batch = BATCHES[-1]
+    generator = torch.Generator().manual_seed(batch)
+    x = torch.randn(batch, 3, IMAGE_SIZE, IMAGE_SIZE, generator=generator).to(DEVICE, memory_format=memory_format(name))
+    seconds: dict[str, list[float]] = {impl: [] for impl in pair}
+    with torch.inference_mode():
+        for model in pair.values():
+            for _ in range(WARMUP_CALLS):
+                model(x)
+        for r in range(RATIO_ROUNDS):
+            for impl in ("archbench", "torchvision") if r % 2 == 0 else ("torchvision", "archbench"):
+                _sync()
+                start = time.perf_counter()
+                pair[impl](x)
+                _sync()
+                seconds[impl].append(time.perf_counter() - start)
+    ratio = min(seconds["archbench"]) / min(seconds["torchvision"])
+    assert RATIO_BOUNDS[0] < ratio < RATIO_BOUNDS[1], seconds

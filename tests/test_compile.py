@@ -6,18 +6,30 @@ import json
 
 import pytest
 
-from archbench.train import RunRequest, run_models
+from archbench.config import RunRequest
+from archbench.train import run_models
 
 
 @pytest.mark.slow
 def test_compiled_model_trains_and_flops_count_the_uncompiled_one(tiny_registry, tiny_data, tmp_path):
     runs = {}
     for compile in (False, True):
-        (summary,) = run_models(RunRequest(
-            models=["tiny_resnet"], data=str(tiny_data), preset="smoke", epochs=1, batch_size=16, image_size=32,
-            device="cpu", compile=compile, deterministic=False, out=tmp_path / str(compile), quiet=True,
-            registry=tiny_registry,
-        ))
+        (summary,) = run_models(
+            RunRequest(
+                models=["tiny_resnet"],
+                data=str(tiny_data),
+                preset="smoke",
+                epochs=1,
+                batch_size=16,
+                image_size=32,
+                device="cpu",
+                compile=compile,
+                deterministic=False,
+                out=tmp_path / str(compile),
+                quiet=True,
+                registry=tiny_registry,
+            )
+        )
         runs[compile] = summary
     assert runs[True]["status"] == "completed"
     assert runs[True]["gflops"] == runs[False]["gflops"] and runs[True]["parameters"] == runs[False]["parameters"]

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
+import os
 import socket
 import threading
 import zipfile
@@ -12,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+import archbench.data.download as download_module
 from archbench.data.download import download, extract_zip, partial_path
 from archbench.data.synthetic import LAYOUT_DIR, make_synthetic
 from archbench.data.tinyimagenet import EXTRACTED_DIR, load_packed, prepare
@@ -195,7 +198,9 @@ def _zip_with(tmp_path: Path, members: dict[str, bytes]) -> Path:
     return path
 
 
-@pytest.mark.parametrize("evil", ["../evil.txt", "tiny/../../evil.txt", "/tmp/archbench-evil.txt", "..\\evil.txt", "C:/evil.txt"])
+@pytest.mark.parametrize(
+    "evil", ["../evil.txt", "tiny/../../evil.txt", "/tmp/archbench-evil.txt", "..\\evil.txt", "C:/evil.txt"]
+)
 def test_unsafe_members_are_refused_before_anything_is_written(tmp_path, evil):
     crafted = _zip_with(tmp_path, {"tiny/ok.txt": b"fine", evil: b"gotcha"})
     target = tmp_path / "deep" / "out"
@@ -225,3 +230,55 @@ def test_not_a_zip(tmp_path):
     (tmp_path / "fake.zip").write_bytes(b"PK but not really")
     with pytest.raises(ArchbenchError, match="not a readable zip"):
         extract_zip(tmp_path / "fake.zip", tmp_path / "out")
+
+
+def test_disk_full_during_a_download_is_one_line_and_resumable(server, dataset_zip, tmp_path, monkeypatch):
+    server.files["/set.zip"] = dataset_zip
+    dest = tmp_path / "set.zip"
+    real_open = open
+
+    class FillsUp:
+        """A file that takes the first write and then finds the disk full."""
+
+        def __init__(self, *args, **kwargs):
+            self.file = real_open(*args, **kwargs)
+            self.writes = 0
+
+        def write(self, data):
+            self.writes += 1
+            if self.writes > 1:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            return self.file.write(data)
+
+        def __getattr__(self, name):
+            return getattr(self.file, name)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.file.close()
+
+    monkeypatch.setattr(download_module, "CHUNK_BYTES", 4096)
+    monkeypatch.setattr(download_module, "open", FillsUp, raising=False)
+    with pytest.raises(ArchbenchError) as info:
+        download(server.url("/set.zip"), dest, md5=_md5(dataset_zip))
+    assert info.value.message == f"cannot write to {partial_path(dest)}: no space left on device"
+    assert partial_path(dest).read_bytes() == dataset_zip[:4096] and not dest.exists()
+    monkeypatch.undo()
+    download(server.url("/set.zip"), dest, md5=_md5(dataset_zip))  # once there is room, the rerun resumes
+    assert server.requests[-1]["range"] == "bytes=4096-" and dest.read_bytes() == dataset_zip
+
+
+def test_download_into_a_read_only_folder(server, dataset_zip, tmp_path, monkeypatch):
+    server.files["/set.zip"] = dataset_zip
+    dest = tmp_path / "set.zip"
+
+    def refuse(*args, **kwargs):
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(partial_path(dest)))
+
+    monkeypatch.setattr(download_module, "open", refuse, raising=False)
+    with pytest.raises(ArchbenchError) as info:
+        download(server.url("/set.zip"), dest)
+    assert info.value.message == f"cannot write to {partial_path(dest)}: permission denied"
+    assert list(tmp_path.iterdir()) == []

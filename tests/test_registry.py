@@ -1,5 +1,7 @@
-"""The registry: the six entries, where the folder is found, user-added and malformed TOML files."""
+"""The registry: the shipped entries, where the folder is found, user-added and malformed TOML files."""
 
+import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -8,6 +10,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
+import torch
 import torchvision
 from typer.testing import CliRunner
 
@@ -16,10 +19,22 @@ import archbench.registry as registry
 from archbench.cli import app
 from archbench.errors import ArchbenchError
 from archbench.flops import count_parameters
+from archbench.references import MODEL_COUNTS
 from archbench.registry import build_model, catalogue, get_entry, list_models, load_registry, resolve_registry_dir
 
 REPO = Path(__file__).resolve().parent.parent
-SIX = ["resnet18", "resnet18_plain", "vgg11", "vgg11_bn", "vgg16", "vgg16_bn"]
+SHIPPED = [
+    "resnet18",
+    "resnet18_plain",
+    "resnet34",
+    "resnet34_plain",
+    "vgg11",
+    "vgg11_bn",
+    "vgg16",
+    "vgg16_bn",
+    "vgg19",
+    "vgg19_bn",
+]
 RESNET34 = """\
 description = "ResNet-34 (He et al. 2016): BasicBlocks [3,4,6,3]"
 builder = "resnet"
@@ -41,43 +56,57 @@ def write(folder: Path, name: str, text: str) -> Path:
     return path
 
 
-def test_the_six_entries_and_what_they_declare():
+def test_the_shipped_entries_and_what_they_declare():
+    """Residual, BN and depth are read from each built model; the depth counts the longest path."""
     entries = load_registry()
-    assert sorted(entries) == list_models() == SIX
+    assert sorted(entries) == list_models() == SHIPPED
     declared = {n: (e.builder, e.residual, e.batch_norm, e.depth, e.lr_scale) for n, e in entries.items()}
     assert declared == {
         "resnet18": ("resnet", True, True, 18, None),
         "resnet18_plain": ("resnet", False, True, 18, None),
+        "resnet34": ("resnet", True, True, 34, None),
+        "resnet34_plain": ("resnet", False, True, 34, None),
         "vgg11": ("vgg", False, False, 11, 0.1),  # torchvision's reference: lr 0.01 for VGG without BN
         "vgg11_bn": ("vgg", False, True, 11, None),
         "vgg16": ("vgg", False, False, 16, 0.1),
         "vgg16_bn": ("vgg", False, True, 16, None),
+        "vgg19": ("vgg", False, False, 19, 0.1),
+        "vgg19_bn": ("vgg", False, True, 19, None),
     }
     assert all(e.path.parent == resolve_registry_dir() and e.description for e in entries.values())
 
 
+def test_depth_study_pairs_differ_only_in_the_shortcut():
+    entries = load_registry()
+    for depth in (18, 34):
+        residual, plain = entries[f"resnet{depth}"], entries[f"resnet{depth}_plain"]
+        assert {k: v for k, v in residual.args.items() if k not in ("residual", "zero_init_last_bn")} == {
+            k: v for k, v in plain.args.items() if k not in ("residual", "zero_init_last_bn")
+        }
+        assert (residual.args["zero_init_last_bn"], plain.args["zero_init_last_bn"]) == (True, False)
+
+
 def test_catalogue_rows_match_the_reference_table():
-    # REFERENCES.md (torchvision 0.29.1, fvcore 0.1.5); plain-18 is checked in test_models.py.
-    reference = {
-        "resnet18": (11_279_112, 1.8187),
-        "vgg11": (129_585_736, 7.6058),
-        "vgg11_bn": (129_591_240, 7.6207),
-        "vgg16": (135_079_944, 15.4670),
-        "vgg16_bn": (135_088_392, 15.4941),
-    }
+    # archbench.references.MODEL_COUNTS (torchvision 0.29.1, fvcore 0.1.5); plain-18 is checked in test_models.py.
     rows = {row["name"]: row for row in catalogue()}
-    assert list(rows) == SIX
-    for name, (parameters, gflops) in reference.items():
-        assert (rows[name]["parameters"], round(rows[name]["gflops_224"], 4)) == (parameters, gflops)
-    assert rows["resnet18_plain"]["gflops_224"] < rows["resnet18"]["gflops_224"]  # no 1x1 projections
-    assert [rows[n]["residual"] for n in SIX] == [True, False, False, False, False, False]
+    assert list(rows) == SHIPPED
+    checked = [c for c in MODEL_COUNTS if c.model in rows]
+    assert {c.model for c in checked} == set(SHIPPED) - {"resnet18_plain"}
+    for count in checked:
+        assert rows[count.model]["parameters"] == count.parameters, count.model
+        if count.gflops_224 is not None:
+            assert round(rows[count.model]["gflops_224"], 4) == count.gflops_224, count.model
+    for depth in (18, 34):  # no 1x1 projections
+        assert rows[f"resnet{depth}_plain"]["gflops_224"] < rows[f"resnet{depth}"]["gflops_224"]
+    assert [rows[n]["residual"] for n in SHIPPED] == [True, False, True, False] + [False] * 6
 
 
 def test_unknown_model_names_the_closest():
     with pytest.raises(ArchbenchError) as info:
         get_entry("resnt18")
-    assert info.value.message == "unknown model 'resnt18'; closest: resnet18, resnet18_plain (see `archbench list`)"
-    with pytest.raises(ArchbenchError, match="known: resnet18, resnet18_plain, vgg11"):
+    closest = "closest: resnet18, resnet34, resnet18_plain"
+    assert info.value.message == f"unknown model 'resnt18'; {closest} (see `archbench list`)"
+    with pytest.raises(ArchbenchError, match="known: resnet18, resnet18_plain, resnet34, resnet34_plain, vgg11"):
         build_model("transformer")
 
 
@@ -110,7 +139,7 @@ def test_installed_copy_is_found_through_importlib_resources(tmp_path):
     shutil.copytree(Path(archbench.__file__).parent, site / "archbench", ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copytree(REPO / "registry", site / "archbench" / "registry_files")
     found = _installed_registry_listing(site, cwd=tmp_path)
-    assert found == [str(site / "archbench" / "registry_files"), " ".join(SIX)]
+    assert found == [str(site / "archbench" / "registry_files"), " ".join(SHIPPED)]
 
 
 def _installed_registry_listing(site: Path, cwd: Path) -> list[str]:
@@ -137,21 +166,47 @@ def test_wheel_carries_the_registry(tmp_path):
     with zipfile.ZipFile(wheel) as zf:
         tomls = sorted(n for n in zf.namelist() if n.endswith(".toml"))
         zf.extractall(tmp_path / "site")
-    assert tomls == [f"archbench/registry_files/{name}.toml" for name in SIX]
+    assert tomls == [f"archbench/registry_files/{name}.toml" for name in SHIPPED]
     found = _installed_registry_listing(tmp_path / "site", cwd=tmp_path)
-    assert found == [str(tmp_path / "site" / "archbench" / "registry_files"), " ".join(SIX)]
+    assert found == [str(tmp_path / "site" / "archbench" / "registry_files"), " ".join(SHIPPED)]
 
 
-def test_user_added_resnet34_builds_and_lists(tmp_path):
-    write(tmp_path, "resnet34", RESNET34)
-    assert list_models(tmp_path) == ["resnet34"]
-    entry = get_entry("resnet34", tmp_path)
-    assert (entry.depth, entry.residual, entry.lr_scale) == (34, True, None)
-    parameters = count_parameters(torchvision.models.resnet34(num_classes=200))
-    assert count_parameters(build_model("resnet34", tmp_path)) == parameters
+def test_user_added_resnet10_builds_and_lists(tmp_path):
+    """A file a user adds (not one archbench ships) builds, and its traits are read from the model."""
+    write(tmp_path, "resnet10", RESNET34.replace("[3, 4, 6, 3]", "[1, 1, 1, 1]"))
+    assert list_models(tmp_path) == ["resnet10"]
+    entry = get_entry("resnet10", tmp_path)
+    assert (entry.depth, entry.residual, entry.batch_norm, entry.lr_scale) == (10, True, True, None)
+    block = torchvision.models.resnet.BasicBlock
+    with torch.device("meta"):
+        parameters = count_parameters(torchvision.models.ResNet(block, [1, 1, 1, 1], num_classes=200))
+    assert count_parameters(build_model("resnet10", tmp_path)) == parameters
     result = CliRunner().invoke(app, ["list", "--registry", str(tmp_path)], env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output
-    assert "resnet34" in result.stdout and f"{parameters:,}" in result.stdout
+    assert "resnet10" in result.stdout and f"{parameters:,}" in result.stdout
+
+
+def test_identity_is_portable_and_names_the_file_by_its_hash(tmp_path):
+    path = write(tmp_path, "resnet10", RESNET34.replace("[3, 4, 6, 3]", "[1, 1, 1, 1]"))
+    identity = get_entry("resnet10", tmp_path).identity()
+    assert identity == {
+        "name": "resnet10",
+        "builder": "resnet",
+        "args": {"layers": [1, 1, 1, 1]},
+        "description": "ResNet-34 (He et al. 2016): BasicBlocks [3,4,6,3]",
+        "lr_scale": None,
+        "toml_sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+        "residual": True,
+        "batch_norm": True,
+        "depth": 10,
+    }
+    assert str(tmp_path) not in json.dumps(identity)  # JSON, and no path of this machine
+    path.write_text(path.read_text() + "# a comment changes the file, so its recorded hash\n")
+    assert get_entry("resnet10", tmp_path).identity()["toml_sha256"] != identity["toml_sha256"]
+    for entry in load_registry().values():
+        shipped = json.loads(json.dumps(entry.identity()))
+        assert shipped["toml_sha256"] == hashlib.sha256(entry.path.read_bytes()).hexdigest()
+        assert (shipped["residual"], shipped["depth"]) == (entry.residual, entry.depth)
 
 
 MALFORMED = {

@@ -3,21 +3,29 @@
 from __future__ import annotations
 
 import json
+import math
 import statistics
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
+from archbench import runs
 from archbench.cli import app
+from archbench.config import DataIdentity, Recipe, RunConfig
 from archbench.errors import ArchbenchError
 from archbench.report import write_report
+from archbench.runs import epochs_to_threshold
 
 THRESHOLDS = [0.3, 0.4]
 ENTRIES = {
     "resnet18": {"builder": "resnet", "residual": True, "batch_norm": True, "depth": 18, "layers": 21},
-    "resnet18_plain": {"builder": "resnet", "residual": False, "batch_norm": True, "depth": 18, "layers": 21},
+    "resnet18_plain": {"builder": "resnet", "residual": False, "batch_norm": True, "depth": 18, "layers": 18},
+    "resnet34": {"builder": "resnet", "residual": True, "batch_norm": True, "depth": 34, "layers": 37},
+    "resnet34_plain": {"builder": "resnet", "residual": False, "batch_norm": True, "depth": 34, "layers": 34},
     "vgg11": {"builder": "vgg", "residual": False, "batch_norm": False, "depth": 11, "layers": 11},
+    "vgg11_bn": {"builder": "vgg", "residual": False, "batch_norm": True, "depth": 11, "layers": 11},
+    "vgg16": {"builder": "vgg", "residual": False, "batch_norm": False, "depth": 16, "layers": 16},
 }
 SECTIONS = [
     "# archbench report",
@@ -30,13 +38,62 @@ SECTIONS = [
     "## 7. Discussion",
     "## 8. Run records",
 ]
+FIGURES = ("REPORT-training-curves.png", "REPORT-gradnorm-depth.png", "REPORT-gradient-cosine.png")
+T975 = {1: 12.706204736174707, 2: 4.302652729749464}  # Student's t, 97.5% quantile, by degrees of freedom
 
 
-def grad_norm(model: str, seed: int, step: int, depth: int) -> float:
-    """Residual models keep the first layer's gradient near the last one's; the others lose it."""
+def interval(values: list[float], fmt: str = ".2f") -> str:
+    """The report's 'mean ± half-width (n=k)', computed here by hand."""
+    n = len(values)
+    if n == 1:
+        return f"{values[0]:{fmt}} (n=1, no interval)"
+    half = T975[n - 1] * statistics.stdev(values) / math.sqrt(n)
+    return f"{statistics.mean(values):{fmt}} ± {half:{fmt}} (n={n})"
+
+
+def weight_norm(depth: int) -> float:
+    return 2.0 + 0.5 * depth
+
+
+def grad_to_weight(model: str, seed: int, step: int, depth: int) -> float:
+    """‖g‖/‖w‖: residual models keep the first layer's near the last one's; the others lose it (the decay
+    differs a little by seed, so the first/last ratio has a spread to test)."""
     n = ENTRIES[model]["layers"]
-    decay = 0.95 if ENTRIES[model]["residual"] else 0.7
+    if ENTRIES[model]["residual"] and step == 0 and depth in (1, 2):
+        return 0.0  # a block whose last BN starts at zero passes no gradient to its convolutions at first
+    decay = (0.95 if ENTRIES[model]["residual"] else 0.7) - 0.001 * seed
     return (1.0 + 0.1 * seed + 0.05 * step) * decay ** (n - 1 - depth)
+
+
+def cosine(model: str, seed: int, step: int, depth: int) -> float:
+    """Step-to-step cosine: residual models keep theirs high at every depth; plain ones lose it towards the input."""
+    if step == 0:
+        return float("nan")
+    n = ENTRIES[model]["layers"]
+    keep = 0.98 if ENTRIES[model]["residual"] else 0.85
+    return (0.8 - 0.02 * seed) * keep ** (n - 1 - depth)
+
+
+def gradnorm_rows(model: str, seed: int, steps: int) -> list[runs.GradNormRow]:
+    layers = ENTRIES[model]["layers"]
+    rows = []
+    for step in range(steps):
+        for d in range(layers):
+            ratio, w = grad_to_weight(model, seed, step, d), weight_norm(d)
+            rows.append(
+                runs.GradNormRow(
+                    step=step,
+                    layer="conv1" if d == 0 else "fc" if d == layers - 1 else f"layer{d}",
+                    layer_index=d,
+                    kind="linear" if d == layers - 1 else "conv",
+                    grad_norm=ratio * w,
+                    weight_norm=w,
+                    grad_to_weight=ratio,
+                    grad_rms=ratio * w / math.sqrt(64 * (d + 1)),
+                    cosine_to_previous=cosine(model, seed, step, d),
+                )
+            )
+    return rows
 
 
 def write_run(
@@ -51,76 +108,138 @@ def write_run(
     diverged_at_step: int | None = None,
     gradnorm_steps: int = 3,
     lr_source: str = "preset",
+    lr: float | None = None,
+    val_acc: list[float] | None = None,
+    tuning_trial: bool = False,
+    args: dict | None = None,
+    parameters: int | None = None,
+    compile_seconds: float | None = None,
+    run_tag: str = "abc123",
 ) -> Path:
-    """One run folder as archbench/train.py writes it; status None leaves out summary.json."""
-    run_id = f"{started_at.replace('-', '').replace(':', '')[:15]}-s{seed}-abc123-{len(test_acc):04x}"
+    """One run folder written by the loop's own writer; status None leaves out summary.json. With `val_acc`
+    the run held a validation split out and chose its best epoch on it."""
+    run_id = f"{started_at.replace('-', '').replace(':', '')[:15]}-s{seed}-{run_tag}-{len(test_acc):04x}"
     run_dir = root / model / run_id
     run_dir.mkdir(parents=True)
     entry = ENTRIES[model]
-    config = {
-        "run_id": run_id,
-        "model": model,
-        "entry": {
-            "builder": entry["builder"], "args": {}, "description": model, "lr_scale": 0.1 if model == "vgg11" else None,
-            "path": f"registry/{model}.toml", "residual": entry["residual"], "batch_norm": entry["batch_norm"],
+    lr_scale = 0.1 if model in ("vgg11", "vgg16") else None
+    config = RunConfig(
+        model=model,
+        entry={
+            "name": model,
+            "builder": entry["builder"],
+            "args": args or {},
+            "description": model,
+            "lr_scale": lr_scale,
+            "toml_sha256": "0" * 64,
+            "residual": entry["residual"],
+            "batch_norm": entry["batch_norm"],
             "depth": entry["depth"],
         },
-        "preset": "smoke",
-        "recipe": {
-            "epochs": 4, "batch_size": 32, "global_batch_size": 32, "lr": 0.01 if model == "vgg11" else 0.1,
-            "lr_source": lr_source, "momentum": 0.9, "weight_decay": 1e-4, "nesterov": False,
-            "schedule": "cosine", "warmup_epochs": 0, "label_smoothing": 0.0,
-        },
-        "image_size": 32,
-        "seed": seed,
-        "thresholds": THRESHOLDS,
-        "gradnorm_steps": gradnorm_steps,
-        "device": "cpu",
-        "precision": "fp32",
-        "compile": False,
-        "channels_last": False,
-        "deterministic": True,
-        "world_size": 1,
-        "data": {
-            "spec": "synthetic" if synthetic else "data", "root": "data", "fingerprint": "f" * 64 if synthetic else "a" * 64,
-            "num_classes": 10, "train_size": 1000, "val_size": 200, "synthetic": synthetic,
-        },
-        "provenance": {
-            "archbench_version": "0.1.0", "git_commit": "0123456789abcdef", "git_dirty": False, "torch": "2.14.1",
-            "torchvision": "0.29.1", "cuda": None, "cudnn": None, "device_name": "x86_64 (2 threads)",
-            "python": "3.11.2", "platform": "Linux", "started_at": started_at,
-        },
-        "config_hash": "abc123",
+        preset="smoke",
+        recipe=Recipe(
+            epochs=4,
+            batch_size=32,
+            lr=lr if lr is not None else 0.1 * (lr_scale or 1.0),
+            weight_decay=1e-4,
+            warmup_epochs=0,
+        ),
+        global_batch_size=32,
+        lr_source=lr_source,
+        image_size=32,
+        seed=seed,
+        thresholds=tuple(THRESHOLDS),
+        gradnorm_steps=gradnorm_steps,
+        validation=None if val_acc is None else {"per_class": 10, "seed": 0, "size": 100, "fingerprint": "b" * 64},
+        tuning_trial=tuning_trial,
+        optimizer="foreach",
+        device="cpu",
+        precision="fp32",
+        compile=compile_seconds is not None,
+        compile_backend="inductor" if compile_seconds is not None else None,
+        channels_last=False,
+        deterministic=True,
+        sync_bn=False,
+        world_size=1,
+        data=DataIdentity(
+            name="synthetic" if synthetic else "tiny-imagenet-200",
+            fingerprint="f" * 64 if synthetic else "a" * 64,
+            num_classes=10,
+            train_size=1000,
+            val_size=200,
+            synthetic=synthetic,
+        ),
+    )
+    provenance = {
+        "archbench_version": "0.1.0",
+        "git_commit": "0123456789abcdef",
+        "git_dirty": False,
+        "torch": "2.14.1",
+        "torchvision": "0.29.1",
+        "cuda": None,
+        "cudnn": None,
+        "device_name": "x86_64 (2 threads)",
+        "python": "3.11.2",
+        "platform": "Linux",
+        "started_at": started_at,
     }
-    (run_dir / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
+    runs.write_json(
+        run_dir / runs.CONFIG, {**config.to_json(), "provenance": provenance, "run_id": run_id, "config_hash": run_tag}
+    )
     train_acc = [min(1.0, a + 0.1) for a in test_acc]
-    rows = ["epoch,train_loss,train_acc,test_loss,test_acc,lr,epoch_seconds,train_images_per_s,train_samples"]
-    for e, (tr, te) in enumerate(zip(train_acc, test_acc), start=1):
-        rows.append(f"{e},{2.5 / e},{tr},{2.6 / e},{te},0.1,1.5,600.0,1000")
-    (run_dir / "metrics.csv").write_text("\n".join(rows if test_acc else ["epoch"]) + "\n")  # train.py: bare header
-    grads = ["step,layer,depth,kind,grad_norm"]
-    for step in range(gradnorm_steps):
-        for d in range(entry["layers"]):
-            kind = "linear" if d == entry["layers"] - 1 else "conv"
-            grads.append(f"{step},layer{d},{d},{kind},{grad_norm(model, seed, step, d)!r}")
-    (run_dir / "gradnorms.csv").write_text("\n".join(grads) + "\n")
-    if status is not None:
-        summary = {
-            "run_id": run_id, "model": model, "status": status, "diverged_at_step": diverged_at_step,
-            "epochs_completed": len(test_acc),
-            "final_train_acc": train_acc[-1] if test_acc else None,
-            "final_test_acc": test_acc[-1] if test_acc else None,
-            "best_test_acc": max(test_acc) if test_acc else None,
-            "best_epoch": test_acc.index(max(test_acc)) + 1 if test_acc else None,
-            "epochs_to_threshold": {
-                str(t): next((e for e, a in enumerate(test_acc, start=1) if a >= t), None) for t in THRESHOLDS
-            },
-            "parameters": 11_279_112 if model.startswith("resnet") else 129_585_736,
-            "gflops": {"image_size": 32, "at_image_size": 0.04, "at_224": 1.8187 if model.startswith("resnet") else 7.6058},
-            "mean_train_images_per_s": 600.0, "wall_seconds": 6.0, "synthetic": synthetic,
-            "finished_at": started_at.replace("00:00Z", "09:00Z"),
-        }
-        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True))
+    vals = val_acc if val_acc is not None else [None] * len(test_acc)
+    metrics = [
+        runs.EpochMetrics(
+            epoch=e,
+            train_loss=2.5 / e,
+            train_acc=tr,
+            test_loss=2.6 / e,
+            test_acc=te,
+            lr=0.1,
+            epoch_seconds=1.5,
+            train_images_per_s=600.0,
+            train_samples=1000,
+            train_seconds=1.25,
+            images_seen=1000 * e,
+            val_loss=None if va is None else 2.0 - va,
+            val_acc=va,
+        )
+        for e, (tr, te, va) in enumerate(zip(train_acc, test_acc, vals), start=1)
+    ]
+    chooser = val_acc if val_acc is not None else test_acc
+    best = chooser.index(max(chooser)) if test_acc else None
+    reached = epochs_to_threshold(test_acc, THRESHOLDS)
+    summary = runs.Summary(
+        run_id=run_id,
+        model=model,
+        seed=seed,
+        status=status or "interrupted",
+        diverged_at_step=diverged_at_step,
+        epochs_completed=len(test_acc),
+        final_train_acc=train_acc[-1] if test_acc else None,
+        final_test_acc=test_acc[-1] if test_acc else None,
+        best_test_acc=max(test_acc) if test_acc else None,
+        best_epoch=None if best is None else best + 1,
+        selected_on="val" if val_acc is not None else "test",
+        best_val_acc=None if val_acc is None or best is None else val_acc[best],
+        test_acc_at_best_epoch=None if best is None else test_acc[best],
+        epochs_to_threshold=reached,
+        seconds_to_threshold={k: None if v is None else 1.25 * v for k, v in reached.items()},
+        images_to_threshold={k: None if v is None else 1000 * v for k, v in reached.items()},
+        parameters=parameters or (11_279_112 if model.startswith("resnet") else 129_585_736),
+        gflops={"image_size": 32, "at_image_size": 0.04, "at_224": 1.8187 if model.startswith("resnet") else 7.6058},
+        mean_train_images_per_s=600.0,
+        train_seconds=1.25 * len(test_acc),
+        compile_seconds=compile_seconds,
+        peak_memory_mb=512.0,
+        peak_memory_kind="cpu peak RSS of the process",
+        wall_seconds=6.0,
+        synthetic=synthetic,
+        finished_at=started_at.replace("00:00Z", "09:00Z"),
+    )
+    runs.write_record(run_dir, metrics, gradnorm_rows(model, seed, gradnorm_steps if test_acc else 0), summary)
+    if status is None:  # killed before its first record was final
+        (run_dir / runs.SUMMARY).unlink()
     return run_dir
 
 
@@ -137,8 +256,14 @@ CURVES = {
 def write_study(root: Path, synthetic_run: bool = False, curves: dict | None = None) -> Path:
     """Three models, two seeds; vgg11 seed 1 diverged; an interrupted rerun of resnet18 seed 0."""
     for (model, seed), acc in (curves or CURVES).items():
-        write_run(root, model, seed, acc, synthetic=synthetic_run and model == "vgg11",
-                  lr_source="preset x registry lr_scale" if model == "vgg11" else "preset")
+        write_run(
+            root,
+            model,
+            seed,
+            acc,
+            synthetic=synthetic_run and model == "vgg11",
+            lr_source="preset x registry lr_scale" if model == "vgg11" else "preset",
+        )
     write_run(root, "vgg11", 1, [0.02], status="diverged", diverged_at_step=7, lr_source="preset x registry lr_scale")
     write_run(root, "resnet18", 0, [0.21], status=None, started_at="2025-01-02T00:00:00Z")  # killed, no summary
     # an older completed run of the same seed, superseded by the newer one above
@@ -146,8 +271,23 @@ def write_study(root: Path, synthetic_run: bool = False, curves: dict | None = N
     return root
 
 
-def generate(tmp_path: Path, runs: Path, benchmarks: Path | None = None, name: str = "REPORT.md") -> str:
-    out = write_report(runs_dir=runs, out=tmp_path / name, benchmarks=benchmarks or tmp_path / "absent.json")
+def generate(
+    tmp_path: Path,
+    runs: Path,
+    benchmarks: Path | None = None,
+    name: str = "REPORT.md",
+    *,
+    bench_results: Path | None = None,
+    gpu_results: Path | None = None,
+) -> str:
+    """The report of `runs`, written into `tmp_path`; result files default to paths that do not exist."""
+    out = write_report(
+        runs_dir=runs,
+        out=tmp_path / name,
+        benchmarks=benchmarks or tmp_path / "absent.json",
+        bench_results=bench_results or tmp_path / "no-bench-results",
+        gpu_results=gpu_results or tmp_path / "no-gpu-results.json",
+    )
     return out.read_text(encoding="utf-8")
 
 
@@ -159,10 +299,11 @@ def section(text: str, heading: str) -> str:
 
 def table_rows(text: str) -> list[dict[str, str]]:
     """The first markdown table in `text`, as dicts keyed by header."""
-    lines = [ln for ln in text.splitlines() if ln.startswith("|")]
-    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    lines = text.splitlines()
+    start = next(i for i, ln in enumerate(lines) if ln.startswith("|"))
+    header = [c.strip() for c in lines[start].strip("|").split("|")]
     rows = []
-    for ln in lines[2:]:
+    for ln in lines[start + 2 :]:
         if not ln.startswith("|"):
             break
         rows.append(dict(zip(header, (c.strip() for c in ln.strip("|").split("|")))))
@@ -184,58 +325,94 @@ def test_every_section_present_with_figures(study):
     tmp, text = study
     positions = [text.index(s) for s in SECTIONS]
     assert positions == sorted(positions)
-    for png in ("REPORT-training-curves.png", "REPORT-gradnorm-depth.png"):
+    for png in FIGURES:
         assert f"]({png})" in text
         assert (tmp / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not (tmp / "REPORT-lr-sensitivity.png").exists()  # no tuning trials, no sensitivity figure
     assert "fvcore counts one fused multiply-add as one flop" in text
     assert "*reference: resnet18*" in text and "85.46" in text and "54.72" in text
+    assert "Depth: plain against residual" not in text and "Learning-rate sensitivity" not in text
 
 
-def test_mean_and_std_over_seeds(study):
+def test_means_over_seeds_come_with_t_intervals(study):
     _, text = study
+    assert "95% confidence interval" in section(text, "# archbench report")
     acc = section(text, "## 3. Accuracy")
     finals = [CURVES[("resnet18", s)][-1] * 100 for s in (0, 1)]
-    expected = f"{statistics.mean(finals):.2f} ± {statistics.stdev(finals):.2f}"
     row = row_for(acc, "resnet18")
-    assert row["final test acc (%)"] == expected
+    assert row["final test acc (%)"] == interval(finals)
     assert row["n"] == "2"
     trains = [min(1.0, CURVES[("resnet18", s)][-1] + 0.1) * 100 for s in (0, 1)]
-    assert row["final train acc (%)"] == f"{statistics.mean(trains):.2f} ± {statistics.stdev(trains):.2f}"
-    # one completed seed: no std, and the diverged seed is named
+    assert row["final train acc (%)"] == interval(trains)
+    # one completed seed: the value alone, and the diverged seed is named
     vgg = row_for(acc, "vgg11")
-    assert vgg["final test acc (%)"] == f"{100 * CURVES[('vgg11', 0)][-1]:.2f}"
+    assert vgg["final test acc (%)"] == f"{100 * CURVES[('vgg11', 0)][-1]:.2f} (n=1, no interval)"
     assert vgg["n"] == "1"
     assert "seed 1 diverged" in vgg["status"]
 
     conv = row_for(section(text, "## 4. Convergence"), "resnet18")
     to_30 = [2, 2]  # both resnet18 seeds pass 30% at epoch 2
     to_40 = [3, 4]
-    assert conv["epochs to 30%"] == f"{statistics.mean(to_30):.1f} ± {statistics.stdev(to_30):.1f}"
-    assert conv["epochs to 40%"] == f"{statistics.mean(to_40):.1f} ± {statistics.stdev(to_40):.1f}"
+    assert conv["epochs to 30%"] == interval(to_30, ".1f")
+    assert conv["epochs to 40%"] == interval(to_40, ".1f")
     plain = row_for(section(text, "## 4. Convergence"), "resnet18_plain")
     assert plain["epochs to 40%"] == "—"
     vgg_conv = row_for(section(text, "## 4. Convergence"), "vgg11")
-    assert vgg_conv["epochs to 30%"] == "4"
+    assert vgg_conv["epochs to 30%"] == "4.0 (n=1, no interval)"
 
 
-def test_early_gradient_ratio(study):
+def test_time_to_result_per_threshold(study):
+    _, text = study
+    convergence = section(text, "## 4. Convergence")
+    rows = {(r["model"], r["threshold"]): r for r in table_rows(convergence[convergence.index("Time to result") :])}
+    at_40 = rows[("resnet18", "40%")]  # seeds 0 and 1 reach 40% at epochs 3 and 4, 1.25 training seconds each
+    assert at_40["seeds reached"] == "2/2"
+    assert at_40["training seconds"] == interval([3.75, 5.0], ".1f")
+    assert at_40["device-hours"] == interval([3.75 / 3600, 5.0 / 3600], ".3g")
+    assert at_40["images"] == interval([3000, 4000], ",.0f")
+    assert at_40["device"] == "x86_64 (2 threads) x1"
+    assert rows[("resnet18_plain", "40%")]["training seconds"] == "—"
+    assert "GPU-hours on GPU runs" in convergence
+
+
+def test_early_gradients_are_read_scale_free(study):
     _, text = study
     early = section(text, "## 5. Early training")
     n = ENTRIES["vgg11"]["layers"]
-    # vgg11 counts its completed seed 0 only; first/last averaged over the 3 recorded steps
-    first = statistics.mean(grad_norm("vgg11", 0, s, 0) for s in range(3))
-    last = statistics.mean(grad_norm("vgg11", 0, s, n - 1) for s in range(3))
+    # vgg11 counts its completed seed 0 only; step 0 apart, then the mean over steps 1-2
     row = row_for(early, "vgg11")
-    assert row["first / last"] == f"{first / last:.3g}"
-    assert row["first-layer norm"] == f"{first:.3e}"
+    at0 = grad_to_weight("vgg11", 0, 0, 0), grad_to_weight("vgg11", 0, 0, n - 1)
+    later = [statistics.mean(grad_to_weight("vgg11", 0, s, d) for s in (1, 2)) for d in (0, n - 1)]
+    assert row["first, step 0"] == f"{at0[0]:.3g} (n=1, no interval)"
+    assert row["first / last, step 0"] == f"{at0[0] / at0[1]:.3g} (n=1, no interval)"
+    assert row["first, steps 1-2"] == f"{later[0]:.3g} (n=1, no interval)"
+    assert row["first / last, steps 1-2"] == f"{later[0] / later[1]:.3g} (n=1, no interval)"
     assert row["steps"] == "3"
-    assert "5 groups" in early
+    assert row["first layer"] == "conv1" and row["last layer"] == "fc"
+    assert "5 groups" in early and "‖g‖/‖w‖" in early
+    assert "Layers with no gradient at all at step 0: resnet18 (2)" in early
+    # the raw norm is still shown, for reference
+    other = table_rows(early[early.index("Other size measures") :])
+    raw_first = statistics.mean(grad_to_weight("vgg11", 0, s, 0) * weight_norm(0) for s in (1, 2))
+    assert next(r for r in other if r["model"] == "vgg11")["‖g‖ first"] == f"{raw_first:.3g} (n=1, no interval)"
+
+
+def test_step_to_step_cosine_by_depth(study):
+    _, text = study
+    early = section(text, "## 5. Early training")
+    cos = table_rows(early[early.index("Gradient noise") :])
+    plain = next(r for r in cos if r["model"] == "resnet18_plain")
+    first = [cosine("resnet18_plain", s, 1, 0) for s in (0, 1)]  # the same at steps 1 and 2
+    assert plain["first-layer cosine"] == interval(first, ".3f")
+    fifths = table_rows(early[early.index("Cosine by depth") :])
+    resnet = next(r for r in fifths if r["model"] == "resnet18")
+    assert float(resnet["0-20% depth"]) < float(resnet["80-100% depth"])
 
 
 def test_diverged_and_interrupted_runs_are_listed(study):
     _, text = study
     records = section(text, "## 8. Run records")
-    not_completed = records[records.index("Runs that did not complete"):]
+    not_completed = records[records.index("Runs that did not complete") :]
     rows = table_rows(not_completed)
     statuses = sorted((r["model"], r["status"]) for r in rows)
     assert statuses == [("resnet18", "interrupted"), ("vgg11", "diverged")]
@@ -274,10 +451,10 @@ def test_synthetic_warning_exactly_when_a_run_used_synthetic_data(tmp_path):
 def test_same_runs_give_identical_bytes(tmp_path):
     runs = write_study(tmp_path / "runs")
     first = generate(tmp_path / "one", runs).encode()
-    pngs = [(tmp_path / "one" / n).read_bytes() for n in ("REPORT-training-curves.png", "REPORT-gradnorm-depth.png")]
+    pngs = [(tmp_path / "one" / n).read_bytes() for n in FIGURES]
     second = generate(tmp_path / "one", runs).encode()
     assert first == second
-    assert pngs == [(tmp_path / "one" / n).read_bytes() for n in ("REPORT-training-curves.png", "REPORT-gradnorm-depth.png")]
+    assert pngs == [(tmp_path / "one" / n).read_bytes() for n in FIGURES]
     # another folder beside it: the same relative paths, so the same bytes
     assert generate(tmp_path / "two", runs).encode() == first
 
@@ -285,11 +462,18 @@ def test_same_runs_give_identical_bytes(tmp_path):
 def test_discussion_follows_the_numbers(tmp_path):
     text = generate(tmp_path / "a", write_study(tmp_path / "a" / "runs"))
     discussion = section(text, "## 7. Discussion")
-    assert "resnet18 reached 30% test accuracy first (epoch 2), 1.0 epochs before resnet18_plain (epoch 3)" in discussion
+    first = "resnet18 reached 30% test accuracy first (epoch 2), 1.0 epochs before resnet18_plain (epoch 3)"
+    assert first in discussion
     assert "never reached by resnet18_plain and vgg11" in discussion  # 40%
     assert "one seed only" in discussion and "vgg11" in discussion
     assert "With residual connections, resnet18's first layer gets" in discussion
-    assert "in line with the claim that residual connections keep early gradients alive" in discussion
+    assert "measure: ‖g‖/‖w‖ of the first weight layer over that of the last" in discussion
+    assert "in line with the claim that residual connections keep early gradients alive: resolved (p = " in discussion
+    assert (
+        "in line with the reference's claim that residual connections avoid early noisy gradients: resolved (p = "
+    ) in discussion
+    assert "Gradient noise (measure: cosine between consecutive steps' gradients" in discussion
+    assert "larger than" not in discussion and "standard deviation" not in discussion  # tests, not hedges
 
     faster_vgg = dict(CURVES)
     faster_vgg[("vgg11", 0)] = [0.32, 0.41, 0.45, 0.5]
@@ -301,8 +485,16 @@ def test_discussion_follows_the_numbers(tmp_path):
 
 
 LATENCY = {
-    "machine_info": {"node": "host", "processor": "x86_64", "machine": "x86_64", "python_implementation": "CPython",
-                     "python_version": "3.11.2", "release": "6.1", "system": "Linux", "cpu": {"count": 2}},
+    "machine_info": {
+        "node": "host",
+        "processor": "x86_64",
+        "machine": "x86_64",
+        "python_implementation": "CPython",
+        "python_version": "3.11.2",
+        "release": "6.1",
+        "system": "Linux",
+        "cpu": {"count": 2},
+    },
     "commit_info": {"id": "0123456789abcdef", "dirty": False, "branch": "main"},
     "benchmarks": [],
     "datetime": "2025-01-03T00:00:00.000000+00:00",
@@ -313,38 +505,78 @@ LATENCY = {
 def _bench(model: str, impl: str, batch: int, median: float) -> dict:
     name = f"test_forward_latency[{model}-b{batch}-{impl}]"
     return {
-        "group": f"{model}-b{batch}", "name": name, "fullname": f"benchmarks/test_forward_latency.py::{name}",
-        "params": {"name": model, "batch": batch, "impl": impl}, "param": f"{model}-b{batch}-{impl}",
-        "extra_info": {"model": model, "impl": impl, "batch": batch, "image_size": 64, "device": "cpu",
-                       "memory_format": "channels_last", "threads": 1},
-        "options": {"disable_gc": False, "timer": "perf_counter", "min_rounds": 5, "max_time": 1.0,
-                    "min_time": 5e-06, "precision": None, "confidence": None, "warmup": False},
-        "stats": {"min": median * 0.9, "max": median * 1.2, "mean": median * 1.01, "stddev": median * 0.05,
-                  "rounds": 10, "median": median, "iqr": median * 0.04, "q1": median * 0.98, "q3": median * 1.02,
-                  "iqr_outliers": 0, "stddev_outliers": 1, "outliers": "1;0", "ld15iqr": median * 0.9,
-                  "hd15iqr": median * 1.2, "ops": 1 / median, "total": median * 10, "iterations": 1,
-                  "data": [median * f for f in (0.9, 0.98, 1.0, 1.0, 1.0, 1.0, 1.0, 1.02, 1.1, 1.2)]},
+        "group": f"{model}-b{batch}",
+        "name": name,
+        "fullname": f"benchmarks/test_forward_latency.py::{name}",
+        "params": {"name": model, "batch": batch, "impl": impl},
+        "param": f"{model}-b{batch}-{impl}",
+        "extra_info": {
+            "model": model,
+            "impl": impl,
+            "batch": batch,
+            "image_size": 64,
+            "device": "cpu",
+            "memory_format": "channels_last",
+            "threads": 1,
+        },
+        "options": {
+            "disable_gc": False,
+            "timer": "perf_counter",
+            "min_rounds": 5,
+            "max_time": 1.0,
+            "min_time": 5e-06,
+            "precision": None,
+            "confidence": None,
+            "warmup": False,
+        },
+        "stats": {
+            "min": median * 0.9,
+            "max": median * 1.2,
+            "mean": median * 1.01,
+            "stddev": median * 0.05,
+            "rounds": 10,
+            "median": median,
+            "iqr": median * 0.04,
+            "q1": median * 0.98,
+            "q3": median * 1.02,
+            "iqr_outliers": 0,
+            "stddev_outliers": 1,
+            "outliers": "1;0",
+            "ld15iqr": median * 0.9,
+            "hd15iqr": median * 1.2,
+            "ops": 1 / median,
+            "total": median * 10,
+            "iterations": 1,
+            "data": [median * f for f in (0.9, 0.98, 1.0, 1.0, 1.0, 1.0, 1.0, 1.02, 1.1, 1.2)],
+        },
     }
 
 
 def test_latency_table_reads_pytest_benchmark_json(tmp_path):
     runs = write_study(tmp_path / "runs")
-    assert "not measured" in row_for(section(generate(tmp_path, runs), "## 2. Architectures"), "resnet18")["latency b1 (ms)"]
+    architectures = section(generate(tmp_path, runs), "## 2. Architectures")
+    assert "not measured" in row_for(architectures, "resnet18")["latency b1 (ms)"]
 
     bench = tmp_path / "forward_latency.json"
-    data = dict(LATENCY, benchmarks=[
-        _bench("resnet18", "archbench", 1, 0.002), _bench("resnet18", "torchvision", 1, 0.0025),
-        _bench("resnet18", "archbench", 32, 0.040), _bench("resnet18", "torchvision", 32, 0.032),
-        _bench("resnet18_plain", "archbench", 1, 0.0019),
-        _bench("vgg11", "archbench", 1, 0.030), _bench("vgg11", "torchvision", 1, 0.030),
-    ])
+    data = dict(
+        LATENCY,
+        benchmarks=[
+            _bench("resnet18", "archbench", 1, 0.002),
+            _bench("resnet18", "torchvision", 1, 0.0025),
+            _bench("resnet18", "archbench", 32, 0.040),
+            _bench("resnet18", "torchvision", 32, 0.032),
+            _bench("resnet18_plain", "archbench", 1, 0.0019),
+            _bench("vgg11", "archbench", 1, 0.030),
+            _bench("vgg11", "torchvision", 1, 0.030),
+        ],
+    )
     bench.write_text(json.dumps(data))
     text = generate(tmp_path, runs, benchmarks=bench)
     arch = section(text, "## 2. Architectures")
     assert row_for(arch, "resnet18")["latency b1 (ms)"] == "2.00"
     assert row_for(arch, "resnet18")["latency b32 (ms)"] == "40.00"
     assert row_for(arch, "vgg11")["latency b32 (ms)"] == "not measured"
-    detail = table_rows(arch[arch.index("Forward latency from"):])
+    detail = table_rows(arch[arch.index("Forward latency from") :])
     ratios = {(r["model"], r["batch"]): r["archbench / torchvision"] for r in detail}
     assert ratios[("resnet18", "1")] == "0.800"
     assert ratios[("resnet18", "32")] == "1.250"

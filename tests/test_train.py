@@ -5,26 +5,53 @@ from __future__ import annotations
 import csv
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from typer.testing import CliRunner
 
+from archbench import bench
 from archbench.cli import app
-from archbench.train import RunRequest, epochs_to_threshold, lr_lambda, run_models
+from archbench.config import PRESETS, BenchRequest, Recipe, RunRequest
+from archbench.runs import TIMING_COLUMNS, epochs_to_threshold
+from archbench.train import lr_lambda, run_models
 
 runner = CliRunner()
 
 
+@pytest.fixture(autouse=True)
+def torch_globals_restored():
+    """The loop seeds the global RNGs and sets torch's determinism and cuDNN flags for the process it trains
+    in; an in-process run here must leave the next test the state it would have found alone."""
+    flags = torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark
+    python_state, numpy_state = random.getstate(), np.random.get_state()
+    with torch.random.fork_rng(devices=[]):
+        yield
+    torch.use_deterministic_algorithms(flags[0])
+    torch.backends.cudnn.benchmark = flags[1]
+    random.setstate(python_state)
+    np.random.set_state(numpy_state)
+
+
 def request(tiny_registry, tiny_data, out, models=("tiny_resnet",), **kw) -> RunRequest:
     settings = dict(
-        models=list(models), data=str(tiny_data), preset="smoke", epochs=2, batch_size=16, image_size=32,
-        device="cpu", out=out, quiet=True, registry=tiny_registry,
+        models=list(models),
+        data=str(tiny_data),
+        preset="smoke",
+        epochs=2,
+        batch_size=16,
+        image_size=32,
+        device="cpu",
+        out=out,
+        quiet=True,
+        registry=tiny_registry,
     )
     settings.update(kw)
     return RunRequest(**settings)
@@ -47,7 +74,7 @@ def test_epochs_to_threshold_on_a_known_curve():
 
 
 def test_schedule_warms_up_then_decays_to_zero():
-    f = lr_lambda({"warmup_epochs": 1, "epochs": 3}, steps_per_epoch=10)
+    f = lr_lambda(Recipe(epochs=3, batch_size=1, lr=1.0, warmup_epochs=1), steps_per_epoch=10)
     assert [round(f(s), 3) for s in (0, 4, 9)] == [0.1, 0.5, 1.0]
     assert f(10) == pytest.approx(1.0) and f(20) == pytest.approx(0.5) and f(30) == pytest.approx(0.0)
     assert all(f(s) >= f(s + 1) for s in range(10, 30))
@@ -63,19 +90,27 @@ def test_a_run_writes_its_record(tiny_registry, tiny_data, tmp_path):
 
     metrics = read_csv(run / "metrics.csv")
     assert [int(r["epoch"]) for r in metrics] == [1, 2]
-    assert {"train_loss", "train_acc", "test_loss", "test_acc", "lr", "epoch_seconds", "train_images_per_s",
-            "train_samples"} <= set(metrics[0])
+    assert {
+        "train_loss",
+        "train_acc",
+        "test_loss",
+        "test_acc",
+        "lr",
+        "epoch_seconds",
+        "train_images_per_s",
+        "train_samples",
+    } <= set(metrics[0])
     assert all(int(r["train_samples"]) == 4 * 24 for r in metrics)  # every training image once per epoch
 
     grads = read_csv(run / "gradnorms.csv")
+    from archbench.gradients import weight_layers
     from archbench.registry import build_model
-    from archbench.train import weight_layers
 
     layers = [name for name, _, _ in weight_layers(build_model("tiny_resnet", registry=tiny_registry))]
     assert len(grads) == 5 * len(layers)
     assert [g["layer"] for g in grads[: len(layers)]] == layers
     assert sorted({int(g["step"]) for g in grads}) == list(range(5))
-    assert {int(g["depth"]) for g in grads} == set(range(len(layers)))
+    assert {int(g["layer_index"]) for g in grads} == set(range(len(layers)))
     norms = {(int(g["step"]), g["layer"]): float(g["grad_norm"]) for g in grads}
     assert all(0 <= v < float("inf") for v in norms.values())
     assert norms[(0, layers[0])] > 0 and norms[(0, layers[-1])] > 0
@@ -90,10 +125,19 @@ def test_a_run_writes_its_record(tiny_registry, tiny_data, tmp_path):
 
 
 def test_a_small_model_learns(tiny_registry, tmp_path):
-    (summary,) = run_models(RunRequest(
-        models=["tiny_resnet"], data="synthetic", preset="smoke", epochs=4, image_size=32, device="cpu",
-        out=tmp_path, quiet=True, registry=tiny_registry,
-    ))
+    (summary,) = run_models(
+        RunRequest(
+            models=["tiny_resnet"],
+            data="synthetic",
+            preset="smoke",
+            epochs=4,
+            image_size=32,
+            device="cpu",
+            out=tmp_path,
+            quiet=True,
+            registry=tiny_registry,
+        )
+    )
     chance = 1 / 10
     assert summary["best_test_acc"] > 2 * chance, summary
 
@@ -109,8 +153,9 @@ def test_rerunning_skips_a_recorded_run_and_fresh_starts_another(tiny_registry, 
 
 
 def test_divergence_is_recorded_and_the_next_model_still_runs(tiny_registry, tiny_data, tmp_path):
-    diverged, completed = run_models(request(tiny_registry, tiny_data, tmp_path, models=("tiny_vgg", "tiny_resnet"), lr=1e6,
-                                             clip_grad_norm=0))
+    diverged, completed = run_models(
+        request(tiny_registry, tiny_data, tmp_path, models=("tiny_vgg", "tiny_resnet"), lr=1e6, clip_grad_norm=0)
+    )
     assert diverged["status"] == "diverged" and diverged["model"] == "tiny_vgg"
     assert 0 <= diverged["diverged_at_step"] < 2 * 6
     assert completed["model"] == "tiny_resnet" and completed["run_id"] != diverged["run_id"]
@@ -122,8 +167,12 @@ def test_divergence_is_recorded_and_the_next_model_still_runs(tiny_registry, tin
 def test_gradient_clipping_bounds_the_step(tiny_registry, tiny_data, tmp_path):
     # lr 1e3 diverges unclipped; clipped to 1e-9 every gradient step is tiny (weight decay, applied by
     # SGD after clipping, then only shrinks the weights by half a step's worth: lr x wd = 0.5).
-    runs = {clip: run_models(request(tiny_registry, tiny_data, tmp_path / str(clip), models=("tiny_vgg",), lr=1e3,
-                                     clip_grad_norm=clip))[0]["status"] for clip in (0, 1e-9)}
+    runs = {
+        clip: run_models(
+            request(tiny_registry, tiny_data, tmp_path / str(clip), models=("tiny_vgg",), lr=1e3, clip_grad_norm=clip)
+        )[0]["status"]
+        for clip in (0, 1e-9)
+    }
     assert runs == {0: "diverged", 1e-9: "completed"}
     (run,) = run_dirs(tmp_path / "1e-09", "tiny_vgg")
     assert json.loads((run / "config.json").read_text())["recipe"]["clip_grad_norm"] == 1e-9
@@ -133,8 +182,6 @@ def test_registry_lr_scale_is_applied_and_recorded(tiny_registry, tiny_data, tmp
     run_models(request(tiny_registry, tiny_data, tmp_path, models=("tiny_vgg",), epochs=1))
     (run,) = run_dirs(tmp_path, "tiny_vgg")
     recipe = json.loads((run / "config.json").read_text())["recipe"]
-    from archbench.train import PRESETS
-
     base = PRESETS["smoke"].recipe
     assert recipe["lr"] == pytest.approx(base.lr * 16 / base.batch_size * 0.1)
     assert "lr_scale" in recipe["lr_source"]
@@ -149,14 +196,36 @@ def test_bf16_and_channels_last_run_the_same_loop(tiny_registry, tiny_data, tmp_
 
 
 def _cli(tiny_registry, tiny_data, out, *extra) -> list[str]:
-    return [sys.executable, "-m", "archbench", "run", "tiny_resnet", "--data", str(tiny_data), "--preset", "smoke",
-            "--epochs", "4", "--batch-size", "8", "--image-size", "32", "--device", "cpu", "--deterministic",
-            "--quiet", "--registry", str(tiny_registry), "--out", str(out), *extra]
+    return [
+        sys.executable,
+        "-m",
+        "archbench",
+        "run",
+        "tiny_resnet",
+        "--data",
+        str(tiny_data),
+        "--preset",
+        "smoke",
+        "--epochs",
+        "4",
+        "--batch-size",
+        "8",
+        "--image-size",
+        "32",
+        "--device",
+        "cpu",
+        "--deterministic",
+        "--quiet",
+        "--registry",
+        str(tiny_registry),
+        "--out",
+        str(out),
+        *extra,
+    ]
 
 
 def _comparable(run: Path) -> tuple[list, list]:
-    timing = {"epoch_seconds", "train_images_per_s"}
-    metrics = [{k: v for k, v in row.items() if k not in timing} for row in read_csv(run / "metrics.csv")]
+    metrics = [{k: v for k, v in row.items() if k not in TIMING_COLUMNS} for row in read_csv(run / "metrics.csv")]
     return metrics, read_csv(run / "gradnorms.csv")
 
 
@@ -165,7 +234,9 @@ def test_a_killed_run_resumes_and_matches_an_uninterrupted_one(tiny_registry, ti
     subprocess.run(_cli(tiny_registry, tiny_data, tmp_path / "straight"), check=True, env=env, capture_output=True)
 
     out = tmp_path / "killed"
-    proc = subprocess.Popen(_cli(tiny_registry, tiny_data, out), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        _cli(tiny_registry, tiny_data, out), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     deadline = time.monotonic() + 120
     while not list(out.glob("tiny_resnet/*/checkpoint.pt")):  # the first epoch is done
         assert proc.poll() is None and time.monotonic() < deadline, "run ended before it could be killed"
@@ -186,18 +257,35 @@ def test_a_killed_run_resumes_and_matches_an_uninterrupted_one(tiny_registry, ti
     assert _comparable(run) == _comparable(straight)
 
 
-def test_two_concurrent_runs_into_one_folder_get_their_own_runs(tiny_registry, tiny_data, tmp_path):
+def test_a_second_process_beside_a_running_one_gets_a_run_of_its_own(tiny_registry, tiny_data, tmp_path):
+    """The same command twice into one folder, the second while the first is inside its run: the first is
+    stopped (SIGSTOP, so it holds its run's lock but cannot finish) after its first checkpoint, the second
+    runs to the end, then the first continues. The second must neither resume nor touch the first's run."""
     cmd = _cli(tiny_registry, tiny_data, tmp_path)
-    cmd[cmd.index("--epochs") + 1] = "1"
-    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(2)]
-    for p in procs:
-        _, err = p.communicate(timeout=180)
-        assert p.returncode == 0, err.decode()
+    cmd[cmd.index("--epochs") + 1] = "3"
+    first = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while not list(tmp_path.glob("tiny_resnet/*/checkpoint.pt")):
+        assert first.poll() is None and time.monotonic() < deadline, "the first run ended before it could be paused"
+        time.sleep(0.02)
+    first.send_signal(signal.SIGSTOP)
+    try:
+        (running,) = run_dirs(tmp_path, "tiny_resnet")
+        assert json.loads((running / "summary.json").read_text())["status"] == "interrupted"
+        second = subprocess.run(cmd, capture_output=True, text=True, timeout=180)
+        assert second.returncode == 0, second.stderr
+        assert "resuming" not in second.stdout
+        assert json.loads((running / "summary.json").read_text())["status"] == "interrupted"  # untouched
+    finally:
+        first.send_signal(signal.SIGCONT)
+    _, err = first.communicate(timeout=180)
+    assert first.returncode == 0, err.decode()
     runs = run_dirs(tmp_path, "tiny_resnet")
-    assert len(runs) == 2
+    assert len(runs) == 2 and running in runs
     for run in runs:
         assert json.loads((run / "summary.json").read_text())["status"] == "completed"
         assert json.loads((run / "config.json").read_text())["run_id"] == run.name
+        assert [int(row["epoch"]) for row in read_csv(run / "metrics.csv")] == [1, 2, 3]
 
 
 @pytest.mark.parametrize(
@@ -218,21 +306,77 @@ def test_bad_arguments_give_one_line(tiny_registry, tmp_path, args, expected):
 
 
 def test_missing_data_names_both_ways_forward(tiny_registry, tmp_path):
-    result = runner.invoke(app, ["run", "tiny_resnet", "--data", str(tmp_path / "nope"), "--registry", str(tiny_registry)])
+    result = runner.invoke(
+        app, ["run", "tiny_resnet", "--data", str(tmp_path / "nope"), "--registry", str(tiny_registry)]
+    )
     assert result.exit_code == 2
     assert "--data synthetic" in result.output and str(tmp_path / "nope") in result.output.replace("\n", "")
 
 
 def test_bench_reports_model_only_and_end_to_end(tiny_registry, tiny_data, tmp_path):
-    out = tmp_path / "bench.json"
-    result = runner.invoke(app, ["bench", "tiny_resnet", "--device", "cpu", "--image-size", "32", "--batch-size", "8",
-                                 "--steps", "2", "--num-classes", "4", "--data", str(tiny_data),
-                                 "--registry", str(tiny_registry), "--out", str(out)])
+    out = tmp_path / "bench"
+    result = runner.invoke(
+        app,
+        [
+            "bench",
+            "tiny_resnet",
+            "--device",
+            "cpu",
+            "--image-size",
+            "32",
+            "--batch-size",
+            "8",
+            "--steps",
+            "2",
+            "--num-classes",
+            "4",
+            "--data",
+            str(tiny_data),
+            "--registry",
+            str(tiny_registry),
+            "--out",
+            str(out),
+        ],
+    )
     assert result.exit_code == 0, result.output
-    (row,) = json.loads(out.read_text())["results"]
+    (written,) = out.glob("bench-*.json")
+    (row,) = json.loads(written.read_text())["results"]
     for mode in ("train", "inference"):
         assert row[mode]["model_only"] > 0 and row[mode]["end_to_end"] > 0
-        assert row[mode]["ratio"] == pytest.approx(row[mode]["end_to_end"] / row[mode]["model_only"])
+
+
+def test_bench_end_to_end_pays_for_the_input_pipeline_and_model_only_does_not(tiny_registry, tiny_data, monkeypatch):
+    """A loader that takes 50 ms more per batch: end-to-end images/s can then be at most batch / 50 ms (each
+    timed step waits for one batch), and falls below half of model-only, which is fed one fixed batch and
+    steps a tiny model in a few ms. An end-to-end stream that skipped the loader, or a model-only one that
+    used it, fails."""
+    delay, batch = 0.05, 8
+
+    class SlowLoader(bench.DeviceLoader):
+        def __iter__(self):
+            for item in super().__iter__():
+                time.sleep(delay)
+                yield item
+
+    monkeypatch.setattr(bench, "DeviceLoader", SlowLoader)
+    row = bench.measure(
+        "tiny_resnet",
+        BenchRequest(
+            models=["tiny_resnet"],
+            device="cpu",
+            image_size=32,
+            batch_size=batch,
+            steps=2,
+            num_classes=4,
+            precision="fp32",
+            channels_last=False,
+            data=str(tiny_data),
+            registry=tiny_registry,
+        ),
+    )
+    for mode in ("train", "inference"):
+        assert row[mode]["end_to_end"] <= batch / delay, (mode, row[mode])
+        assert row[mode]["end_to_end"] < 0.5 * row[mode]["model_only"], (mode, row[mode])
 
 
 def test_the_same_data_by_another_path_is_the_same_run(tiny_registry, tiny_data, tmp_path, monkeypatch):
@@ -249,13 +393,38 @@ def test_a_damaged_checkpoint_is_one_line_pointing_at_fresh(tiny_registry, tiny_
     summary = json.loads((run / "summary.json").read_text())
     (run / "summary.json").write_text(json.dumps({**summary, "status": "interrupted"}))
     (run / "checkpoint.pt").write_bytes(b"not a checkpoint")
-    result = runner.invoke(app, ["run", "tiny_resnet", "--data", str(tiny_data), "--preset", "smoke", "--epochs", "1",
-                                 "--batch-size", "16", "--image-size", "32", "--device", "cpu", "--quiet",
-                                 "--registry", str(tiny_registry), "--out", str(tmp_path)])
+    result = runner.invoke(
+        app,
+        [
+            "run",
+            "tiny_resnet",
+            "--data",
+            str(tiny_data),
+            "--preset",
+            "smoke",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "16",
+            "--image-size",
+            "32",
+            "--device",
+            "cpu",
+            "--quiet",
+            "--registry",
+            str(tiny_registry),
+            "--out",
+            str(tmp_path),
+        ],
+    )
     assert result.exit_code == 2 and "--fresh" in result.output and "Traceback" not in result.output
 
 
-@pytest.mark.parametrize("option", [["--epochs", "0"], ["--batch-size", "0"], ["--threshold", "50"], ["--image-size", "4"]])
+@pytest.mark.parametrize(
+    "option", [["--epochs", "0"], ["--batch-size", "0"], ["--threshold", "50"], ["--image-size", "4"]]
+)
 def test_out_of_range_options_are_refused(tiny_registry, tmp_path, option):
-    result = runner.invoke(app, ["run", "tiny_resnet", *option, "--registry", str(tiny_registry), "--out", str(tmp_path)])
+    result = runner.invoke(
+        app, ["run", "tiny_resnet", *option, "--registry", str(tiny_registry), "--out", str(tmp_path)]
+    )
     assert result.exit_code == 2 and "Traceback" not in result.output

@@ -15,7 +15,10 @@ __all__ = ["PackedData", "load_packed", "resolve"]
 
 
 def resolve(spec: str | Path = "synthetic", console: Console | None = None) -> PackedData:
-    """``"synthetic"``: the default synthetic set (generated once, cached); otherwise a prepared folder."""
+    """``"synthetic"``: the default synthetic set (generated once, cached); otherwise a prepared folder.
+
+    Either way the data is verified against its manifest before it is returned (see `load_packed`).
+    """
     if str(spec) == "synthetic":
         from archbench.data.synthetic import default_synthetic
 

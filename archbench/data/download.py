@@ -4,45 +4,42 @@ The official zip is about 248 MB from a server that is sometimes slow, so a down
 must not start over: bytes go to ``<name>.partial`` and a rerun asks for the rest with an HTTP Range
 request. The file only takes its final name after its md5 matches, so a file with the final name is
 always complete. Extraction refuses any member that would land outside the target folder (absolute
-paths, ``..``) before it writes anything, and builds the folder beside its final place so a failed
-extraction never leaves a half-filled folder behind.
+paths, ``..``) before it writes anything, names the member a damaged zip fails on, and builds the
+folder beside its final place so a failed extraction never leaves a half-filled folder behind.
 """
 
 from __future__ import annotations
 
-import hashlib
 import http.client
 import os
 import re
-import shutil
 import urllib.error
 import urllib.request
-import uuid
 import zipfile
+import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
+from typing import BinaryIO
 
 from rich.console import Console
-from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 
+from archbench.data.files import file_digest, progress, staged, writing
 from archbench.errors import ArchbenchError
 
 CHUNK_BYTES = 1 << 20
-
-
-def file_md5(path: Path) -> str:
-    """md5 of a file, read in chunks (the zip does not need to fit in memory)."""
-    digest = hashlib.md5()
-    with open(path, "rb") as f:
-        while chunk := f.read(CHUNK_BYTES):
-            digest.update(chunk)
-    return digest.hexdigest()
+# What zipfile raises for a member whose bytes are damaged (CRC, deflate stream, truncation) or whose
+# compression method it does not support.
+DAMAGED_MEMBER_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError)
 
 
 def partial_path(dest: Path) -> Path:
     return dest.with_name(dest.name + ".partial")
 
 
-def download(url: str, dest: Path, md5: str | None = None, console: Console | None = None, timeout: float = 30.0) -> Path:
+def download(
+    url: str, dest: Path, md5: str | None = None, console: Console | None = None, timeout: float = 30.0
+) -> Path:
     """Fetch ``url`` to ``dest``, resuming ``dest.partial`` if a previous run left one.
 
     A ``dest`` that already exists is reused when it matches ``md5`` (or when no md5 is known). A wrong
@@ -50,21 +47,24 @@ def download(url: str, dest: Path, md5: str | None = None, console: Console | No
     """
     dest = Path(dest)
     if dest.exists():
-        if md5 is None or file_md5(dest) == md5:
+        if md5 is None or file_digest(dest, "md5") == md5:
             return dest
-        dest.unlink()  # only a file put there by hand can get here: downloads are verified before renaming
-    dest.parent.mkdir(parents=True, exist_ok=True)
+        with writing(dest):
+            dest.unlink()  # only a file put there by hand can get here: downloads are verified before renaming
     partial = partial_path(dest)
+    with writing(partial):
+        dest.parent.mkdir(parents=True, exist_ok=True)
     _fetch_into(url, partial, console, timeout)
     if md5 is not None:
-        actual = file_md5(partial)
+        actual = file_digest(partial, "md5")
         if actual != md5:
             partial.unlink()
             raise ArchbenchError(
                 f"the download of {url} has md5 {actual} instead of {md5}, so it was deleted: "
                 "rerun to download it again, or pass a verified local copy with --source"
             )
-    os.replace(partial, dest)
+    with writing(dest):
+        os.replace(partial, dest)
     return dest
 
 
@@ -90,19 +90,34 @@ def _fetch_into(url: str, partial: Path, console: Console | None, timeout: float
             have = 0  # the server sent the whole file: start the partial file over
         length = response.headers.get("Content-Length")
         total = have + int(length) if length is not None else None
-        with open(partial, "ab" if resumed else "wb") as out, _progress(console) as progress:
-            task = progress.add_task(f"downloading {Path(url).name}", total=total, completed=have)
-            try:
-                while chunk := response.read(CHUNK_BYTES):
-                    out.write(chunk)
-                    progress.advance(task, len(chunk))
-                error = None if total is None or out.tell() >= total else "connection closed early"
-            except (OSError, http.client.HTTPException) as e:
-                error = str(e) or type(e).__name__
+        with _appending(partial, resumed) as out, progress(console, transfer=True) as bars:
+            task = bars.add_task(f"downloading {Path(url).name}", total=total, completed=have)
+            while True:  # a network error keeps the bytes so far for a resume; a write error ends in _appending
+                try:
+                    chunk = response.read(CHUNK_BYTES)
+                except (OSError, http.client.HTTPException) as e:
+                    error = str(e) or type(e).__name__
+                    break
+                if not chunk:
+                    error = None if total is None or out.tell() >= total else "connection closed early"
+                    break
+                out.write(chunk)
+                bars.advance(task, len(chunk))
             if error is not None:
                 raise ArchbenchError(
-                    f"the download of {url} stopped after {out.tell():,} bytes ({error}): rerun the same command to resume it"
+                    f"the download of {url} stopped after {out.tell():,} bytes ({error}): "
+                    "rerun the same command to resume it"
                 )
+
+
+@contextmanager
+def _appending(partial: Path, resume: bool) -> Iterator[BinaryIO]:
+    """``partial`` open for appending (or from scratch); a write error is one line naming it.
+
+    The bytes written before a failure are a prefix of the file, so a rerun resumes after them.
+    """
+    with writing(partial), open(partial, "ab" if resume else "wb") as out:
+        yield out
 
 
 def _range_start(response) -> int | None:
@@ -111,23 +126,13 @@ def _range_start(response) -> int | None:
     return int(match.group(1)) if match else None
 
 
-def _progress(console: Console | None) -> Progress:
-    return Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        DownloadColumn(),
-        TransferSpeedColumn(),
-        TimeRemainingColumn(),
-        console=console,
-        disable=console is None,
-    )
-
-
 def extract_zip(zip_path: Path, dest: Path) -> Path:
     """Extract ``zip_path`` into a fresh folder ``dest``, refusing members that would escape it.
 
     Every member name is checked before anything is written; the folder is filled under a temporary
-    name beside ``dest`` and renamed into place, replacing an older extraction only once complete.
+    name beside ``dest`` and renamed into place, replacing an older extraction only once complete. A
+    member whose bytes are damaged (a CRC mismatch, a broken deflate stream) stops the extraction with
+    one line naming it.
     """
     zip_path, dest = Path(zip_path), Path(dest)
     try:
@@ -135,19 +140,22 @@ def extract_zip(zip_path: Path, dest: Path) -> Path:
     except (zipfile.BadZipFile, OSError) as e:
         raise ArchbenchError(f"{zip_path} is not a readable zip file ({e})") from None
     with archive:
-        for name in archive.namelist():
-            if not _is_safe_member(name):
+        members = archive.infolist()
+        for member in members:
+            if not _is_safe_member(member.filename):
                 raise ArchbenchError(
-                    f"{zip_path} holds the member {name!r}, which would be written outside {dest}, so it was not extracted"
+                    f"{zip_path} holds the member {member.filename!r}, which would be written outside {dest}, "
+                    "so it was not extracted"
                 )
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        staging = dest.with_name(f".{dest.name}.extracting-{uuid.uuid4().hex[:8]}")
-        try:
-            archive.extractall(staging)
-            replace_dir(staging, dest)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
+        with staged(dest, "extracting") as staging:
+            for member in members:
+                try:
+                    archive.extract(member, staging)
+                except DAMAGED_MEMBER_ERRORS as e:
+                    raise ArchbenchError(
+                        f"{zip_path} is damaged: its member {member.filename} cannot be extracted ({e}); "
+                        "replace the zip with a good copy"
+                    ) from None
     return dest
 
 
@@ -157,14 +165,3 @@ def _is_safe_member(name: str) -> bool:
     if normalised.startswith("/") or re.match(r"^[A-Za-z]:", normalised):
         return False
     return ".." not in PurePosixPath(normalised).parts
-
-
-def replace_dir(new: Path, dest: Path) -> None:
-    """Put folder ``new`` at ``dest``; an existing ``dest`` is moved aside first and then deleted."""
-    old = None
-    if dest.exists():
-        old = dest.with_name(f".{dest.name}.old-{uuid.uuid4().hex[:8]}")
-        os.replace(dest, old)
-    os.replace(new, dest)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)

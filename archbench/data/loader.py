@@ -46,11 +46,14 @@ def transform_batch(
     offsets: torch.Tensor | None = None,
     flips: torch.Tensor | None = None,
     channels_last: bool = False,
+    dtype: torch.dtype = torch.float32,
 ) -> torch.Tensor:
-    """uint8 B x H x W x 3 -> normalised float32 B x 3 x S x S: upscale to U, crop S x S, flip.
+    """uint8 B x H x W x 3 -> normalised B x 3 x S x S: upscale to U, crop S x S, flip.
 
     ``offsets`` (B x 2 integers: top, left in the U x U image; default: the centre crop) and ``flips``
-    (B booleans; default: none) make the function pure, so tests can compare it with torchvision.
+    (B booleans; default: none) make the function pure, so tests can compare it with torchvision. The
+    arithmetic is float32; the result is written once in the training ``dtype`` (bf16 or fp16 under
+    autocast, which then has nothing left to cast at the first conv) and memory format.
     """
     batch, height, width, _ = x.shape
     upscaled = upscaled_size(image_size)
@@ -63,10 +66,10 @@ def transform_batch(
         source = F.interpolate(source, size=(upscaled, upscaled), mode="bilinear", antialias=True, align_corners=False)
     grid = _crop_grid(offsets.to(x.device), flips, image_size, upscaled)
     out = F.grid_sample(source, grid, mode="bilinear", padding_mode="border", align_corners=False)
-    return out.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    return out.to(dtype=dtype, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _normalisation(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-channel scale and shift taking 0..255 to (x / 255 - mean) / std, made once per device
     (building them per batch would copy from the host, and wait for the device, at every step)."""
@@ -102,14 +105,15 @@ class DeviceLoader:
     Order and augmentation of epoch e come from a CPU generator seeded by (seed, e) (see `set_epoch`):
     in training a permutation of all N samples plus a crop offset and a flip flag for each of the N
     positions, so a sample's augmentation does not depend on the number of ranks; in evaluation the
-    identity order, the centre crop and no flip. Rank r takes positions r, r + world_size, ... of that
-    global order, so the ranks' shards are disjoint and together cover every sample once per epoch.
+    identity order, the centre crop and no flip.
 
-    The last partial batch: rather than dropping samples or running a small runt batch (which would
-    also give ranks different step counts), each rank splits its shard into
-    ``ceil(ceil(N / world_size) / batch_size)`` batches with ``tensor_split``, whose sizes differ by at
-    most one. Every rank thus runs the same number of steps and every image is seen exactly once per
-    epoch; a batch holds at most ``batch_size`` images (N = 1000 at batch 256: four batches of 250).
+    Training batches all hold exactly ``batch_size`` images, so a compiled step sees one shape: an epoch
+    is the first ``steps x batch_size x world_size`` positions of the permutation, where ``steps =
+    N // (batch_size x world_size)``, and rank r takes positions r, r + world_size, ... of them. The
+    last ``N mod (batch_size x world_size)`` positions wait for a later epoch's shuffle (timm's training
+    loader drops its last batch the same way); within an epoch the ranks' shards are disjoint and no
+    image is seen twice. Evaluation covers every image once: each rank's shard of all N positions is
+    split into equal-as-possible batches (``tensor_split``), the same number on every rank.
     """
 
     def __init__(
@@ -123,6 +127,7 @@ class DeviceLoader:
         device: torch.device | str,
         seed: int = 0,
         channels_last: bool = False,
+        dtype: torch.dtype = torch.float32,
         rank: int = 0,
         world_size: int = 1,
     ):
@@ -138,15 +143,35 @@ class DeviceLoader:
         self.train = train
         self.seed = seed
         self.channels_last = channels_last
+        self.dtype = dtype
         self.rank, self.world_size = rank, world_size
         self.epoch = 0
         self.dataset_size = len(images)
-        self.num_samples = len(range(rank, self.dataset_size, world_size))
-        self.num_batches = math.ceil(math.ceil(self.dataset_size / world_size) / batch_size)
-        if self.dataset_size // world_size < self.num_batches:
-            raise ArchbenchError(f"{self.dataset_size} images are too few for {world_size} ranks at batch size {batch_size}.")
+        if train and self.num_batches == 0:
+            raise ArchbenchError(
+                f"a batch of {batch_size} on each of {world_size} process(es) needs at least {batch_size * world_size} "
+                f"training images, but the split holds {self.dataset_size}: lower --batch-size."
+            )
+        if not train and self.dataset_size // world_size < self.num_batches:
+            raise ArchbenchError(
+                f"{self.dataset_size} images are too few to evaluate on {world_size} ranks at batch size {batch_size}."
+            )
         self.images = _upload(images, self.device)
         self.labels = torch.from_numpy(np.array(labels, dtype=np.int64)).to(self.device)
+
+    @property
+    def num_batches(self) -> int:
+        global_batch = self.batch_size * self.world_size
+        if self.train:
+            return self.dataset_size // global_batch
+        return math.ceil(self.dataset_size / global_batch)
+
+    @property
+    def num_samples(self) -> int:
+        """Images this rank takes per epoch."""
+        if self.train:
+            return self.num_batches * self.batch_size
+        return len(range(self.rank, self.dataset_size, self.world_size))
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -156,15 +181,16 @@ class DeviceLoader:
 
     def epoch_plan(self) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         """This rank's sample indices, crop offsets and flip flags for the current epoch (on the device)."""
-        n, shard = self.dataset_size, slice(self.rank, None, self.world_size)
+        n = self.dataset_size
         if not self.train:
-            return torch.arange(n)[shard].to(self.device), None, None
+            return torch.arange(n)[self.rank :: self.world_size].to(self.device), None, None
         generator = epoch_generator(self.seed, self.epoch)
         order = torch.randperm(n, generator=generator)
         room = upscaled_size(self.image_size) - self.image_size
         offsets = torch.randint(0, room + 1, (n, 2), generator=generator)
         flips = torch.rand(n, generator=generator) < 0.5
-        return tuple(t[shard].to(self.device) for t in (order, offsets, flips))
+        used = slice(self.rank, self.num_batches * self.batch_size * self.world_size, self.world_size)
+        return tuple(t[used].to(self.device) for t in (order, offsets, flips))
 
     def __iter__(self):
         steps = self.num_batches
@@ -172,7 +198,9 @@ class DeviceLoader:
             t.tensor_split(steps) if t is not None else [None] * steps for t in self.epoch_plan()
         )
         for part, batch_offsets, batch_flips in zip(indices, offsets, flips):
-            x = transform_batch(self.images[part], self.image_size, batch_offsets, batch_flips, self.channels_last)
+            x = transform_batch(
+                self.images[part], self.image_size, batch_offsets, batch_flips, self.channels_last, self.dtype
+            )
             yield x, self.labels[part]
 
 

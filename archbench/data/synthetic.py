@@ -32,8 +32,6 @@ from __future__ import annotations
 import colorsys
 import json
 import os
-import shutil
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import NamedTuple
@@ -42,7 +40,7 @@ import numpy as np
 from PIL import Image
 from rich.console import Console
 
-from archbench.data.download import replace_dir
+from archbench.data.files import read_text, replace_dir, require_folder, staged
 from archbench.data.tinyimagenet import IMAGE_SIZE, PACKED_DIR, SYNTHETIC_MARKER, check_cache, prepare
 from archbench.errors import ArchbenchError
 
@@ -197,15 +195,10 @@ def synthetic_params(classes: int, train_per_class: int, val_per_class: int, see
 def write_layout(folder: Path, params: dict, console: Console | None = None) -> Path:
     """Write the JPEG layout for ``params`` into ``folder`` (built beside it, then renamed in)."""
     folder = Path(folder)
-    staging = folder.with_name(f".{folder.name}.writing-{uuid.uuid4().hex[:8]}")
     if console is not None:
         console.print(f"writing synthetic JPEGs into {folder}", highlight=False, soft_wrap=True)
-    try:
+    with staged(folder, "writing") as staging:
         _write_layout_files(staging, params)
-        replace_dir(staging, folder)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return folder
 
 
@@ -224,9 +217,13 @@ def _image_jobs(folder: Path, params: dict) -> dict[str, list[ImageJob]]:
         for i in range(params["train_per_class"])
     ]
     val_labels = np.random.default_rng([seed, 1]).permutation(np.repeat(np.arange(n), params["val_per_class"]))
-    val = [ImageJob(folder / "val" / "images" / f"val_{k}.JPEG", int(c), (seed, 1, k)) for k, c in enumerate(val_labels)]
+    val = [
+        ImageJob(folder / "val" / "images" / f"val_{k}.JPEG", int(c), (seed, 1, k)) for k, c in enumerate(val_labels)
+    ]
     test_labels = np.random.default_rng([seed, 2]).integers(0, n, len(val))  # unlabelled on disk
-    test = [ImageJob(folder / "test" / "images" / f"test_{k}.JPEG", int(c), (seed, 2, k)) for k, c in enumerate(test_labels)]
+    test = [
+        ImageJob(folder / "test" / "images" / f"test_{k}.JPEG", int(c), (seed, 2, k)) for k, c in enumerate(test_labels)
+    ]
     return {"train": train, "val": val, "test": test}
 
 
@@ -254,7 +251,7 @@ def _write_text_files(folder: Path, params: dict, jobs: dict[str, list[ImageJob]
     unused = [(f"n{WNID_BASE - k:08d}", "unused synthetic label") for k in range(1, 6)]
     words = sorted([(wnid(c), class_name(c)) for c in range(n)] + unused)
     _write_lines(folder / "words.txt", [_tsv(w, name) for w, name in words])
-    (folder / SYNTHETIC_MARKER).write_text(json.dumps(params, indent=1) + "\n")
+    (folder / SYNTHETIC_MARKER).write_text(json.dumps(params, indent=1) + "\n", encoding="utf-8")
 
 
 def _tsv(*fields) -> str:
@@ -262,13 +259,13 @@ def _tsv(*fields) -> str:
 
 
 def _write_lines(path: Path, lines: list[str]) -> None:
-    path.write_text("".join(line + "\n" for line in lines))
+    path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
 
 
 def _written_params(folder: Path) -> dict | None:
     try:
-        return json.loads((folder / SYNTHETIC_MARKER).read_text())
-    except (OSError, ValueError):
+        return json.loads(read_text(folder / SYNTHETIC_MARKER))
+    except (OSError, ValueError, ArchbenchError):
         return None
 
 
@@ -287,6 +284,7 @@ def make_synthetic(
     """
     params = synthetic_params(classes, train_per_class, val_per_class, seed)
     root = Path(root)
+    require_folder(root, "--root")
     layout = root / LAYOUT_DIR
     if _written_params(layout) != params:
         write_layout(layout, params, console)
@@ -304,6 +302,7 @@ def cache_dir() -> Path:
 def default_synthetic(console: Console | None = None) -> Path:
     """Root of the default synthetic set, generated on first use and shared by every later run.
 
+    A set that fails `check_cache` (damaged, or of another format version) is generated again.
     Concurrent first uses each build in a private folder and rename it into place; a rename that finds
     the place taken by an intact set simply discards its own copy.
     """
@@ -314,17 +313,17 @@ def default_synthetic(console: Console | None = None) -> Path:
     )
     if check_cache(final / PACKED_DIR)[0] is not None:
         return final
-    final.parent.mkdir(parents=True, exist_ok=True)
-    staging = final.with_name(f".{final.name}.building-{uuid.uuid4().hex[:8]}")
     if console is not None:
         console.print(f"generating the default synthetic set (once) in {final}", highlight=False, soft_wrap=True)
-    try:
+    with staged(final, "building", install=_install_unless_intact) as staging:
         make_synthetic(staging, **params)
-        try:
-            os.rename(staging, final)
-        except OSError:  # another process got there first, or a damaged set sits there
-            if check_cache(final / PACKED_DIR)[0] is None:
-                replace_dir(staging, final)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return final
+
+
+def _install_unless_intact(staging: Path, final: Path) -> None:
+    """Rename ``staging`` to ``final``, unless another process has just put an intact set there."""
+    try:
+        os.rename(staging, final)
+    except OSError:  # another process got there first, or a damaged set sits there
+        if check_cache(final / PACKED_DIR)[0] is None:
+            replace_dir(staging, final)

@@ -22,7 +22,7 @@ class BasicBlock(nn.Module):
     there is no shortcut at all: the block is ReLU(BN(conv(ReLU(BN(conv(x)))))).
     """
 
-    def __init__(self, inplanes: int, planes: int, stride: int = 1, residual: bool = True):
+    def __init__(self, inplanes: int, planes: int, stride: int, residual: bool):
         super().__init__()
         self.residual = residual
         self.conv1 = conv3x3(inplanes, planes, stride)
@@ -46,15 +46,10 @@ class BasicBlock(nn.Module):
 
 class ResNet(nn.Module):
     """7x7/2 stem + BN + ReLU + 3x3/2 max-pool, stages of BasicBlocks (stride 2 from the second), global
-    average pool, one fully connected layer."""
+    average pool, one fully connected layer. No defaults here: ``resnet()`` holds them."""
 
     def __init__(
-        self,
-        layers: list[int],
-        widths: list[int],
-        residual: bool = True,
-        zero_init_last_bn: bool = True,
-        num_classes: int = 200,
+        self, layers: list[int], widths: list[int], *, residual: bool, zero_init_last_bn: bool, num_classes: int
     ):
         super().__init__()
         self.inplanes = widths[0]
@@ -100,7 +95,8 @@ def resnet(
     zero_init_last_bn: bool | None = None,
     num_classes: int = 200,
 ) -> ResNet:
-    """ResNet-18 is ``resnet([2, 2, 2, 2])``; plain-18 is ``resnet([2, 2, 2, 2], residual=False)``.
+    """ResNet-18 is ``resnet([2, 2, 2, 2])``, ResNet-34 ``resnet([3, 4, 6, 3])``; plain-18 is
+    ``resnet([2, 2, 2, 2], residual=False)``.
 
     ``zero_init_last_bn`` (default: same as ``residual``) sets the gamma of each block's last BN to 0.
     That is right for a residual block, which then starts as the identity, and wrong for a plain block:
@@ -111,4 +107,6 @@ def resnet(
         raise ValueError(f"layers {layers} and widths {widths} must be lists of positive ints of the same length")
     if zero_init_last_bn is None:
         zero_init_last_bn = residual
-    return ResNet(list(layers), list(widths), residual, zero_init_last_bn, num_classes)
+    return ResNet(
+        list(layers), list(widths), residual=residual, zero_init_last_bn=zero_init_last_bn, num_classes=num_classes
+    )

@@ -1,0 +1,449 @@
+"""What a run is: the recipe presets, the requests `archbench run` and `bench` receive, and the config a run
+resolves to.
+
+`RunRequest` is the one definition of every `archbench run` option: each field carries its help text
+and flag, and the command line is built from these fields (`archbench.cli`), so an option is written
+once. `resolve_config` turns a request, a registry entry and the data into a `RunConfig`, the typed
+record of everything that determines a run's numbers; `RunConfig.to_json` is what config.json holds.
+A run record is portable: it names the registry entry and the data by content (a hash of the TOML,
+the data's fingerprint), never by where they sat on the machine that ran it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from archbench.errors import ArchbenchError
+
+
+def option(
+    default: Any = None,
+    help: str = "",
+    *,
+    flags: tuple[str, ...] = (),
+    argument: bool = False,
+    default_factory: Any = None,
+    **limits,
+) -> Any:
+    """A request field that is also a command-line option (or, with `argument`, the positional argument).
+
+    `flags` are the option's names (default: ``--field-name``); `limits` are Typer's (min, max).
+    """
+    metadata = {"help": help, "flags": flags, "argument": argument, **limits}
+    if default_factory is not None:
+        return field(default_factory=default_factory, metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+def cli_fields(request_type) -> list[dataclasses.Field]:
+    """The fields of a request dataclass that are command-line options or arguments."""
+    return [f for f in dataclasses.fields(request_type) if "help" in f.metadata]
+
+
+def flag(f: dataclasses.Field) -> str:
+    """The option's main flag: the first name it declares, or ``--field-name``."""
+    return f.metadata["flags"][0].split("/")[0] if f.metadata["flags"] else "--" + f.name.replace("_", "-")
+
+
+# The options `run`, `tune` and `bench` share.
+def device_option():
+    return option("auto", "auto, cpu, cuda or cuda:N.")
+
+
+def precision_option():
+    return option("auto", "auto (bf16 where the GPU supports it, else fp32), fp32, bf16 or fp16.")
+
+
+def channels_last_option():
+    return option(None, "Default: on for CUDA.", flags=("--channels-last/--no-channels-last",))
+
+
+def compile_option():
+    return option(False, "torch.compile the model.", flags=("--compile/--no-compile",))
+
+
+def registry_option():
+    return option(
+        None, "Folder of model TOML files to use instead of the built-in catalogue.", envvar="ARCHBENCH_REGISTRY"
+    )
+
+
+# ------------------------------------------------------------------------------------------ recipes
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """One optimisation recipe for every model; `lr` is for a global batch of `batch_size`."""
+
+    epochs: int
+    batch_size: int
+    lr: float
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    nesterov: bool = False
+    schedule: str = "cosine"  # one of SCHEDULES, after `warmup_epochs` of linear warm-up
+    warmup_epochs: float = 2.0
+    label_smoothing: float = 0.0
+    clip_grad_norm: float | None = None  # clip the global gradient norm to this (None: never)
+
+
+SCHEDULES = ("cosine", "constant")
+
+
+@dataclass(frozen=True)
+class Preset:
+    recipe: Recipe
+    data: str
+    image_size: int
+    thresholds: tuple[float, ...]
+    gradnorm_steps: int = 200
+
+
+PRESETS = {
+    # The study's setup: Tiny-ImageNet-200 upscaled to 256 with 224 crops. SGD with momentum 0.9 and
+    # lr 0.1 for a batch of 256 (He et al. 2016, §3.4), weight decay 5e-4 (an independent Tiny-ImageNet
+    # baseline's; ImageNet's 1e-4 leaves a 100k-image set to overfit more: archbench.references),
+    # cosine decay after 2 linear warm-up epochs, 40 epochs: the reference reproduction saw ResNet
+    # converge in about 30 and the VGGs in about 40. VGG without BN trains at a tenth of the rate
+    # (its registry entry's lr_scale, after torchvision's reference recipe).
+    "paper": Preset(
+        recipe=Recipe(epochs=40, batch_size=256, lr=0.1, weight_decay=5e-4, warmup_epochs=2),
+        data="data",
+        image_size=224,
+        thresholds=(0.3, 0.4, 0.5),
+    ),
+    # A few minutes on 2 CPU cores: the default synthetic set (10 classes) at 32x32. At this size the
+    # VGG classifier's adaptive pool copies a 1x1 feature map 49 times, which multiplies the step of its
+    # first linear layer: without clipping VGG16-BN diverges at any lr that trains in 3 epochs.
+    "smoke": Preset(
+        recipe=Recipe(epochs=3, batch_size=32, lr=0.1, weight_decay=5e-4, warmup_epochs=0.5, clip_grad_norm=2.0),
+        data="synthetic",
+        image_size=32,
+        thresholds=(0.2, 0.3, 0.5),
+        gradnorm_steps=60,
+    ),
+}
+
+
+# ------------------------------------------------------------------------------------------ request
+
+
+@dataclass
+class RunRequest:
+    """What `archbench run` was asked for; `None` means: take it from the preset."""
+
+    models: list[str] = option(None, "Registry names, e.g. resnet18 vgg16_bn.", argument=True)
+    preset: str = option("paper", "Recipe preset: 'paper' (Tiny-ImageNet at 224) or 'smoke'.")
+    data: str | None = option(
+        None, "Prepared data folder (see `archbench data prepare`) or 'synthetic'. Default: the preset's."
+    )
+    epochs: int | None = option(None, "Override the preset's epochs.", min=1)
+    batch_size: int | None = option(
+        None,
+        "Per-process batch size (overrides the preset; the preset's lr scales linearly with the global batch).",
+        min=1,
+    )
+    lr: str | None = option(
+        None,
+        "Learning rate for every model (overrides preset and registry), or 'tuned': each model's rate "
+        "from the tuning file (see --tuning).",
+    )
+    tuning: Path | None = option(
+        None, "Tuning file written by `archbench tune` that --lr tuned reads (default: OUT/tuning.json)."
+    )
+    weight_decay: float | None = option(None, "Override the preset's weight decay.", min=0)
+    warmup_epochs: float | None = option(None, "Override the preset's linear warm-up, in epochs.", min=0)
+    schedule: str | None = option(None, f"Learning-rate schedule after warm-up: {' or '.join(SCHEDULES)}.")
+    nesterov: bool | None = option(
+        None, "Nesterov momentum (default: the preset's, off).", flags=("--nesterov/--no-nesterov",)
+    )
+    label_smoothing: float | None = option(
+        None, "Label smoothing of the training loss (default: the preset's, 0).", min=0, max=1
+    )
+    clip_grad_norm: float | None = option(None, "Clip the global gradient norm (0: off; default: the preset's).", min=0)
+    image_size: int | None = option(None, "Training crop size S (images upscaled to S*256/224 first).", min=16)
+    seeds: list[int] = option(
+        help="Seed; repeat for several runs per model.", flags=("--seed",), default_factory=lambda: [0]
+    )
+    val_per_class: int = option(
+        0,
+        "Hold out this many training images per class as a validation split (0: none); the best epoch is "
+        "then chosen on it, never on the test set.",
+        min=0,
+    )
+    split_seed: int = option(0, "Seed of the validation split alone (the same split for every model and seed).")
+    thresholds: list[float] | None = option(
+        None, "Test-accuracy threshold, a fraction in (0, 1]; repeatable.", flags=("--threshold",), min=0, max=1
+    )
+    gradnorm_steps: int | None = option(None, "Record per-layer gradient norms for this many first steps.", min=0)
+    device: str = device_option()
+    precision: str = precision_option()
+    compile: bool = compile_option()
+    channels_last: bool | None = channels_last_option()
+    deterministic: bool = option(False, "Deterministic algorithms (bit-exact resume on CPU).")
+    sync_bn: bool = option(False, "SyncBatchNorm under torchrun.", flags=("--sync-bn",))
+    gpus: str | None = option(None, "Comma-separated GPU ids: run the models concurrently, one per GPU.")
+    launcher: str | None = option(
+        None, "'submitit': submit each (model, seed) as its own job (pip install archbench[slurm])."
+    )
+    cluster: str = option("slurm", "With --launcher submitit: 'slurm', or 'local' for processes on this machine.")
+    partition: str | None = option(None, "SLURM partition for the jobs.")
+    time_limit: int = option(240, "Minutes per job before SLURM stops it (the job is requeued and resumes).", min=1)
+    gpus_per_job: int = option(1, "GPUs per job (one process per GPU, DDP inside the job).", min=0)
+    cpus_per_job: int = option(8, "CPU cores per job.", min=1)
+    slurm_param: list[str] | None = option(
+        None, "Extra SLURM parameter KEY=VALUE, e.g. account=myproj or qos=high; repeatable."
+    )
+    wait: bool = option(False, "With --launcher: wait for the jobs and show their progress.", flags=("--wait",))
+    out: Path = option(Path("runs"), "Where run records go.")
+    fresh: bool = option(
+        False, "Start a new run even if one with this config is recorded or unfinished.", flags=("--fresh",)
+    )
+    keep_checkpoint: bool = option(False, "Keep checkpoint.pt after the run ends.", flags=("--keep-checkpoint",))
+    quiet: bool = option(False, "Plain log lines instead of progress bars.", flags=("--quiet",))
+    tuning_trial: bool = option(
+        False, "Record the run as a learning-rate tuning trial (`archbench tune` sets it).", flags=("--tuning-trial",)
+    )
+    registry: Path | None = registry_option()
+
+    @property
+    def preset_spec(self) -> Preset:
+        if self.preset not in PRESETS:
+            raise ArchbenchError(f"unknown preset '{self.preset}'; use one of: {', '.join(PRESETS)}.")
+        return PRESETS[self.preset]
+
+    def recipe(self) -> Recipe:
+        """The preset's recipe with this request's overrides (the lr before scaling to the batch)."""
+        overrides = {
+            name: getattr(self, name)
+            for name in (
+                "epochs",
+                "batch_size",
+                "weight_decay",
+                "warmup_epochs",
+                "schedule",
+                "nesterov",
+                "label_smoothing",
+            )
+            if getattr(self, name) is not None
+        }
+        if self.clip_grad_norm is not None:  # 0 turns the preset's clipping off
+            overrides["clip_grad_norm"] = self.clip_grad_norm or None
+        recipe = replace(self.preset_spec.recipe, **overrides)
+        if recipe.schedule not in SCHEDULES:
+            raise ArchbenchError(f"unknown schedule '{recipe.schedule}'; use {' or '.join(SCHEDULES)}.")
+        return recipe
+
+
+TUNE_EPOCH_FRACTION = 0.25  # a tuning trial trains this share of the preset's epochs (at least one)
+TUNE_GRID = (0.001, 0.00316, 0.01, 0.0316, 0.1, 0.316, 1.0)  # log-spaced, half-decade steps over three decades
+TUNE_VAL_PER_CLASS = 50  # Tiny-ImageNet: 50 of each class's 500 training images (10%)
+
+
+@dataclass
+class TuneRequest(RunRequest):
+    """What `archbench tune` was asked for: every `run` option, with a grid of rates instead of one."""
+
+    lr: str | None = None  # each trial's rate comes from `lrs`
+    tuning_trial: bool = True
+    lrs: list[float] | None = option(
+        None, f"A learning rate to try; repeatable. Default: {', '.join(f'{v:g}' for v in TUNE_GRID)}.", flags=("--lr",)
+    )
+    val_per_class: int = option(
+        0,
+        f"Validation images held out per class (0: {TUNE_VAL_PER_CLASS}, or a tenth of the smallest class "
+        "when that is fewer).",
+        min=0,
+    )
+    epochs: int | None = option(
+        None, f"Epochs per trial (default: {TUNE_EPOCH_FRACTION:g} of the preset's, at least one).", min=1
+    )
+    tuning: Path | None = option(None, "Where to write the tuning file (default: OUT/tuning.json).")
+
+
+@dataclass
+class BenchRequest:
+    """What `archbench bench` was asked for (each field is also its command-line option)."""
+
+    models: list[str] = option(None, "Registry names.", argument=True)
+    device: str = device_option()
+    image_size: int = option(224, "Input size S.", min=16)
+    batch_size: int = option(64, "Batch size.", min=1)
+    steps: int = option(20, "Timed steps per measurement (after warm-up).", min=1)
+    precision: str = precision_option()
+    channels_last: bool | None = channels_last_option()
+    compile: bool = compile_option()
+    num_classes: int = option(200, "Output classes.", min=1)
+    data: str = option("synthetic", "Data for the end-to-end numbers: a prepared folder or 'synthetic'.")
+    out: Path = option(
+        Path("benchmarks/results"),
+        "Folder for the result files (.json and .csv, named by device, precision, memory format and torch version).",
+    )
+    registry: Path | None = registry_option()
+
+
+# ------------------------------------------------------------------------------------------ config
+
+
+@dataclass(frozen=True)
+class DataIdentity:
+    """The data a run trained on, by content: the same on every machine that holds the same arrays."""
+
+    name: str  # "synthetic" or "tiny-imagenet-200"
+    fingerprint: str
+    num_classes: int
+    train_size: int
+    val_size: int
+    synthetic: bool
+
+    @classmethod
+    def of(cls, data) -> DataIdentity:
+        return cls(
+            name="synthetic" if data.synthetic else "tiny-imagenet-200",
+            fingerprint=data.fingerprint,
+            num_classes=data.num_classes,
+            train_size=len(data.train_labels),
+            val_size=len(data.val_labels),
+            synthetic=data.synthetic,
+        )
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything that determines a run's numbers. `recipe.lr` is the rate the run uses."""
+
+    model: str
+    entry: dict  # the registry entry's identity: builder, args, traits, a hash of its TOML
+    preset: str
+    recipe: Recipe
+    global_batch_size: int
+    lr_source: str
+    image_size: int
+    seed: int
+    thresholds: tuple[float, ...]
+    gradnorm_steps: int
+    validation: dict | None  # the held-out split: per_class, seed, size and the fingerprint of its indices
+    tuning_trial: bool
+    optimizer: str  # the SGD kernel: "fused" or "foreach"
+    device: str
+    precision: str
+    compile: bool
+    compile_backend: str | None  # torch.compile's backend when compiled
+    channels_last: bool
+    deterministic: bool
+    sync_bn: bool
+    world_size: int
+    data: DataIdentity
+
+    def to_json(self) -> dict:
+        """config.json's form: the recipe with the global batch and the lr's source beside it."""
+        out = asdict(self)
+        out["recipe"] = {**out["recipe"], "global_batch_size": self.global_batch_size, "lr_source": self.lr_source}
+        del out["global_batch_size"], out["lr_source"]
+        out["thresholds"] = list(self.thresholds)
+        return out
+
+
+def compile_backend() -> str:
+    """torch.compile's backend: inductor, or $ARCHBENCH_COMPILE_BACKEND (e.g. aot_eager, which captures the
+    same graphs without generating code: the quick check of the compiled path on a CPU)."""
+    return os.environ.get("ARCHBENCH_COMPILE_BACKEND", "inductor")
+
+
+@dataclass(frozen=True)
+class TunedRate:
+    """A model's rate from a tuning file: chosen on the validation split for a global batch of `global_batch`."""
+
+    lr: float
+    global_batch: int
+    source: str  # how the file says it was chosen, for lr_source
+
+
+def parse_lr(text: str | None) -> float | str | None:
+    """`--lr`: a positive number, or 'tuned'."""
+    if text is None or text == "tuned":
+        return text
+    try:
+        value = float(text)
+    except ValueError:
+        raise ArchbenchError(f"--lr {text} is neither a number nor 'tuned'.") from None
+    if not (math.isfinite(value) and value > 0):
+        raise ArchbenchError(f"--lr {text}: the learning rate must be a positive finite number.")
+    return value
+
+
+def resolve_lr(
+    request: RunRequest, lr_scale: float | None, global_batch: int, tuned: TunedRate | None = None
+) -> tuple[float, str]:
+    """The learning rate and where it came from: `--lr` as given; with `--lr tuned` the tuning file's rate for
+    this model; else the preset's. Rates are scaled linearly to the global batch that runs (Goyal et al.
+    2017); the preset's also by the registry entry's `lr_scale`."""
+    lr = parse_lr(request.lr)
+    if lr == "tuned":
+        if tuned is None:
+            raise ArchbenchError("--lr tuned needs the model's rate from a tuning file; none was given.")
+        scaled = tuned.lr * global_batch / tuned.global_batch
+        extra = (
+            "" if global_batch == tuned.global_batch else f", scaled from batch {tuned.global_batch} to {global_batch}"
+        )
+        return scaled, f"tuned ({tuned.source}{extra})"
+    if lr is not None:
+        return lr, "--lr"
+    preset = request.preset_spec.recipe
+    lr = preset.lr * global_batch / preset.batch_size
+    source = "preset" if global_batch == preset.batch_size else f"preset, scaled to batch {global_batch}"
+    if lr_scale is not None:
+        lr, source = lr * lr_scale, f"{source} x registry lr_scale {lr_scale:g}"
+    return lr, source
+
+
+def resolve_config(
+    request: RunRequest,
+    entry,
+    seed: int,
+    data,
+    *,
+    device: str,
+    precision: str,
+    channels_last: bool,
+    optimizer: str,
+    world_size: int = 1,
+    validation: dict | None = None,
+    tuned: TunedRate | None = None,
+) -> RunConfig:
+    """The run `request` asks for, for one registry entry and seed on the given data and device."""
+    preset = request.preset_spec
+    recipe = request.recipe()
+    global_batch = recipe.batch_size * world_size
+    lr, lr_source = resolve_lr(request, entry.lr_scale, global_batch, tuned)
+    if not (math.isfinite(lr) and lr > 0):
+        raise ArchbenchError(f"the learning rate must be a positive finite number, not {lr:g}.")
+    return RunConfig(
+        model=entry.name,
+        entry=entry.identity(),
+        preset=request.preset,
+        recipe=replace(recipe, lr=lr),
+        global_batch_size=global_batch,
+        lr_source=lr_source,
+        image_size=preset.image_size if request.image_size is None else request.image_size,
+        seed=seed,
+        thresholds=tuple(sorted(request.thresholds or preset.thresholds)),
+        gradnorm_steps=preset.gradnorm_steps if request.gradnorm_steps is None else request.gradnorm_steps,
+        validation=validation,
+        tuning_trial=request.tuning_trial,
+        optimizer=optimizer,
+        device=device,
+        precision=precision,
+        compile=request.compile,
+        compile_backend=compile_backend() if request.compile else None,
+        channels_last=channels_last,
+        deterministic=request.deterministic,
+        sync_bn=request.sync_bn and world_size > 1,
+        world_size=world_size,
+        data=DataIdentity.of(data),
+    )

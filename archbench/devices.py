@@ -1,0 +1,217 @@
+"""Where and how a model runs: the device, the precision and its autocast, the memory format, the RNGs.
+
+`train` and `bench` both resolve their options here, so `--device`, `--precision` and
+`--channels-last` mean the same thing in every command.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import random
+
+import numpy as np
+import torch
+from torch import nn
+
+from archbench.errors import ArchbenchError
+
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def resolve_device(name: str, local_rank: int | None = None) -> torch.device:
+    """`auto` is CUDA where available, else the CPU; under torchrun a CUDA rank takes its local GPU."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ArchbenchError(f"--device {name} was asked for but no CUDA device is available; use --device cpu.")
+        if local_rank is not None:
+            return torch.device("cuda", local_rank)
+    elif name != "cpu":
+        raise ArchbenchError(f"unknown device '{name}'; use auto, cpu, cuda or cuda:N.")
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise ArchbenchError(f"unknown device '{name}'; use auto, cpu, cuda or cuda:N.") from None
+
+
+def resolve_precision(name: str, device: torch.device) -> str:
+    """`auto` is bf16 autocast on a GPU that supports it, fp32 otherwise."""
+    if name == "auto":
+        return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
+    if name not in PRECISIONS:
+        raise ArchbenchError(f"unknown precision '{name}'; use auto, fp32, bf16 or fp16.")
+    return name
+
+
+def resolve_channels_last(requested: bool | None, device: torch.device) -> bool:
+    """channels_last is on by default on CUDA (tensor cores want NHWC), off elsewhere."""
+    return requested if requested is not None else device.type == "cuda"
+
+
+def memory_format(channels_last: bool) -> torch.memory_format:
+    return torch.channels_last if channels_last else torch.contiguous_format
+
+
+def autocast_factory(device: torch.device, precision: str):
+    """A no-argument callable that opens the autocast context of `precision` (a no-op for fp32)."""
+    dtype = PRECISIONS[precision]
+    if dtype is None:
+        return contextlib.nullcontext
+    return functools.partial(torch.autocast, device.type, dtype=dtype)
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def seed_everything(seed: int, deterministic: bool) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
+    else:
+        torch.use_deterministic_algorithms(False)
+        torch.backends.cudnn.benchmark = True
+
+
+def rng_state(device: torch.device) -> dict:
+    """Every RNG a training step draws from, as tensors and plain values (loadable with weights_only).
+
+    On CUDA only the state of the device this process trains on: a resume sets it on the device the
+    resumed process trains on, whatever the number of GPUs the machine shows then.
+    """
+    np_state = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
+        "python": random.getstate(),
+    }
+
+
+def set_rng_state(state: dict, device: torch.device) -> None:
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] is not None and device.type == "cuda":
+        torch.cuda.set_rng_state(state["cuda"], device)
+    name, keys, *rest = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+
+
+def sgd_implementation(device: torch.device, precision: str) -> str:
+    """The fastest correct SGD kernel for this device, chosen once per run and recorded in config.json.
+
+    On CUDA the fused kernel: one launch for every parameter, and the GradScaler hands it the overflow
+    flag on the device instead of reading it back every step. Under fp16 the foreach kernel instead, so
+    the steps the scaler skips for overflow in the first iterations take the path every PyTorch version
+    has tested. Elsewhere foreach (a few multi-tensor ops instead of a Python loop over parameters).
+    """
+    if device.type == "cuda" and precision != "fp16":
+        return "fused"
+    return "foreach"
+
+
+def make_sgd(
+    params, *, lr: float, momentum: float, weight_decay: float, nesterov: bool, implementation: str
+) -> torch.optim.SGD:
+    return torch.optim.SGD(
+        params,
+        lr=lr,
+        momentum=momentum,
+        weight_decay=weight_decay,
+        nesterov=nesterov,
+        foreach=implementation == "foreach",
+        fused=implementation == "fused",
+    )
+
+
+# ------------------------------------------------------------------------------------------ memory
+
+
+def reset_peak_memory(device: torch.device) -> None:
+    """Start a run's peak-memory window: CUDA's allocator peak, or the process's peak RSS on Linux."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return
+    try:  # writing 5 to clear_refs resets VmHWM, the peak resident set size (Linux 4.0 and later)
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+
+
+def peak_memory(device: torch.device) -> tuple[float | None, str]:
+    """(MiB, what was measured) since `reset_peak_memory`."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20, "cuda max_memory_allocated"
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024, "cpu peak RSS of the process"
+    except OSError:
+        pass
+    try:
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "cpu peak RSS since the process started"
+    except (ImportError, OSError):
+        return None, "not measured"
+
+
+# ------------------------------------------------------------------------------------------ determinism
+
+
+class DeterministicAdaptiveAvgPool2d(nn.AdaptiveAvgPool2d):
+    """`nn.AdaptiveAvgPool2d` whose backward is deterministic on CUDA.
+
+    CUDA has no deterministic kernel for adaptive average pooling's backward, so `--deterministic` would
+    stop a VGG (whose classifier pools to 7 x 7) at its first step. Where the input already has the
+    output size (a 7 x 7 map at 224 x 224 input) the pool is the identity and is skipped; otherwise it is
+    the same average written as two small averaging matrices, ``P_h @ x @ P_w^T``, whose backward is
+    matrix products. Same bins as PyTorch: output i averages inputs floor(i H / O) to ceil((i + 1) H / O).
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        height, width = x.shape[-2:]
+        out_h, out_w = _pair(self.output_size, (height, width))
+        if (out_h, out_w) == (height, width):
+            return x
+        rows, cols = _averaging(out_h, height, x), _averaging(out_w, width, x)
+        return torch.einsum("oh,nchw,pw->ncop", rows, x, cols)
+
+
+def _pair(size, default: tuple[int, int]) -> tuple[int, int]:
+    pair = (size, size) if isinstance(size, int) else tuple(size)
+    return tuple(d if s is None else s for s, d in zip(pair, default))
+
+
+def _averaging(out: int, size: int, like: torch.Tensor) -> torch.Tensor:
+    matrix = torch.zeros(out, size, dtype=like.dtype, device=like.device)
+    for i in range(out):
+        start, end = (i * size) // out, -(-((i + 1) * size) // out)
+        matrix[i, start:end] = 1.0 / (end - start)
+    return matrix
+
+
+def needs_deterministic_pooling(device: torch.device, deterministic: bool) -> bool:
+    """Only CUDA lacks the deterministic kernel; elsewhere the model stays exactly as built."""
+    return deterministic and device.type == "cuda"
+
+
+def make_deterministic(model: nn.Module) -> nn.Module:
+    """Swap every `nn.AdaptiveAvgPool2d` of `model` for `DeterministicAdaptiveAvgPool2d` (in place)."""
+    for name, child in model.named_children():
+        if type(child) is nn.AdaptiveAvgPool2d:
+            setattr(model, name, DeterministicAdaptiveAvgPool2d(child.output_size))
+        else:
+            make_deterministic(child)
+    return model

@@ -1,0 +1,180 @@
+"""What a registry builder is, and the checks every builder shares.
+
+A builder turns a registry entry's ``[args]`` into a model in two steps, so that reading the registry
+stays cheap and failures still name the TOML key at fault:
+
+- ``check(args, folder)`` runs when the registry is read, on every command: no model is built from
+  torchvision or user code here, only what is cheap to validate (types, names, files).
+- ``constructor(args, folder)`` resolves everything the model needs (imports user code, reads
+  signatures) and returns a callable that builds the model from the overrides (``num_classes=...``).
+  The caller chooses the device context (``torch.device("meta")`` to read shapes without memory), so
+  module-level code of an imported file never runs on the meta device.
+
+Both raise :class:`ArgumentError` with the TOML key (``args.layers``, or ``args`` for the arguments as a
+whole); the registry turns it into one line naming the file and the key.
+"""
+
+from __future__ import annotations
+
+import collections.abc
+import inspect
+import types
+import typing
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import nn
+
+DEFAULT_NUM_CLASSES = 200  # Tiny-ImageNet-200; the training data's class count overrides it
+
+
+class ArgumentError(ValueError):
+    """A registry entry's argument that a builder cannot use; ``key`` is the TOML key, e.g. ``args.layers``."""
+
+    def __init__(self, key: str, problem: str):
+        super().__init__(f"key '{key}' {problem}")
+        self.key = key
+        self.problem = problem
+
+
+class Builder:
+    """One value of the registry's ``builder`` key. Subclasses override the three methods."""
+
+    name: str
+    # Whether a model built on the meta device and materialised with ``to_empty`` (uninitialised memory)
+    # counts FLOPs correctly. True only where no buffer computed in __init__ (e.g. an index table) matters.
+    counts_on_empty: bool = False
+
+    def check(self, args: dict, folder: Path) -> None:
+        """Cheap validation when the registry is read; raises ArgumentError."""
+
+    def constructor(self, args: dict, folder: Path) -> Callable[..., nn.Module]:
+        """A callable that builds the model from overrides; raises ArgumentError, as does the callable."""
+        raise NotImplementedError
+
+    def source(self, args: dict, folder: Path) -> dict:
+        """Fields that say which code builds the model, for a run record (JSON, no absolute paths)."""
+        return {}
+
+
+class FunctionBuilder(Builder):
+    """A plain function of archbench's own (``resnet``, ``vgg``): [args] are its keyword arguments, checked
+    against its signature and type hints; ValueError or RuntimeError from it means the values are wrong."""
+
+    counts_on_empty = True  # archbench's own models compute nothing in __init__ that counting reads
+
+    def __init__(self, name: str, function: Callable[..., nn.Module]):
+        self.name = name
+        self.function = function
+
+    def check(self, args: dict, folder: Path) -> None:
+        check_call(self.function, args, f"builder '{self.name}'")
+        with torch.device("meta"):  # values the types allow but the builder rejects (e.g. config = "Z")
+            self.constructor(args, folder)()
+
+    def constructor(self, args: dict, folder: Path) -> Callable[..., nn.Module]:
+        def build(**overrides) -> nn.Module:
+            try:
+                return self.function(**{**args, **overrides})
+            except (ValueError, RuntimeError) as e:
+                raise ArgumentError("args", f"is rejected by builder '{self.name}': {one_line(e)}") from None
+
+        return build
+
+
+def check_call(function: Callable, args: dict, label: str) -> None:
+    """Raise ArgumentError unless ``function(**args, num_classes=...)`` binds: every key a parameter (unless
+    it takes ``**kwargs``), every required parameter given, every value of its annotated type."""
+    try:
+        params = inspect.signature(function).parameters
+    except (TypeError, ValueError):  # no signature to read (some built-ins): the call itself will tell
+        return
+    open_ended = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    named = {k: p for k, p in params.items() if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL, p.POSITIONAL_ONLY)}
+    try:
+        hints = typing.get_type_hints(function.__init__ if inspect.isclass(function) else function)
+    except Exception:  # annotations that do not resolve (forward references, missing imports): no type checks
+        hints = {}
+    for key, value in args.items():
+        if key not in named:
+            if open_ended:
+                continue
+            raise ArgumentError(f"args.{key}", f"is not an argument of {label} ({', '.join(named) or 'none'})")
+        if key in hints:
+            check_type(f"args.{key}", value, hints[key])
+    for key, param in named.items():
+        if param.default is inspect.Parameter.empty and key not in args and key != "num_classes":
+            raise ArgumentError(f"args.{key}", f"is missing ({label} requires it)")
+
+
+def check_type(key: str, value, expected) -> None:
+    """Raise ArgumentError unless a TOML value fits a Python annotation."""
+    if not matches(value, expected):
+        raise ArgumentError(key, f"must be {type_name(expected)}, got {value!r}")
+
+
+def matches(value, expected) -> bool:
+    """Whether a TOML value fits an annotation: int, float, bool, str, None, lists, tuples, dicts, unions.
+
+    A TOML integer fits ``float``; a bool fits neither ``int`` nor ``float``; a TOML array fits ``list``,
+    ``Sequence`` and ``tuple``. ``Any`` fits everything; a callable or module annotation fits no TOML value.
+    """
+    if expected is typing.Any or expected is inspect.Parameter.empty or isinstance(expected, typing.TypeVar):
+        return True
+    origin, inner = typing.get_origin(expected), typing.get_args(expected)
+    if origin in (typing.Union, types.UnionType):
+        return any(matches(value, t) for t in inner)
+    if origin is typing.Literal:
+        return value in inner
+    if origin in (list, collections.abc.Sequence):
+        return isinstance(value, list) and (not inner or all(matches(v, inner[0]) for v in value))
+    if origin is tuple:
+        if not isinstance(value, list):
+            return False
+        if not inner or inner[-1] is Ellipsis:
+            return all(matches(v, inner[0]) for v in value) if inner else True
+        return len(value) == len(inner) and all(matches(v, t) for v, t in zip(value, inner))
+    if origin is dict:
+        return isinstance(value, dict) and (not inner or all(matches(v, inner[1]) for v in value.values()))
+    if origin is collections.abc.Callable or expected is collections.abc.Callable:
+        return False  # no TOML value is callable
+    if expected is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if expected is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if expected is type(None) or expected is None:
+        return value is None
+    if isinstance(expected, type):
+        return isinstance(value, expected)
+    return True  # an annotation this check does not understand: leave it to the constructor
+
+
+def type_name(expected) -> str:
+    """An annotation as a reader writes it: ``list[int]``, ``float | None``, ``Callable[..., Module]``."""
+    origin, inner = typing.get_origin(expected), typing.get_args(expected)
+    if origin in (typing.Union, types.UnionType):
+        return " | ".join(type_name(t) for t in inner)
+    if expected is Ellipsis:
+        return "..."
+    if expected is type(None) or expected is None:
+        return "None"
+    if origin is not None:
+        name = {collections.abc.Sequence: "list", collections.abc.Callable: "Callable"}.get(origin)
+        name = name or getattr(origin, "__name__", str(origin).replace("typing.", ""))
+        if origin is collections.abc.Callable and inner and isinstance(inner[0], list):
+            return f"Callable[[{', '.join(type_name(t) for t in inner[0])}], {type_name(inner[1])}]"
+        return f"{name}[{', '.join(type_name(t) for t in inner)}]" if inner else name
+    return getattr(expected, "__name__", str(expected).replace("typing.", ""))
+
+
+def one_line(error: BaseException) -> str:
+    """An exception's message, first line only (its type name if the message is empty)."""
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__
+
+
+def describe(error: BaseException) -> str:
+    """``TypeName: first line``: the one-line summary of an exception raised by code archbench calls."""
+    lines = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__

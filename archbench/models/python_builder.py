@@ -1,0 +1,142 @@
+"""``builder = "python"``: a network of your own, from a callable in a .py file or an importable module.
+
+::
+
+    builder = "python"
+    [args]
+    target = "mynet.py:make_net"   # a file beside this TOML (relative to its folder), or a module on
+                                   # the Python path: target = "mypackage.models:make_net"
+    width = 32                     # every other argument goes to make_net, with num_classes
+
+``target`` is the one argument archbench reads; the callable (a function, or an nn.Module class) gets the
+rest as keyword arguments together with ``num_classes``, and must return an nn.Module. Reading the
+registry only checks that ``target`` is well formed and that a named file exists; the code is imported
+when the entry is built (``archbench list``, ``run``, ``bench``). A file target is executed afresh on each
+build, with its folder on ``sys.path`` meanwhile so that it can import files beside it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import importlib.util
+import inspect
+import re
+import sys
+import types
+from collections.abc import Callable
+from pathlib import Path, PurePath
+
+from torch import nn
+
+from archbench.models.builders import DEFAULT_NUM_CLASSES, ArgumentError, Builder, check_call, describe
+
+TARGET = re.compile(r"(?P<where>[^:]+):(?P<attr>[A-Za-z_]\w*(\.[A-Za-z_]\w*)*)")
+MODULE = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
+EXAMPLE = '"mynet.py:make_net" or "mypackage.models:make_net"'
+
+
+class PythonBuilder(Builder):
+    name = "python"
+
+    def check(self, args: dict, folder: Path) -> None:
+        target = args.get("target")
+        if target is None:
+            raise ArgumentError("args.target", f"is missing (the callable that builds the model: {EXAMPLE})")
+        if not isinstance(target, str):
+            raise ArgumentError("args.target", f"must be str, got {target!r}")
+        match = TARGET.fullmatch(target)
+        if match is None:
+            raise ArgumentError("args.target", f"must be {EXAMPLE}, got {target!r}")
+        where = match.group("where")
+        if where.endswith(".py"):
+            if PurePath(where).is_absolute() or Path(where).is_absolute():
+                raise ArgumentError("args.target", f"must name a file relative to the TOML's folder, got '{where}'")
+            if not (folder / where).is_file():
+                raise ArgumentError("args.target", f"names {where}, which is not a file in {folder}")
+        elif not MODULE.fullmatch(where):
+            raise ArgumentError("args.target", f"must be {EXAMPLE}, got {target!r}")
+
+    def constructor(self, args: dict, folder: Path) -> Callable[..., nn.Module]:
+        self.check(args, folder)
+        target = args["target"]
+        function, _ = load_target(target, folder)
+        kwargs = {k: v for k, v in args.items() if k != "target"}
+        check_call(function, kwargs, target)
+        if not _takes_num_classes(function):
+            raise ArgumentError("args.target", f"names {target}, which must take a num_classes argument")
+
+        def build(**overrides) -> nn.Module:
+            try:
+                model = function(**{"num_classes": DEFAULT_NUM_CLASSES, **kwargs, **overrides})
+            except Exception as e:  # the user's code: whatever it raises is a problem with this entry
+                raise ArgumentError("args", f"is rejected by {target}: {describe(e)}") from None
+            if not isinstance(model, nn.Module):
+                kind = type(model).__name__
+                raise ArgumentError("args.target", f"names {target}, which returned {kind}, not a torch.nn.Module")
+            return model
+
+        return build
+
+    def source(self, args: dict, folder: Path) -> dict:
+        target = args["target"]
+        _, source_file = load_target(target, folder)
+        digest = hashlib.sha256(source_file.read_bytes()).hexdigest() if source_file else None
+        return {"target": target, "source_sha256": digest}
+
+
+def load_target(target: str, folder: Path) -> tuple[Callable, Path | None]:
+    """The callable ``target`` names, and the source file that defines it (None if it has none)."""
+    where, _, attr = target.rpartition(":")
+    if where.endswith(".py"):
+        module = _execute_file(folder / where)
+    else:
+        try:
+            module = importlib.import_module(where)
+        except Exception as e:
+            raise ArgumentError("args.target", f"cannot be imported: {describe(e)}") from None
+    found = module
+    for part in attr.split("."):
+        if not hasattr(found, part):
+            raise ArgumentError("args.target", f"names '{attr}', which {where} does not define")
+        found = getattr(found, part)
+    if not callable(found):
+        raise ArgumentError("args.target", f"names '{attr}' in {where}, a {type(found).__name__}, not a callable")
+    return found, _source_file(found, module)
+
+
+def _execute_file(path: Path) -> types.ModuleType:
+    """Import a .py file as a module of its own name-spaced name (never shadowing an installed module)."""
+    path = path.resolve()
+    name = f"archbench_target_{hashlib.sha256(str(path).encode()).hexdigest()[:12]}_{path.stem}"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses, pickling and torch.compile look modules up here
+    sys.path.insert(0, str(path.parent))
+    try:
+        spec.loader.exec_module(module)
+    except Exception as e:
+        sys.modules.pop(name, None)
+        raise ArgumentError("args.target", f"cannot be imported: {describe(e)}") from None
+    finally:
+        sys.path.remove(str(path.parent))
+    return module
+
+
+def _takes_num_classes(function: Callable) -> bool:
+    try:
+        params = inspect.signature(function).parameters
+    except (TypeError, ValueError):  # no signature to read: let the call decide
+        return True
+    return "num_classes" in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
+
+
+def _source_file(found: Callable, module: types.ModuleType) -> Path | None:
+    for candidate in (inspect.unwrap(found), module):
+        try:
+            file = inspect.getsourcefile(candidate)
+        except TypeError:  # built in, or a callable object whose class is: try the module
+            continue
+        if file and Path(file).is_file():
+            return Path(file)
+    return None

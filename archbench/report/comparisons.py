@@ -1,0 +1,71 @@
+"""The comparisons the discussion tests, found by the models' traits (never by their names).
+
+- residual twins: same builder and depth, same BN, one with residual connections and one without;
+- BN twins: same builder and depth, same residual flag, one with BN and one without;
+- ResNet against VGG: every residual ResNet against every VGG.
+
+Pairs are formed within one learning-rate arm (shared recipe, or tuned), so a tuned model is compared
+with tuned models only.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import pandas as pd
+
+from archbench.report.stats import Comparison, compare
+
+RESIDUAL, BN, RESNET_VGG = "residual connections", "BN", "ResNet against VGG"
+
+
+class Pair(NamedTuple):
+    """Two labels compared: `a` has the feature (or is the ResNet), `b` lacks it (or is the VGG)."""
+
+    kind: str  # RESIDUAL, BN or RESNET_VGG
+    a: str
+    b: str
+    arm: str
+
+
+def _twin(kinds: pd.DataFrame, x: str, y: str, differ: str, same: str) -> bool:
+    kx, ky = kinds.loc[x], kinds.loc[y]
+    return (
+        kx["builder"] == ky["builder"]
+        and kx["depth"] == ky["depth"]
+        and kx["arm"] == ky["arm"]
+        and kx[same] == ky[same]
+        and bool(kx[differ]) != bool(ky[differ])
+    )
+
+
+def pairs(kinds: pd.DataFrame) -> list[Pair]:
+    """Every tested pair among the labels of `kinds` (see `study.traits`), in a fixed order."""
+    labels = sorted(kinds.index)
+    out = []
+    for kind, differ, same in ((RESIDUAL, "residual", "batch_norm"), (BN, "batch_norm", "residual")):
+        for i, x in enumerate(labels):
+            for y in labels[i + 1 :]:
+                if _twin(kinds, x, y, differ, same):
+                    with_, without = (x, y) if kinds.loc[x, differ] else (y, x)
+                    out.append(Pair(kind, with_, without, kinds.loc[x, "arm"]))
+    resnets = [m for m in labels if kinds.loc[m, "builder"] == "resnet" and kinds.loc[m, "residual"]]
+    vggs = [m for m in labels if kinds.loc[m, "builder"] == "vgg"]
+    out += [
+        Pair(RESNET_VGG, r, v, kinds.loc[r, "arm"])
+        for r in resnets
+        for v in vggs
+        if kinds.loc[r, "arm"] == kinds.loc[v, "arm"]
+    ]
+    return out
+
+
+def by_seed(rows: pd.DataFrame, column: str, scale: float = 1.0) -> dict[int, float]:
+    """{seed: value} of one label's counted runs."""
+    return {int(s): scale * float(v) for s, v in zip(rows["seed"], rows[column])}
+
+
+def compare_labels(table: pd.DataFrame, a: str, b: str, column: str, scale: float = 1.0) -> Comparison:
+    """Test mean(column | a) - mean(column | b) over the seeds of `table` (one row per run, with label and seed)."""
+    rows_a, rows_b = table[table["label"] == a], table[table["label"] == b]
+    return compare(by_seed(rows_a, column, scale), by_seed(rows_b, column, scale))

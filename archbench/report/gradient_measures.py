@@ -1,0 +1,100 @@
+"""Early-training gradient measures per run and layer, from gradnorms.csv (see `archbench.gradients`).
+
+Step 0 (the gradient at initialisation, before any update) is kept apart from the steps after it: the
+"early" window is every recorded step from 1 on. Claims rest on the scale-free ‖g‖/‖w‖ (and the
+step-to-step cosine); ‖g‖/√n and the raw ‖g‖ are shown beside them and never used to decide anything.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+import pandas as pd
+
+RUN_KEYS = ["label", "model", "seed", "run_id"]
+SIZES = ("grad_to_weight", "grad_rms", "grad_norm")  # gradient size, scale-free first
+COSINE = "cosine_to_previous"
+SYMBOLS = {"grad_to_weight": "‖g‖/‖w‖", "grad_rms": "‖g‖/√n", "grad_norm": "‖g‖", COSINE: "cosine"}
+STEP0, EARLY = "step0", "early"  # column suffixes: at step 0; mean over the recorded steps from 1 on
+
+
+def column(measure: str, window: str) -> str:
+    return f"{measure}_{window}"
+
+
+LAYER_COLUMNS = [column(m, STEP0) for m in SIZES] + [column(m, EARLY) for m in (*SIZES, COSINE)]
+
+
+class GradientTables(NamedTuple):
+    per_run: pd.DataFrame  # per run: first and last layer of every measure, first/last ratios of ‖g‖/‖w‖
+    by_depth: pd.DataFrame  # per label and layer index: every measure, averaged over seeds
+    steps: int  # the most steps any counted run recorded (the early window is steps 1 to steps - 1)
+
+
+def per_layer(grads: pd.DataFrame) -> pd.DataFrame:
+    """Per run and layer: each size measure at step 0 and over the early window, and the mean cosine."""
+    keys = [*RUN_KEYS, "layer_index"]
+    if grads.empty:
+        return pd.DataFrame(columns=[*keys, "layer", "steps", *LAYER_COLUMNS])
+    grouped = grads.groupby(keys, sort=True)
+    table = grouped.agg(layer=("layer", "first"), steps=("step", "nunique"))
+    at_start = grads[grads["step"] == 0].groupby(keys, sort=True)[list(SIZES)].mean()
+    later = grads[grads["step"] > 0].groupby(keys, sort=True)[[*SIZES, COSINE]].mean()
+    table = table.join(at_start.add_suffix(f"_{STEP0}")).join(later.add_suffix(f"_{EARLY}"))
+    for name in LAYER_COLUMNS:
+        if name not in table.columns:
+            table[name] = np.nan
+    return table.reset_index()
+
+
+def _ratio(a: float, b: float) -> float:
+    return a / b if np.isfinite(a) and np.isfinite(b) and b != 0 else float("nan")
+
+
+def per_run(layers: pd.DataFrame) -> pd.DataFrame:
+    """Per run: the first and last weight layer (by layer index), each measure there, and the first/last
+    ratio of ‖g‖/‖w‖ at step 0 and over the early window."""
+    rows = []
+    for key, g in layers.groupby(RUN_KEYS, sort=True):
+        g = g.sort_values("layer_index")
+        first, last = g.iloc[0], g.iloc[-1]
+        row = dict(zip(RUN_KEYS, key))
+        row.update(steps=int(g["steps"].max()), first_layer=first["layer"], last_layer=last["layer"])
+        for name in LAYER_COLUMNS:
+            row[f"first_{name}"], row[f"last_{name}"] = first[name], last[name]
+        for window in (STEP0, EARLY):
+            name = column("grad_to_weight", window)
+            row[f"ratio_{window}"] = _ratio(first[name], last[name])
+        rows.append(row)
+    columns = [
+        *RUN_KEYS,
+        "steps",
+        "first_layer",
+        "last_layer",
+        *(f"{end}_{name}" for name in LAYER_COLUMNS for end in ("first", "last")),
+        f"ratio_{STEP0}",
+        f"ratio_{EARLY}",
+    ]
+    return pd.DataFrame(rows, columns=columns)
+
+
+def by_depth(layers: pd.DataFrame) -> pd.DataFrame:
+    """Per label and layer index: the layer's name and every measure averaged over seeds."""
+    if layers.empty:
+        return pd.DataFrame(columns=["label", "layer_index", "layer", *LAYER_COLUMNS])
+    grouped = layers.groupby(["label", "layer_index"], sort=True)
+    return grouped.agg(layer=("layer", "first"), **{c: (c, "mean") for c in LAYER_COLUMNS}).reset_index()
+
+
+def gradient_tables(grads: pd.DataFrame) -> GradientTables:
+    layers = per_layer(grads)
+    steps = int(layers["steps"].max()) if len(layers) else 0
+    return GradientTables(per_run(layers), by_depth(layers), steps)
+
+
+def early_window(steps: int) -> str:
+    """The early window in words, e.g. 'steps 1-59'."""
+    if steps <= 1:
+        return "steps after 0 (none recorded)"
+    return "step 1" if steps == 2 else f"steps 1-{steps - 1}"

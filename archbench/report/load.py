@@ -1,0 +1,466 @@
+"""Reading what the report is made from: run records, tuning files, latency, bench and GPU result files.
+
+Which runs count (`select_runs`, `counted_runs`): per group (a model's architecture and learning-rate
+source, see `archbench.report.study`) and seed, the newest completed run (by `provenance.started_at`,
+ties broken by run id). A group and seed with no completed run is shown from its newest run, marked
+with its status. Every table averages, per group, over the seeds whose chosen run completed, or, for a
+group with no completed run, over its chosen runs. A run folder without summary.json counts as
+interrupted; a folder with no recorded epoch (no summary and no metrics row, or an interrupted summary
+with no epoch) is not a run and is only counted. A diverged run is a result, epochs or not.
+
+The columns are those of the run-record schema in `archbench.runs`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import math
+from pathlib import Path
+from typing import NamedTuple
+
+import pandas as pd
+
+from archbench.errors import ArchbenchError
+from archbench.runs import (
+    CONFIG,
+    GRADNORM_COLUMNS,
+    GRADNORM_TEXT_COLUMNS,
+    GRADNORMS,
+    METRICS,
+    METRICS_COLUMNS,
+    STATUSES,
+    SUMMARY,
+    EpochMetrics,
+    choose_epoch,
+    epochs_to_threshold,
+    time_to_threshold,
+)
+from archbench.tuning import FORMAT_VERSION as TUNING_FORMAT
+
+TUNING_FILE = "tuning.json"
+# The summary.json fields the report reads (the schema is `archbench.runs.Summary`).
+SUMMARY_READ = (
+    "status",
+    "epochs_completed",
+    "final_train_acc",
+    "final_test_acc",
+    "best_test_acc",
+    "best_epoch",
+    "selected_on",
+    "best_val_acc",
+    "test_acc_at_best_epoch",
+    "epochs_to_threshold",
+    "seconds_to_threshold",
+    "images_to_threshold",
+)
+
+BENCHMARK_COMMAND = "pytest benchmarks/test_forward_latency.py --benchmark-json benchmarks/forward_latency.json"
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as e:
+        raise ArchbenchError(f"cannot read {path}: {e.strerror}") from None
+    except ValueError as e:
+        raise ArchbenchError(f"{path} is not valid JSON ({e}); rerun or delete that run") from None
+    if not isinstance(obj, dict):
+        raise ArchbenchError(f"{path} does not hold a JSON object; rerun or delete that run")
+    return obj
+
+
+def _field(obj: dict, path: Path, *keys: str):
+    value = obj
+    for i, key in enumerate(keys):
+        if not isinstance(value, dict) or key not in value:
+            raise ArchbenchError(f"{path} lacks the field '{'.'.join(keys[: i + 1])}'; rerun or delete that run")
+        value = value[key]
+    return value
+
+
+def _no_rows(columns: tuple[str, ...], text_columns: tuple[str, ...]) -> pd.DataFrame:
+    return pd.DataFrame({c: pd.Series(dtype=object if c in text_columns else float) for c in columns})
+
+
+def _read_csv(path: Path, columns: tuple[str, ...], text_columns: tuple[str, ...] = ()) -> pd.DataFrame:
+    """A run's CSV with the agreed columns, numbers parsed; a missing, empty or header-only file: no rows."""
+    if not path.exists() or path.stat().st_size == 0:
+        return _no_rows(columns, text_columns)
+    try:
+        frame = pd.read_csv(path, dtype={c: str for c in text_columns})
+    except (ValueError, pd.errors.ParserError) as e:
+        problem = str(e).splitlines()[0]
+        raise ArchbenchError(f"{path} is not a readable CSV ({problem}); rerun or delete that run") from None
+    if frame.empty:  # stopped before its first epoch (or step): train.py may write a bare header then
+        return _no_rows(columns, text_columns)
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise ArchbenchError(f"{path} lacks the column(s) {', '.join(missing)}; rerun or delete that run")
+    for c in columns:
+        if c not in text_columns:
+            try:
+                frame[c] = pd.to_numeric(frame[c]).astype(float)
+            except (ValueError, TypeError):
+                raise ArchbenchError(
+                    f"{path} has a non-numeric value in column '{c}'; rerun or delete that run"
+                ) from None
+    return frame[list(columns)]
+
+
+def _utc(stamp: str, path: Path) -> str:
+    try:
+        when = dt.datetime.fromisoformat(str(stamp).replace("Z", "+00:00"))
+    except ValueError:
+        raise ArchbenchError(
+            f"{path} has an unreadable provenance.started_at '{stamp}'; rerun or delete that run"
+        ) from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=dt.timezone.utc)
+    return when.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _history(metrics: pd.DataFrame) -> list[EpochMetrics]:
+    return [
+        EpochMetrics(**{k: (None if pd.isna(v) else v) for k, v in row.items()}) for row in metrics.to_dict("records")
+    ]
+
+
+def _summary_from_metrics(metrics: pd.DataFrame, thresholds: list[float], on_val: bool) -> dict:
+    """What summary.json would say, for a run stopped before writing one (by the loop's own rules)."""
+    history = _history(metrics)
+    best = choose_epoch(history, on_val)
+    seconds, images = time_to_threshold(history, thresholds)
+    last = history[-1] if history else None
+    return {
+        "status": "interrupted",
+        "diverged_at_step": None,
+        "epochs_completed": len(history),
+        "final_train_acc": None if last is None else last.train_acc,
+        "final_test_acc": None if last is None else last.test_acc,
+        "best_test_acc": max(row.test_acc for row in history) if history else None,
+        "best_epoch": None if best is None else best + 1,
+        "selected_on": "val" if on_val else "test",
+        "best_val_acc": history[best].val_acc if on_val and best is not None else None,
+        "test_acc_at_best_epoch": None if best is None else history[best].test_acc,
+        "epochs_to_threshold": epochs_to_threshold([row.test_acc for row in history], thresholds),
+        "seconds_to_threshold": seconds,
+        "images_to_threshold": images,
+    }
+
+
+def _num(value) -> float:
+    return float("nan") if value is None else float(value)
+
+
+def _per_threshold(summary: dict, path: Path, key: str, kind) -> dict[float, float | int | None]:
+    try:
+        return {float(k): (None if v is None else kind(v)) for k, v in summary[key].items()}
+    except (AttributeError, TypeError, ValueError):
+        raise ArchbenchError(f"{path} has an unreadable '{key}'; rerun or delete that run") from None
+
+
+def architecture_key(builder, args) -> str:
+    """A short hash of what builds the network (the registry entry's builder and arguments)."""
+    blob = json.dumps({"builder": builder, "args": args}, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:6]
+
+
+def _read_run(run_dir: Path) -> dict | None:
+    """One run folder as a row, or None when it holds no recorded epoch (then it is not a run: a run
+    stopped before its first epoch ended). A diverged run is a result even with no epoch."""
+    config_path = run_dir / CONFIG
+    if not config_path.exists():
+        raise ArchbenchError(f"{config_path} is missing; delete that folder or rerun the run")
+    config = _read_json(config_path)
+
+    def cfg(*keys):
+        return _field(config, config_path, *keys)
+
+    thresholds = sorted(float(t) for t in cfg("thresholds"))
+    on_val = cfg("validation") is not None
+    summary_path = run_dir / SUMMARY
+    if summary_path.exists():
+        summary = _read_json(summary_path)
+        for key in SUMMARY_READ:
+            _field(summary, summary_path, key)
+        if summary["status"] not in STATUSES:
+            raise ArchbenchError(
+                f"{summary_path} has an unknown status '{summary['status']}'; rerun or delete that run"
+            )
+    else:
+        summary = _summary_from_metrics(_read_csv(run_dir / METRICS, METRICS_COLUMNS), thresholds, on_val)
+    if summary["status"] == "interrupted" and not summary["epochs_completed"]:
+        return None
+    summary = {
+        **summary,
+        "epochs_to_threshold": _per_threshold(summary, summary_path, "epochs_to_threshold", int),
+        "seconds_to_threshold": _per_threshold(summary, summary_path, "seconds_to_threshold", float),
+        "images_to_threshold": _per_threshold(summary, summary_path, "images_to_threshold", int),
+    }
+    gflops = summary.get("gflops") or {}
+    entry = cfg("entry")
+    return {
+        "model": str(cfg("model")),
+        "seed": int(cfg("seed")),
+        "run_id": str(cfg("run_id")),
+        "path": str(run_dir),
+        "status": summary["status"],
+        "started_at": _utc(cfg("provenance", "started_at"), config_path),
+        "finished_at": summary.get("finished_at"),
+        "tuning_trial": bool(cfg("tuning_trial")),
+        "validation": on_val,
+        "preset": cfg("preset"),
+        "epochs_planned": int(cfg("recipe", "epochs")),
+        "global_batch_size": cfg("recipe", "global_batch_size"),
+        "lr": float(cfg("recipe", "lr")),
+        "lr_source": cfg("recipe", "lr_source"),
+        "lr_scale": entry.get("lr_scale"),
+        "schedule": cfg("recipe", "schedule"),
+        "clip_grad_norm": cfg("recipe").get("clip_grad_norm"),
+        "image_size": int(cfg("image_size")),
+        "thresholds": tuple(thresholds),
+        "gradnorm_steps": cfg("gradnorm_steps"),
+        "device": cfg("device"),
+        "precision": cfg("precision"),
+        "compile": bool(cfg("compile")),
+        "compile_backend": config.get("compile_backend"),
+        "world_size": cfg("world_size"),
+        "synthetic": bool(cfg("data", "synthetic")),
+        "data_name": cfg("data", "name"),
+        "fingerprint": cfg("data", "fingerprint"),
+        "num_classes": cfg("data", "num_classes"),
+        "train_size": cfg("data", "train_size"),
+        "val_size": cfg("data", "val_size"),
+        "builder": entry.get("builder"),
+        "architecture": architecture_key(entry.get("builder"), entry.get("args")),
+        "depth": entry.get("depth"),
+        "residual": entry.get("residual"),
+        "batch_norm": entry.get("batch_norm"),
+        "archbench_version": cfg("provenance", "archbench_version"),
+        "git_commit": cfg("provenance", "git_commit"),
+        "git_dirty": cfg("provenance", "git_dirty"),
+        "torch": cfg("provenance", "torch"),
+        "torchvision": cfg("provenance", "torchvision"),
+        "cuda": cfg("provenance", "cuda"),
+        "device_name": cfg("provenance", "device_name"),
+        "python": cfg("provenance", "python"),
+        "diverged_at_step": summary.get("diverged_at_step"),
+        "epochs_completed": int(summary["epochs_completed"] or 0),
+        "final_train_acc": _num(summary["final_train_acc"]),
+        "final_test_acc": _num(summary["final_test_acc"]),
+        "best_test_acc": _num(summary["best_test_acc"]),
+        "best_epoch": _num(summary["best_epoch"]),
+        "selected_on": summary["selected_on"],
+        "best_val_acc": _num(summary["best_val_acc"]),
+        "test_acc_at_best_epoch": _num(summary["test_acc_at_best_epoch"]),
+        "epochs_to_threshold": summary["epochs_to_threshold"],
+        "seconds_to_threshold": summary["seconds_to_threshold"],
+        "images_to_threshold": summary["images_to_threshold"],
+        "parameters": _num(summary.get("parameters")),
+        "gflops_224": _num(gflops.get("at_224")),
+        "peak_memory_mb": _num(summary.get("peak_memory_mb")),
+        "peak_memory_kind": summary.get("peak_memory_kind"),
+        "compile_seconds": _num(summary.get("compile_seconds")),
+    }
+
+
+class RunFolders(NamedTuple):
+    runs: pd.DataFrame  # one row per run folder that holds a run (see `_read_run`)
+    ignored: list[str]  # folders that hold no recorded epoch, as model/run_id
+
+
+def load_runs(runs_dir: Path) -> RunFolders:
+    """Every run folder `runs_dir/<model>/<run_id>/`: the runs, and the folders that hold no run."""
+    runs_dir = Path(runs_dir)
+    run_dirs = sorted(
+        d
+        for model_dir in (runs_dir.iterdir() if runs_dir.is_dir() else ())
+        if model_dir.is_dir() and not model_dir.name.startswith(".")
+        for d in model_dir.iterdir()
+        if d.is_dir() and not d.name.startswith(".")
+    )
+    if not run_dirs:
+        raise ArchbenchError(f"no runs found under {runs_dir}/; record some with `archbench run ...`")
+    records, ignored = [], []
+    for run_dir in run_dirs:
+        try:
+            record = _read_run(run_dir)
+        except (AttributeError, TypeError, ValueError) as e:
+            raise ArchbenchError(f"{run_dir} holds a malformed run record ({e}); rerun or delete that run") from None
+        if record is None:
+            ignored.append(f"{run_dir.parent.name}/{run_dir.name}")
+        else:
+            records.append(record)
+    if not records:
+        raise ArchbenchError(
+            f"no runs found under {runs_dir}/: the {len(ignored)} run folder(s) there stopped before "
+            "their first epoch; record some with `archbench run ...`"
+        )
+    runs = pd.DataFrame(records).sort_values(["model", "seed", "started_at", "run_id"], ignore_index=True)
+    return RunFolders(runs, ignored)
+
+
+def select_runs(runs: pd.DataFrame, group: str) -> pd.DataFrame:
+    """`runs` with `selected` marking, per `group` value and seed, the newest completed run (or the newest
+    run when none completed), and `superseded_by` naming, for a run not selected, the one that is."""
+    runs = runs.sort_values([group, "seed", "started_at", "run_id"], ignore_index=True)
+    chosen = {}
+    for key, rows in runs.groupby([group, "seed"], sort=True):
+        completed = rows[rows["status"] == "completed"]
+        chosen[key] = (completed if len(completed) else rows).iloc[-1]["run_id"]
+    keys = list(zip(runs[group], runs["seed"]))
+    runs["selected"] = [chosen[k] == r for k, r in zip(keys, runs["run_id"])]
+    runs["superseded_by"] = [None if s else chosen[k] for k, s in zip(keys, runs["selected"])]
+    return runs
+
+
+def counted_runs(runs: pd.DataFrame, group: str) -> pd.DataFrame:
+    """Per `group` value, the selected runs that completed, or all its selected runs when none did."""
+    chosen = runs[runs["selected"]]
+    parts = []
+    for _, rows in chosen.groupby(group, sort=True):
+        completed = rows[rows["status"] == "completed"]
+        parts.append(completed if len(completed) else rows)
+    return pd.concat(parts, ignore_index=True)
+
+
+def load_curves(runs: pd.DataFrame) -> pd.DataFrame:
+    """metrics.csv of the given runs, stacked, with their label, model, seed and run_id columns."""
+    frames = [
+        _read_csv(Path(r.path) / METRICS, METRICS_COLUMNS).assign(
+            label=r.label, model=r.model, seed=r.seed, run_id=r.run_id
+        )
+        for r in runs.itertuples()
+    ]
+    return pd.concat(frames, ignore_index=True)
+
+
+def load_gradnorms(runs: pd.DataFrame) -> pd.DataFrame:
+    """gradnorms.csv of the given runs, stacked, with their label, model, seed and run_id columns."""
+    frames = [
+        _read_csv(Path(r.path) / GRADNORMS, GRADNORM_COLUMNS, text_columns=GRADNORM_TEXT_COLUMNS).assign(
+            label=r.label, model=r.model, seed=r.seed, run_id=r.run_id
+        )
+        for r in runs.itertuples()
+    ]
+    return pd.concat(frames, ignore_index=True)
+
+
+def val_loss_at_best_epoch(run_path: str, best_epoch: float) -> float | None:
+    """The validation loss of a run's chosen epoch (for a tuning trial's tie-break), or None."""
+    if math.isnan(best_epoch):
+        return None
+    metrics = _read_csv(Path(run_path) / METRICS, METRICS_COLUMNS)
+    rows = metrics[metrics["epoch"] == best_epoch]
+    return None if rows.empty or pd.isna(rows.iloc[0]["val_loss"]) else float(rows.iloc[0]["val_loss"])
+
+
+class TuningFile(NamedTuple):
+    label: str  # the file as the report names it
+    content: dict
+
+
+def load_tuning_files(runs_dir: Path, label_of) -> list[TuningFile]:
+    """Every tuning file (`tuning.json`, as `archbench tune` writes it) under `runs_dir`, by path."""
+    files = []
+    for path in sorted(Path(runs_dir).rglob(TUNING_FILE)):
+        content = _read_json(path)
+        if content.get("format_version") != TUNING_FORMAT or not isinstance(content.get("models"), dict):
+            raise ArchbenchError(
+                f"{path} is not an archbench tuning file (format {TUNING_FORMAT}); rerun "
+                "`archbench tune` or move the file away"
+            )
+        files.append(TuningFile(label_of(path), content))
+    return files
+
+
+def load_latency(path: Path) -> pd.DataFrame | None:
+    """Median forward latency per model, batch and implementation from a pytest-benchmark JSON.
+
+    One row per (model, batch, image_size, device, memory_format, threads) with the medians of both
+    implementations in seconds (NaN where one was not measured). None when the file does not exist.
+    """
+    path = Path(path)
+    if not path.exists():
+        return None
+    data = _read_json(path)
+    benchmarks = data.get("benchmarks")
+    if not isinstance(benchmarks, list):
+        raise ArchbenchError(f"{path} is not pytest-benchmark JSON (no 'benchmarks' list); rerun `{BENCHMARK_COMMAND}`")
+    rows = []
+    for bench in benchmarks:
+        info = bench.get("extra_info") or {}
+        if not {"model", "impl", "batch"} <= info.keys():
+            continue  # another benchmark saved into the same file
+        try:
+            median = float(bench["stats"]["median"])
+        except (KeyError, TypeError, ValueError):
+            raise ArchbenchError(
+                f"{path} has a benchmark without stats.median ({bench.get('name')}); rerun `{BENCHMARK_COMMAND}`"
+            ) from None
+        rows.append(
+            {
+                "model": str(info["model"]),
+                "batch": int(info["batch"]),
+                "image_size": int(info.get("image_size") or 0),
+                "device": str(info.get("device", "?")),
+                "memory_format": str(info.get("memory_format", "?")),
+                "threads": str(info.get("threads", "?")),
+                "impl": str(info["impl"]),
+                "median": median,
+            }
+        )
+    keys = ["model", "batch", "image_size", "device", "memory_format", "threads"]
+    if not rows:
+        return pd.DataFrame(columns=[*keys, "archbench", "torchvision"])
+    table = pd.DataFrame(rows).drop_duplicates(keys + ["impl"], keep="last")
+    wide = table.pivot(index=keys, columns="impl", values="median").reset_index()
+    for impl in ("archbench", "torchvision"):
+        if impl not in wide.columns:
+            wide[impl] = float("nan")
+    return wide[[*keys, "archbench", "torchvision"]].sort_values(keys, ignore_index=True)
+
+
+GPU_SCRIPT = "bash benchmarks/gpu.sh"
+GPU_KEYS = (
+    "measured_at",
+    "device",
+    "driver",
+    "torch",
+    "cuda",
+    "git_commit",
+    "cpu_check",
+    "loop",
+    "model_only",
+    "goals",
+)
+
+
+def load_gpu_results(path: Path) -> dict | None:
+    """The result file `benchmarks/gpu.sh` writes, checked for its fields; None when it does not exist."""
+    path = Path(path)
+    if not path.exists():
+        return None
+    results = _read_json(path)
+    missing = [k for k in GPU_KEYS if k not in results]
+    if missing:
+        raise ArchbenchError(f"{path} lacks the field(s) {', '.join(missing)}; rerun `{GPU_SCRIPT}`")
+    if not all(isinstance(results[k], list) for k in ("loop", "model_only", "goals")):
+        raise ArchbenchError(f"{path}: 'loop', 'model_only' and 'goals' must be lists; rerun `{GPU_SCRIPT}`")
+    return results
+
+
+def load_bench_results(folder: Path) -> pd.DataFrame | None:
+    """The newest `archbench bench` result per model and device in `folder`, or None when there is none
+    (or this archbench cannot read bench result files)."""
+    try:
+        from archbench import bench
+    except ImportError:
+        return None
+    latest = getattr(bench, "latest_bench_results", None)
+    if latest is None:
+        return None
+    results = latest(Path(folder))
+    return None if results is None or len(results) == 0 else results

@@ -1,0 +1,536 @@
+"""The report's sections, one function each: `Study` in, the section's markdown (without its heading) out.
+
+`archbench.report.SECTIONS` lists them in order with their titles and numbers them.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from archbench import references
+from archbench.report.gradient_measures import COSINE, EARLY, SIZES, STEP0, SYMBOLS, column, early_window
+from archbench.report.speed import bench_part, gpu_part, latency_cell, latency_part
+from archbench.report.stats import finite
+from archbench.report.study import Study, thresholds_of
+from archbench.report.text import (
+    DASH,
+    INTERVAL_RULE,
+    TEST_RULE,
+    ci,
+    counts,
+    epochs_cell,
+    join,
+    md,
+    pct,
+    seeds_text,
+    status_note,
+    threshold_label,
+    unique,
+)
+
+DEPTH_BINS = 5  # the by-depth tables group each model's weight layers into fifths, first to last
+VALIDATION, TEST = "val", "test"  # a summary's `selected_on`
+
+
+def header_section(study: Study) -> str:
+    listed, inputs = study.listed, study.inputs
+    lines = ["# archbench report", ""]
+    synthetic = listed[listed["synthetic"]]
+    if len(synthetic):
+        lines += [
+            f"> **WARNING: SYNTHETIC DATA.** {len(synthetic)} of the {len(listed)} runs in this report trained on "
+            "synthetic images, not Tiny-ImageNet-200. No number in this report is a Tiny-ImageNet result; "
+            "they show that the code runs end to end, nothing about how these architectures compare.",
+            "",
+        ]
+    fingerprints = unique(listed["fingerprint"])
+    if len(fingerprints) > 1:
+        lines += [
+            f"> **Note:** the runs used {len(fingerprints)} different datasets (fingerprints "
+            f"{', '.join(f[:12] for f in fingerprints)}); numbers from different datasets do not compare.",
+            "",
+        ]
+    for clash in study.clashes:
+        lines += [
+            f"> **WARNING: one name, several architectures.** Runs named {clash.model} built "
+            f"{len(clash.variants)} different networks: {'; '.join(clash.variants)}. They are shown apart, "
+            "tagged with a hash of the registry entry's builder and arguments, and never averaged together.",
+            "",
+        ]
+    lines += [
+        f"Regenerate with `{inputs.command}` (from this file's folder); every number below is read from the run "
+        f"records under `{inputs.runs_label}/`. Per model and seed the newest completed run counts (by start "
+        "time); a model and seed without one is shown from its newest run, marked with its status. "
+        f"Statistics are over seeds: {INTERVAL_RULE}. {TEST_RULE}",
+    ]
+    return "\n".join(lines)
+
+
+def _recipe_rows(chosen: pd.DataFrame) -> pd.DataFrame:
+    rows = []
+    for label, group in chosen.groupby("label", sort=True):
+        rows.append(
+            {
+                "model": label,
+                "preset": ", ".join(unique(group["preset"])),
+                "epochs": ", ".join(unique(group["epochs_planned"])),
+                "global batch": ", ".join(unique(group["global_batch_size"])),
+                "image size": ", ".join(unique(group["image_size"])),
+                "lr": ", ".join(sorted({f"{lr:g}" for lr in group["lr"]})),
+                "lr source": ", ".join(unique(group["lr_source"])),
+                "registry lr_scale": ", ".join(f"{s:g}" for s in sorted(set(finite(group["lr_scale"])))) or DASH,
+                "schedule": ", ".join(unique(group["schedule"])),
+                "grad clip": ", ".join(f"{c:g}" for c in sorted(set(finite(group["clip_grad_norm"])))) or DASH,
+                "validation split": ", ".join(sorted({"yes" if v else "no" for v in group["validation"]})),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def provenance_section(study: Study) -> str:
+    runs = study.runs
+    chosen = runs[runs["selected"]]
+    data = sorted(
+        {
+            f"{r.data_name} ({'SYNTHETIC' if r.synthetic else 'Tiny-ImageNet-200'}, {r.num_classes} classes, "
+            f"{r.train_size} train / {r.val_size} test images, fingerprint {str(r.fingerprint)[:12]})"
+            for r in chosen.itertuples()
+        }
+    )
+    commits = sorted(
+        {f"{str(r.git_commit)[:12]}{' (uncommitted changes)' if r.git_dirty else ''}" for r in chosen.itertuples()}
+    )
+    seeds = sorted({f"{m}: {seeds_text(g)}" for m, g in chosen.groupby("label", sort=True)})
+    devices = sorted(
+        {f"{r.device_name} ({r.device}, {r.precision}, {r.world_size} process(es))" for r in chosen.itertuples()}
+    )
+    finished = unique(chosen["finished_at"])
+    rows = [
+        ("data", "; ".join(data)),
+        ("devices", "; ".join(devices)),
+        ("archbench", ", ".join(unique(chosen["archbench_version"]))),
+        ("torch / torchvision", "; ".join(sorted({f"{r.torch} / {r.torchvision}" for r in chosen.itertuples()}))),
+        ("CUDA", ", ".join(unique(chosen["cuda"])) or "none (CPU)"),
+        ("python", ", ".join(unique(chosen["python"]))),
+        ("git commits", ", ".join(commits)),
+        ("presets", ", ".join(unique(chosen["preset"]))),
+        ("seeds", "; ".join(seeds)),
+        ("runs started", f"{chosen['started_at'].min()} to {chosen['started_at'].max()}"),
+        ("last run finished", finished[-1] if finished else DASH),
+        (
+            "run folders read",
+            f"{len(runs)} study runs ({int(chosen.shape[0])} counted; the others are listed under Run records)",
+        ),
+    ]
+    if len(study.trials):
+        rows.append(
+            (
+                "tuning trials",
+                f"{len(study.trials)} (shown under Learning-rate sensitivity only; never in the other tables)",
+            )
+        )
+    if study.ignored:
+        rows.append(
+            (
+                "folders without a recorded epoch",
+                f"{len(study.ignored)}, ignored (stopped before their first epoch ended): {', '.join(study.ignored)}",
+            )
+        )
+    return "\n\n".join(
+        [
+            md(pd.DataFrame(rows, columns=["", "value"])),
+            "Training recipe per model (\"lr source\" says whether the learning rate is the preset's, the preset's "
+            "times the registry entry's `lr_scale`, set with `--lr`, or tuned per model on a validation split; "
+            '"grad clip" is the global gradient-norm bound, — where none; "validation split": whether the run '
+            "held training images out to choose its best epoch on):",
+            md(_recipe_rows(chosen)),
+        ]
+    )
+
+
+def _memory_cell(group: pd.DataFrame) -> str:
+    values = finite(group["peak_memory_mb"])
+    return f"{np.mean(values):,.0f}" if values else DASH
+
+
+def _compile_cell(group: pd.DataFrame) -> str:
+    compiled = group[group["compile"]]
+    if compiled.empty:
+        return "not compiled"
+    backends = unique(compiled["compile_backend"])
+    return ci(compiled["compile_seconds"], ".1f") + (f", {', '.join(backends)}" if backends else "")
+
+
+def architectures_section(study: Study) -> str:
+    counted, latency = study.counted, study.latency
+    rows = []
+    for label, group in counted.groupby("label", sort=True):
+        first = group.iloc[0]
+        params = finite(group["parameters"])
+        gflops = finite(group["gflops_224"])
+        rows.append(
+            {
+                "model": label,
+                "depth": DASH if first["depth"] is None or pd.isna(first["depth"]) else str(int(first["depth"])),
+                "residual": "yes" if first["residual"] else "no",
+                "BN": "yes" if first["batch_norm"] else "no",
+                "parameters": f"{int(params[0]):,}" if params else DASH,
+                "GFLOPs @224": f"{gflops[0]:.4f}" if gflops else DASH,
+                "peak memory (MB)": _memory_cell(group),
+                "compile (s)": _compile_cell(group),
+                "latency b1 (ms)": latency_cell(latency, first["model"], 1),
+                "latency b32 (ms)": latency_cell(latency, first["model"], 32),
+            }
+        )
+    kinds = unique(counted["peak_memory_kind"])
+    parts = [
+        md(pd.DataFrame(rows)),
+        "Depth counts the conv and linear weight layers on the main path. GFLOPs: fvcore at 224x224 in eval "
+        "mode; fvcore counts one fused multiply-add as one flop (so these are GMACs; PyTorch's own "
+        "`FlopCounterMode` counts 2 per multiply-add and reports about twice as much). "
+        f"Peak memory: mean over the counted runs of what each recorded ({'; '.join(kinds) or 'not recorded'}), "
+        "at the training recipe's batch and image size. Compile: seconds of the first compiled step, "
+        "compilation included (mean ± 95% interval over seeds). "
+        "Latency: median archbench forward pass in eval mode under `torch.inference_mode()`, at the image size "
+        "and on the device of the latency table below.",
+    ]
+    return "\n\n".join(parts + latency_part(study) + bench_part(study) + gpu_part(study))
+
+
+def _chosen_on(group: pd.DataFrame) -> str:
+    sides = {VALIDATION: "validation", TEST: "test (no validation split)"}
+    found = sorted({str(s) for s in group["selected_on"]})
+    if len(found) == 1:
+        return sides.get(found[0], found[0])
+    return ", ".join(f"{sides.get(s, s)}: {int((group['selected_on'] == s).sum())} seed(s)" for s in found)
+
+
+def _val_chosen_cell(group: pd.DataFrame) -> str:
+    on_val = group[group["selected_on"] == VALIDATION]
+    return pct(on_val["test_acc_at_best_epoch"]) if len(on_val) else f"{DASH} (no validation split)"
+
+
+def accuracy_section(study: Study) -> str:
+    runs, counted = study.runs, study.counted
+    chosen = runs[runs["selected"]]
+    rows = []
+    for label, group in counted.groupby("label", sort=True):
+        rows.append(
+            {
+                "model": label,
+                "n": str(len(group)),
+                "status": status_note(chosen[chosen["label"] == label], group),
+                "final train acc (%)": pct(group["final_train_acc"]),
+                "final test acc (%)": pct(group["final_test_acc"]),
+                "best epoch chosen on": _chosen_on(group),
+                "test acc at val-chosen epoch (%)": _val_chosen_cell(group),
+                "best test acc, test-selected (%)": pct(group["best_test_acc"]),
+                "best epoch": epochs_cell(group["best_epoch"]),
+                "epochs run": counts(group["epochs_completed"]),
+            }
+        )
+    ref = references.REPRODUCTION
+    rows.append(
+        {
+            "model": f"*reference: {ref.model}*",
+            "n": DASH,
+            "status": "*reference (not an archbench run)*",
+            "final train acc (%)": f"{ref.train_acc:.2f}",
+            "final test acc (%)": f"{ref.test_acc:.2f}",
+            "best epoch chosen on": DASH,
+            "test acc at val-chosen epoch (%)": DASH,
+            "best test acc, test-selected (%)": DASH,
+            "best epoch": DASH,
+            "epochs run": DASH,
+        }
+    )
+    published = pd.DataFrame(
+        [
+            {
+                "archbench model": p.model,
+                "as published": p.label,
+                "dataset": p.dataset,
+                "protocol": p.protocol,
+                "metric": p.metric,
+                "value": p.value,
+                "source": p.source,
+            }
+            for p in references.PUBLISHED
+        ]
+    )
+    return "\n\n".join(
+        [
+            md(pd.DataFrame(rows)),
+            "n: seeds behind each row. Which split chose what: final train and test accuracy are those of the last "
+            "epoch, fixed before training, so nothing was selected on any split: they are unbiased estimates. "
+            '"test acc at val-chosen epoch" is the test accuracy of the epoch with the highest accuracy on the '
+            "validation split held out of the training images: chosen without the test set, so also unbiased. "
+            '"best test acc, test-selected" is the highest test accuracy of any epoch: that epoch was picked by '
+            "looking at the test set, so it is optimistic and not an estimate of accuracy on new data. Runs "
+            'without a validation split chose their best epoch ("best epoch") on the test set.',
+            f"The reference row gives the numbers reported by {ref.source} ({ref.protocol}): they are not an "
+            "archbench result.",
+            "Published references under other protocols (for orientation only; not archbench results, and not "
+            "the protocol above):",
+            md(published),
+        ]
+    )
+
+
+def _reached(group: pd.DataFrame, t: float, key: str = "epochs_to_threshold") -> list:
+    return [e.get(t) for e in group[key] if e.get(t) is not None]
+
+
+def _threshold_cell(group: pd.DataFrame, t: float) -> str:
+    reached = _reached(group, t)
+    if not reached:
+        return DASH
+    cell = epochs_cell(reached)
+    return cell if len(reached) == len(group) else f"{cell}, {len(reached)}/{len(group)} seeds reached"
+
+
+def _device_hours(group: pd.DataFrame, t: float) -> list[float]:
+    return [
+        s * w / 3600
+        for s, w in zip((e.get(t) for e in group["seconds_to_threshold"]), group["world_size"])
+        if s is not None
+    ]
+
+
+def _time_to_result(counted: pd.DataFrame, thresholds: list[float]) -> pd.DataFrame:
+    rows = []
+    for label, group in counted.groupby("label", sort=True):
+        for t in thresholds:
+            reached = _reached(group, t)
+            rows.append(
+                {
+                    "model": label,
+                    "threshold": threshold_label(t),
+                    "seeds reached": f"{len(reached)}/{len(group)}",
+                    "epochs": epochs_cell(reached) if reached else DASH,
+                    "training seconds": ci(_reached(group, t, "seconds_to_threshold"), ".1f") if reached else DASH,
+                    "device-hours": ci(_device_hours(group, t), ".3g") if reached else DASH,
+                    "images": ci(_reached(group, t, "images_to_threshold"), ",.0f") if reached else DASH,
+                    "device": "; ".join(sorted({f"{r.device_name} x{r.world_size}" for r in group.itertuples()})),
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def convergence_section(study: Study) -> str:
+    counted = study.counted
+    thresholds = thresholds_of(counted)
+    rows = []
+    for label, group in counted.groupby("label", sort=True):
+        row = {"model": label, "n": str(len(group)), "epochs run": counts(group["epochs_completed"])}
+        for t in thresholds:
+            row[f"epochs to {threshold_label(t)}"] = _threshold_cell(group, t)
+        rows.append(row)
+    claim = references.CONVERGENCE
+    return "\n\n".join(
+        [
+            md(pd.DataFrame(rows)),
+            "Epochs until the test accuracy first reaches each threshold (mean ± 95% interval over the seeds that "
+            f"reached it; {DASH} where no seed did).",
+            "Time to result (after AlgoPerf: the training cost of reaching each threshold; evaluation and "
+            "compilation excluded): training seconds until the epoch that first reached it, device-hours = those "
+            "seconds x processes / 3600 (GPU-hours on GPU runs; the device column says which hardware), and the "
+            "training images seen by then; mean ± 95% interval over the seeds that reached it:",
+            md(_time_to_result(counted, thresholds)),
+            f'> Reference claim, from {claim.source}: "{claim.quote}". It does not say which accuracy counts '
+            "as converged, so its epochs are not directly comparable to a threshold column.\n>\n"
+            "> He et al. 2016 (§4.1, plain-18 against ResNet-18 on ImageNet): "
+            f'"{references.HE_2016_CONVERGENCE_QUOTE}".',
+        ]
+    )
+
+
+def _fifths(values: pd.Series) -> list[pd.Series]:
+    """The layers of one model, in forward order, split into DEPTH_BINS groups of (nearly) equal count."""
+    groups = (np.arange(len(values)) * DEPTH_BINS) // max(1, len(values))
+    return [values[groups == b] for b in range(DEPTH_BINS)]
+
+
+def _fifth_headers() -> list[str]:
+    return [f"{100 * b // DEPTH_BINS}-{100 * (b + 1) // DEPTH_BINS}% depth" for b in range(DEPTH_BINS)]
+
+
+def _by_fifths(by_depth: pd.DataFrame, windows: list[tuple[str, str]], fmt: str) -> pd.DataFrame:
+    """Per label and window (column, name): the mean of the column over each fifth of the layers."""
+    rows = []
+    for label, g in by_depth.groupby("label", sort=True):
+        g = g.sort_values("layer_index").reset_index(drop=True)
+        for name, title in windows:
+            row = {"model": label, "measured at": title, "weight layers": str(len(g))}
+            for header, values in zip(_fifth_headers(), _fifths(g[name])):
+                values = finite(values)
+                row[header] = format(np.mean(values), fmt) if values else DASH
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _size_rows(per_run: pd.DataFrame, window: str) -> pd.DataFrame:
+    rows = []
+    g2w = "grad_to_weight"
+    for label, g in per_run.groupby("label", sort=True):
+        rows.append(
+            {
+                "model": label,
+                "n": str(len(g)),
+                "steps": ", ".join(unique(g["steps"])),
+                "first layer": ", ".join(unique(g["first_layer"])),
+                "last layer": ", ".join(unique(g["last_layer"])),
+                "first, step 0": ci(g[f"first_{column(g2w, STEP0)}"], ".3g"),
+                "last, step 0": ci(g[f"last_{column(g2w, STEP0)}"], ".3g"),
+                "first / last, step 0": ci(g[f"ratio_{STEP0}"], ".3g"),
+                f"first, {window}": ci(g[f"first_{column(g2w, EARLY)}"], ".3g"),
+                f"last, {window}": ci(g[f"last_{column(g2w, EARLY)}"], ".3g"),
+                f"first / last, {window}": ci(g[f"ratio_{EARLY}"], ".3g"),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def _other_size_rows(per_run: pd.DataFrame) -> pd.DataFrame:
+    rows = []
+    for label, g in per_run.groupby("label", sort=True):
+        row = {"model": label}
+        for measure in SIZES[1:]:
+            for end in ("first", "last"):
+                row[f"{SYMBOLS[measure]} {end}"] = ci(g[f"{end}_{column(measure, EARLY)}"], ".3g")
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _cosine_rows(per_run: pd.DataFrame) -> pd.DataFrame:
+    rows = []
+    for label, g in per_run.groupby("label", sort=True):
+        rows.append(
+            {
+                "model": label,
+                "n": str(len(g)),
+                "first layer": ", ".join(unique(g["first_layer"])),
+                "first-layer cosine": ci(g[f"first_{column(COSINE, EARLY)}"], ".3f"),
+                "last layer": ", ".join(unique(g["last_layer"])),
+                "last-layer cosine": ci(g[f"last_{column(COSINE, EARLY)}"], ".3f"),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def _zero_at_start(by_depth: pd.DataFrame) -> list[str]:
+    """A note for the layers whose gradient is exactly zero at step 0, if any."""
+    zero = by_depth[by_depth[column("grad_to_weight", STEP0)] == 0]
+    if zero.empty:
+        return []
+    counts_text = join(f"{label} ({len(g)})" for label, g in zero.groupby("label", sort=True))
+    return [
+        f"Layers with no gradient at all at step 0: {counts_text} (a residual block whose last BN starts with "
+        "γ = 0, for one, passes no gradient into its convolutions until the first update); the log-scale "
+        "figure leaves these zeros out."
+    ]
+
+
+def early_training_section(study: Study) -> str:
+    counted, grads = study.counted, study.gradients
+    if grads.per_run.empty:
+        return "No gradient norms were recorded (`gradnorms.csv` empty or absent in every counted run)."
+    window = early_window(grads.steps)
+    g2w = "grad_to_weight"
+    parts = [
+        "Gradient size, scale-free: ‖g‖/‖w‖ per weight tensor (the gradient's L2 norm over the weight's, the "
+        "relative update scale LARS uses), which compares layers of different sizes where the raw ‖g‖ does "
+        f'not. Step 0 is the gradient at initialisation, before any update; "{window}" is the mean over the '
+        'recorded steps after it ("steps": how many each run recorded, step 0 included). First and last: the '
+        "first and the last weight layer in forward order; first / last is computed per run, then averaged "
+        "over seeds. Well below 1: the first layer's relative gradient is smaller than the last's; near 1: "
+        "about as large.",
+        md(_size_rows(grads.per_run, window)),
+        f"‖g‖/‖w‖ by depth: each model's weight layers, in forward order, split into {DEPTH_BINS} groups of "
+        "(nearly) equal count; each cell is the mean over the layers in that group (each layer first "
+        "averaged over the steps, then over seeds).",
+        md(_by_fifths(grads.by_depth, [(column(g2w, STEP0), "step 0"), (column(g2w, EARLY), window)], ".2e")),
+        *_zero_at_start(grads.by_depth),
+        f"Other size measures over {window} (shown for reference; no claim rests on them): ‖g‖/√n is the "
+        "gradient's root mean square over the layer's n weights; ‖g‖ is the raw norm, which grows with the "
+        "layer's size.",
+        md(_other_size_rows(grads.per_run)),
+        f"Gradient noise: the cosine between consecutive steps' gradients of a layer, mean over {window} (1: "
+        "the gradient keeps its direction from step to step; near 0: it changes direction like noise). "
+        f"{references.BALDUZZI_2017} find that in plain nets gradients decorrelate towards white noise with "
+        "depth; skip connections slow this. The step-to-step cosine is a proxy for that: it also moves with "
+        "the minibatch and with the weights' update.",
+        md(_cosine_rows(grads.per_run)),
+        f"Cosine by depth (mean over {window}, each fifth of the layers as above):",
+        md(_by_fifths(grads.by_depth, [(column(COSINE, EARLY), window)], ".3f")),
+    ]
+    missing = sorted(set(counted["label"]) - set(grads.per_run["label"]))
+    if missing:
+        parts.append(f"No gradient norms recorded for {join(missing)}.")
+    return "\n\n".join(parts)
+
+
+def figures_section(study: Study) -> str:
+    figures, window = study.figures, early_window(study.gradients.steps)
+    return "\n\n".join(
+        [
+            f"![Test accuracy and train loss per epoch, mean over seeds]({figures.curves})",
+            f"![‖g‖/‖w‖ against depth at step 0 and over {window}, log scale]({figures.gradients})",
+            f"![Step-to-step gradient cosine against depth over {window}]({figures.cosines})",
+        ]
+    )
+
+
+def run_records_section(study: Study) -> str:
+    runs = study.runs
+    chosen = runs[runs["selected"]]
+    used = pd.DataFrame(
+        {
+            "model": chosen["label"],
+            "seed": chosen["seed"].astype(str),
+            "run id": chosen["run_id"],
+            "status": chosen["status"],
+            "epochs": chosen["epochs_completed"].astype(str),
+            "data": [
+                ("synthetic " if s else "") + str(f)[:12] for s, f in zip(chosen["synthetic"], chosen["fingerprint"])
+            ],
+            "device": chosen["device"],
+            "started": chosen["started_at"],
+        }
+    )
+    parts = ["Runs behind the numbers above:", md(used)]
+    bad = runs[runs["status"] != "completed"]
+    if bad.empty:
+        parts.append("Runs that did not complete: none.")
+    else:
+        parts += [
+            "Runs that did not complete (diverged, or interrupted: stopped before finishing, or still running):",
+            md(
+                pd.DataFrame(
+                    {
+                        "model": bad["label"],
+                        "seed": bad["seed"].astype(str),
+                        "run id": bad["run_id"],
+                        "status": bad["status"],
+                        "epochs completed": bad["epochs_completed"].astype(str),
+                        "diverged at step": [
+                            DASH if v is None or pd.isna(v) else str(int(v)) for v in bad["diverged_at_step"]
+                        ],
+                        "started": bad["started_at"],
+                        "in the tables": [
+                            "yes (no completed run for this seed)" if s else f"no (run {b} of this seed completed)"
+                            for s, b in zip(bad["selected"], bad["superseded_by"])
+                        ],
+                    }
+                )
+            ),
+        ]
+    older = runs[(runs["status"] == "completed") & ~runs["selected"]]
+    if len(older):
+        parts.append(
+            "Older completed runs superseded by a newer completed run of the same model and seed: "
+            + ", ".join(f"{m}/{r}" for m, r in zip(older["model"], older["run_id"]))
+            + "."
+        )
+    return "\n\n".join(parts)

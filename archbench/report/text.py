@@ -1,0 +1,119 @@
+"""Numbers to text: the cell formats and word lists every section and sentence uses."""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+
+from archbench.report.stats import ALPHA, CONFIDENCE, PAIRED, POWER, Comparison, finite, t_interval
+
+DASH = "—"
+NO_INTERVAL = "n=1, no interval"
+INTERVAL_RULE = (
+    f"a ± h (n=k) is the mean over k seeds and the half-width h of its {100 * CONFIDENCE:g}% confidence interval "
+    f"(Student's t over the seeds: h = t_{{{(1 + CONFIDENCE) / 2:g}, k-1}} · s / √k, s the sample standard deviation); "
+    f'one seed gives the value alone ("{NO_INTERVAL}")'
+)
+TEST_RULE = (
+    "A difference is tested with a paired t-test when both models ran the same seeds (a seed fixes the "
+    "initialisation and the data order, so seeds pair up) and with Welch's t-test otherwise; it is called "
+    f"resolved when p < {ALPHA:g} (two-sided). For a difference not resolved, the report gives the seeds per "
+    f"model that the observed spread would need to resolve it at {100 * POWER:g}% power, by the normal "
+    "approximation n = 2 (z_0.975 + z_0.8)² s² / d² (s the pooled seed-to-seed standard deviation, d the "
+    "observed difference): an approximation, not a promise."
+)
+
+
+def md(frame: pd.DataFrame) -> str:
+    return frame.to_markdown(index=False, disable_numparse=True)
+
+
+def ci(values, fmt: str, scale: float = 1.0) -> str:
+    """'mean ± half-width (n=k)' over seeds, 'value (n=1, no interval)' for one seed, — for none."""
+    interval = t_interval(values)
+    if interval.n == 0:
+        return DASH
+    if interval.n == 1:
+        return f"{format(scale * interval.mean, fmt)} ({NO_INTERVAL})"
+    return f"{format(scale * interval.mean, fmt)} ± {format(scale * interval.half_width, fmt)} (n={interval.n})"
+
+
+def pct(values) -> str:
+    return ci(values, ".2f", 100.0)
+
+
+def epochs_cell(values) -> str:
+    return ci(values, ".1f")
+
+
+def counts(values) -> str:
+    """Distinct whole numbers, e.g. epochs run by each seed: '30' or '12, 30'."""
+    return ", ".join(str(v) for v in sorted({int(v) for v in finite(values)})) or DASH
+
+
+def threshold_label(t: float) -> str:
+    return f"{100 * t:g}%"
+
+
+def join(items) -> str:
+    items = [str(i) for i in items]
+    if len(items) <= 1:
+        return "".join(items)
+    return ", ".join(items[:-1]) + " and " + items[-1]
+
+
+def unique(series) -> list:
+    return sorted({str(v) for v in series if v is not None and not (isinstance(v, float) and math.isnan(v))})
+
+
+def seeds_text(group: pd.DataFrame) -> str:
+    return ", ".join(str(s) for s in sorted(group["seed"]))
+
+
+def status_note(model_runs: pd.DataFrame, counted: pd.DataFrame) -> str:
+    """'completed', or the status of each chosen seed that is not completed."""
+    others = model_runs[model_runs["status"] != "completed"].sort_values("seed")
+    if others.empty:
+        return "completed"
+    notes = "; ".join(f"seed {r.seed} {r.status}" for r in others.itertuples())
+    return notes if (counted["status"] != "completed").all() else f"completed; {notes}"
+
+
+def p_text(p: float) -> str:
+    """'p = 0.012' (two significant digits, more where rounding would cross ALPHA), or 'p < 0.001'."""
+    if p < 0.001:
+        return "p < 0.001"
+    for digits in range(2, 7):
+        text = f"{p:.{digits}g}"
+        if (float(text) < ALPHA) == (p < ALPHA):
+            return f"p = {text}"
+    return f"p = {p!r}"
+
+
+def seeds_count(c: Comparison) -> str:
+    return f"{c.n_a}" if c.n_a == c.n_b else f"{c.n_a} and {c.n_b}"
+
+
+def verdict(c: Comparison) -> str:
+    """The test of a difference in words: 'resolved (p = 0.012, Welch, n = 3 vs 3)', or why not."""
+    if c.n_a < 2 or c.n_b < 2:
+        return "not testable: one seed on at least one side"
+    if c.test is None:
+        return f"not testable: no seed-to-seed spread on either side (n = {c.n_a} vs {c.n_b})"
+    detail = f"{p_text(c.p)}, {'paired' if c.test == PAIRED else c.test}, n = {c.n_a} vs {c.n_b}"
+    if c.resolved:
+        return f"resolved ({detail})"
+    text = f"not resolved with {seeds_count(c)} seeds ({detail})"
+    needed = c.seeds_needed
+    if needed is None:
+        return text + "; no number of seeds resolves a zero difference"
+    if needed <= max(c.n_a, c.n_b):
+        return (
+            text + f"; the normal approximation gives {needed} seeds per model, no more than were run: at so "
+            "few seeds it understates what the t-test needs"
+        )
+    return (
+        text + f"; at the observed spread about {needed} seeds per model would resolve a difference this size "
+        "(normal approximation)"
+    )

@@ -1,0 +1,242 @@
+"""`archbench bench` on tiny models on the CPU: a process per model, the step's breakdown and memory, the
+out-of-memory retry, and the result files.
+
+No timing is asserted against a number: the phases of a step are checked against the step they split,
+measured in the same window.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from rich.console import Console
+from typer.testing import CliRunner
+
+from archbench import bench
+from archbench.cli import app
+from archbench.config import BenchRequest
+from archbench.devices import sgd_implementation
+from archbench.errors import ArchbenchError
+from archbench.registry import build_model
+
+runner = CliRunner()
+TORCH = torch.__version__.split("+")[0]
+STEM = f"bench-cpu-fp32-contiguous-torch{TORCH}"
+
+
+def bench_args(tiny_registry, tiny_data, out, *models) -> list[str]:
+    return [
+        "bench",
+        *models,
+        "--device",
+        "cpu",
+        "--image-size",
+        "32",
+        "--batch-size",
+        "8",
+        "--steps",
+        "2",
+        "--num-classes",
+        "4",
+        "--precision",
+        "fp32",
+        "--no-channels-last",
+        "--data",
+        str(tiny_data),
+        "--registry",
+        str(tiny_registry),
+        "--out",
+        str(out),
+    ]
+
+
+def request(tiny_registry, tiny_data, out, models=("tiny_resnet",), **kw) -> BenchRequest:
+    settings = dict(
+        models=list(models),
+        device="cpu",
+        image_size=32,
+        batch_size=8,
+        steps=2,
+        num_classes=4,
+        precision="fp32",
+        channels_last=False,
+        data=str(tiny_data),
+        registry=tiny_registry,
+        out=out,
+    )
+    return BenchRequest(**{**settings, **kw})
+
+
+def test_each_model_is_measured_in_a_process_of_its_own_and_written_as_promised(tiny_registry, tiny_data, tmp_path):
+    out = tmp_path / "results"
+    result = runner.invoke(app, bench_args(tiny_registry, tiny_data, out, "tiny_resnet", "tiny_vgg"))
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in out.iterdir()) == [f"{STEM}.csv", f"{STEM}.json"]
+
+    written = json.loads((out / f"{STEM}.json").read_text())
+    rows = {row["model"]: row for row in written["results"]}
+    assert set(rows) == {"tiny_resnet", "tiny_vgg"}
+    pids = {row["pid"] for row in rows.values()}
+    assert len(pids) == 2 and os.getpid() not in pids  # a fresh process for each model
+    assert written["provenance"]["torch"] == torch.__version__ and written["provenance"]["device_name"]
+    for row in rows.values():
+        assert row["provenance"]["torch"] == torch.__version__
+        assert row["sgd"] == sgd_implementation(torch.device("cpu"), "fp32")
+        assert (row["batch_size"], row["requested_batch_size"], row["oom_batch_sizes"]) == (8, 8, [])
+        for mode in ("train", "inference"):
+            assert row[mode]["model_only"] > 0 and row[mode]["end_to_end"] > 0
+
+    csv_lines = (out / f"{STEM}.csv").read_text().splitlines()
+    header = csv_lines[0].split(",")
+    assert {"model", "train_model_only", "breakdown_forward_s", "memory_peak_bytes", "provenance_torch"} <= set(header)
+    assert sorted(line.split(",")[header.index("model")] for line in csv_lines[1:]) == ["tiny_resnet", "tiny_vgg"]
+
+    latest = bench.latest_bench_results(out)
+    assert sorted(latest["model"]) == ["tiny_resnet", "tiny_vgg"]
+    assert (latest["train_images_per_s"] > 0).all() and (latest["peak_memory_mb"] > 0).all()
+    assert set(latest["torch"]) == {torch.__version__} and set(latest["batch_size"]) == {8}
+
+
+def test_the_breakdown_splits_a_training_step_and_memory_is_counted(tiny_registry, tiny_data, tmp_path):
+    row = bench.measure("tiny_resnet", request(tiny_registry, tiny_data, tmp_path, steps=4))
+    parts = row["breakdown"]
+    phases = [parts["forward_s"], parts["backward_s"], parts["optimizer_s"]]
+    assert all(p > 0 for p in phases), parts
+    # The phases cover the step: only the loop between steps is outside them.
+    assert 0.8 * parts["step_s"] <= sum(phases) <= parts["step_s"] * (1 + 1e-9), parts
+
+    memory = row["memory"]
+    model = build_model("tiny_resnet", registry=tiny_registry, num_classes=4)
+    weights = sum(p.numel() * 4 for p in model.parameters())  # float32
+    assert memory["weights_bytes"] == weights and memory["gradient_bytes"] == weights
+    assert memory["optimizer_state_bytes"] == weights  # one momentum buffer per parameter
+    # Activations of a batch of 8 at 32x32: at least the input and the first conv's output are kept.
+    assert memory["activation_bytes"] >= 8 * 3 * 32 * 32 * 4 + 8 * 8 * 16 * 16 * 4
+    assert memory["peak_bytes"] > memory["weights_bytes"] and "ru_maxrss" in memory["peak_kind"]
+    assert row["compile_seconds"] is None
+
+
+class Sleeper(bench.Subject):
+    """A step whose phases take known times: sleeps of 10, 20 and 5 ms."""
+
+    def __init__(self):
+        self.device = torch.device("cpu")
+        self.clock = bench.Clock(self.device)
+        self.fixed = (None, None)
+
+    def forward(self, batch):
+        time.sleep(0.010)
+
+    def backward(self, loss):
+        time.sleep(0.020)
+
+    def update(self):
+        time.sleep(0.005)
+
+
+def test_each_phase_is_timed_where_it_runs():
+    parts = Sleeper().breakdown(steps=3)
+    # A sleep lasts at least as long as asked: a phase shorter than its sleep was timed around the wrong code.
+    assert parts["forward_s"] >= 0.010 and parts["backward_s"] >= 0.020 and parts["optimizer_s"] >= 0.005
+    assert parts["forward_s"] + parts["backward_s"] + parts["optimizer_s"] <= parts["step_s"]
+
+
+def test_out_of_memory_halves_the_batch_and_records_the_one_that_ran(tiny_registry, tiny_data, tmp_path, monkeypatch):
+    monkeypatch.setenv(bench.SIMULATE_OOM_ABOVE, "2")
+    (row,) = bench.run_bench(request(tiny_registry, tiny_data, tmp_path, batch_size=8), Console(quiet=True))
+    assert (row["batch_size"], row["requested_batch_size"], row["oom_batch_sizes"]) == (2, 8, [8, 4])
+    (saved,) = json.loads((tmp_path / f"{STEM}.json").read_text())["results"]
+    assert saved["batch_size"] == 2 and saved["requested_batch_size"] == 8
+
+
+def test_out_of_memory_at_batch_one_is_one_line(tiny_registry, tiny_data, tmp_path, monkeypatch):
+    monkeypatch.setenv(bench.SIMULATE_OOM_ABOVE, "0")
+    with pytest.raises(ArchbenchError, match="out of memory even at batch 1"):
+        bench.run_bench(request(tiny_registry, tiny_data, tmp_path, batch_size=1), Console(quiet=True))
+
+
+def fake_row(model: str, measured_at: str, images_per_s: float, device: str = "cpu", batch: int = 8) -> dict:
+    device_name = "cpu box" if device == "cpu" else "A GPU"
+    return {
+        "model": model,
+        "device": device,
+        "precision": "fp32",
+        "channels_last": False,
+        "memory_format": "contiguous",
+        "compile": False,
+        "compile_seconds": None,
+        "image_size": 32,
+        "batch_size": batch,
+        "requested_batch_size": 8,
+        "oom_batch_sizes": [] if batch == 8 else [8],
+        "steps": 2,
+        "warmup_steps": 3,
+        "rounds": 3,
+        "sgd": "foreach",
+        "train": {"model_only": images_per_s, "end_to_end": images_per_s / 2, "ratio": 0.5},
+        "inference": {"model_only": 3 * images_per_s, "end_to_end": images_per_s, "ratio": 1 / 3},
+        "breakdown": {"forward_s": 0.1, "backward_s": 0.2, "optimizer_s": 0.05, "step_s": 0.36},
+        "memory": {
+            "weights_bytes": 2**20,
+            "gradient_bytes": 2**20,
+            "optimizer_state_bytes": 2**20,
+            "activation_bytes": 2**21,
+            "peak_bytes": 2**24,
+            "peak_kind": "cpu peak resident set",
+        },
+        "pid": 1,
+        "measured_at": measured_at,
+        "provenance": {"torch": "2.14.1", "cuda": None, "device_name": device_name, "git_commit": "abc"},
+    }
+
+
+def test_a_later_run_replaces_its_models_rows_and_keeps_the_others(tmp_path):
+    bench.write_results(
+        [fake_row("a", "2025-01-01T00:00:00Z", 100), fake_row("b", "2025-01-01T00:00:00Z", 200)], tmp_path
+    )
+    json_path, csv_path = bench.write_results([fake_row("a", "2025-02-01T00:00:00Z", 150)], tmp_path)
+    assert json_path.name == "bench-cpu-fp32-contiguous-torch2.14.1.json" and csv_path.suffix == ".csv"
+    rows = json.loads(json_path.read_text())["results"]
+    assert [(r["model"], r["train"]["model_only"]) for r in rows] == [("a", 150), ("b", 200)]
+    assert len(csv_path.read_text().splitlines()) == 3
+
+
+def test_latest_results_take_the_newest_row_per_model_and_device(tmp_path):
+    bench.write_results([fake_row("a", "2025-01-01T00:00:00Z", 100)], tmp_path)
+    bench.write_results([fake_row("a", "2025-03-01T00:00:00Z", 300, batch=4)], tmp_path)  # another key: kept too
+    gpu_file, _ = bench.write_results([fake_row("a", "2025-02-01T00:00:00Z", 200, device="cuda")], tmp_path)
+    assert gpu_file.name == "bench-a-gpu-fp32-contiguous-torch2.14.1.json"
+    (tmp_path / "bench-damaged.json").write_text("{")
+    latest = bench.latest_bench_results(tmp_path)
+    assert list(zip(latest["device_name"], latest["model"], latest["train_images_per_s"])) == [
+        ("A GPU", "a", 200),
+        ("cpu box", "a", 300),
+    ]
+    assert list(latest["batch_size"]) == [8, 4] and list(latest["requested_batch_size"]) == [8, 8]
+    assert latest["peak_memory_mb"].iloc[0] == pytest.approx(16.0)
+    assert {"inference_images_per_s", "precision", "torch", "git_commit", "measured_at"} <= set(latest.columns)
+    assert bench.latest_bench_results(tmp_path / "nothing") is None
+
+
+def test_out_is_a_folder(tiny_registry, tiny_data, tmp_path):
+    result = runner.invoke(app, bench_args(tiny_registry, tiny_data, tmp_path / "bench.json", "tiny_resnet"))
+    assert result.exit_code == 2 and "folder" in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "bench.json").exists()
+
+
+def test_the_default_folder_is_benchmarks_results():
+    assert bench.out_folder(None) == Path("benchmarks/results")
+
+
+@pytest.mark.slow
+def test_compile_time_is_reported_apart(tiny_registry, tiny_data, tmp_path):
+    (row,) = bench.run_bench(request(tiny_registry, tiny_data, tmp_path, compile=True), Console(quiet=True))
+    assert row["compile"] is True and set(row["compile_seconds"]) == {"train", "inference"}
+    # The first compiled step holds the compilation, which the windows after the warm-up do not.
+    assert row["compile_seconds"]["train"] > row["breakdown"]["step_s"]
+    assert (tmp_path / f"{STEM.replace('contiguous', 'contiguous-compiled')}.json").exists()

@@ -1,0 +1,207 @@
+"""`archbench status` on run folders written here with the run record's own writer."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import secrets
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+from typer.testing import CliRunner
+
+from archbench import runs
+from archbench.cli import app
+from archbench.errors import ArchbenchError
+from archbench.status import NEEDED, show_status
+
+runner = CliRunner()
+EPOCHS = 4
+
+
+def filled(row_type, **known):
+    """A schema row with the given values; every other field gets an empty value of its type, so these
+    fixtures keep up with columns the status table does not read."""
+    values = {}
+    for f in dataclasses.fields(row_type):
+        if f.name in known or f.default is not dataclasses.MISSING:
+            continue
+        kind = str(f.type)
+        values[f.name] = (
+            {}
+            if kind.startswith("dict")
+            else None
+            if "None" in kind
+            else False
+            if kind == "bool"
+            else 0
+            if kind == "int"
+            else 0.0
+            if kind == "float"
+            else ""
+        )
+    return row_type(**values, **known)
+
+
+def write_run(
+    root: Path,
+    model: str,
+    seed: int,
+    test_acc: list[float],
+    *,
+    status: str | None = "completed",
+    tuning: bool | None = None,
+    epoch_seconds: float = 10.0,
+) -> Path:
+    """A run folder as the loop writes it; status None leaves out summary.json (killed before its first
+    record was final)."""
+    run_id = f"20250101-000000-s{seed}-abc123-{secrets.token_hex(2)}"
+    run_dir = root / model / run_id
+    run_dir.mkdir(parents=True)
+    config = {
+        "model": model,
+        "seed": seed,
+        "run_id": run_id,
+        "config_hash": "abc123",
+        "recipe": {"epochs": EPOCHS, "batch_size": 32, "lr": 0.1},
+    }
+    if tuning is not None:
+        config["tuning_trial"] = tuning
+    runs.write_json(run_dir / runs.CONFIG, config)
+    metrics = [
+        filled(
+            runs.EpochMetrics,
+            epoch=e,
+            train_loss=1.0,
+            train_acc=acc,
+            test_loss=1.0,
+            test_acc=acc,
+            lr=0.1,
+            epoch_seconds=epoch_seconds + e,
+            train_images_per_s=100.0 * e,
+            train_samples=1000,
+        )
+        for e, acc in enumerate(test_acc, start=1)
+    ]
+    summary = filled(
+        runs.Summary,
+        run_id=run_id,
+        model=model,
+        seed=seed,
+        status=status or "interrupted",
+        epochs_completed=len(test_acc),
+        epochs_to_threshold={},
+        gflops={},
+    )
+    runs.write_record(run_dir, metrics, [], summary)
+    if status is None:
+        (run_dir / runs.SUMMARY).unlink()
+    return run_dir
+
+
+def snapshot(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def show(folder: Path):
+    console = Console(record=True, width=240)
+    rows = show_status(folder, console)
+    return {r.run_id: r for r in rows}, console.export_text()
+
+
+def test_each_kind_of_run_gets_its_status_progress_and_time(tmp_path):
+    completed = write_run(tmp_path, "resnet18", 0, [0.2, 0.3, 0.4, 0.35])
+    diverged = write_run(tmp_path, "vgg16", 0, [0.1], status="diverged")
+    crashed = write_run(tmp_path, "vgg16", 1, [0.1, 0.2], status="interrupted")
+    (crashed / runs.CHECKPOINT).write_bytes(b"a checkpoint")  # resumable
+    early = write_run(tmp_path, "vgg11", 0, [], status=None)  # killed in its first epoch
+    running = write_run(tmp_path, "resnet18", 1, [0.25, 0.3], status="interrupted", epoch_seconds=20.0)
+    trial = write_run(tmp_path, "resnet18", 2, [0.3, 0.5, 0.45, 0.5], tuning=True)
+    lock = runs._try_lock(running)  # held as the training process holds it
+    assert lock is not None
+    try:
+        before = snapshot(tmp_path)
+        rows, text = show(tmp_path)
+        assert snapshot(tmp_path) == before  # nothing written, nothing created (no .lock where there was none)
+        assert runs._try_lock(running) is None  # and the trainer still holds its lock
+    finally:
+        os.close(lock)
+
+    assert {run_id: row.status for run_id, row in rows.items()} == {
+        completed.name: "completed",
+        diverged.name: "diverged",
+        crashed.name: "interrupted",
+        early.name: "interrupted",
+        running.name: "running",
+        trial.name: "completed",
+    }
+    assert rows[trial.name].tuning and not rows[completed.name].tuning
+
+    done = rows[completed.name]
+    assert (done.epochs_done, done.epochs_total) == (4, EPOCHS)
+    assert done.last_test_acc == pytest.approx(0.35) and done.best_test_acc == pytest.approx(0.4)
+    assert done.images_per_s == pytest.approx(400.0)  # the last epoch's
+    assert done.seconds == pytest.approx(11 + 12 + 13 + 14) and done.seconds_left is None
+    live = rows[running.name]
+    assert (live.epochs_done, live.epochs_total) == (2, EPOCHS)
+    assert live.seconds_left == pytest.approx((21 + 22) / 2 * 2)  # mean epoch time x the two epochs left
+    assert rows[early.name].epochs_done == 0 and rows[early.name].last_test_acc is None
+
+    lines = text.splitlines()
+    for run_dir, shown in (
+        (running, "running"),
+        (crashed, "interrupted"),
+        (diverged, "diverged"),
+        (trial, "completed trial"),
+    ):
+        (line,) = [line for line in lines if run_dir.name.split("-")[-1] in line]
+        assert shown in line, line
+    (total,) = [line for line in lines if "total" in line and "6 runs" in line]
+    assert "13/24" in total and total.rstrip().endswith("43s")  # epochs and time left, summed
+    assert "1 running, 2 interrupted, 2 completed, 1 diverged, 1 tuning trial" in text
+
+    rows, _ = show(tmp_path)  # the process ended: its lock is free, its record unfinished
+    assert rows[running.name].status == "interrupted"
+
+
+def test_damaged_records_are_marked_and_the_others_still_shown(tmp_path):
+    good = write_run(tmp_path, "resnet18", 0, [0.2, 0.3])
+    bad_summary = write_run(tmp_path, "resnet18", 1, [0.2])
+    (bad_summary / runs.SUMMARY).write_text('{"status": "compl')
+    bad_metrics = write_run(tmp_path, "vgg11", 0, [0.2])
+    (bad_metrics / runs.METRICS).write_text("epoch,train_loss\n1,2.3\n")  # no test_acc column
+    bad_config = write_run(tmp_path, "vgg16", 0, [0.2])
+    (bad_config / runs.CONFIG).write_text("[1, 2]\n")
+    no_epochs = write_run(tmp_path, "vgg16", 1, [0.2])
+    runs.write_json(no_epochs / runs.CONFIG, {"model": "vgg16", "seed": 1})
+
+    rows, text = show(tmp_path)
+    assert rows[good.name].status == "completed" and rows[good.name].best_test_acc == pytest.approx(0.3)
+    assert rows[bad_summary.name].status == "damaged: summary.json"
+    assert rows[bad_metrics.name].status == "damaged: metrics.csv"
+    assert rows[bad_config.name].status == "damaged: config.json"
+    assert rows[no_epochs.name].status == "damaged: config.json"
+    assert "damaged: metrics.csv" in text and "1 completed, 4 damaged" in text and "Traceback" not in text
+
+
+def test_the_table_reads_columns_the_schema_has():
+    assert set(NEEDED) <= set(runs.METRICS_COLUMNS)
+
+
+def test_a_folder_without_runs_is_one_line(tmp_path):
+    (tmp_path / "empty" / ".submitit").mkdir(parents=True)  # job logs are not runs
+    for folder in (tmp_path / "empty", tmp_path / "missing"):
+        with pytest.raises(ArchbenchError, match="no runs under"):
+            show_status(folder, Console(quiet=True))
+        result = runner.invoke(app, ["status", "--runs", str(folder)])
+        assert result.exit_code == 2, result.output
+        assert "no runs under" in result.output and "Traceback" not in result.output
+        assert len(result.output.strip().splitlines()) <= 2  # one sentence (Rich may wrap it once)
+
+
+def test_the_command_prints_the_table(tmp_path):
+    write_run(tmp_path, "resnet18", 0, [0.2, 0.3])
+    result = runner.invoke(app, ["status", "--runs", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert "resnet18" in result.output and "completed" in result.output and "2/4" in result.output
