@@ -471,7 +471,7 @@ def train_one(
 ) -> dict:
     """Train one model with one seed; returns its summary (also written to summary.json)."""
     entry, config = plan.entry, plan.config
-    label = f"{entry.name} s{config.seed}"
+    label = f"{entry.name} s{config.seed}" + (f" lr {config.recipe.lr:g}" if config.tuning_trial else "")
     local = {
         "registry_file": str(entry.path),
         "data_root": str(data.root),

@@ -75,6 +75,7 @@ def test_p_values_never_round_across_the_threshold():
     assert p_text(0.012) == "p = 0.012"
     assert p_text(0.41) == "p = 0.41"
     assert p_text(0.0496) == "p = 0.0496"  # two digits would print 0.05 for a resolved difference
+    assert p_text(0.0503) == "p = 0.0503"  # and 0.05, the threshold itself, for one that is not resolved
     assert p_text(0.0004) == "p < 0.001"
 
 

@@ -81,12 +81,13 @@ def status_note(model_runs: pd.DataFrame, counted: pd.DataFrame) -> str:
 
 
 def p_text(p: float) -> str:
-    """'p = 0.012' (two significant digits, more where rounding would cross ALPHA), or 'p < 0.001'."""
+    """'p = 0.012' (two significant digits, more where rounding would reach or cross ALPHA: 0.0503, never a
+    bare '0.05' that reads like the threshold), or 'p < 0.001'."""
     if p < 0.001:
         return "p < 0.001"
     for digits in range(2, 7):
         text = f"{p:.{digits}g}"
-        if (float(text) < ALPHA) == (p < ALPHA):
+        if (float(text) < ALPHA) == (p < ALPHA) and float(text) != ALPHA:
             return f"p = {text}"
     return f"p = {p!r}"
 
