@@ -9,13 +9,18 @@ it ran in is recorded.
 In that process, for the model at the requested batch:
 - train, model-only: forward + backward + SGD step on one fixed batch already on the device;
 - train, end-to-end: the same step fed by the real DeviceLoader (upscale, random crop, flip, normalise);
-- inference, model-only and end-to-end: forward passes in eval mode under inference_mode.
+- inference, model-only and end-to-end: forward passes in eval mode under inference_mode; the end-to-end
+  stream is the evaluation transform (centre crop, no flip) over full batches only, so that every timed
+  batch has the one shape a compiled forward was compiled for (the evaluation loader's near-equal
+  batches, 254 and 253 at batch 256, would compile new graphs inside the windows).
 Each number is the median of `ROUNDS` interleaved windows of `--steps` steps, each window after
 `WARMUP_STEPS` untimed steps, so that a slow spell of the machine hits both sides of a ratio alike;
 end-to-end / model-only is the input pipeline's efficiency (1.0: it costs nothing). On CUDA a window is
 timed by two CUDA events with one synchronise at its end; on the CPU, where every op has finished when
 it returns, by the wall clock. With --compile the first step of each mode (compilation included) is
-timed and reported apart, never inside a window.
+timed and reported apart, never inside a window; the model is compiled by the training loop's own
+`archbench.devices.compile_model` (one static shape, dynamo's cache reset, a recompile-limit hit an error)
+with its backend (`archbench.config.compile_backend`).
 
 Beside the headline numbers, in windows of their own: the step split into forward (with the loss),
 backward and optimiser (events between the phases on CUDA, the wall clock on the CPU), and memory:
@@ -28,8 +33,10 @@ Out of memory, a model is measured again in a new process at half the batch, dow
 benchmark does); the batch that ran is recorded beside the one asked for. Results go to the `--out`
 folder (default benchmarks/results/) as
 ``bench-<device>-<precision>-<memory format>[-compiled]-torch<version>[-cuda<version>].json`` and
-``.csv``; a later run with the same settings replaces its models' rows and keeps the others. Each row
-carries its provenance.
+``.csv``, rewritten (atomically) after every model, so a run stopped part-way keeps every model it
+finished; a later run with the same settings replaces its models' rows and keeps the others. Each row
+carries its provenance. `benchmarks/gpu.sh` writes its bench results into the `gpu/bench` folder beside
+the default one (`GPU_SCRIPT_BENCH`), and the report reads both (`latest_bench_results`).
 """
 
 from __future__ import annotations
@@ -56,11 +63,13 @@ from rich.console import Console
 from rich.table import Table
 
 import archbench
-from archbench.config import BenchRequest
+from archbench.config import BENCH_DIR, BenchRequest, compile_backend
 from archbench.data import resolve
 from archbench.data.loader import DeviceLoader
 from archbench.devices import (
+    PRECISIONS,
     autocast_factory,
+    compile_model,
     make_sgd,
     memory_format,
     resolve_channels_last,
@@ -75,7 +84,9 @@ from archbench.registry import build_model, get_entry
 
 ROUNDS = 3
 WARMUP_STEPS = 3
-DEFAULT_OUT = Path("benchmarks/results")
+# Where benchmarks/gpu.sh's bench results land, relative to the parent of the bench folder: with the
+# defaults, benchmarks/gpu/bench beside benchmarks/results. The report reads both folders.
+GPU_SCRIPT_BENCH = Path("gpu", "bench")
 # Tests set this to a batch size: any larger batch then fails as a CUDA out-of-memory error would.
 SIMULATE_OOM_ABOVE = "ARCHBENCH_BENCH_OOM_ABOVE"
 MB = 1024**2
@@ -121,13 +132,14 @@ class Subject:
         torch.manual_seed(0)
         model = build_model(name, registry=request.registry, num_classes=request.num_classes)
         self.model = model.to(device, memory_format=memory_format(self.channels_last))
-        self.forward_module = torch.compile(self.model) if request.compile else self.model
+        self.compile_backend = compile_backend() if request.compile else None
+        self.forward_module = compile_model(self.model, self.compile_backend) if request.compile else self.model
         self.sgd = sgd_implementation(device, self.precision)
         self.optimizer = make_sgd(
             self.model.parameters(), lr=1e-3, momentum=0.9, weight_decay=5e-4, nesterov=False, implementation=self.sgd
         )
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.precision == "fp16")
-        self.loader = DeviceLoader(  # the split is uploaded once; `train` switches augmentation on and off
+        self.loader = DeviceLoader(  # the training loader: full batches only, in the training dtype and layout
             data.train_images,
             data.train_labels,
             batch_size=request.batch_size,
@@ -136,8 +148,22 @@ class Subject:
             device=device,
             seed=0,
             channels_last=self.channels_last,
+            dtype=PRECISIONS[self.precision] or torch.float32,
         )
         self.fixed = next(iter(self.loader))
+        # the evaluation loader (centre crop, no flip), in full batches only: its default split of the data
+        # into near-equal batches would change the shape within a timed window
+        self.eval_loader = DeviceLoader(
+            data.train_images,
+            data.train_labels,
+            batch_size=request.batch_size,
+            image_size=request.image_size,
+            train=False,
+            drop_last=True,
+            device=device,
+            channels_last=self.channels_last,
+            dtype=PRECISIONS[self.precision] or torch.float32,
+        )
 
     # The training step in three phases, as `archbench.train.optimiser_step` takes it.
     def forward(self, batch) -> torch.Tensor:
@@ -162,14 +188,19 @@ class Subject:
             self.forward_module(batch[0])
 
     def set_mode(self, mode: str) -> None:
-        """ "train" or "inference": the model's mode and the loader's augmentation."""
+        """ "train" or "inference": the model's mode."""
         self.model.train(mode == "train")
-        self.loader.train = mode == "train"
 
-    def loader_batches(self):
+    @staticmethod
+    def epochs(loader: DeviceLoader):
+        """A loader's batches, epoch after epoch (all of them `batch_size` images)."""
         for epoch in itertools.count():
-            self.loader.set_epoch(epoch)
-            yield from self.loader
+            loader.set_epoch(epoch)
+            yield from loader
+
+    def batches(self, mode: str):
+        """The end-to-end stream of a mode."""
+        return self.epochs(self.loader if mode == "train" else self.eval_loader)
 
     def first_step_seconds(self, step) -> float:
         """The first call of a step, compilation included under --compile (outside any window)."""
@@ -288,7 +319,7 @@ def measure(name: str, request: BenchRequest) -> dict:
     for mode, step in (("train", subject.train_step), ("inference", subject.infer_step)):
         subject.set_mode(mode)
         first[mode] = subject.first_step_seconds(step)
-        streams = {"model_only": itertools.repeat(subject.fixed), "end_to_end": subject.loader_batches()}
+        streams = {"model_only": itertools.repeat(subject.fixed), "end_to_end": subject.batches(mode)}
         samples = {kind: [] for kind in streams}
         for _ in range(ROUNDS):
             for kind, batches in streams.items():
@@ -304,6 +335,7 @@ def measure(name: str, request: BenchRequest) -> dict:
         "channels_last": subject.channels_last,
         "memory_format": memory_format_name(subject.channels_last),
         "compile": request.compile,
+        "compile_backend": subject.compile_backend,
         "compile_seconds": first if request.compile else None,
         "image_size": request.image_size,
         "batch_size": request.batch_size,
@@ -452,10 +484,21 @@ def _replace(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+# A result replaces an older one of the same model measured with the same settings on the same device.
+LATEST_KEY = ["device_name", "precision", "memory_format", "compile", "model"]
+
+
+def newest(frame):
+    """The newest row (by `measured_at`) per `LATEST_KEY`, sorted by device and model."""
+    latest = frame.sort_values("measured_at", kind="stable").groupby(LATEST_KEY, sort=True, dropna=False).tail(1)
+    return latest.sort_values(["device_name", "model", "precision", "memory_format"], ignore_index=True)
+
+
 def latest_bench_results(folder: Path):
-    """The newest result per model and device under `folder` (the bench-*.json files), as a DataFrame with
-    training and inference images/s, peak memory, batch, precision and provenance columns; None when the
-    folder holds no results. Files that cannot be read are skipped."""
+    """The newest result per model, device and settings (precision, memory format, compiled) under `folder`
+    (the bench-*.json files), as a DataFrame with training and inference images/s, peak memory, batch,
+    precision and provenance columns (`file`: the file each row came from); None when the folder holds no
+    results. Files that cannot be read are skipped."""
     import pandas as pd
 
     records = []
@@ -467,9 +510,7 @@ def latest_bench_results(folder: Path):
             continue
     if not records:
         return None
-    frame = pd.DataFrame(records).sort_values("measured_at")
-    latest = frame.groupby(["model", "device_name"], sort=True).tail(1)
-    return latest.sort_values(["device_name", "model"], ignore_index=True)
+    return newest(pd.DataFrame(records))
 
 
 def _summary_record(row: dict, file: str) -> dict:
@@ -505,10 +546,10 @@ def _summary_record(row: dict, file: str) -> dict:
 
 
 def out_folder(out: Path | None) -> Path:
-    folder = Path(out) if out is not None else DEFAULT_OUT
+    folder = Path(out) if out is not None else BENCH_DIR
     if folder.suffix in (".json", ".csv") or folder.is_file():
         raise ArchbenchError(
-            f"--out is the folder the result files go into (default {DEFAULT_OUT}), not a file: {folder}"
+            f"--out is the folder the result files go into (default {BENCH_DIR}), not a file: {folder}"
         )
     return folder
 
@@ -526,10 +567,11 @@ def run_bench(request: BenchRequest, console: Console | None = None) -> list[dic
     for name in request.models:
         console.print(f"measuring {name} in a new process ...", highlight=False)
         rows.append(measure_with_retries(name, request, console))
+        # After every model: a run stopped later (a timeout, an error) loses only the model in progress.
+        json_path, csv_path = write_results(rows[-1:], folder)
+        console.print(f"{name}: written to {json_path} and {csv_path}", highlight=False, soft_wrap=True)
     console.print(throughput_table(rows, request))
     console.print(step_table(rows, request))
-    json_path, csv_path = write_results(rows, folder)
-    console.print(f"wrote {json_path} and {csv_path}", highlight=False, soft_wrap=True)
     return rows
 
 

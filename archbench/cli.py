@@ -1,7 +1,7 @@
 """The `archbench` command line: argument parsing and presentation only; the work is in the library.
 
 The options of `run` and `bench` are the fields of their request dataclasses (`archbench.config.RunRequest`,
-`archbench.bench.BenchRequest`): `request_command` turns those fields into Typer parameters, so an option
+`archbench.config.BenchRequest`): `request_command` turns those fields into Typer parameters, so an option
 is defined once. Every expected failure, a bad option on the command line included, is one line on
 stderr and exit code 2.
 """
@@ -22,7 +22,17 @@ from rich.markup import escape
 from rich.table import Table
 from typer.core import TyperGroup
 
-from archbench.config import BenchRequest, RunRequest, TuneRequest, cli_fields
+from archbench.config import (
+    BENCH_DIR,
+    GPU_RESULTS_FILE,
+    LATENCY_FILE,
+    REPORT_FILE,
+    RUNS_DIR,
+    BenchRequest,
+    RunRequest,
+    TuneRequest,
+    cli_fields,
+)
 from archbench.errors import DIVERGED_EXIT, ArchbenchError
 
 
@@ -84,17 +94,20 @@ def friendly_errors(fn):
 
 
 def _parameter(f: dataclasses.Field, hint) -> inspect.Parameter:
-    """A request field as a Typer parameter: its type, help, flags and limits from the field's metadata."""
+    """A request field as a Typer parameter: its type, help, flags and limits from the field's metadata
+    (the help as written: Typer renders it as rich markup, where `archbench[slurm]` would lose its brackets)."""
     meta = f.metadata
     extra = {k: v for k, v in meta.items() if k not in ("help", "flags", "argument")}
+    if typing.get_origin(hint) is list:  # a repeatable option shows its element type, as a single one does
+        extra["metavar"] = f"<{typing.get_args(hint)[0].__name__}>"
     if meta["argument"]:
-        marker = typer.Argument(help=meta["help"], show_default=False)
+        marker = typer.Argument(help=escape(meta["help"]), show_default=False, metavar="MODEL")
         default = inspect.Parameter.empty
     else:
         has_default = f.default is not dataclasses.MISSING
         default = f.default if has_default and not isinstance(f.default, list) else None
         show = default is not None and not isinstance(default, bool)
-        marker = typer.Option(*meta["flags"], help=meta["help"], show_default=show, **extra)
+        marker = typer.Option(*meta["flags"], help=escape(meta["help"]), show_default=show, **extra)
         if default is None:
             hint = Optional[hint]  # noqa: UP045 (Typer reads typing.Optional)
     return inspect.Parameter(
@@ -201,17 +214,13 @@ app.command("bench")(request_command(BenchRequest, bench))
 @app.command()
 @friendly_errors
 def report(
-    runs: Annotated[Path, typer.Option(help="Folder of run records.")] = Path("runs"),
-    out: Annotated[Path, typer.Option(help="Markdown file to write; figures go beside it.")] = Path("REPORT.md"),
-    benchmarks: Annotated[Path, typer.Option(help="pytest-benchmark JSON of forward latency.")] = Path(
-        "benchmarks/forward_latency.json"
-    ),
-    bench_results: Annotated[Path, typer.Option(help="Folder of `archbench bench` result files.")] = Path(
-        "benchmarks/results"
-    ),
-    gpu_results: Annotated[Path, typer.Option(help="gpu-results.json written by benchmarks/gpu.sh.")] = Path(
-        "benchmarks/gpu/gpu-results.json"
-    ),
+    runs: Annotated[Path, typer.Option(help="Folder of run records.")] = RUNS_DIR,
+    out: Annotated[Path, typer.Option(help="Markdown file to write; figures go beside it.")] = REPORT_FILE,
+    benchmarks: Annotated[Path, typer.Option(help="pytest-benchmark JSON of forward latency.")] = LATENCY_FILE,
+    bench_results: Annotated[Path, typer.Option(help="Folder of `archbench bench` result files.")] = BENCH_DIR,
+    gpu_results: Annotated[
+        Path, typer.Option(help="gpu-results.json written by benchmarks/gpu.sh.")
+    ] = GPU_RESULTS_FILE,
 ) -> None:
     """Regenerate REPORT.md (tables, figures, discussion) from the recorded runs."""
     from archbench.report import write_report
@@ -224,7 +233,7 @@ def report(
 
 @app.command()
 @friendly_errors
-def status(runs: Annotated[Path, typer.Option(help="Folder of run records.")] = Path("runs")) -> None:
+def status(runs: Annotated[Path, typer.Option(help="Folder of run records.")] = RUNS_DIR) -> None:
     """Where a study stands: every run under the folder, its progress, accuracy, speed and time left."""
     from archbench.status import show_status
 

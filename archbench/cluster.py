@@ -45,6 +45,7 @@ from archbench import launch, runs
 from archbench.config import RunRequest
 from archbench.errors import DIVERGED_EXIT, ArchbenchError
 from archbench.progress import job_progress, results_table
+from archbench.provenance import utc_now
 
 LAUNCHERS = ("submitit",)
 CLUSTERS = ("slurm", "local")
@@ -75,8 +76,6 @@ class TrainingJob:
 
     def __call__(self) -> dict | None:
         """Run the command; the run's summary (its run id is in the output), or None if none was recorded."""
-        from archbench.provenance import utc_now
-
         self.started_at = self.started_at or utc_now()
         code, output = run_command(self.command, {**os.environ, **self.env})
         if code not in (0, DIVERGED_EXIT):  # a divergence is a result, which its record says

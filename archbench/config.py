@@ -132,6 +132,13 @@ PRESETS = {
 
 # ------------------------------------------------------------------------------------------ request
 
+# Where the commands read and write by default, relative to the working folder.
+RUNS_DIR = Path("runs")
+REPORT_FILE = Path("REPORT.md")
+LATENCY_FILE = Path("benchmarks/forward_latency.json")  # pytest-benchmark JSON of forward latency
+BENCH_DIR = Path("benchmarks/results")  # `archbench bench` result files
+GPU_RESULTS_FILE = Path("benchmarks/gpu/gpu-results.json")  # written by benchmarks/gpu.sh
+
 
 @dataclass
 class RunRequest:
@@ -200,7 +207,7 @@ class RunRequest:
         None, "Extra SLURM parameter KEY=VALUE, e.g. account=myproj or qos=high; repeatable."
     )
     wait: bool = option(False, "With --launcher: wait for the jobs and show their progress.", flags=("--wait",))
-    out: Path = option(Path("runs"), "Where run records go.")
+    out: Path = option(RUNS_DIR, "Where run records go.")
     fresh: bool = option(
         False, "Start a new run even if one with this config is recorded or unfinished.", flags=("--fresh",)
     )
@@ -281,7 +288,7 @@ class BenchRequest:
     num_classes: int = option(200, "Output classes.", min=1)
     data: str = option("synthetic", "Data for the end-to-end numbers: a prepared folder or 'synthetic'.")
     out: Path = option(
-        Path("benchmarks/results"),
+        BENCH_DIR,
         "Folder for the result files (.json and .csv, named by device, precision, memory format and torch version).",
     )
     registry: Path | None = registry_option()
@@ -352,7 +359,16 @@ class RunConfig:
 def compile_backend() -> str:
     """torch.compile's backend: inductor, or $ARCHBENCH_COMPILE_BACKEND (e.g. aot_eager, which captures the
     same graphs without generating code: the quick check of the compiled path on a CPU)."""
-    return os.environ.get("ARCHBENCH_COMPILE_BACKEND", "inductor")
+    import torch._dynamo  # only when compiling: importing dynamo costs about a second
+
+    backend = os.environ.get("ARCHBENCH_COMPILE_BACKEND", "inductor")
+    try:
+        torch._dynamo.lookup_backend(backend)
+    except torch._dynamo.exc.InvalidBackend:
+        raise ArchbenchError(
+            f"ARCHBENCH_COMPILE_BACKEND={backend!r} is not a torch.compile backend (inductor, aot_eager, eager, ...)."
+        ) from None
+    return backend
 
 
 @dataclass(frozen=True)

@@ -215,3 +215,12 @@ def make_deterministic(model: nn.Module) -> nn.Module:
         else:
             make_deterministic(child)
     return model
+
+
+def compile_model(forward: nn.Module, backend: str) -> nn.Module:
+    """torch.compile for one static shape: a fresh dynamo cache and recompile budget per model (models of one
+    class compiled one after another in a process would otherwise share it), and a recompile-limit hit
+    stops the run instead of falling back to eager in silence."""
+    torch._dynamo.reset()
+    torch._dynamo.config.fail_on_recompile_limit_hit = True
+    return torch.compile(forward, dynamic=False, backend=backend)

@@ -17,8 +17,21 @@ from torch import nn
 
 from archbench.errors import ArchbenchError
 
-# A rank that fails takes the others down within this time instead of leaving them hanging.
-TIMEOUT = dt.timedelta(seconds=int(os.environ.get("ARCHBENCH_DIST_TIMEOUT", "600")))
+TIMEOUT_VARIABLE, DEFAULT_TIMEOUT_S = "ARCHBENCH_DIST_TIMEOUT", 600
+
+
+def collective_timeout() -> dt.timedelta:
+    """How long a rank waits for the others: one that fails takes them down within it, never leaves them hanging."""
+    text = os.environ.get(TIMEOUT_VARIABLE, str(DEFAULT_TIMEOUT_S))
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = float("nan")
+    if not (seconds > 0 and seconds != float("inf")):
+        raise ArchbenchError(
+            f"{TIMEOUT_VARIABLE}={text!r}: the collective timeout must be a positive number of seconds."
+        )
+    return dt.timedelta(seconds=seconds)
 
 
 @dataclass
@@ -82,12 +95,13 @@ def from_environment(device: str) -> DistContext:
         return DistContext()
     rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
     if not dist.is_initialized():
+        timeout = collective_timeout()
         use_cuda = device != "cpu" and torch.cuda.is_available()
         if device.startswith("cuda") and not torch.cuda.is_available():
             raise ArchbenchError(f"--device {device} was asked for but no CUDA device is available.")
         if use_cuda:
             torch.cuda.set_device(local_rank)
-        dist.init_process_group(backend="nccl" if use_cuda else "gloo", timeout=TIMEOUT)
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo", timeout=timeout)
     return DistContext(rank=rank, world_size=world_size, local_rank=local_rank)
 
 

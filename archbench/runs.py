@@ -137,13 +137,36 @@ def time_to_threshold(history: list[EpochMetrics], thresholds) -> tuple[dict, di
     return seconds, images
 
 
+def outcome(history: list[EpochMetrics], thresholds, on_val: bool) -> dict:
+    """The summary fields that the epoch history alone decides: what the loop writes into summary.json,
+    and what the report reads from metrics.csv for a run stopped before it wrote one."""
+    best = choose_epoch(history, on_val)
+    seconds_to, images_to = time_to_threshold(history, thresholds)
+    last = history[-1] if history else None
+    return {
+        "epochs_completed": len(history),
+        "final_train_acc": None if last is None else last.train_acc,
+        "final_test_acc": None if last is None else last.test_acc,
+        "best_test_acc": max(row.test_acc for row in history) if history else None,
+        "best_epoch": None if best is None else best + 1,
+        "selected_on": "val" if on_val else "test",
+        "best_val_acc": history[best].val_acc if on_val and best is not None else None,
+        "test_acc_at_best_epoch": None if best is None else history[best].test_acc,
+        "epochs_to_threshold": epochs_to_threshold([row.test_acc for row in history], thresholds),
+        "seconds_to_threshold": seconds_to,
+        "images_to_threshold": images_to,
+    }
+
+
+OUTCOME_FIELDS = tuple(outcome([], (), on_val=False))
+
+
 def columns(row_type) -> tuple[str, ...]:
     return tuple(f.name for f in dataclasses.fields(row_type))
 
 
 METRICS_COLUMNS = columns(EpochMetrics)
 GRADNORM_COLUMNS = columns(GradNormRow)
-SUMMARY_FIELDS = columns(Summary)
 GRADNORM_TEXT_COLUMNS = ("layer", "kind")
 TIMING_COLUMNS = ("epoch_seconds", "train_images_per_s", "train_seconds")  # differ between identical runs
 

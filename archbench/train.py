@@ -15,6 +15,7 @@ diagnostics stay on the device and are read every `LOG_EVERY` steps and at the e
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import time
@@ -37,6 +38,7 @@ from archbench.data.split import Holdout, holdout
 from archbench.devices import (
     PRECISIONS,
     autocast_factory,
+    compile_model,
     make_deterministic,
     make_sgd,
     memory_format,
@@ -59,7 +61,7 @@ from archbench.launch import jobs_of, run_on_gpus
 from archbench.progress import Bars, LogLines, Reporter, results_table
 from archbench.provenance import provenance, utc_now
 from archbench.registry import Entry, check_forward, get_entry
-from archbench.runs import EpochMetrics, Summary, choose_epoch, epochs_to_threshold, time_to_threshold
+from archbench.runs import EpochMetrics, Summary
 from archbench.tuning import read_tuning
 
 LOG_EVERY = 25  # steps between progress reads (each is one host-device sync)
@@ -203,15 +205,6 @@ def build_training(
         recipe=recipe,
         compiled=config.compile,
     )
-
-
-def compile_model(forward: nn.Module, backend: str) -> nn.Module:
-    """torch.compile for one static shape: a fresh dynamo cache and recompile budget per model (models of one
-    class compiled one after another in a process would otherwise share it), and a recompile-limit hit
-    stops the run instead of falling back to eager in silence."""
-    torch._dynamo.reset()
-    torch._dynamo.config.fail_on_recompile_limit_hit = True
-    return torch.compile(forward, dynamic=False, backend=backend)
 
 
 def resume(run_path: Path, t: Training, device: torch.device, dist: DistContext) -> RunState:
@@ -359,30 +352,19 @@ def summarise(
     status: str,
     diverged_at: int | None,
     size: dict,
-    memory: tuple[float | None, str],
+    device: torch.device,
     wall: float,
 ) -> Summary:
+    """summary.json as the run stands: its outcome so far, size, speed and peak memory on `device`."""
     history = state.history
-    on_val = config.validation is not None
-    best = choose_epoch(history, on_val)
-    seconds_to, images_to = time_to_threshold(history, config.thresholds)
+    memory = peak_memory(device)
     return Summary(
         run_id=run_id,
         model=config.model,
         seed=config.seed,
         status=status,
         diverged_at_step=diverged_at,
-        epochs_completed=len(history),
-        final_train_acc=history[-1].train_acc if history else None,
-        final_test_acc=history[-1].test_acc if history else None,
-        best_test_acc=max(row.test_acc for row in history) if history else None,
-        best_epoch=None if best is None else best + 1,
-        selected_on="val" if on_val else "test",
-        best_val_acc=history[best].val_acc if on_val and best is not None else None,
-        test_acc_at_best_epoch=None if best is None else history[best].test_acc,
-        epochs_to_threshold=epochs_to_threshold([row.test_acc for row in history], config.thresholds),
-        seconds_to_threshold=seconds_to,
-        images_to_threshold=images_to,
+        **runs.outcome(history, config.thresholds, on_val=config.validation is not None),
         parameters=size["parameters"],
         gflops=size["gflops"],
         mean_train_images_per_s=float(np.mean([r.train_images_per_s for r in history])) if history else None,
@@ -472,23 +454,10 @@ def train_one(
     """Train one model with one seed; returns its summary (also written to summary.json)."""
     entry, config = plan.entry, plan.config
     label = f"{entry.name} s{config.seed}" + (f" lr {config.recipe.lr:g}" if config.tuning_trial else "")
-    local = {
-        "registry_file": str(entry.path),
-        "data_root": str(data.root),
-        "data_spec": str(request.data or request.preset_spec.data),
-    }
-    # Rank 0 picks (or reopens) the run folder; the others follow it.
-    run = (
-        runs.open_run(request.out, {**config.to_json(), "provenance": {**provenance(device), **local}}, request.fresh)
-        if dist.is_main
-        else None
-    )
-    run_path, run_id, finished = dist.broadcast((str(run.path), run.run_id, run.status) if run else None)
-    run_path = Path(run_path)
-    if finished:
-        summary = dist.broadcast(runs.read_json(run_path / runs.SUMMARY) if dist.is_main else None)
-        reporter.skip(label, summary)
-        return summary
+    run, run_path, run_id, finished = open_run(plan, request, data, device, dist)
+    if finished is not None:
+        reporter.skip(label, finished)
+        return finished
 
     seed_everything(config.seed, config.deterministic)
     model = entry.build(num_classes=data.num_classes)
@@ -504,15 +473,10 @@ def train_one(
     status, diverged_at = "completed", None
     for epoch in range(state.epoch, config.recipe.epochs):
         epoch_start = time.perf_counter()
-        try:
+        with recompile_limit_is_an_error(label):
             result = train_epoch(
                 t, epoch, state.step, dist, reporter, time_compilation=t.compiled and epoch == state.epoch
             )
-        except torch._dynamo.exc.FailOnRecompileLimitHit:
-            raise ArchbenchError(
-                f"torch.compile hit its recompile limit on {label} (the step saw too many shapes); "
-                "rerun without --compile and report it."
-            ) from None
         state.step = result.step
         state.compile_seconds = state.compile_seconds or result.compile_seconds
         if result.diverged_at is not None:
@@ -523,36 +487,63 @@ def train_one(
         val = None if t.val_loader is None else evaluate(t.model, t.val_loader, t.autocast, dist)
         state.history.append(epoch_row(epoch, result, state.images_seen, test, val, time.perf_counter() - epoch_start))
         reporter.epoch(label, asdict(state.history[-1]))
-
         wall = state.wall_before + time.perf_counter() - started
-        rng = dist.all_gather(rng_state(device))
-        if dist.is_main:
-            # Record first, checkpoint second: a crash between them redoes one epoch, and the files
-            # are rewritten from the checkpoint's history, so the record always matches it.
-            interim = summarise(config, run_id, state, "interrupted", None, size, peak_memory(device), wall)
-            write_run_record(run_path, state, t, interim)
-            save_checkpoint(run_path, t, state, wall, rng)
-        dist.barrier()
+        interim = summarise(config, run_id, state, "interrupted", None, size, device, wall)
+        record_epoch(run_path, t, state, interim, device, dist)
 
-    summary = summarise(
-        config,
-        run_id,
-        state,
-        status,
-        diverged_at,
-        size,
-        peak_memory(device),
-        state.wall_before + time.perf_counter() - started,
-    )
+    wall = state.wall_before + time.perf_counter() - started
+    summary = summarise(config, run_id, state, status, diverged_at, size, device, wall)
     if dist.is_main:
         write_run_record(run_path, state, t, summary)
         if not request.keep_checkpoint:  # the run is final: nothing left to resume
             (run_path / runs.CHECKPOINT).unlink(missing_ok=True)
-    if run is not None:
         run.close()
     summary = asdict(summary)
     reporter.finish(label, summary)
     return summary
+
+
+def open_run(plan: Plan, request: RunRequest, data, device: torch.device, dist: DistContext):
+    """Rank 0 picks (or reopens) the run folder and the others follow it: the open run (rank 0's), its path
+    and id, and its summary when it is already finished (then there is nothing to train)."""
+    local = {  # where this machine keeps the inputs: provenance only, never what identifies the run
+        "registry_file": str(plan.entry.path),
+        "data_root": str(data.root),
+        "data_spec": str(request.data or request.preset_spec.data),
+    }
+    record = {**plan.config.to_json(), "provenance": {**provenance(device), **local}}
+    run = runs.open_run(request.out, record, request.fresh) if dist.is_main else None
+    run_path, run_id, finished = dist.broadcast((str(run.path), run.run_id, run.status) if run else None)
+    run_path = Path(run_path)
+    summary = None
+    if finished:
+        summary = dist.broadcast(runs.read_json(run_path / runs.SUMMARY) if dist.is_main else None)
+    return run, run_path, run_id, summary
+
+
+def record_epoch(
+    run_path: Path, t: Training, state: RunState, interim: Summary, device: torch.device, dist: DistContext
+) -> None:
+    """After each epoch, on rank 0: the run record as it stands, then the checkpoint. A crash between them
+    redoes one epoch, and the files are rewritten from the checkpoint's history, so the record always
+    matches it. Every rank's RNG state goes into the checkpoint, so every rank resumes its own stream."""
+    rng = dist.all_gather(rng_state(device))
+    if dist.is_main:
+        write_run_record(run_path, state, t, interim)
+        save_checkpoint(run_path, t, state, interim.wall_seconds, rng)
+    dist.barrier()
+
+
+@contextlib.contextmanager
+def recompile_limit_is_an_error(label: str):
+    """torch.compile hitting its recompile limit stops the run with one line (never a silent eager fallback)."""
+    try:
+        yield
+    except torch._dynamo.exc.FailOnRecompileLimitHit:
+        raise ArchbenchError(
+            f"torch.compile hit its recompile limit on {label} (the step saw too many shapes); "
+            "rerun without --compile and report it."
+        ) from None
 
 
 def plan_runs(request: RunRequest, data, split: Holdout | None, device: torch.device, world_size: int) -> list[Plan]:
@@ -582,6 +573,8 @@ def plan_runs(request: RunRequest, data, split: Holdout | None, device: torch.de
             validation=None if split is None else split.record(),
             tuned=None if tuned is None else tuned.rate_for(name),
         )
+        if tuned is not None:
+            tuned.check_recipe(base)  # a rate tuned at another image size or recipe does not carry over
         if base.global_batch_size > train_size:
             raise ArchbenchError(
                 f"a global batch of {base.global_batch_size} is larger than the {train_size} training "
@@ -601,6 +594,13 @@ def ensure_writable(folder: Path) -> None:
         probe.unlink()
     except OSError as e:
         raise ArchbenchError(f"cannot write run records to {folder}: {e.strerror or e}") from None
+
+
+def study_data(request: RunRequest, console: Console):
+    """The verified data of a request and its validation split (None without one)."""
+    data = resolve(request.data or request.preset_spec.data, console=console)
+    split = holdout(data.train_labels, request.val_per_class, request.split_seed) if request.val_per_class else None
+    return data, split
 
 
 def run_models(request: RunRequest, console: Console | None = None) -> list[dict]:
@@ -623,15 +623,20 @@ def run_requests(requests: list[RunRequest], console: Console | None = None) -> 
         parse_lr(request.lr)
         for name in request.models:
             get_entry(name, registry=request.registry)
-    if first.launcher:
-        return submit_runs(jobs_of(requests), first, console)
-    if first.gpus:
+    if first.launcher or first.gpus:
+        # Each job plans again where it runs; planning here too means a request that cannot work fails
+        # now, in one line, instead of in every queued job.
+        data, split = study_data(first, console)
+        world_size = first.gpus_per_job if first.launcher else 1
+        for request in requests:
+            plan_runs(request, data, split, torch.device("cpu"), max(1, world_size))
+        if first.launcher:
+            return submit_runs(jobs_of(requests), first, console)
         return run_on_gpus(jobs_of(requests), first.gpus, first.out, console)
 
     dist = distributed.from_environment(first.device)
     device = resolve_device(first.device, dist.local_rank if dist.enabled else None)
-    data = resolve(first.data or first.preset_spec.data, console=console)
-    split = holdout(data.train_labels, first.val_per_class, first.split_seed) if first.val_per_class else None
+    data, split = study_data(first, console)
     plans = [
         (request, plan) for request in requests for plan in plan_runs(request, data, split, device, dist.world_size)
     ]

@@ -5,14 +5,21 @@ contestant, then rerun the best setting over several seeds), on the training spl
 validation split, scored on that split and never on the test set. Each trial is a normal run record,
 marked as a tuning trial (resumable; a finished one is skipped when the command is rerun; a diverged one
 is a result, not a crash). The outcome is one tuning file (`archbench.tuning`) that `archbench run --lr
-tuned` reads.
+tuned` reads; tuning more models into an existing file keeps the models it already holds.
+
+With `--launcher submitit` the trials are cluster jobs. Without `--wait` the command submits the trials
+not yet recorded as finished (none of a trial whose run is training right now) and returns; rerunning
+the same command once the jobs have ended finds every trial finished under --out and writes the file.
+Under torchrun every rank trains, and rank 0 alone reads the trials and writes the file.
 """
 
 from __future__ import annotations
 
 import csv
 import dataclasses
+import json
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -21,13 +28,16 @@ from rich.table import Table
 
 import archbench
 from archbench import runs
+from archbench.cluster import check_request
 from archbench.config import TUNE_EPOCH_FRACTION, TUNE_GRID, TUNE_VAL_PER_CLASS, RunRequest, TuneRequest
 from archbench.data import resolve
-from archbench.data.split import holdout
+from archbench.data.split import Holdout, holdout
 from archbench.errors import ArchbenchError
 from archbench.provenance import utc_now
+from archbench.registry import get_entry
+from archbench.status import is_locked
 from archbench.train import run_requests
-from archbench.tuning import CHOSEN, Trial, write_tuning
+from archbench.tuning import CHOSEN, Trial, existing_tuning, write_tuning
 
 
 def default_val_per_class(labels) -> int:
@@ -45,8 +55,9 @@ def trial_requests(request: TuneRequest, grid: list[float], epochs: int, per_cla
     ]
 
 
-def tune(request: TuneRequest, console: Console | None = None) -> dict:
-    """Run every trial, write the tuning file and return its content."""
+def tune(request: TuneRequest, console: Console | None = None) -> dict | None:
+    """Run every trial, write the tuning file and return its content; None where this process writes no
+    file: a rank other than 0 under torchrun, or trials submitted to a cluster and not yet finished."""
     console = console or Console()
     grid = sorted(set(request.lrs or TUNE_GRID))
     bad = [lr for lr in grid if not (math.isfinite(lr) and lr > 0)]
@@ -57,31 +68,145 @@ def tune(request: TuneRequest, console: Console | None = None) -> dict:
     data = resolve(request.data or preset.data, console=console)
     per_class = request.val_per_class or default_val_per_class(data.train_labels)
     split = holdout(data.train_labels, per_class, request.split_seed)  # checks per_class before anything runs
-    requests = trial_requests(request, grid, epochs, per_class)
-    summaries = run_requests(requests, console)
-    read = [read_trial(s, request.out) for s in summaries]
     path = request.tuning or request.out / "tuning.json"
+    data_record = {"fingerprint": data.fingerprint, "synthetic": data.synthetic}
+    requests = trial_requests(request, grid, epochs, per_class)
+    keep = existing_tuning(path, data=data_record, validation=split.record(), recipe=planned_recipe(requests[0]))
+    if request.launcher:
+        summaries = launch_trials(requests, request, data, split, path, console)
+        if summaries is None:
+            return None
+    else:
+        summaries = run_requests(requests, console)
+        if not is_main_rank():  # rank 0 wrote every record before run_requests returned on it
+            return None
+    read = [read_trial(s, request.out) for s in summaries]
     content = write_tuning(
         path,
         trials=[trial for trial, _ in read],
-        data={"fingerprint": data.fingerprint, "synthetic": data.synthetic},
+        configs=[config for _, config in read],
+        data=data_record,
         validation=split.record(),
-        epochs=epochs,
-        preset=request.preset,
-        global_batch=max(b for _, b in read),
         provenance={"archbench_version": archbench.__version__, "finished_at": utc_now()},
+        keep=keep,
     )
     console.print(tuning_table(content))
+    kept = sorted(set(content["models"]) - set(request.models))
     console.print(
-        f"wrote {path}; use it with `archbench run ... --lr tuned`" + (f" --tuning {path}" if request.tuning else ""),
+        f"wrote {path}"
+        + (f" (kept {', '.join(kept)} from the file)" if kept else "")
+        + "; use it with `archbench run ... --lr tuned`"
+        + (f" --tuning {path}" if request.tuning else ""),
         highlight=False,
         soft_wrap=True,
     )
     return content
 
 
-def read_trial(summary: dict, out: Path) -> tuple[Trial, int]:
-    """A finished trial's scores, from its run record, and the global batch it trained with."""
+def is_main_rank() -> bool:
+    """Whether this process is rank 0 of a torchrun job, or runs alone (as `archbench.distributed` reads it)."""
+    return int(os.environ.get("WORLD_SIZE", "1")) <= 1 or int(os.environ.get("RANK", "0")) == 0
+
+
+def planned_recipe(trial: RunRequest) -> dict:
+    """The recipe fields a trial of `trial` will record (`archbench.tuning.recipe_record`), known before it runs."""
+    recipe = dataclasses.asdict(trial.recipe())
+    image_size = trial.preset_spec.image_size if trial.image_size is None else trial.image_size
+    return {"preset": trial.preset, "image_size": image_size, **recipe}
+
+
+# ------------------------------------------------------------------------------------------ cluster jobs
+
+
+def _plain(value):
+    return json.loads(json.dumps(value))
+
+
+def trial_identity(config: dict) -> dict:
+    """What makes a recorded run this trial, from its config.json: model, seed, rate, recipe, image size,
+    architecture, data and validation split (not the machine, device or precision it ran with)."""
+    recipe = {k: v for k, v in (config.get("recipe") or {}).items() if k not in ("lr_source", "global_batch_size")}
+    entry = {k: v for k, v in (config.get("entry") or {}).items() if k not in ("description", "toml_sha256")}
+    return {
+        "model": config.get("model"),
+        "seed": config.get("seed"),
+        "preset": config.get("preset"),
+        "image_size": config.get("image_size"),
+        "tuning_trial": config.get("tuning_trial"),
+        "recipe": recipe,
+        "entry": entry,
+        "data": (config.get("data") or {}).get("fingerprint"),
+        "validation": config.get("validation"),
+    }
+
+
+def expected_identity(trial: RunRequest, model: str, seed: int, data, split: Holdout) -> dict:
+    recipe = {**planned_recipe(trial), "lr": float(trial.lr)}
+    return _plain(
+        trial_identity(
+            {
+                "model": model,
+                "seed": seed,
+                "preset": recipe.pop("preset"),
+                "image_size": recipe.pop("image_size"),
+                "tuning_trial": True,
+                "recipe": recipe,
+                "entry": get_entry(model, registry=trial.registry).identity(),
+                "data": {"fingerprint": data.fingerprint},
+                "validation": split.record(),
+            }
+        )
+    )
+
+
+def trial_state(trial: RunRequest, model: str, seed: int, data, split: Holdout) -> tuple[dict | None, bool]:
+    """The summary of the newest finished run of this trial under --out (None: none finished), and whether
+    a run of it is training right now."""
+    folder = trial.out / model
+    if not folder.is_dir():
+        return None, False
+    wanted = expected_identity(trial, model, seed, data, split)
+    matching = []
+    for run_dir in sorted(folder.iterdir(), reverse=True):  # newest first: run ids start with the time
+        try:
+            config = runs.read_json(run_dir / runs.CONFIG)
+        except (OSError, ValueError):
+            continue
+        if isinstance(config, dict) and trial_identity(config) == wanted:
+            matching.append(run_dir)
+    for run_dir in matching:
+        if runs.recorded_status(run_dir) not in runs.UNFINISHED:
+            return runs.read_json(run_dir / runs.SUMMARY), False
+    return None, any(is_locked(run_dir) for run_dir in matching)
+
+
+def launch_trials(
+    requests: list[RunRequest], request: TuneRequest, data, split: Holdout, path: Path, console: Console
+) -> list[dict] | None:
+    """With --launcher: submit every trial not finished under --out and not training now; the summaries of
+    all trials once every one is recorded as finished, else None (after saying how to collect them)."""
+    check_request(request)
+    trials = [(trial, model, seed) for trial in requests for model in trial.models for seed in trial.seeds]
+    states = [trial_state(*t, data, split) for t in trials]
+    todo = [t for t, (summary, running) in zip(trials, states) if summary is None and not running]
+    if todo:
+        run_requests([dataclasses.replace(trial, models=[model], seeds=[seed]) for trial, model, seed in todo], console)
+        states = [trial_state(*t, data, split) for t in trials]  # with --wait, the submitted ones have ended
+    unfinished = sum(summary is None for summary, _ in states)
+    if unfinished:
+        console.print(
+            f"{unfinished} of {len(trials)} tuning trials are not finished ({len(todo)} submitted now): once "
+            f"their jobs have ended, rerun this same `archbench tune` command to write {path} (finished trials "
+            "are not run again).",
+            highlight=False,
+            soft_wrap=True,
+        )
+        return None
+    return [summary for summary, _ in states]
+
+
+def read_trial(summary: dict, out: Path) -> tuple[Trial, dict]:
+    """A finished trial's scores, from its run record, and its config.json."""
     run_dir = out / summary["model"] / summary["run_id"]
     config = runs.read_json(run_dir / runs.CONFIG)
     epoch = summary["best_epoch"] if summary["status"] == "completed" else None
@@ -99,7 +224,7 @@ def read_trial(summary: dict, out: Path) -> tuple[Trial, int]:
         val_loss=None if row is None else float(row["val_loss"]),
         test_acc=None if row is None else float(row["test_acc"]),
     )
-    return trial, int(config["recipe"]["global_batch_size"])
+    return trial, config
 
 
 def tuning_table(content: dict) -> Table:

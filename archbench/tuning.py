@@ -4,8 +4,16 @@
 A rate is chosen per model as the one whose trials reach the highest validation accuracy (mean over
 seeds), ties broken by the lower validation loss; trials that diverged score nothing. An exact tie, or a
 model whose every trial diverged, is written down as such and no rate is chosen for it: `--lr tuned`
-then says so rather than guess. The file names the data it was made on (its fingerprint) and the
-validation split, so a rate is never carried to other data by accident.
+then says so rather than guess.
+
+The file names what its rates are tied to: the data (its fingerprint), the validation split, the
+trials' recipe (`recipe`: preset, image size, batch, epochs, momentum, weight decay, Nesterov,
+schedule, warm-up, label smoothing, clipping, precision), each model's registry TOML hash and global
+batch, and the code that trained the trials (git commit, dirty state, torch version). `--lr tuned`
+refuses it on other data, and for a run whose recipe differs in a field that changes what a rate means
+(`RATE_FIELDS`; a different batch is fine: the rate is scaled to it). A second `archbench tune` into the
+same file keeps the models it does not tune, provided it runs on the same data, split and recipe
+(`STUDY_FIELDS`: the tuning budget too); otherwise it is refused, so one file is one study.
 """
 
 from __future__ import annotations
@@ -20,6 +28,22 @@ from archbench.errors import ArchbenchError
 
 FORMAT_VERSION = 1
 CHOSEN, TIE, ALL_DIVERGED = "chosen", "tie", "all diverged"
+# The recipe fields a rate is only meaningful with: a run that differs in one cannot use the tuned rate.
+RATE_FIELDS = (
+    "image_size",
+    "momentum",
+    "weight_decay",
+    "nesterov",
+    "schedule",
+    "warmup_epochs",
+    "label_smoothing",
+    "clip_grad_norm",
+)
+# What every model of one tuning file shares: the above and the tuning budget (epochs per trial).
+STUDY_FIELDS = (*RATE_FIELDS, "epochs")
+RULE = (
+    "highest validation accuracy (mean over seeds), ties broken by lower validation loss; diverged rates score nothing"
+)
 
 
 @dataclass(frozen=True)
@@ -65,35 +89,120 @@ def choose(trials: list[Trial]) -> dict:
     return {"status": CHOSEN, "lr": best["lr"], "tied": [], "grid": grid}
 
 
+def recipe_record(config: dict) -> dict:
+    """The recipe a trial ran with, from its config.json: what the tuning file records as `recipe`."""
+    recipe = config["recipe"]
+    return {
+        "preset": config["preset"],
+        "image_size": config["image_size"],
+        "epochs": recipe["epochs"],
+        "batch_size": recipe["batch_size"],
+        "global_batch_size": recipe["global_batch_size"],
+        **{name: recipe[name] for name in RATE_FIELDS if name != "image_size"},
+        "precision": config["precision"],
+    }
+
+
+def _differences(recorded: dict, wanted: dict, fields: tuple[str, ...], now: str) -> str:
+    """The fields of `fields` where `recorded` and `wanted` differ, in words ("" when none)."""
+    return ", ".join(
+        f"{name} {recorded.get(name)} ({now} {wanted[name]})" for name in fields if recorded.get(name) != wanted[name]
+    )
+
+
 def write_tuning(
     path: Path,
     *,
     trials: list[Trial],
+    configs: list[dict],
     data: dict,
     validation: dict,
-    epochs: int,
-    preset: str,
-    global_batch: int,
     provenance: dict,
+    keep: dict | None = None,
 ) -> dict:
-    """Write the tuning file for `trials` and return its content."""
-    models = sorted({t.model for t in trials})
+    """Write the tuning file for `trials` (`configs`: their config.json, in the same order) and return its
+    content. `keep` is a tuning file already at `path` (see `existing_tuning`): its models that `trials` do
+    not tune stay in the file, with their trials."""
+    if not trials:
+        raise ArchbenchError(f"no finished tuning trial to write into {path}; rerun `archbench tune`.")
+    recipe = recipe_record(configs[0])
+    recipe["precision"] = ", ".join(sorted({c["precision"] for c in configs}))
+    code = {
+        "git_commit": sorted({str(c["provenance"].get("git_commit")) for c in configs}),
+        "git_dirty": any(c["provenance"].get("git_dirty") for c in configs),
+        "torch": sorted({str(c["provenance"].get("torch")) for c in configs}),
+    }
+    models = {}
+    for model in sorted({t.model for t in trials}):
+        own = [c for t, c in zip(trials, configs) if t.model == model]
+        models[model] = {
+            **choose([t for t in trials if t.model == model]),
+            "global_batch_size": own[0]["recipe"]["global_batch_size"],
+            "registry_toml_sha256": sorted({c["entry"].get("toml_sha256") or "" for c in own}),
+            "provenance": {**provenance, **code},
+        }
+    listed = [vars(t) for t in trials]
+    if keep is not None:
+        models = {**{m: c for m, c in keep["models"].items() if m not in models}, **models}
+        listed += [t for t in keep.get("trials", []) if t["model"] not in {t.model for t in trials}]
     content = {
         "format_version": FORMAT_VERSION,
-        "rule": "highest validation accuracy (mean over seeds), ties broken by lower validation loss; "
-        "diverged rates score nothing",
-        "preset": preset,
-        "epochs": epochs,
-        "global_batch_size": global_batch,
+        "rule": RULE,
+        "preset": recipe["preset"],
+        "epochs": recipe["epochs"],
+        "global_batch_size": recipe["global_batch_size"],
+        "recipe": recipe,
         "data": data,
         "validation": validation,
-        "models": {m: choose([t for t in trials if t.model == m]) for m in models},
-        "trials": [vars(t) for t in sorted(trials, key=lambda t: (t.model, t.lr, t.seed))],
-        "provenance": provenance,
+        "models": models,
+        "trials": sorted(listed, key=lambda t: (t["model"], t["lr"], t["seed"])),
+        "provenance": {**provenance, **code},
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(content, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     return content
+
+
+def _load(path: Path, remedy: str = "rerun `archbench tune`") -> dict:
+    try:
+        content = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ArchbenchError(
+            f"--lr tuned needs a tuning file, and {path} does not exist: run `archbench tune "
+            "MODEL...` first, or name the file with --tuning FILE."
+        ) from None
+    except (OSError, ValueError) as e:
+        raise ArchbenchError(f"cannot read the tuning file {path} ({e}); {remedy}.") from None
+    if (
+        not isinstance(content, dict)
+        or content.get("format_version") != FORMAT_VERSION
+        or not isinstance(content.get("models"), dict)
+    ):
+        raise ArchbenchError(f"{path} is not an archbench tuning file (format {FORMAT_VERSION}); {remedy}.")
+    return content
+
+
+def existing_tuning(path: Path, *, data: dict, validation: dict, recipe: dict) -> dict | None:
+    """The tuning file already at `path`, whose other models a new tuning keeps, or None when there is none.
+    One made on other data, another validation split or another recipe (`STUDY_FIELDS`) is refused: its
+    rates and the new ones could not be compared."""
+    path = Path(path)
+    if not path.exists():
+        return None
+    other_file = "write this tuning to another file with --tuning OTHER_FILE"
+    content = _load(path, remedy=f"move it away, or {other_file}")
+    recorded = content.get("recipe")
+    if content.get("data", {}).get("fingerprint") != data["fingerprint"]:
+        problem = "other data"
+    elif content.get("validation") != validation:
+        problem = "another validation split"
+    elif not isinstance(recorded, dict):
+        problem = "a recipe it does not record (an older tuning file)"
+    elif differ := _differences(recorded, recipe, STUDY_FIELDS, "this tuning:"):
+        problem = f"another recipe ({differ})"
+    else:
+        return content
+    raise ArchbenchError(f"the tuning file {path} was made on {problem}; {other_file}.")
 
 
 @dataclass(frozen=True)
@@ -125,25 +234,30 @@ class Tuning:
             f"{self.path.name}: best of {grid} rates on {self.content['validation']['per_class']} validation "
             f"images per class, {self.content['epochs']} epochs"
         )
-        return TunedRate(lr=float(choice["lr"]), global_batch=int(self.content["global_batch_size"]), source=source)
+        batch = choice.get("global_batch_size", self.content["global_batch_size"])
+        return TunedRate(lr=float(choice["lr"]), global_batch=int(batch), source=source)
+
+    def check_recipe(self, config) -> None:
+        """Refuse a run (a `RunConfig`) whose recipe differs from the trials' in a field that changes what a
+        rate means (`RATE_FIELDS`); its batch may differ (the rate is scaled), and so may its precision."""
+        recorded = self.content.get("recipe")
+        if not isinstance(recorded, dict):
+            raise ArchbenchError(
+                f"the tuning file {self.path} does not record the recipe its rates were tuned with (an older "
+                "file): rerun `archbench tune` with --tuning NEW_FILE (finished trials are not run again)."
+            )
+        run = {"image_size": config.image_size, **{f: getattr(config.recipe, f) for f in RATE_FIELDS[1:]}}
+        if differ := _differences(recorded, run, RATE_FIELDS, "this run:"):
+            raise ArchbenchError(
+                f"the rates in {self.path} were tuned with {differ}: they do not carry over to this run; "
+                "tune with this run's recipe, or pass --lr."
+            )
 
 
 def read_tuning(path: Path, data) -> Tuning:
     """The tuning file at `path`, which must have been made on `data`."""
     path = Path(path)
-    try:
-        content = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ArchbenchError(
-            f"--lr tuned needs a tuning file, and {path} does not exist: run `archbench tune "
-            "MODEL...` first, or name the file with --tuning FILE."
-        ) from None
-    except (OSError, ValueError) as e:
-        raise ArchbenchError(f"cannot read the tuning file {path} ({e}); rerun `archbench tune`.") from None
-    if not isinstance(content, dict) or content.get("format_version") != FORMAT_VERSION:
-        raise ArchbenchError(
-            f"{path} is not an archbench tuning file (format {FORMAT_VERSION}); rerun `archbench tune`."
-        )
+    content = _load(path)
     fingerprint = content.get("data", {}).get("fingerprint")
     if fingerprint != data.fingerprint:
         raise ArchbenchError(

@@ -13,6 +13,12 @@ third is the claim they exist to show, measured in one test so that it holds wha
 in: epochs of the two pipelines alternate, and the ratio of their median images/s must exceed
 `MIN_RATIO` (measured: about 9x on a shared 2-core CPU; the bound is generous on purpose).
 
+The last measures what one batch costs the loader against what it costs the model: the gather of the
+batch's uint8 images plus `transform_batch` (written in the training dtype and memory format in one pass),
+against ResNet-18's training forward on that batch (the cheapest forward of the registry, so the hardest
+case). pytest-benchmark times the transform; rounds of the two alternate for their ratio, which must stay
+under `MAX_TRANSFORM_OVER_FORWARD` (`benchmarks/gpu.sh` records the same ratio on a GPU).
+
 On CPU the archbench pipeline runs with ONE intra-op thread, against torchvision's two worker processes:
 this understates archbench, but on a busy machine two OpenMP threads that wait for each other at every
 op made it up to 10x slower and the ratio meaningless (measured on a shared 2-core machine).
@@ -31,15 +37,19 @@ from torch.utils.data import DataLoader
 from torchvision import datasets
 from torchvision import transforms as T
 
-from archbench.data.loader import IMAGENET_MEAN, IMAGENET_STD, DeviceLoader, upscaled_size
+from archbench.data.loader import IMAGENET_MEAN, IMAGENET_STD, DeviceLoader, transform_batch, upscaled_size
 from archbench.data.synthetic import LAYOUT_DIR, make_synthetic
 from archbench.data.tinyimagenet import load_packed
+from archbench.registry import build_model
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 IMAGE_SIZE = 224 if DEVICE.type == "cuda" else 64
 BATCH_SIZE = 64
 ROUNDS = 5
 MIN_RATIO = 1.5  # archbench images/s over torchvision's, medians of epochs measured in the same test
+# Seconds of a batch's transform over those of ResNet-18's training forward on it, medians of alternating
+# rounds (measured: about 0.03 at S=64, batch 64, one thread on a shared 2-core CPU; generous on purpose).
+MAX_TRANSFORM_OVER_FORWARD = 0.3
 
 
 @pytest.fixture(scope="module")
@@ -167,3 +177,64 @@ def test_archbench_pipeline_outpaces_imagefolder(archbench_epoch, torchvision_ep
             f"ImageFolder+PIL+DataLoader(2 workers) {theirs:,.0f} img/s, ratio {ours / theirs:.1f}x"
         )
     assert ours / theirs > MIN_RATIO, rates
+
+
+def loader_format(cuda: bool) -> torch.memory_format:
+    return torch.channels_last if cuda else torch.contiguous_format
+
+
+def _seconds(fn: Callable[[], object]) -> float:
+    _synchronise()
+    start = time.perf_counter()
+    fn()
+    _synchronise()
+    return time.perf_counter() - start
+
+
+def test_batch_transform_against_the_forward(benchmark, synthetic_root, capsys):
+    """One training batch: the loader's gather + transform against the model's forward on it, in the training
+    dtype and memory format of the device (fp32, contiguous on the CPU; bf16, channels_last on CUDA)."""
+    cuda = DEVICE.type == "cuda"
+    dtype = torch.bfloat16 if cuda else torch.float32
+    data = load_packed(synthetic_root)
+    loader = DeviceLoader(
+        data.train_images,
+        data.train_labels,
+        batch_size=BATCH_SIZE,
+        image_size=IMAGE_SIZE,
+        train=True,
+        device=DEVICE,
+        channels_last=cuda,
+        dtype=dtype,
+    )
+    indices, offsets, flips = (t[:BATCH_SIZE] for t in loader.epoch_plan())  # the first batch's draw
+
+    def transform() -> torch.Tensor:
+        return transform_batch(loader.images[indices], IMAGE_SIZE, offsets, flips, loader.channels_last, dtype)
+
+    torch.manual_seed(0)
+    model = build_model("resnet18", num_classes=200).to(DEVICE, memory_format=loader_format(cuda))
+    x = transform()
+
+    def forward() -> None:
+        with torch.autocast(DEVICE.type, dtype=dtype, enabled=cuda):
+            model(x)
+
+    with _threads_for_archbench():
+        benchmark.pedantic(transform, rounds=ROUNDS, warmup_rounds=1, iterations=1)
+        forward()  # kernels picked and caches warm, as the transform's were by its warm-up round
+        seconds: dict[str, list[float]] = {"transform": [], "forward": []}
+        for _ in range(ROUNDS):
+            seconds["transform"].append(_seconds(transform))
+            seconds["forward"].append(_seconds(forward))
+    ratio = statistics.median(seconds["transform"]) / statistics.median(seconds["forward"])
+    benchmark.extra_info.update(
+        {"impl": "transform", "image_size": IMAGE_SIZE, "batch": BATCH_SIZE, "device": str(DEVICE)},
+        transform_over_forward=ratio,
+    )
+    with capsys.disabled():
+        print(
+            f"\nbatch transform / ResNet-18 training forward at S={IMAGE_SIZE}, batch {BATCH_SIZE} on {DEVICE}: "
+            f"{ratio:.3f}"
+        )
+    assert ratio < MAX_TRANSFORM_OVER_FORWARD, seconds

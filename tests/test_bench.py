@@ -11,18 +11,23 @@ import json
 import os
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 from rich.console import Console
+from test_report import table_rows
+from torch._dynamo.utils import counters
 from typer.testing import CliRunner
 
 from archbench import bench
 from archbench.cli import app
 from archbench.config import BenchRequest
-from archbench.devices import sgd_implementation
+from archbench.devices import compile_model, sgd_implementation
 from archbench.errors import ArchbenchError
 from archbench.registry import build_model
+from archbench.report.load import load_bench_results
+from archbench.report.speed import bench_part
 
 runner = CliRunner()
 TORCH = torch.__version__.split("+")[0]
@@ -240,3 +245,79 @@ def test_compile_time_is_reported_apart(tiny_registry, tiny_data, tmp_path):
     # The first compiled step holds the compilation, which the windows after the warm-up do not.
     assert row["compile_seconds"]["train"] > row["breakdown"]["step_s"]
     assert (tmp_path / f"{STEM.replace('contiguous', 'contiguous-compiled')}.json").exists()
+
+
+def test_every_timed_batch_has_the_one_fixed_size(tiny_registry, tiny_data, tmp_path, monkeypatch):
+    # 96 training images at batch 20: the evaluation loader's near-equal batches would be 20, 19, 19, ...
+    sizes = {"train_step": [], "infer_step": []}
+    for name, seen in sizes.items():
+        original = getattr(bench.Subject, name)
+
+        def recording(self, batch, original=original, seen=seen):
+            seen.append(len(batch[1]))
+            return original(self, batch)
+
+        monkeypatch.setattr(bench.Subject, name, recording)
+    bench.measure("tiny_resnet", request(tiny_registry, tiny_data, tmp_path, batch_size=20))
+    assert set(sizes["train_step"]) == {20} and set(sizes["infer_step"]) == {20}, sizes
+    # every inference window ran: the first step, then ROUNDS x 2 streams x (warm-up + timed steps)
+    assert len(sizes["infer_step"]) == 1 + bench.ROUNDS * 2 * (bench.WARMUP_STEPS + 2)
+
+
+def test_the_bench_compiles_as_the_loop_does_one_graph_per_mode(tiny_registry, tiny_data, tmp_path, monkeypatch):
+    monkeypatch.setenv("ARCHBENCH_COMPILE_BACKEND", "eager")
+    backends = []
+
+    def recording(forward, backend):
+        backends.append(backend)
+        return compile_model(forward, backend)
+
+    monkeypatch.setattr(bench, "compile_model", recording)
+    counters.clear()
+    row = bench.measure("tiny_resnet", request(tiny_registry, tiny_data, tmp_path, batch_size=20, compile=True))
+    assert backends == ["eager"] and row["compile_backend"] == "eager"
+    # train and inference: one graph each, however many batches the windows time (no new shape appears)
+    assert counters["stats"]["unique_graphs"] == 2, dict(counters["stats"])
+
+
+def test_a_bench_stopped_part_way_keeps_the_models_it_finished(tiny_registry, tiny_data, tmp_path, monkeypatch):
+    def measured(name, request, console):
+        if name == "tiny_vgg":
+            raise KeyboardInterrupt  # stopped (a timeout, Ctrl-C) while measuring the second model
+        return fake_row(name, "2025-01-01T00:00:00Z", 100)
+
+    monkeypatch.setattr(bench, "measure_with_retries", measured)
+    models = ("tiny_resnet", "tiny_vgg")
+    with pytest.raises(KeyboardInterrupt):
+        bench.run_bench(request(tiny_registry, tiny_data, tmp_path, models=models), Console(quiet=True))
+    (saved,) = json.loads((tmp_path / "bench-cpu-fp32-contiguous-torch2.14.1.json").read_text())["results"]
+    assert saved["model"] == "tiny_resnet"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [  # each file replaced whole: no temporary left behind
+        "bench-cpu-fp32-contiguous-torch2.14.1.csv",
+        "bench-cpu-fp32-contiguous-torch2.14.1.json",
+    ]
+
+
+def test_the_report_shows_the_bench_folder_and_the_gpu_scripts_beside_it(tmp_path):
+    results, gpu_bench = tmp_path / "benchmarks" / "results", tmp_path / "benchmarks" / bench.GPU_SCRIPT_BENCH
+    cpu_file, gpu_file = "bench-cpu-fp32-contiguous-torch2.14.1.json", "bench-a-gpu-fp32-contiguous-torch2.14.1.json"
+    bench.write_results(
+        [fake_row("a", "2025-01-01T00:00:00Z", 100), fake_row("b", "2025-01-01T00:00:00Z", 200)], results
+    )
+    bench.write_results([fake_row("a", "2025-02-01T00:00:00Z", 9000, device="cuda")], gpu_bench)
+    bench.write_results([fake_row("b", "2025-03-01T00:00:00Z", 300)], gpu_bench)  # newer than b in results/
+    latest = load_bench_results(results)
+    rows = {(r["device_name"], r["model"]): r for r in latest.to_dict("records")}
+    assert set(rows) == {("A GPU", "a"), ("cpu box", "a"), ("cpu box", "b")}
+    assert rows[("A GPU", "a")]["train_images_per_s"] == 9000 and rows[("cpu box", "b")]["train_images_per_s"] == 300
+    assert rows[("cpu box", "a")]["source"] is None and rows[("A GPU", "a")]["source"] == gpu_bench.as_posix()
+
+    inputs = SimpleNamespace(bench_label="benchmarks/results", relative=lambda p: os.path.relpath(p, tmp_path))
+    text = "\n".join(bench_part(SimpleNamespace(bench=latest, inputs=inputs)))
+    assert "in `benchmarks/results/` and `benchmarks/gpu/bench/` (written by bash benchmarks/gpu.sh)" in text
+    shown = {(r["device"], r["model"]): r["file"] for r in table_rows(text)}
+    assert shown == {
+        ("A GPU", "a"): f"benchmarks/gpu/bench/{gpu_file}",
+        ("cpu box", "a"): cpu_file,
+        ("cpu box", "b"): f"benchmarks/gpu/bench/{cpu_file}",
+    }

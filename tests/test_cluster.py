@@ -20,6 +20,7 @@ from archbench import cluster, launch
 from archbench.cli import app
 from archbench.config import RunRequest
 from archbench.errors import ArchbenchError
+from archbench.train import run_requests
 
 try:
     import submitit
@@ -331,6 +332,20 @@ def test_bad_launcher_options_are_one_line(tiny_registry, tiny_data, tmp_path, s
     with pytest.raises(ArchbenchError, match=message):
         submit_runs(request(tiny_registry, tiny_data, tmp_path, **settings))
     assert not (tmp_path / cluster.LOG_FOLDER).exists()  # refused before anything was submitted
+
+
+@pytest.mark.parametrize(
+    "settings, message",
+    [({"batch_size": 97}, "larger than the 96 training images"), ({"lr": "tuned"}, "needs a tuning file")],
+)
+@pytest.mark.parametrize("jobs", [{"launcher": "submitit"}, {"launcher": None, "gpus": "0"}])
+def test_a_request_that_cannot_run_fails_before_any_job(tiny_registry, tiny_data, tmp_path, settings, message, jobs):
+    """--launcher and --gpus plan every run in the parent first: the error is one line, nothing is queued."""
+    out = tmp_path / "runs"
+    req = request(tiny_registry, tiny_data, out, **{**settings, **jobs})
+    with pytest.raises(ArchbenchError, match=message):
+        run_requests([req], Console(quiet=True))
+    assert not out.exists()
 
 
 def test_the_launcher_is_refused_under_torchrun(tiny_registry, tiny_data, tmp_path, monkeypatch):

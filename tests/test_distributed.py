@@ -17,8 +17,9 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from archbench import launch
+from archbench import distributed, launch
 from archbench.config import RunRequest
+from archbench.errors import ArchbenchError
 from archbench.runs import TIMING_COLUMNS
 from archbench.train import run_models
 
@@ -425,3 +426,20 @@ def test_gpus_refuses_a_gpu_named_twice(tiny_registry, tiny_data, tmp_path, monk
                 registry=tiny_registry,
             )
         )
+
+
+@pytest.mark.parametrize("text", ["abc", "0", "-5", "inf", "nan", ""])
+def test_a_bad_collective_timeout_is_one_line_before_joining(monkeypatch, text):
+    monkeypatch.setenv("ARCHBENCH_DIST_TIMEOUT", text)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    with pytest.raises(ArchbenchError, match="ARCHBENCH_DIST_TIMEOUT"):
+        distributed.from_environment("cpu")
+    assert not torch.distributed.is_initialized()
+
+
+def test_the_collective_timeout_is_read_in_seconds(monkeypatch):
+    monkeypatch.setenv("ARCHBENCH_DIST_TIMEOUT", "90")
+    assert distributed.collective_timeout().total_seconds() == 90
+    monkeypatch.delenv("ARCHBENCH_DIST_TIMEOUT")
+    assert distributed.collective_timeout().total_seconds() == distributed.DEFAULT_TIMEOUT_S

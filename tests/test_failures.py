@@ -43,7 +43,9 @@ def invoke(*args) -> tuple[int, str]:
 
 
 def one_line(output: str) -> bool:
-    return "Traceback" not in output and "Usage:" not in output and len(output.strip().splitlines()) <= 2
+    """The whole answer is a single line, the error."""
+    lines = output.strip().splitlines()
+    return len(lines) == 1 and lines[0].startswith("error:")
 
 
 def run_args(tiny_registry, tiny_data, out, *extra):
@@ -103,6 +105,14 @@ def test_a_batch_larger_than_the_training_split_is_refused_before_anything(tiny_
     out = tmp_path / "runs"
     code, output = invoke(*run_args(tiny_registry, tiny_data, out)[:-2], "--batch-size", 97, "--out", out)
     assert code == 2 and one_line(output) and "larger than the 96 training images" in output
+    assert not out.exists()
+
+
+def test_an_unknown_compile_backend_is_refused_before_anything(tiny_registry, tiny_data, tmp_path, monkeypatch):
+    monkeypatch.setenv("ARCHBENCH_COMPILE_BACKEND", "bogus")
+    out = tmp_path / "runs"
+    code, output = invoke(*run_args(tiny_registry, tiny_data, out), "--compile")
+    assert code == 2 and one_line(output) and "ARCHBENCH_COMPILE_BACKEND='bogus'" in output
     assert not out.exists()
 
 

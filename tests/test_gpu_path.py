@@ -3,16 +3,20 @@ the optimiser kernel choice, per-device RNG state and the transform's output dty
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import random
+import re
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from test_report import table_rows
 from torch import nn
 from torch._dynamo.utils import counters
 
@@ -22,6 +26,7 @@ from archbench.data import resolve
 from archbench.data.loader import transform_batch
 from archbench.devices import (
     DeterministicAdaptiveAvgPool2d,
+    compile_model,
     make_deterministic,
     make_sgd,
     needs_deterministic_pooling,
@@ -32,9 +37,19 @@ from archbench.devices import (
 from archbench.distributed import DistContext
 from archbench.errors import ArchbenchError
 from archbench.registry import get_entry, list_models
-from archbench.train import build_training, compile_model, plan_runs, run_models
+from archbench.report.load import load_gpu_results
+from archbench.report.speed import gpu_part
+from archbench.train import build_training, plan_runs, run_models
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def gpu_check_module():
+    """benchmarks/gpu_check.py (a script, not a package module)."""
+    spec = importlib.util.spec_from_file_location("gpu_check", ROOT / "benchmarks" / "gpu_check.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def tiny_request(tiny_registry, tiny_data, out, **kw) -> RunRequest:
@@ -288,10 +303,101 @@ def test_gpu_script_cpu_check_end_to_end(tmp_path):
         timeout=600,
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "0 step(s) failed, 0 skipped for time" in done.stdout
     results = json.loads((out / "gpu-results.json").read_text())
     assert results["cpu_check"] is True and results["device"] == "cpu"
     assert {row["model"] for row in results["loop"]} == {"resnet18", "vgg16_bn"}
     for row in results["loop"]:
         assert row["status"] == "completed" and row["epoch2_images_per_s"] > 0 and row["compile_seconds"] > 0
-    assert all(row["train_images_per_s"] > 0 for row in results["model_only"])
+    for row in results["model_only"]:
+        assert row["train_images_per_s"] > 0 and row["inference_images_per_s"] > 0
+        assert 0 < row["transform_over_forward"] < 1
     assert len(results["goals"]) == 4
+    # the optional steps ran too: the latency benchmark (folded into gpu-results.json) and the bench
+    assert results["latency"] and all(row["device"] == "cpu" for row in results["latency"])
+    (bench_file,) = (out / "bench").glob("bench-cpu-*-compiled-*.json")
+    (row,) = json.loads(bench_file.read_text())["results"]
+    assert row["model"] == "resnet18_plain" and row["compile_backend"] == "eager"
+
+
+def test_collect_records_inference_the_transform_ratio_and_latency_and_the_report_shows_them(tmp_path):
+    gpu_check = gpu_check_module()
+    device = {k: None for k in ("driver", "cuda", "git_commit")}
+    device.update(measured_at="2025-03-01T00:00:00Z", device="NVIDIA H200", torch="2.9.0", cpu_check=False)
+    (tmp_path / "device.json").write_text(json.dumps(device))
+    for model, rate in (("resnet18", 16000.0), ("vgg16_bn", 3000.0)):
+        numbers = {
+            "model": model,
+            "image_size": 224,
+            "batch_size": 256,
+            "precision": "bf16",
+            "channels_last": True,
+            "compile": True,
+            "epoch2_images_per_s": rate,
+            "compile_seconds": 40.0,
+            "peak_memory_mb": 9000.0,
+            "status": "completed",
+            "model_only_train_images_per_s": rate / 0.98,
+            "model_only_inference_images_per_s": 3 * rate,
+            "transform_over_forward": 0.02,
+            "end_to_end_over_model_only": 0.98,
+        }
+        (tmp_path / f"{model}.json").write_text(json.dumps(numbers))
+
+    def latency(impl, median):
+        info = {"model": "resnet18", "impl": impl, "batch": 32, "image_size": 224, "device": "cuda:0"}
+        return {
+            "name": impl,
+            "extra_info": {**info, "memory_format": "channels_last", "threads": 16},
+            "stats": {"median": median},
+        }
+
+    (tmp_path / "forward_latency.json").write_text(
+        json.dumps({"benchmarks": [latency("archbench", 0.004), latency("torchvision", 0.005)]})
+    )
+    gpu_check.collect(tmp_path)
+    results = load_gpu_results(tmp_path / "gpu-results.json")
+    assert {r["model"] for r in results["loop"]} == {"resnet18", "vgg16_bn"}  # the latency file is not a model
+    only = {r["model"]: r for r in results["model_only"]}
+    assert only["resnet18"]["inference_images_per_s"] == 48000.0 and only["vgg16_bn"]["transform_over_forward"] == 0.02
+    assert [g["met"] for g in results["goals"]] == [True, False, True, True]
+
+    inputs = SimpleNamespace(gpu_label="benchmarks/gpu/gpu-results.json")
+    text = "\n".join(gpu_part(SimpleNamespace(gpu=results, inputs=inputs)))
+    model_only = {r["model"]: r for r in table_rows(text[text.index("Model only") :])}
+    assert model_only["resnet18"]["inference images/s"] == "48,000.0"
+    assert model_only["vgg16_bn"]["batch transform / forward"] == "0.02"
+    (shown,) = table_rows(text[text.index("Forward latency on this GPU") :])
+    assert (shown["model"], shown["batch"], shown["device"]) == ("resnet18", "32", "cuda:0")
+    assert (shown["archbench median (ms)"], shown["archbench / torchvision"]) == ("4.00", "0.800")
+
+
+def run_gpu_script_steps_as_no_ops(tmp_path, deadline: int) -> str:
+    """gpu.sh --cpu-check with every step's interpreter replaced by `true`: its control flow, in a moment."""
+    done = subprocess.run(
+        ["bash", str(ROOT / "benchmarks" / "gpu.sh"), "--cpu-check", str(tmp_path / "gpu")],
+        env={
+            "PYTHON": "true",
+            "PATH": "/usr/bin:/bin",
+            "ARCHBENCH_CACHE": str(tmp_path),
+            "ARCHBENCH_GPU_DEADLINE": str(deadline),
+        },
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout
+
+
+def test_gpu_script_skips_the_optional_steps_the_deadline_leaves_no_room_for(tmp_path):
+    steps = ["device", "data", "loop-resnet18", "loop-vgg16_bn", "collect"]
+    # 50 s: after the collect step's 30 s, neither the latency benchmark (60 s) nor the bench (45 s at least) fits
+    out = run_gpu_script_steps_as_no_ops(tmp_path, 50)
+    assert all(f"== {name} (timeout" in out for name in steps), out
+    assert "== latency skipped" in out and "== bench skipped" in out and "2 skipped for time" in out
+    # 100 s: the latency benchmark gets its whole timeout, the bench what is left (it saves model by model)
+    out = run_gpu_script_steps_as_no_ops(tmp_path, 100)
+    assert "== latency (timeout 60s" in out and "0 skipped for time" in out, out
+    bench_timeout = int(re.search(r"== bench \(timeout (\d+)s", out).group(1))
+    assert 65 <= bench_timeout <= 70, out

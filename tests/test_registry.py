@@ -20,7 +20,15 @@ from archbench.cli import app
 from archbench.errors import ArchbenchError
 from archbench.flops import count_parameters
 from archbench.references import MODEL_COUNTS
-from archbench.registry import build_model, catalogue, get_entry, list_models, load_registry, resolve_registry_dir
+from archbench.registry import (
+    build_model,
+    catalogue,
+    get_entry,
+    list_models,
+    load_registry,
+    resolve_registry_dir,
+    tomllib,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 SHIPPED = [
@@ -150,6 +158,13 @@ def _installed_registry_listing(site: Path, cwd: Path) -> list[str]:
     return done.stdout.splitlines()
 
 
+def test_pyproject_installs_every_package():
+    """The fast counterpart of the wheel test: each folder of archbench/ with an __init__.py is listed."""
+    listed = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
+    found = {".".join(p.parent.relative_to(REPO).parts) for p in (REPO / "archbench").rglob("__init__.py")}
+    assert found <= set(listed)
+
+
 @pytest.mark.slow
 def test_wheel_carries_the_registry(tmp_path):
     src = tmp_path / "src"
@@ -165,8 +180,11 @@ def test_wheel_carries_the_registry(tmp_path):
     (wheel,) = (tmp_path / "dist").glob("archbench-*.whl")
     with zipfile.ZipFile(wheel) as zf:
         tomls = sorted(n for n in zf.namelist() if n.endswith(".toml"))
+        modules = sorted(n for n in zf.namelist() if n.endswith(".py"))
         zf.extractall(tmp_path / "site")
     assert tomls == [f"archbench/registry_files/{name}.toml" for name in SHIPPED]
+    # every module of the source tree is installed (a subpackage missing from pyproject's list is not)
+    assert modules == sorted(p.relative_to(REPO).as_posix() for p in (REPO / "archbench").rglob("*.py"))
     found = _installed_registry_listing(tmp_path / "site", cwd=tmp_path)
     assert found == [str(tmp_path / "site" / "archbench" / "registry_files"), " ".join(SHIPPED)]
 

@@ -16,6 +16,8 @@ from archbench.config import DataIdentity, Recipe, RunConfig
 from archbench.errors import ArchbenchError
 from archbench.report import write_report
 from archbench.runs import epochs_to_threshold
+from archbench.tuning import FORMAT_VERSION as TUNING_FORMAT
+from archbench.tuning import Trial, choose
 
 THRESHOLDS = [0.3, 0.4]
 ENTRIES = {
@@ -115,6 +117,7 @@ def write_run(
     parameters: int | None = None,
     compile_seconds: float | None = None,
     run_tag: str = "abc123",
+    peak_memory_mb: float = 512.0,
 ) -> Path:
     """One run folder written by the loop's own writer; status None leaves out summary.json. With `val_acc`
     the run held a validation split out and chose its best epoch on it."""
@@ -231,7 +234,7 @@ def write_run(
         mean_train_images_per_s=600.0,
         train_seconds=1.25 * len(test_acc),
         compile_seconds=compile_seconds,
-        peak_memory_mb=512.0,
+        peak_memory_mb=peak_memory_mb,
         peak_memory_kind="cpu peak RSS of the process",
         wall_seconds=6.0,
         synthetic=synthetic,
@@ -253,6 +256,10 @@ CURVES = {
 }
 
 
+def peak_memory(seed: int) -> float:
+    return 500.0 + 30.0 * seed
+
+
 def write_study(root: Path, synthetic_run: bool = False, curves: dict | None = None) -> Path:
     """Three models, two seeds; vgg11 seed 1 diverged; an interrupted rerun of resnet18 seed 0."""
     for (model, seed), acc in (curves or CURVES).items():
@@ -263,6 +270,7 @@ def write_study(root: Path, synthetic_run: bool = False, curves: dict | None = N
             acc,
             synthetic=synthetic_run and model == "vgg11",
             lr_source="preset x registry lr_scale" if model == "vgg11" else "preset",
+            peak_memory_mb=peak_memory(seed),
         )
     write_run(root, "vgg11", 1, [0.02], status="diverged", diverged_at_step=7, lr_source="preset x registry lr_scale")
     write_run(root, "resnet18", 0, [0.21], status=None, started_at="2025-01-02T00:00:00Z")  # killed, no summary
@@ -360,6 +368,10 @@ def test_means_over_seeds_come_with_t_intervals(study):
     vgg_conv = row_for(section(text, "## 4. Convergence"), "vgg11")
     assert vgg_conv["epochs to 30%"] == "4.0 (n=1, no interval)"
 
+    architectures = section(text, "## 2. Architectures")
+    assert row_for(architectures, "resnet18")["peak memory (MB)"] == interval([500.0, 530.0], ",.0f")
+    assert row_for(architectures, "vgg11")["peak memory (MB)"] == "500 (n=1, no interval)"
+
 
 def test_time_to_result_per_threshold(study):
     _, text = study
@@ -397,6 +409,31 @@ def test_early_gradients_are_read_scale_free(study):
     assert next(r for r in other if r["model"] == "vgg11")["‖g‖ first"] == f"{raw_first:.3g} (n=1, no interval)"
 
 
+def _bin_interval(values: list[float], fmt: str) -> str:
+    """A by-depth cell: the interval without its n, which the row states once."""
+    return interval(values, fmt).removesuffix(f" (n={len(values)})")
+
+
+def test_gradient_size_by_depth_has_an_interval_over_seeds(study):
+    _, text = study
+    early = section(text, "## 5. Early training")
+    rows = table_rows(early[early.index("‖g‖/‖w‖ by depth") :])
+    plain = {r["measured at"]: r for r in rows if r["model"] == "resnet18_plain"}
+    # 18 layers in five groups: layers 0-3 are the first fifth, 15-17 the last
+    first, last = range(4), range(15, 18)
+    at0 = [statistics.mean(grad_to_weight("resnet18_plain", s, 0, d) for d in first) for s in (0, 1)]
+    later = [
+        statistics.mean(statistics.mean(grad_to_weight("resnet18_plain", s, t, d) for t in (1, 2)) for d in last)
+        for s in (0, 1)
+    ]
+    assert plain["step 0"]["n"] == "2" and plain["step 0"]["weight layers"] == "18"
+    assert plain["step 0"]["0-20% depth"] == _bin_interval(at0, ".2e")
+    assert plain["steps 1-2"]["80-100% depth"] == _bin_interval(later, ".2e")
+    vgg = next(r for r in rows if r["model"] == "vgg11" and r["measured at"] == "step 0")
+    vgg_first = statistics.mean(grad_to_weight("vgg11", 0, 0, d) for d in range(3))  # 11 layers: 0-2 come first
+    assert vgg["n"] == "1" and vgg["0-20% depth"] == f"{vgg_first:.2e}"  # one seed: the value alone
+
+
 def test_step_to_step_cosine_by_depth(study):
     _, text = study
     early = section(text, "## 5. Early training")
@@ -406,7 +443,13 @@ def test_step_to_step_cosine_by_depth(study):
     assert plain["first-layer cosine"] == interval(first, ".3f")
     fifths = table_rows(early[early.index("Cosine by depth") :])
     resnet = next(r for r in fifths if r["model"] == "resnet18")
-    assert float(resnet["0-20% depth"]) < float(resnet["80-100% depth"])
+    # 21 layers in five groups: layers 0-4 are the first fifth, 17-20 the last
+    by_seed = {
+        b: [statistics.mean(cosine("resnet18", s, 1, d) for d in b) for s in (0, 1)] for b in (range(5), range(17, 21))
+    }
+    assert resnet["0-20% depth"] == _bin_interval(by_seed[range(5)], ".3f")
+    assert resnet["80-100% depth"] == _bin_interval(by_seed[range(17, 21)], ".3f")
+    assert statistics.mean(by_seed[range(5)]) < statistics.mean(by_seed[range(17, 21)])
 
 
 def test_diverged_and_interrupted_runs_are_listed(study):
@@ -482,6 +525,30 @@ def test_discussion_follows_the_numbers(tmp_path):
     assert "vgg11 reached 30% test accuracy first (epoch 1)" in discussion
     assert "vgg11 reached 40% test accuracy first (epoch 2)" in discussion
     assert "the opposite direction to the reference's" in discussion
+
+
+NO_TUNED_RUNS = "Shared recipe against tuned rates: no runs with tuned rates are recorded yet"
+
+
+def test_discussion_says_when_tuned_rates_are_chosen_but_not_run(study, tmp_path):
+    assert NO_TUNED_RUNS not in study[1]  # no tuning file
+    runs = write_study(tmp_path / "runs")
+    trials = [
+        Trial(model=m, lr=lr, seed=0, run_id=f"t-{m}-{lr}", status="completed", val_acc=acc, val_loss=1.0, test_acc=acc)
+        for m, grid in {"resnet18": {0.1: 0.3, 1.0: 0.4}, "vgg11": {0.01: 0.2, 0.1: 0.25}}.items()
+        for lr, acc in grid.items()
+    ]
+    # what the report reads of a tuning file: its format, each model's choice and the trials
+    models = {m: choose([t for t in trials if t.model == m]) for m in ("resnet18", "vgg11")}
+    content = {"format_version": TUNING_FORMAT, "models": models, "trials": [vars(t) for t in trials]}
+    (runs / "tuning.json").write_text(json.dumps(content), encoding="utf-8")
+    discussion = section(generate(tmp_path, runs), ". Discussion")
+    line = next(ln for ln in discussion.splitlines() if NO_TUNED_RUNS in ln)
+    assert "the tuning file(s) `runs/tuning.json` chose" in line
+    assert "`archbench run resnet18 vgg11 --lr tuned --preset smoke --seed 0 --seed 1`" in line
+
+    write_run(runs, "resnet18", 0, [0.3, 0.5], lr_source="tuned (tuning.json)", lr=1.0, run_tag="tuned")
+    assert NO_TUNED_RUNS not in section(generate(tmp_path, runs), ". Discussion")
 
 
 LATENCY = {

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import statistics
 from pathlib import Path
 
 import pandas as pd
@@ -62,13 +64,29 @@ def test_discussion_reads_degradation_and_the_deeper_resnet(report):
     assert "the deeper residual net is better (He et al. 2016, Table 2: ResNet-34 25.03%" in discussion
 
 
+def paired_seeds_needed(a: str, b: str) -> int:
+    """The fewest seeds at which a paired t-test (one sample of per-seed differences, df n - 1) has 80% power
+    against the observed mean difference, at the observed spread of the differences."""
+    differences = [x - y for x, y in zip(FINAL[a], FINAL[b])]
+    d = abs(statistics.mean(differences)) / statistics.stdev(differences)
+    for n in range(2, 1001):
+        t, delta = scipy_stats.t.ppf(0.975, n - 1), d * math.sqrt(n)
+        if scipy_stats.nct.sf(t, n - 1, delta) + scipy_stats.nct.cdf(-t, n - 1, delta) >= 0.8:
+            return n
+    raise AssertionError("more than 1000")
+
+
 def test_each_twin_and_resnet_against_each_vgg_is_tested(report):
     discussion = section(report, "Discussion")
     p = paired_p("resnet18", "resnet18_plain")
     assert p >= 0.05
     residual = next(ln for ln in discussion.splitlines() if ln.startswith("- Residual connections: resnet18 "))
     assert f"not resolved with 3 seeds (p = {p:.2g}, paired, n = 3 vs 3)" in residual
-    assert "seeds per model would resolve a difference this size (normal approximation)" in residual
+    needed = paired_seeds_needed("resnet18", "resnet18_plain")
+    assert needed > 3
+    assert residual.endswith(
+        f"; at the observed spread {needed} seeds per model would resolve a difference this size with 80% power."
+    )
     bn = next(ln for ln in discussion.splitlines() if ln.startswith("- BN: vgg11_bn "))
     assert f"resolved (p = {paired_p('vgg11_bn', 'vgg11'):.2g}, paired, n = 3 vs 3)" in bn
     for resnet in ("resnet18", "resnet34"):
@@ -76,6 +94,9 @@ def test_each_twin_and_resnet_against_each_vgg_is_tested(report):
             assert f"- ResNet against VGG: {resnet} " in discussion
             assert f"against {vgg} " in discussion
     assert "Residual connections: resnet34 " in discussion  # the 34-layer twins too
+    # a plain ResNet is neither side of ResNet against VGG: residual and family both decide
+    resnet_vgg = [ln for ln in discussion.splitlines() if ln.startswith("- ResNet against VGG: ")]
+    assert len(resnet_vgg) == 4 and not any("plain" in ln for ln in resnet_vgg)
 
 
 def _counted(finals: dict[str, list[float]]) -> pd.DataFrame:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import statistics
 from pathlib import Path
 
@@ -19,6 +20,8 @@ GRID = {
     "resnet18": {0.01: [0.40, 0.42], 0.1: [0.35, 0.37], 1.0: [None, 0.1]},
     "vgg11": {0.001: [0.20, 0.22], 0.00316: [0.30, 0.31], 0.0316: [0.25, 0.26]},  # default 0.01 not in the grid
     "vgg11_bn": {0.01: [0.30, 0.30], 0.1: [0.33, 0.35]},  # no study run: its default comes from the preset
+    "resnet34": {0.01: [0.30, 0.32], 0.1: [0.32, 0.30]},  # the same scores at two rates: a tie
+    "vgg16": {0.01: [None, None], 0.1: [None, None]},  # every rate diverged
 }
 
 
@@ -91,16 +94,14 @@ def report(tmp_path_factory) -> tuple[Path, str]:
                 run_tag="tuned",
                 started_at="2025-02-01T00:00:00Z",
             )
-    trials = write_trials(runs)
+    trials = [t for t in write_trials(runs) if t.model == "resnet18"]
     write_tuning(
         runs / "tuning.json",
-        trials=[t for t in trials if t.model == "resnet18"],
+        trials=trials,
+        configs=[json.loads((runs / t.model / t.run_id / "config.json").read_text()) for t in trials],
         data={"fingerprint": "a" * 64, "synthetic": False},
         validation={"per_class": 10, "seed": 0, "size": 100, "fingerprint": "b" * 64},
-        epochs=1,
-        preset="smoke",
-        global_batch=32,
-        provenance={"archbench_version": "0.1.0"},
+        provenance={"archbench_version": "0.1.0", "finished_at": "2025-01-01T00:00:00Z"},
     )
     return tmp, generate(tmp, runs)
 
@@ -142,6 +143,18 @@ def test_sensitivity_table_choice_default_and_tuneability(report):
     assert "](REPORT-lr-sensitivity.png)" in lr
     assert (tmp / "REPORT-lr-sensitivity.png").read_bytes()[:4] == b"\x89PNG"
     assert "The test set plays no part in the choice" in lr
+
+
+def test_sensitivity_reports_ties_and_models_whose_every_rate_diverged(report):
+    _, text = report
+    lr = section(text, "## 5. Learning-rate sensitivity")
+    rows = {r["model"]: r for r in table_rows(lr)}
+    assert rows["resnet34"]["chosen lr"] == "none: 0.01 and 0.1 tie"
+    assert rows["vgg16"]["chosen lr"] == "none: every rate diverged"
+    assert rows["vgg16"]["best lr"] == "—" and rows["vgg16"]["val acc at best (%)"] == "—"
+    grid = {(r["model"], r["lr"]): r for r in table_rows(lr[lr.index("Every rate tried") :])}
+    assert all("scored nothing: diverged, diverged" in grid[("vgg16", x)]["note"] for x in ("0.01", "0.1"))
+    assert all("chosen" not in grid[("resnet34", x)]["note"] for x in ("0.01", "0.1"))
 
 
 def test_validation_choice_is_the_unbiased_estimate(report):

@@ -130,6 +130,7 @@ class DeviceLoader:
         dtype: torch.dtype = torch.float32,
         rank: int = 0,
         world_size: int = 1,
+        drop_last: bool = False,
     ):
         if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
             raise ValueError(f"images must be uint8 N x H x W x 3, got {images.dtype} {images.shape}")
@@ -145,14 +146,15 @@ class DeviceLoader:
         self.channels_last = channels_last
         self.dtype = dtype
         self.rank, self.world_size = rank, world_size
+        self.full_batches = train or drop_last  # training batches are always full size (one shape to compile)
         self.epoch = 0
         self.dataset_size = len(images)
-        if train and self.num_batches == 0:
+        if self.full_batches and self.num_batches == 0:
             raise ArchbenchError(
                 f"a batch of {batch_size} on each of {world_size} process(es) needs at least {batch_size * world_size} "
                 f"training images, but the split holds {self.dataset_size}: lower --batch-size."
             )
-        if not train and self.dataset_size // world_size < self.num_batches:
+        if not self.full_batches and self.dataset_size // world_size < self.num_batches:
             raise ArchbenchError(
                 f"{self.dataset_size} images are too few to evaluate on {world_size} ranks at batch size {batch_size}."
             )
@@ -162,14 +164,14 @@ class DeviceLoader:
     @property
     def num_batches(self) -> int:
         global_batch = self.batch_size * self.world_size
-        if self.train:
+        if self.full_batches:
             return self.dataset_size // global_batch
         return math.ceil(self.dataset_size / global_batch)
 
     @property
     def num_samples(self) -> int:
         """Images this rank takes per epoch."""
-        if self.train:
+        if self.full_batches:
             return self.num_batches * self.batch_size
         return len(range(self.rank, self.dataset_size, self.world_size))
 
@@ -183,7 +185,8 @@ class DeviceLoader:
         """This rank's sample indices, crop offsets and flip flags for the current epoch (on the device)."""
         n = self.dataset_size
         if not self.train:
-            return torch.arange(n)[self.rank :: self.world_size].to(self.device), None, None
+            used = n if not self.full_batches else self.num_batches * self.batch_size * self.world_size
+            return torch.arange(used)[self.rank :: self.world_size].to(self.device), None, None
         generator = epoch_generator(self.seed, self.epoch)
         order = torch.randperm(n, generator=generator)
         room = upscaled_size(self.image_size) - self.image_size

@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from archbench.config import BENCH_DIR, GPU_RESULTS_FILE, LATENCY_FILE, REPORT_FILE, RUNS_DIR
 from archbench.report import figures
 from archbench.report.depth import depth_section
 from archbench.report.discussion import discussion_section
@@ -43,9 +44,6 @@ SECTIONS = (
     ("Discussion", discussion_section),
     ("Run records", run_records_section),
 )
-DEFAULT_BENCHMARKS = Path("benchmarks/forward_latency.json")
-DEFAULT_BENCH_RESULTS = Path("benchmarks/results")
-DEFAULT_GPU_RESULTS = Path("benchmarks/gpu/gpu-results.json")
 
 
 def _relative(path: Path, start: Path) -> str:
@@ -64,23 +62,23 @@ def render(study: Study) -> str:
 def _command(out: Path, labels: dict[str, str]) -> str:
     """`archbench report` with every option that differs from its default (paths relative to the report)."""
     defaults = {
-        "--runs": "runs",
-        "--benchmarks": DEFAULT_BENCHMARKS.as_posix(),
-        "--bench-results": DEFAULT_BENCH_RESULTS.as_posix(),
-        "--gpu-results": DEFAULT_GPU_RESULTS.as_posix(),
+        "--runs": RUNS_DIR.as_posix(),
+        "--benchmarks": LATENCY_FILE.as_posix(),
+        "--bench-results": BENCH_DIR.as_posix(),
+        "--gpu-results": GPU_RESULTS_FILE.as_posix(),
     }
     options = [f"{flag} {labels[flag]}" for flag in defaults if labels[flag] != defaults[flag]]
-    if out.name != "REPORT.md":
-        options.insert(1 if labels["--runs"] != "runs" else 0, f"--out {out.name}")
+    if out.name != REPORT_FILE.name:
+        options.insert(1 if labels["--runs"] != defaults["--runs"] else 0, f"--out {out.name}")
     return " ".join(["archbench report", *options])
 
 
 def write_report(
     runs_dir: Path,
     out: Path,
-    benchmarks: Path = DEFAULT_BENCHMARKS,
-    bench_results: Path = DEFAULT_BENCH_RESULTS,
-    gpu_results: Path = DEFAULT_GPU_RESULTS,
+    benchmarks: Path = LATENCY_FILE,
+    bench_results: Path = BENCH_DIR,
+    gpu_results: Path = GPU_RESULTS_FILE,
 ) -> Path:
     """Write REPORT.md (and its PNG figures beside it) from the run records under `runs_dir`, the forward
     latency in `benchmarks`, the `archbench bench` results in the folder `bench_results` and the GPU

@@ -2,7 +2,9 @@
 
 - residual twins: same builder and depth, same BN, one with residual connections and one without;
 - BN twins: same builder and depth, same residual flag, one with BN and one without;
-- ResNet against VGG: every residual ResNet against every VGG.
+- ResNet against VGG: every residual ResNet against every VGG. The run records carry no family trait,
+  so "a ResNet" and "a VGG" are read from the registry builder (`resnet`, `vgg`); that the ResNet side is
+  residual is read from its traits.
 
 Pairs are formed within one learning-rate arm (shared recipe, or tuned), so a tuned model is compared
 with tuned models only.
@@ -39,6 +41,13 @@ def _twin(kinds: pd.DataFrame, x: str, y: str, differ: str, same: str) -> bool:
     )
 
 
+def resnets_and_vggs(kinds: pd.DataFrame) -> tuple[list[str], list[str]]:
+    """The labels of `kinds` that are residual ResNets, and those that are VGGs (with BN or without)."""
+    labels = sorted(kinds.index)
+    resnets = [m for m in labels if kinds.loc[m, "builder"] == "resnet" and bool(kinds.loc[m, "residual"])]
+    return resnets, [m for m in labels if kinds.loc[m, "builder"] == "vgg"]
+
+
 def pairs(kinds: pd.DataFrame) -> list[Pair]:
     """Every tested pair among the labels of `kinds` (see `study.traits`), in a fixed order."""
     labels = sorted(kinds.index)
@@ -49,8 +58,7 @@ def pairs(kinds: pd.DataFrame) -> list[Pair]:
                 if _twin(kinds, x, y, differ, same):
                     with_, without = (x, y) if kinds.loc[x, differ] else (y, x)
                     out.append(Pair(kind, with_, without, kinds.loc[x, "arm"]))
-    resnets = [m for m in labels if kinds.loc[m, "builder"] == "resnet" and kinds.loc[m, "residual"]]
-    vggs = [m for m in labels if kinds.loc[m, "builder"] == "vgg"]
+    resnets, vggs = resnets_and_vggs(kinds)
     out += [
         Pair(RESNET_VGG, r, v, kinds.loc[r, "arm"])
         for r in resnets

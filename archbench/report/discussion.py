@@ -14,13 +14,15 @@ import numpy as np
 import pandas as pd
 
 from archbench import references
-from archbench.report.comparisons import BN, RESIDUAL, RESNET_VGG, Pair, compare_labels, pairs
+from archbench.config import RUNS_DIR
+from archbench.report.comparisons import BN, RESIDUAL, RESNET_VGG, Pair, compare_labels, pairs, resnets_and_vggs
 from archbench.report.depth import depth_sentences
 from archbench.report.gradient_measures import COSINE, EARLY, column, early_window
 from archbench.report.sensitivity import Sensitivity, tuneability
 from archbench.report.stats import Comparison, compare
 from archbench.report.study import SHARED, TUNED, Study, thresholds_of, traits
-from archbench.report.text import join, threshold_label, verdict
+from archbench.report.text import join, threshold_label, unique, verdict
+from archbench.tuning import CHOSEN
 
 ARM_NAMES = {SHARED: "Shared recipe", TUNED: "Tuned rates"}
 FEATURE_VERB = {RESIDUAL: "keep", BN: "keeps"}
@@ -176,9 +178,7 @@ def _convergence_sentences(counted: pd.DataFrame, prefix: str) -> list[str]:
 def _claim_sentences(counted: pd.DataFrame, prefix: str) -> list[str]:
     """Compare ResNet (residual) with VGG at the highest threshold every ResNet seed reached."""
     claim = references.CONVERGENCE
-    kinds = traits(counted)
-    resnets = [m for m in kinds.index if kinds.loc[m, "builder"] == "resnet" and kinds.loc[m, "residual"]]
-    vggs = [m for m in kinds.index if kinds.loc[m, "builder"] == "vgg"]
+    resnets, vggs = resnets_and_vggs(traits(counted))
     if not resnets or not vggs:
         return []
     for t in reversed(thresholds_of(counted)):
@@ -325,6 +325,40 @@ def _outcome(c: Comparison, a: str, b: str) -> str:
     return f"{a if c.difference > 0 else b} ahead, resolved"
 
 
+def _no_tuned_runs_sentences(study: Study) -> list[str]:
+    """When a tuning file chose rates but no study run used them: say so, and give the command that runs them."""
+    s, counted = study.sensitivity, study.counted
+    if s is None or not s.files or TUNED in set(counted["arm"]):
+        return []
+    runs_dir = study.inputs.runs_label
+    commands = []
+    for file in s.files:
+        models = [m.model for m in s.models if m.chosen_by == file and m.status == CHOSEN]
+        if not models:
+            continue
+        options = ["--lr tuned"]
+        if file != f"{runs_dir}/tuning.json":
+            options.append(f"--tuning {file}")
+        if runs_dir != RUNS_DIR.as_posix():
+            options.append(f"--out {runs_dir}")
+        presets = unique(counted["preset"])
+        if len(presets) == 1 and presets[0] != "paper":
+            options.append(f"--preset {presets[0]}")
+        options += [f"--seed {seed}" for seed in sorted({int(x) for x in counted["seed"]})]
+        commands.append(f"`archbench run {' '.join(models)} {' '.join(options)}`")
+    files = join(f"`{f}`" for f in s.files)
+    head = (
+        "Shared recipe against tuned rates: no runs with tuned rates are recorded yet, so this comparison is not made"
+    )
+    if not commands:
+        return [f"{head}; the tuning file(s) {files} chose no rate to run (see Learning-rate sensitivity)."]
+    return [
+        f"{head}. To record them with the rates the tuning file(s) {files} chose (see Learning-rate "
+        f"sensitivity): {join(commands)}, with the shared runs' other options (e.g. `--data`, `--epochs`) if "
+        "they set any; the next report then sets them against the shared recipe."
+    ]
+
+
 def _arm_sentences(counted: pd.DataFrame) -> list[str]:
     """Which comparisons change between the shared recipe and per-model tuned rates (both arms needed)."""
     if set(counted["arm"]) != {SHARED, TUNED}:
@@ -371,6 +405,7 @@ def discussion_section(study: Study) -> str:
     sentences += (
         depth_sentences(counted)
         + _arm_sentences(counted)
+        + _no_tuned_runs_sentences(study)
         + _tuneability_sentences(study.sensitivity)
         + _stability_sentences(runs)
         + _gradient_sentences(study)

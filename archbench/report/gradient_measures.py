@@ -17,6 +17,7 @@ SIZES = ("grad_to_weight", "grad_rms", "grad_norm")  # gradient size, scale-free
 COSINE = "cosine_to_previous"
 SYMBOLS = {"grad_to_weight": "‖g‖/‖w‖", "grad_rms": "‖g‖/√n", "grad_norm": "‖g‖", COSINE: "cosine"}
 STEP0, EARLY = "step0", "early"  # column suffixes: at step 0; mean over the recorded steps from 1 on
+DEPTH_BINS = 5  # the by-depth tables group each model's weight layers into fifths, first to last
 
 
 def column(measure: str, window: str) -> str:
@@ -29,6 +30,7 @@ LAYER_COLUMNS = [column(m, STEP0) for m in SIZES] + [column(m, EARLY) for m in (
 class GradientTables(NamedTuple):
     per_run: pd.DataFrame  # per run: first and last layer of every measure, first/last ratios of ‖g‖/‖w‖
     by_depth: pd.DataFrame  # per label and layer index: every measure, averaged over seeds
+    bins: pd.DataFrame  # per run and depth bin: every measure, averaged over the bin's layers
     steps: int  # the most steps any counted run recorded (the early window is steps 1 to steps - 1)
 
 
@@ -87,10 +89,30 @@ def by_depth(layers: pd.DataFrame) -> pd.DataFrame:
     return grouped.agg(layer=("layer", "first"), **{c: (c, "mean") for c in LAYER_COLUMNS}).reset_index()
 
 
+def depth_bin(count: int) -> np.ndarray:
+    """The bin of each of `count` layers in forward order: DEPTH_BINS groups of (nearly) equal count."""
+    return (np.arange(count) * DEPTH_BINS) // max(1, count)
+
+
+def by_bin(layers: pd.DataFrame) -> pd.DataFrame:
+    """Per run and depth bin (0 to DEPTH_BINS - 1): the number of weight layers the run has and every
+    measure averaged over the bin's layers (NaNs left out), so a bin's mean and interval over seeds come
+    from one value per seed."""
+    rows = []
+    for key, g in layers.groupby(RUN_KEYS, sort=True):
+        g = g.sort_values("layer_index")
+        bins = depth_bin(len(g))
+        for b in range(DEPTH_BINS):
+            row = {**dict(zip(RUN_KEYS, key)), "bin": b, "layers": len(g)}
+            row.update(g.loc[bins == b, LAYER_COLUMNS].mean().to_dict())
+            rows.append(row)
+    return pd.DataFrame(rows, columns=[*RUN_KEYS, "bin", "layers", *LAYER_COLUMNS])
+
+
 def gradient_tables(grads: pd.DataFrame) -> GradientTables:
     layers = per_layer(grads)
     steps = int(layers["steps"].max()) if len(layers) else 0
-    return GradientTables(per_run(layers), by_depth(layers), steps)
+    return GradientTables(per_run(layers), by_depth(layers), by_bin(layers), steps)
 
 
 def early_window(steps: int) -> str:

@@ -22,6 +22,7 @@ from typing import NamedTuple
 
 import pandas as pd
 
+from archbench import bench
 from archbench.errors import ArchbenchError
 from archbench.runs import (
     CONFIG,
@@ -30,31 +31,17 @@ from archbench.runs import (
     GRADNORMS,
     METRICS,
     METRICS_COLUMNS,
+    OUTCOME_FIELDS,
     STATUSES,
     SUMMARY,
     EpochMetrics,
-    choose_epoch,
-    epochs_to_threshold,
-    time_to_threshold,
+    outcome,
 )
 from archbench.tuning import FORMAT_VERSION as TUNING_FORMAT
 
 TUNING_FILE = "tuning.json"
 # The summary.json fields the report reads (the schema is `archbench.runs.Summary`).
-SUMMARY_READ = (
-    "status",
-    "epochs_completed",
-    "final_train_acc",
-    "final_test_acc",
-    "best_test_acc",
-    "best_epoch",
-    "selected_on",
-    "best_val_acc",
-    "test_acc_at_best_epoch",
-    "epochs_to_threshold",
-    "seconds_to_threshold",
-    "images_to_threshold",
-)
+SUMMARY_READ = ("status", *OUTCOME_FIELDS)
 
 BENCHMARK_COMMAND = "pytest benchmarks/test_forward_latency.py --benchmark-json benchmarks/forward_latency.json"
 
@@ -129,25 +116,7 @@ def _history(metrics: pd.DataFrame) -> list[EpochMetrics]:
 
 def _summary_from_metrics(metrics: pd.DataFrame, thresholds: list[float], on_val: bool) -> dict:
     """What summary.json would say, for a run stopped before writing one (by the loop's own rules)."""
-    history = _history(metrics)
-    best = choose_epoch(history, on_val)
-    seconds, images = time_to_threshold(history, thresholds)
-    last = history[-1] if history else None
-    return {
-        "status": "interrupted",
-        "diverged_at_step": None,
-        "epochs_completed": len(history),
-        "final_train_acc": None if last is None else last.train_acc,
-        "final_test_acc": None if last is None else last.test_acc,
-        "best_test_acc": max(row.test_acc for row in history) if history else None,
-        "best_epoch": None if best is None else best + 1,
-        "selected_on": "val" if on_val else "test",
-        "best_val_acc": history[best].val_acc if on_val and best is not None else None,
-        "test_acc_at_best_epoch": None if best is None else history[best].test_acc,
-        "epochs_to_threshold": epochs_to_threshold([row.test_acc for row in history], thresholds),
-        "seconds_to_threshold": seconds,
-        "images_to_threshold": images,
-    }
+    return {"status": "interrupted", "diverged_at_step": None, **outcome(_history(metrics), thresholds, on_val)}
 
 
 def _num(value) -> float:
@@ -390,15 +359,15 @@ def load_latency(path: Path) -> pd.DataFrame | None:
     if not isinstance(benchmarks, list):
         raise ArchbenchError(f"{path} is not pytest-benchmark JSON (no 'benchmarks' list); rerun `{BENCHMARK_COMMAND}`")
     rows = []
-    for bench in benchmarks:
-        info = bench.get("extra_info") or {}
+    for record in benchmarks:
+        info = record.get("extra_info") or {}
         if not {"model", "impl", "batch"} <= info.keys():
             continue  # another benchmark saved into the same file
         try:
-            median = float(bench["stats"]["median"])
+            median = float(record["stats"]["median"])
         except (KeyError, TypeError, ValueError):
             raise ArchbenchError(
-                f"{path} has a benchmark without stats.median ({bench.get('name')}); rerun `{BENCHMARK_COMMAND}`"
+                f"{path} has a benchmark without stats.median ({record.get('name')}); rerun `{BENCHMARK_COMMAND}`"
             ) from None
         rows.append(
             {
@@ -453,14 +422,17 @@ def load_gpu_results(path: Path) -> dict | None:
 
 
 def load_bench_results(folder: Path) -> pd.DataFrame | None:
-    """The newest `archbench bench` result per model and device in `folder`, or None when there is none
-    (or this archbench cannot read bench result files)."""
-    try:
-        from archbench import bench
-    except ImportError:
+    """The newest `archbench bench` result per model, device and settings in `folder` and in the folder
+    `benchmarks/gpu.sh` writes its bench results to beside it (`archbench.bench.GPU_SCRIPT_BENCH`: with the
+    defaults, benchmarks/results and benchmarks/gpu/bench), or None when there is none. Each row keeps the
+    name of its `file`; `source` is the folder of a row from the GPU script's folder (None for a row from
+    `folder`)."""
+    folder = Path(folder)
+    frames = []
+    for where in (folder.parent / bench.GPU_SCRIPT_BENCH, folder):  # on a tie in time, `folder`'s row wins
+        results = bench.latest_bench_results(where)
+        if results is not None and len(results) > 0:
+            frames.append(results.assign(source=None if where == folder else where.as_posix()))
+    if not frames:
         return None
-    latest = getattr(bench, "latest_bench_results", None)
-    if latest is None:
-        return None
-    results = latest(Path(folder))
-    return None if results is None or len(results) == 0 else results
+    return bench.newest(pd.concat(frames, ignore_index=True))

@@ -5,11 +5,19 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pandas as pd
 
 from archbench import references
-from archbench.report.gradient_measures import COSINE, EARLY, SIZES, STEP0, SYMBOLS, column, early_window
+from archbench.report.gradient_measures import (
+    COSINE,
+    DEPTH_BINS,
+    EARLY,
+    SIZES,
+    STEP0,
+    SYMBOLS,
+    column,
+    early_window,
+)
 from archbench.report.speed import bench_part, gpu_part, latency_cell, latency_part
 from archbench.report.stats import finite
 from archbench.report.study import Study, thresholds_of
@@ -29,7 +37,6 @@ from archbench.report.text import (
     unique,
 )
 
-DEPTH_BINS = 5  # the by-depth tables group each model's weight layers into fifths, first to last
 VALIDATION, TEST = "val", "test"  # a summary's `selected_on`
 
 
@@ -149,11 +156,6 @@ def provenance_section(study: Study) -> str:
     )
 
 
-def _memory_cell(group: pd.DataFrame) -> str:
-    values = finite(group["peak_memory_mb"])
-    return f"{np.mean(values):,.0f}" if values else DASH
-
-
 def _compile_cell(group: pd.DataFrame) -> str:
     compiled = group[group["compile"]]
     if compiled.empty:
@@ -177,7 +179,7 @@ def architectures_section(study: Study) -> str:
                 "BN": "yes" if first["batch_norm"] else "no",
                 "parameters": f"{int(params[0]):,}" if params else DASH,
                 "GFLOPs @224": f"{gflops[0]:.4f}" if gflops else DASH,
-                "peak memory (MB)": _memory_cell(group),
+                "peak memory (MB)": ci(group["peak_memory_mb"], ",.0f"),
                 "compile (s)": _compile_cell(group),
                 "latency b1 (ms)": latency_cell(latency, first["model"], 1),
                 "latency b32 (ms)": latency_cell(latency, first["model"], 32),
@@ -189,8 +191,8 @@ def architectures_section(study: Study) -> str:
         "Depth counts the conv and linear weight layers on the main path. GFLOPs: fvcore at 224x224 in eval "
         "mode; fvcore counts one fused multiply-add as one flop (so these are GMACs; PyTorch's own "
         "`FlopCounterMode` counts 2 per multiply-add and reports about twice as much). "
-        f"Peak memory: mean over the counted runs of what each recorded ({'; '.join(kinds) or 'not recorded'}), "
-        "at the training recipe's batch and image size. Compile: seconds of the first compiled step, "
+        f"Peak memory: what each counted run recorded ({'; '.join(kinds) or 'not recorded'}), at the training "
+        "recipe's batch and image size, mean ± 95% interval over seeds. Compile: seconds of the first compiled step, "
         "compilation included (mean ± 95% interval over seeds). "
         "Latency: median archbench forward pass in eval mode under `torch.inference_mode()`, at the image size "
         "and on the device of the latency table below.",
@@ -346,26 +348,20 @@ def convergence_section(study: Study) -> str:
     )
 
 
-def _fifths(values: pd.Series) -> list[pd.Series]:
-    """The layers of one model, in forward order, split into DEPTH_BINS groups of (nearly) equal count."""
-    groups = (np.arange(len(values)) * DEPTH_BINS) // max(1, len(values))
-    return [values[groups == b] for b in range(DEPTH_BINS)]
-
-
-def _fifth_headers() -> list[str]:
+def _bin_headers() -> list[str]:
     return [f"{100 * b // DEPTH_BINS}-{100 * (b + 1) // DEPTH_BINS}% depth" for b in range(DEPTH_BINS)]
 
 
-def _by_fifths(by_depth: pd.DataFrame, windows: list[tuple[str, str]], fmt: str) -> pd.DataFrame:
-    """Per label and window (column, name): the mean of the column over each fifth of the layers."""
+def _by_bins(bins: pd.DataFrame, windows: list[tuple[str, str]], fmt: str) -> pd.DataFrame:
+    """Per label and window (column, name): per depth bin, the mean over seeds of each run's mean over the
+    bin's layers, with its t half-width; n once per row, and in a cell only where fewer seeds have a value."""
     rows = []
-    for label, g in by_depth.groupby("label", sort=True):
-        g = g.sort_values("layer_index").reset_index(drop=True)
+    for label, g in bins.groupby("label", sort=True):
+        seeds = g["run_id"].nunique()
         for name, title in windows:
-            row = {"model": label, "measured at": title, "weight layers": str(len(g))}
-            for header, values in zip(_fifth_headers(), _fifths(g[name])):
-                values = finite(values)
-                row[header] = format(np.mean(values), fmt) if values else DASH
+            row = {"model": label, "measured at": title, "weight layers": counts(g["layers"]), "n": str(seeds)}
+            for b, header in enumerate(_bin_headers()):
+                row[header] = ci(g.loc[g["bin"] == b, name], fmt, seeds=seeds)
             rows.append(row)
     return pd.DataFrame(rows)
 
@@ -448,9 +444,10 @@ def early_training_section(study: Study) -> str:
         "about as large.",
         md(_size_rows(grads.per_run, window)),
         f"‖g‖/‖w‖ by depth: each model's weight layers, in forward order, split into {DEPTH_BINS} groups of "
-        "(nearly) equal count; each cell is the mean over the layers in that group (each layer first "
-        "averaged over the steps, then over seeds).",
-        md(_by_fifths(grads.by_depth, [(column(g2w, STEP0), "step 0"), (column(g2w, EARLY), window)], ".2e")),
+        "(nearly) equal count; per run, each layer is averaged over the steps and then over the layers of its "
+        "group; each cell is the mean of that over the n seeds ± the half-width of its 95% t interval (n=1: "
+        "the value alone, no interval).",
+        md(_by_bins(grads.bins, [(column(g2w, STEP0), "step 0"), (column(g2w, EARLY), window)], ".2e")),
         *_zero_at_start(grads.by_depth),
         f"Other size measures over {window} (shown for reference; no claim rests on them): ‖g‖/√n is the "
         "gradient's root mean square over the layer's n weights; ‖g‖ is the raw norm, which grows with the "
@@ -462,8 +459,8 @@ def early_training_section(study: Study) -> str:
         "depth; skip connections slow this. The step-to-step cosine is a proxy for that: it also moves with "
         "the minibatch and with the weights' update.",
         md(_cosine_rows(grads.per_run)),
-        f"Cosine by depth (mean over {window}, each fifth of the layers as above):",
-        md(_by_fifths(grads.by_depth, [(column(COSINE, EARLY), window)], ".3f")),
+        f"Cosine by depth (mean over {window}, each fifth of the layers and the interval over the n seeds as above):",
+        md(_by_bins(grads.bins, [(column(COSINE, EARLY), window)], ".3f")),
     ]
     missing = sorted(set(counted["label"]) - set(grads.per_run["label"]))
     if missing:

@@ -11,7 +11,7 @@ the registry entry's `lr_scale`).
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, NamedTuple
+from typing import NamedTuple, Protocol
 
 import numpy as np
 import pandas as pd
@@ -21,9 +21,6 @@ from archbench.errors import ArchbenchError
 from archbench.report.load import TuningFile, val_loss_at_best_epoch
 from archbench.report.text import DASH, md, pct
 from archbench.tuning import ALL_DIVERGED, CHOSEN, TIE, Trial, choose
-
-if TYPE_CHECKING:
-    from archbench.report.study import Study
 
 RECORDS = "the recorded trials"
 
@@ -249,7 +246,31 @@ def _grid_rows(s: Sensitivity) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def sensitivity_section(study: Study) -> str | None:
+class _RunsLabel(Protocol):
+    @property
+    def runs_label(self) -> str: ...
+
+
+class _SensitivityFigure(Protocol):
+    @property
+    def lr_sensitivity(self) -> str: ...
+
+
+class SensitivityInputs(Protocol):
+    """What the section reads of the report's `Study`: the sensitivity, how the runs folder is named, and
+    the figure's file."""
+
+    @property
+    def sensitivity(self) -> Sensitivity | None: ...
+
+    @property
+    def inputs(self) -> _RunsLabel: ...
+
+    @property
+    def figures(self) -> _SensitivityFigure: ...
+
+
+def sensitivity_section(study: SensitivityInputs) -> str | None:
     s = study.sensitivity
     if s is None:
         return None

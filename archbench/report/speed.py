@@ -45,34 +45,42 @@ def _ms(seconds: float) -> str:
     return f"{1000 * seconds:.2f}" if np.isfinite(seconds) else NOT_MEASURED
 
 
+def latency_table(latency: pd.DataFrame) -> str:
+    """Forward latency per model, batch and setting, both implementations and their ratio."""
+    return md(
+        pd.DataFrame(
+            {
+                "model": latency["model"],
+                "batch": latency["batch"].astype(str),
+                "image size": latency["image_size"].astype(str),
+                "device": latency["device"],
+                "memory format": latency["memory_format"],
+                "threads": latency["threads"],
+                "archbench median (ms)": [_ms(v) for v in latency["archbench"]],
+                "torchvision median (ms)": [_ms(v) for v in latency["torchvision"]],
+                "archbench / torchvision": [
+                    f"{a / t:.3f}" if np.isfinite(a) and np.isfinite(t) else "no torchvision twin"
+                    for a, t in zip(latency["archbench"], latency["torchvision"])
+                ],
+            }
+        )
+    )
+
+
+LATENCY_ABOUT = (
+    "pytest-benchmark; both implementations measured in the same session with the same input and memory "
+    "format; torchvision's twin is the identical architecture, `resnet18(zero_init_residual=True)`, `vgg11`, "
+    "`vgg11_bn`, `vgg16`, `vgg16_bn`"
+)
+
+
 def latency_part(study: Study) -> list[str]:
     latency, label = study.latency, study.inputs.latency_label
     if latency is None:
         return [f"Forward latency: not measured (no `{label}`; run `{BENCHMARK_COMMAND}`)."]
     if latency.empty:
         return [f"Forward latency: not measured (`{label}` holds no forward-latency benchmarks)."]
-    detail = pd.DataFrame(
-        {
-            "model": latency["model"],
-            "batch": latency["batch"].astype(str),
-            "image size": latency["image_size"].astype(str),
-            "device": latency["device"],
-            "memory format": latency["memory_format"],
-            "threads": latency["threads"],
-            "archbench median (ms)": [_ms(v) for v in latency["archbench"]],
-            "torchvision median (ms)": [_ms(v) for v in latency["torchvision"]],
-            "archbench / torchvision": [
-                f"{a / t:.3f}" if np.isfinite(a) and np.isfinite(t) else "no torchvision twin"
-                for a, t in zip(latency["archbench"], latency["torchvision"])
-            ],
-        }
-    )
-    return [
-        f"Forward latency from `{label}` (pytest-benchmark; both implementations measured in the same session "
-        "with the same input and memory format; torchvision's twin is the identical architecture, "
-        "`resnet18(zero_init_residual=True)`, `vgg11`, `vgg11_bn`, `vgg16`, `vgg16_bn`):",
-        md(detail),
-    ]
+    return [f"Forward latency from `{label}` ({LATENCY_ABOUT}):", latency_table(latency)]
 
 
 BENCH_COLUMNS = (  # (result column, table header)
@@ -100,15 +108,20 @@ def bench_part(study: Study) -> list[str]:
     bench, label = study.bench, study.inputs.bench_label
     if bench is None:
         return [f"Throughput (`archbench bench`): not measured (no result files in `{label}/`; run `{BENCH_COMMAND}`)."]
+    sources = list(bench["source"]) if "source" in bench.columns else [None] * len(bench)
+    gpu_folders = sorted({study.inputs.relative(s) for s in sources if s})
     table = {}
     for key, header in BENCH_COLUMNS:
         values = bench[key] if key in bench.columns else [None] * len(bench)
         if key == "git_commit":
             values = [None if v is None else str(v)[:12] for v in values]
+        if key == "file":  # a row from the GPU script's folder names that folder
+            values = [f"{study.inputs.relative(s)}/{v}" if s else v for s, v in zip(sources, values)]
         table[header] = [value_cell(v) for v in values]
+    where = f"`{label}/`" + "".join(f" and `{g}/` (written by {GPU_SCRIPT})" for g in gpu_folders)
     return [
-        f"Throughput from `archbench bench` (the newest result per model and device in `{label}/`; each model "
-        "measured in its own process; model only: synthetic batches already on the device; end to end: "
+        f"Throughput from `archbench bench` (the newest result per model, device and settings in {where}; each "
+        "model measured in its own process; model only: synthetic batches already on the device; end to end: "
         'the training loop\'s own input pipeline; "batch" is the batch measured, smaller than the one asked '
         "for when that ran out of memory):",
         md(pd.DataFrame(table)),
@@ -130,6 +143,8 @@ MODEL_ONLY_COLUMNS = (
     ("model", "model"),
     ("train_images_per_s", "train images/s"),
     ("inference_images_per_s", "inference images/s"),
+    ("end_to_end_over_model_only", "end to end / model only (training)"),
+    ("transform_over_forward", "batch transform / forward"),
 )
 GOAL_COLUMNS = (("goal", "goal"), ("value", "value"), ("target", "target"), ("met", "met"))
 
@@ -152,9 +167,12 @@ def gpu_part(study: Study) -> list[str]:
         f"torch {gpu['torch']}, CUDA {gpu['cuda']}, commit {str(gpu['git_commit'])[:12]}).",
         "The training loop, per setting:",
         _rows_table(gpu["loop"], LOOP_COLUMNS) if gpu["loop"] else "none recorded.",
-        "Model only (synthetic batches on the device):",
+        "Model only, in the same process (one fixed batch on the device; batch transform / forward: seconds of "
+        "the input transform of a batch over those of the model's training forward on it):",
         _rows_table(gpu["model_only"], MODEL_ONLY_COLUMNS) if gpu["model_only"] else "none recorded.",
     ]
     if gpu["goals"]:
         parts += ["Goals:", _rows_table(gpu["goals"], GOAL_COLUMNS)]
+    if gpu.get("latency"):
+        parts += [f"Forward latency on this GPU ({LATENCY_ABOUT}):", latency_table(pd.DataFrame(gpu["latency"]))]
     return parts

@@ -6,7 +6,7 @@ import math
 
 import pandas as pd
 
-from archbench.report.stats import ALPHA, CONFIDENCE, PAIRED, POWER, Comparison, finite, t_interval
+from archbench.report.stats import ALPHA, CONFIDENCE, MAX_SEEDS, PAIRED, POWER, Comparison, finite, t_interval
 
 DASH = "—"
 NO_INTERVAL = "n=1, no interval"
@@ -19,9 +19,13 @@ TEST_RULE = (
     "A difference is tested with a paired t-test when both models ran the same seeds (a seed fixes the "
     "initialisation and the data order, so seeds pair up) and with Welch's t-test otherwise; it is called "
     f"resolved when p < {ALPHA:g} (two-sided). For a difference not resolved, the report gives the seeds per "
-    f"model that the observed spread would need to resolve it at {100 * POWER:g}% power, by the normal "
-    "approximation n = 2 (z_0.975 + z_0.8)² s² / d² (s the pooled seed-to-seed standard deviation, d the "
-    "observed difference): an approximation, not a promise."
+    "model that the observed spread would need to resolve it: the fewest n at which the same test, two-sided "
+    f"at {ALPHA:g}, has {100 * POWER:g}% power against the observed difference d, from the noncentral t "
+    "distribution (paired: one sample of n per-seed differences with their standard deviation s, df n - 1, "
+    "noncentrality d √n / s; Welch: n seeds of each model with their standard deviations s_a and s_b, "
+    "Welch's df, noncentrality d / √((s_a² + s_b²) / n), which is Student's two-sample test, df 2n - 2, when "
+    f"the spreads are equal; searched up to {MAX_SEEDS}). It takes the observed d and spread for the truth: "
+    "a plan, not a promise."
 )
 
 
@@ -29,14 +33,17 @@ def md(frame: pd.DataFrame) -> str:
     return frame.to_markdown(index=False, disable_numparse=True)
 
 
-def ci(values, fmt: str, scale: float = 1.0) -> str:
-    """'mean ± half-width (n=k)' over seeds, 'value (n=1, no interval)' for one seed, — for none."""
+def ci(values, fmt: str, scale: float = 1.0, seeds: int | None = None) -> str:
+    """'mean ± half-width (n=k)' over seeds, 'value (n=1, no interval)' for one seed, — for none. In a table
+    that states the seeds once per row, `seeds` is that n: a cell over exactly that many leaves its n out."""
     interval = t_interval(values)
     if interval.n == 0:
         return DASH
+    mean = format(scale * interval.mean, fmt)
     if interval.n == 1:
-        return f"{format(scale * interval.mean, fmt)} ({NO_INTERVAL})"
-    return f"{format(scale * interval.mean, fmt)} ± {format(scale * interval.half_width, fmt)} (n={interval.n})"
+        return mean if seeds == 1 else f"{mean} ({NO_INTERVAL})"
+    half = format(scale * interval.half_width, fmt)
+    return f"{mean} ± {half}" if seeds == interval.n else f"{mean} ± {half} (n={interval.n})"
 
 
 def pct(values) -> str:
@@ -109,12 +116,7 @@ def verdict(c: Comparison) -> str:
     needed = c.seeds_needed
     if needed is None:
         return text + "; no number of seeds resolves a zero difference"
-    if needed <= max(c.n_a, c.n_b):
-        return (
-            text + f"; the normal approximation gives {needed} seeds per model, no more than were run: at so "
-            "few seeds it understates what the t-test needs"
-        )
-    return (
-        text + f"; at the observed spread about {needed} seeds per model would resolve a difference this size "
-        "(normal approximation)"
-    )
+    power = f"{100 * POWER:g}% power"
+    if needed > MAX_SEEDS:
+        return text + f"; at the observed spread more than {MAX_SEEDS} seeds per model would be needed for {power}"
+    return text + f"; at the observed spread {needed} seeds per model would resolve a difference this size with {power}"
