@@ -454,7 +454,7 @@ def train_one(
     """Train one model with one seed; returns its summary (also written to summary.json)."""
     entry, config = plan.entry, plan.config
     label = f"{entry.name} s{config.seed}" + (f" lr {config.recipe.lr:g}" if config.tuning_trial else "")
-    run, run_path, run_id, finished = open_run(plan, request, data, device, dist)
+    run, run_path, run_id, finished = open_run(plan, request, device, dist)
     if finished is not None:
         reporter.skip(label, finished)
         return finished
@@ -503,15 +503,12 @@ def train_one(
     return summary
 
 
-def open_run(plan: Plan, request: RunRequest, data, device: torch.device, dist: DistContext):
+def open_run(plan: Plan, request: RunRequest, device: torch.device, dist: DistContext):
     """Rank 0 picks (or reopens) the run folder and the others follow it: the open run (rank 0's), its path
     and id, and its summary when it is already finished (then there is nothing to train)."""
-    local = {  # where this machine keeps the inputs: provenance only, never what identifies the run
-        "registry_file": str(plan.entry.path),
-        "data_root": str(data.root),
-        "data_spec": str(request.data or request.preset_spec.data),
-    }
-    record = {**plan.config.to_json(), "provenance": {**provenance(device), **local}}
+    # No path of this machine: the entry is recorded by name and TOML hash, the data by name and fingerprint,
+    # so a run folder copied elsewhere means the same there.
+    record = {**plan.config.to_json(), "provenance": provenance(device)}
     run = runs.open_run(request.out, record, request.fresh) if dist.is_main else None
     run_path, run_id, finished = dist.broadcast((str(run.path), run.run_id, run.status) if run else None)
     run_path = Path(run_path)

@@ -24,3 +24,10 @@ def test_the_committed_report_regenerates_byte_for_byte(tmp_path):
     assert made == sorted(p.name for p in ROOT.glob("REPORT*"))
     for name in made:
         assert (tmp_path / name).read_bytes() == (ROOT / name).read_bytes(), f"{name} differs: rerun `archbench report`"
+
+
+def test_the_committed_runs_hold_no_path_of_the_machine_that_made_them():
+    """A run record means the same on any machine: entries by name and hash, data by fingerprint."""
+    for record in sorted((ROOT / "runs").rglob("*.json")):
+        text = record.read_text()
+        assert not any(f'"{top}' in text for top in ("/work/", "/root/", "/home/", "/tmp/", "/Users/")), record

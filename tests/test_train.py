@@ -87,6 +87,9 @@ def test_a_run_writes_its_record(tiny_registry, tiny_data, tmp_path):
     assert config["seed"] == 3 and config["model"] == "tiny_resnet" and config["data"]["synthetic"] is True
     assert config["data"]["fingerprint"] and config["provenance"]["torch"] == torch.__version__
     assert config["recipe"]["lr_source"] == "preset, scaled to batch 16" and config["run_id"] == run.name
+    for record in run.glob("*.json"):  # portable: no path of this machine (data, registry, home)
+        text = record.read_text()
+        assert not any(str(place) in text for place in (tiny_data, tiny_registry, Path.home())), record
 
     metrics = read_csv(run / "metrics.csv")
     assert [int(r["epoch"]) for r in metrics] == [1, 2]

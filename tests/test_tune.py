@@ -338,7 +338,7 @@ def test_run_with_tuned_rates_at_another_image_size_is_one_line_and_creates_noth
     assert sorted(p.relative_to(out) for p in out.rglob("*")) == before
 
 
-def test_tuned_rates_refuse_other_data_and_unknown_models(tuned, tiny_registry, tmp_path):
+def test_tuned_rates_refuse_other_data_and_unknown_models(tuned, tiny_registry, easy_data, tmp_path):
     out, content = tuned
     with pytest.raises(ArchbenchError, match="made on other data"):
         read_tuning(out / "tuning.json", resolve("synthetic"))
@@ -354,7 +354,7 @@ def test_tuned_rates_refuse_other_data_and_unknown_models(tuned, tiny_registry, 
             "--tuning",
             str(tmp_path / "t.json"),
             "--data",
-            str(Path(content_data_root(out))),
+            str(easy_data),
             "--registry",
             str(tiny_registry),
             "--preset",
@@ -367,11 +367,6 @@ def test_tuned_rates_refuse_other_data_and_unknown_models(tuned, tiny_registry, 
     )
     assert result.exit_code == 2 and "has no rate for tiny_vgg" in result.output
     assert not (tmp_path / "runs").exists()
-
-
-def content_data_root(out: Path) -> str:
-    config = json.loads(next(out.glob("tiny_resnet/*/config.json")).read_text())
-    return config["provenance"]["data_root"]
 
 
 # ------------------------------------------------------------------------------------------ rerunning, merging
