@@ -41,9 +41,7 @@ the default one (`GPU_SCRIPT_BENCH`), and the report reads both (`latest_bench_r
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import io
 import itertools
 import json
 import os
@@ -63,6 +61,7 @@ from rich.console import Console
 from rich.table import Table
 
 import archbench
+from archbench import runs
 from archbench.config import BENCH_DIR, BenchRequest, compile_backend
 from archbench.data import resolve
 from archbench.data.loader import DeviceLoader
@@ -151,19 +150,9 @@ class Subject:
             dtype=PRECISIONS[self.precision] or torch.float32,
         )
         self.fixed = next(iter(self.loader))
-        # the evaluation loader (centre crop, no flip), in full batches only: its default split of the data
-        # into near-equal batches would change the shape within a timed window
-        self.eval_loader = DeviceLoader(
-            data.train_images,
-            data.train_labels,
-            batch_size=request.batch_size,
-            image_size=request.image_size,
-            train=False,
-            drop_last=True,
-            device=device,
-            channels_last=self.channels_last,
-            dtype=PRECISIONS[self.precision] or torch.float32,
-        )
+        # the evaluation transform over the same images, in the training loader's full batches: an
+        # evaluation loader's split of the data into near-equal batches would change the shape mid-window
+        self.eval_loader = self.loader.as_evaluation()
 
     # The training step in three phases, as `archbench.train.optimiser_step` takes it.
     def forward(self, batch) -> torch.Tensor:
@@ -467,21 +456,10 @@ def write_results(rows: list[dict], folder: Path) -> tuple[Path, Path]:
         "provenance": rows[-1]["provenance"],
         "results": merged,
     }
-    _replace(json_path, json.dumps(payload, indent=2) + "\n")
+    runs.write_text(json_path, json.dumps(payload, indent=2) + "\n")
     flats = [flat(r) for r in merged]
-    columns = list(dict.fromkeys(c for f in flats for c in f))
-    text = io.StringIO()
-    writer = csv.DictWriter(text, fieldnames=columns, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(flats)
-    _replace(csv_path, text.getvalue())
+    runs.write_csv(csv_path, tuple(dict.fromkeys(c for f in flats for c in f)), flats)
     return json_path, csv_path
-
-
-def _replace(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 # A result replaces an older one of the same model measured with the same settings on the same device.

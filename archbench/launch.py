@@ -26,7 +26,6 @@ from archbench.errors import DIVERGED_EXIT, ArchbenchError
 from archbench.progress import job_progress, results_table
 
 EPOCH_LINE = re.compile(r" epoch (\d+)/(\d+):")
-RUN_ID = re.compile(r"\b(\d{8}-\d{6}-s\d+-[0-9a-f]{6}-[0-9a-f]{4})\b")  # runs.open_run's ids
 # RunRequest fields that are not passed through to a child as they are.
 NOT_PASSED = {
     "models",
@@ -103,7 +102,7 @@ def jobs_of(requests: list[RunRequest]) -> list[Job]:
 
 def recorded_summary(out: Path, model: str, output: str) -> dict | None:
     """The summary of the run a child `archbench run --quiet` reported in `output` (its last run id)."""
-    ids = RUN_ID.findall(output)
+    ids = runs.RUN_ID.findall(output)
     if not ids:
         return None
     try:

@@ -137,6 +137,11 @@ class Bars(LogLines):
         self.progress.stop()
 
 
+def pct(value: float | None) -> str:
+    """An accuracy as a percentage for the terminal tables, or — when there is none."""
+    return "—" if value is None else f"{100 * value:.1f}%"
+
+
 def results_table(results: list[dict]) -> Table:
     """The closing comparison: one row per run, final accuracies, epochs to each threshold."""
     thresholds = list(results[0]["epochs_to_threshold"]) if results else []
@@ -149,9 +154,6 @@ def results_table(results: list[dict]) -> Table:
     table.add_column("status", no_wrap=True)
     for column in ("train", "test", *(f"≥{t}" for t in thresholds), "img/s", "time"):
         table.add_column(column, justify="right", no_wrap=True)
-
-    def pct(value):
-        return "—" if value is None else f"{100 * value:.1f}%"
 
     for s in results:
         table.add_row(

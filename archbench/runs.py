@@ -24,6 +24,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import secrets
 import tempfile
 from dataclasses import asdict, dataclass
@@ -39,6 +40,8 @@ CHECKPOINT = "checkpoint.pt"
 CONFIG, METRICS, GRADNORMS, SUMMARY = "config.json", "metrics.csv", "gradnorms.csv", "summary.json"
 STATUSES = ("completed", "diverged", "interrupted")
 UNFINISHED = (None, "interrupted")
+# A run's id: its UTC start time, seed, the first hex digits of its config hash and a random tag (`new_run_id`).
+RUN_ID = re.compile(r"\b(\d{8}-\d{6}-s\d+-[0-9a-f]{6}-[0-9a-f]{4})\b")
 
 
 # ------------------------------------------------------------------------------------------ schema
@@ -210,8 +213,12 @@ def _atomic_write(path: Path, write) -> None:
         raise
 
 
+def write_text(path: Path, text: str) -> None:
+    _atomic_write(path, lambda f: f.write(text.encode()))
+
+
 def write_json(path: Path, obj: Any) -> None:
-    _atomic_write(path, lambda f: f.write((json.dumps(obj, indent=2, sort_keys=True) + "\n").encode()))
+    write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
 def read_json(path: Path) -> Any:
@@ -223,7 +230,7 @@ def write_csv(path: Path, fieldnames: tuple[str, ...], rows: list[dict]) -> None
     writer = csv.DictWriter(text, fieldnames=fieldnames, lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
-    _atomic_write(path, lambda f: f.write(text.getvalue().encode()))
+    write_text(path, text.getvalue())
 
 
 def save_checkpoint(path: Path, state: dict) -> None:
@@ -289,6 +296,11 @@ def recorded_status(run_dir: Path) -> str | None:
         return None
 
 
+def new_run_id(seed: int, digest: str) -> str:
+    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
+    return f"{stamp}-s{seed}-{digest[:6]}-{secrets.token_hex(2)}"
+
+
 def open_run(out: Path, config: dict, fresh: bool = False) -> Run:
     """The run this config belongs to: a finished one (to skip), an unfinished one (to resume), or new.
 
@@ -319,8 +331,7 @@ def open_run(out: Path, config: dict, fresh: bool = False) -> Run:
             remove_stale_temporaries(run_dir)
             return Run(run_dir, run_dir.name, _lock_fd=fd)
     while True:
-        stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
-        run_id = f"{stamp}-s{config['seed']}-{digest[:6]}-{secrets.token_hex(2)}"
+        run_id = new_run_id(config["seed"], digest)
         try:
             (model_dir / run_id).mkdir()
             break

@@ -31,6 +31,7 @@ from rich.text import Text
 
 from archbench import runs
 from archbench.errors import ArchbenchError
+from archbench.progress import pct
 
 # The metrics.csv columns (runs.METRICS_COLUMNS) this table reads.
 NEEDED = ("epoch", "test_acc", "epoch_seconds", "train_images_per_s")
@@ -214,9 +215,6 @@ def status_table(rows: list[RunStatus], title: str, run_ids: bool = True) -> Tab
         table.add_column(column, justify="right", no_wrap=True)
     if run_ids:
         table.add_column("run", style="dim", no_wrap=True)
-
-    def pct(value):
-        return "—" if value is None else f"{100 * value:.1f}%"
 
     for r in rows:
         status = Text(r.status, style="bold red" if r.damaged else STYLES.get(r.status, ""))

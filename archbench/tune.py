@@ -140,7 +140,8 @@ def trial_identity(config: dict) -> dict:
     }
 
 
-def expected_identity(trial: RunRequest, model: str, seed: int, data, split: Holdout) -> dict:
+def expected_identity(trial: RunRequest, model: str, seed: int, entry: dict, data, validation: dict) -> dict:
+    """`trial_identity` of the run this trial of `model` and `seed` will record (`entry`: its registry identity)."""
     recipe = {**planned_recipe(trial), "lr": float(trial.lr)}
     return _plain(
         trial_identity(
@@ -151,21 +152,19 @@ def expected_identity(trial: RunRequest, model: str, seed: int, data, split: Hol
                 "image_size": recipe.pop("image_size"),
                 "tuning_trial": True,
                 "recipe": recipe,
-                "entry": get_entry(model, registry=trial.registry).identity(),
+                "entry": entry,
                 "data": {"fingerprint": data.fingerprint},
-                "validation": split.record(),
+                "validation": validation,
             }
         )
     )
 
 
-def trial_state(trial: RunRequest, model: str, seed: int, data, split: Holdout) -> tuple[dict | None, bool]:
-    """The summary of the newest finished run of this trial under --out (None: none finished), and whether
-    a run of it is training right now."""
-    folder = trial.out / model
+def trial_state(folder: Path, wanted: dict) -> tuple[dict | None, bool]:
+    """The summary of the newest finished run under the model's `folder` whose identity is `wanted` (None:
+    none finished), and whether a run of it is training right now."""
     if not folder.is_dir():
         return None, False
-    wanted = expected_identity(trial, model, seed, data, split)
     matching = []
     for run_dir in sorted(folder.iterdir(), reverse=True):  # newest first: run ids start with the time
         try:
@@ -187,11 +186,16 @@ def launch_trials(
     all trials once every one is recorded as finished, else None (after saying how to collect them)."""
     check_request(request)
     trials = [(trial, model, seed) for trial in requests for model in trial.models for seed in trial.seeds]
-    states = [trial_state(*t, data, split) for t in trials]
+    entries = {model: get_entry(model, registry=request.registry).identity() for model in request.models}
+    validation = split.record()
+    wanted = [expected_identity(t, m, s, entries[m], data, validation) for t, m, s in trials]
+    folders = [trial.out / model for trial, model, _ in trials]
+    states = [trial_state(folder, identity) for folder, identity in zip(folders, wanted)]
     todo = [t for t, (summary, running) in zip(trials, states) if summary is None and not running]
     if todo:
         run_requests([dataclasses.replace(trial, models=[model], seeds=[seed]) for trial, model, seed in todo], console)
-        states = [trial_state(*t, data, split) for t in trials]  # with --wait, the submitted ones have ended
+        # with --wait, the submitted ones have ended
+        states = [trial_state(folder, identity) for folder, identity in zip(folders, wanted)]
     unfinished = sum(summary is None for summary, _ in states)
     if unfinished:
         console.print(

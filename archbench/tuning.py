@@ -18,11 +18,11 @@ same file keeps the models it does not tune, provided it runs on the same data, 
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
 
+from archbench import runs
 from archbench.config import TunedRate
 from archbench.errors import ArchbenchError
 
@@ -158,14 +158,13 @@ def write_tuning(
         "trials": sorted(listed, key=lambda t: (t["model"], t["lr"], t["seed"])),
         "provenance": {**provenance, **code},
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(content, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    runs.write_json(path, content)
     return content
 
 
 def _load(path: Path, remedy: str = "rerun `archbench tune`") -> dict:
     try:
-        content = json.loads(path.read_text(encoding="utf-8"))
+        content = runs.read_json(path)
     except FileNotFoundError:
         raise ArchbenchError(
             f"--lr tuned needs a tuning file, and {path} does not exist: run `archbench tune "

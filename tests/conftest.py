@@ -1,11 +1,17 @@
-"""Shared fixtures: a tiny registry and tiny synthetic datasets, built once per test session."""
+"""Shared fixtures: a tiny registry and tiny synthetic datasets, built once per test session; the RNG and
+determinism state each test starts from; and `tiny_run_request`, the `run` request the loop's tests share."""
 
 from __future__ import annotations
 
 import os
+import random
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
+
+from archbench.config import RunRequest
 
 TINY_MODELS = {
     "tiny_resnet": """
@@ -62,3 +68,34 @@ def tiny_data(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("tiny-data")
     make_synthetic(root=root, classes=4, train_per_class=24, val_per_class=8, seed=0)
     return root
+
+
+@pytest.fixture(autouse=True)
+def torch_globals_restored():
+    """The loop seeds the global RNGs and sets torch's determinism and cuDNN flags for the process it trains
+    in; an in-process run in a test must leave the next test the state it would have found alone."""
+    flags = torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark
+    python_state, numpy_state = random.getstate(), np.random.get_state()
+    with torch.random.fork_rng(devices=[]):
+        yield
+    torch.use_deterministic_algorithms(flags[0])
+    torch.backends.cudnn.benchmark = flags[1]
+    random.setstate(python_state)
+    np.random.set_state(numpy_state)
+
+
+def tiny_run_request(registry, data, out, models=("tiny_resnet",), **overrides) -> RunRequest:
+    """`archbench run` of tiny models on tiny data: the smoke preset, 2 epochs at 32x32, batch 16, CPU, quiet."""
+    settings = dict(
+        models=list(models),
+        data=str(data),
+        preset="smoke",
+        epochs=2,
+        batch_size=16,
+        image_size=32,
+        device="cpu",
+        out=out,
+        quiet=True,
+        registry=registry,
+    )
+    return RunRequest(**{**settings, **overrides})

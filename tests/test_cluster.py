@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import tiny_run_request
 from rich.console import Console
 from typer.testing import CliRunner
 
@@ -36,23 +37,9 @@ def one_thread(monkeypatch):
 
 
 def request(tiny_registry, tiny_data, out, models=("tiny_resnet",), **kw) -> RunRequest:
-    settings = dict(
-        models=list(models),
-        data=str(tiny_data),
-        preset="smoke",
-        epochs=2,
-        batch_size=16,
-        image_size=32,
-        device="cpu",
-        out=out,
-        quiet=True,
-        registry=tiny_registry,
-        launcher="submitit",
-        cluster="local",
-        gpus_per_job=0,
-    )
-    settings.update(kw)
-    return RunRequest(**settings)
+    """A tiny run as jobs on submitit's local executor, without GPUs."""
+    launcher = {"launcher": "submitit", "cluster": "local", "gpus_per_job": 0}
+    return tiny_run_request(tiny_registry, tiny_data, out, models, **{**launcher, **kw})
 
 
 def submit_runs(req: RunRequest, console: Console | None = None) -> list[dict]:

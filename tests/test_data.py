@@ -441,15 +441,18 @@ def test_evaluation_covers_every_image_once_in_near_equal_batches():
     assert torch.cat([y for _, y in batches]).tolist() == list(range(23))
 
 
-def test_evaluation_with_drop_last_gives_full_batches_in_order_and_centre_crops():
-    """The bench's inference stream: one batch shape, the images in order, the evaluation transform."""
+def test_a_training_loader_as_evaluation_gives_full_batches_in_order_and_centre_crops():
+    """The bench's inference stream: one batch shape, the images in order, the evaluation transform, and the
+    training loader's own images on the device (no second copy)."""
     images, labels = _indexed_images(23)
-    loader = DeviceLoader(images, labels, batch_size=8, image_size=32, train=False, device="cpu", drop_last=True)
+    train = DeviceLoader(images, labels, batch_size=8, image_size=32, train=True, device="cpu")
+    loader = train.as_evaluation()
     batches = list(loader)
     assert len(loader) == 2 and [len(y) for _, y in batches] == [8, 8]
     assert torch.cat([y for _, y in batches]).tolist() == list(range(16))
     every = DeviceLoader(images, labels, batch_size=8, image_size=32, train=False, device="cpu")
     assert torch.equal(batches[0][0], next(iter(every))[0][:8])
+    assert loader.images.data_ptr() == train.images.data_ptr() and train.train
 
 
 @pytest.mark.parametrize("n, world_size, batch_size", [(23, 3, 4), (24, 4, 6), (17, 2, 8)])

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import tiny_run_request
 from test_report import table_rows
 from torch import nn
 from torch._dynamo.utils import counters
@@ -53,19 +54,7 @@ def gpu_check_module():
 
 
 def tiny_request(tiny_registry, tiny_data, out, **kw) -> RunRequest:
-    settings = dict(
-        models=["tiny_resnet"],
-        data=str(tiny_data),
-        preset="smoke",
-        epochs=2,
-        batch_size=20,
-        image_size=32,
-        device="cpu",
-        out=out,
-        quiet=True,
-        registry=tiny_registry,
-    )
-    return RunRequest(**{**settings, **kw})
+    return tiny_run_request(tiny_registry, tiny_data, out, **{"batch_size": 20, **kw})
 
 
 def test_the_compiled_step_sees_one_shape(tiny_registry, tiny_data, tmp_path, monkeypatch):

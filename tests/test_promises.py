@@ -17,20 +17,19 @@ import copy
 import csv
 import json
 import math
-import random
 import shutil
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import tiny_run_request
 from torch import nn
 from typer.testing import CliRunner
 
 from archbench import train
 from archbench.cli import app
-from archbench.config import PRESETS, RunRequest
+from archbench.config import PRESETS
 from archbench.data import resolve
 from archbench.data.loader import DeviceLoader
 from archbench.devices import resolve_channels_last, resolve_device, resolve_precision, sgd_implementation
@@ -44,34 +43,7 @@ CUDA = torch.device("cuda", 0)
 CPU = torch.device("cpu")
 
 
-@pytest.fixture(autouse=True)
-def torch_globals_restored():
-    """The loop seeds the global RNGs and sets torch's determinism and cuDNN flags for the process it trains
-    in; an in-process run here must leave the next test the state it would have found alone."""
-    flags = torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark
-    python_state, numpy_state = random.getstate(), np.random.get_state()
-    with torch.random.fork_rng(devices=[]):
-        yield
-    torch.use_deterministic_algorithms(flags[0])
-    torch.backends.cudnn.benchmark = flags[1]
-    random.setstate(python_state)
-    np.random.set_state(numpy_state)
-
-
-def request(tiny_registry, tiny_data, out, **kw) -> RunRequest:
-    settings = dict(
-        models=["tiny_resnet"],
-        data=str(tiny_data),
-        preset="smoke",
-        epochs=2,
-        batch_size=16,
-        image_size=32,
-        device="cpu",
-        out=out,
-        quiet=True,
-        registry=tiny_registry,
-    )
-    return RunRequest(**{**settings, **kw})
+request = tiny_run_request
 
 
 def read_csv(path: Path) -> list[dict]:

@@ -5,19 +5,18 @@ from __future__ import annotations
 import csv
 import json
 import os
-import random
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
+from conftest import tiny_run_request
 from typer.testing import CliRunner
 
-from archbench import bench
+from archbench import bench, runs
 from archbench.cli import app
 from archbench.config import PRESETS, BenchRequest, Recipe, RunRequest
 from archbench.runs import TIMING_COLUMNS, epochs_to_threshold
@@ -26,35 +25,7 @@ from archbench.train import lr_lambda, run_models
 runner = CliRunner()
 
 
-@pytest.fixture(autouse=True)
-def torch_globals_restored():
-    """The loop seeds the global RNGs and sets torch's determinism and cuDNN flags for the process it trains
-    in; an in-process run here must leave the next test the state it would have found alone."""
-    flags = torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark
-    python_state, numpy_state = random.getstate(), np.random.get_state()
-    with torch.random.fork_rng(devices=[]):
-        yield
-    torch.use_deterministic_algorithms(flags[0])
-    torch.backends.cudnn.benchmark = flags[1]
-    random.setstate(python_state)
-    np.random.set_state(numpy_state)
-
-
-def request(tiny_registry, tiny_data, out, models=("tiny_resnet",), **kw) -> RunRequest:
-    settings = dict(
-        models=list(models),
-        data=str(tiny_data),
-        preset="smoke",
-        epochs=2,
-        batch_size=16,
-        image_size=32,
-        device="cpu",
-        out=out,
-        quiet=True,
-        registry=tiny_registry,
-    )
-    settings.update(kw)
-    return RunRequest(**settings)
+request = tiny_run_request
 
 
 def read_csv(path: Path) -> list[dict]:
@@ -431,3 +402,8 @@ def test_out_of_range_options_are_refused(tiny_registry, tmp_path, option):
         app, ["run", "tiny_resnet", *option, "--registry", str(tiny_registry), "--out", str(tmp_path)]
     )
     assert result.exit_code == 2 and "Traceback" not in result.output
+
+
+def test_run_ids_are_found_in_output_by_the_pattern_the_launchers_read():
+    run_id = runs.new_run_id(12, "0123456789abcdef")
+    assert runs.RUN_ID.findall(f"resnet18 s12: completed (run {run_id})") == [run_id]

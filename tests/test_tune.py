@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import tiny_run_request
 from rich.console import Console
 from typer.testing import CliRunner
 
@@ -24,7 +25,7 @@ import archbench
 import archbench.tune as tune_module
 from archbench import train
 from archbench.cli import app
-from archbench.config import RunRequest, TuneRequest, resolve_config
+from archbench.config import TuneRequest, resolve_config
 from archbench.data import resolve
 from archbench.data.split import holdout
 from archbench.data.synthetic import make_synthetic
@@ -47,20 +48,7 @@ def run_dir(out: Path, summary: dict) -> Path:
     return out / summary["model"] / summary["run_id"]
 
 
-def request(tiny_registry, tiny_data, out, **kw) -> RunRequest:
-    settings = dict(
-        models=["tiny_resnet"],
-        data=str(tiny_data),
-        preset="smoke",
-        epochs=2,
-        batch_size=16,
-        image_size=32,
-        device="cpu",
-        out=out,
-        quiet=True,
-        registry=tiny_registry,
-    )
-    return RunRequest(**{**settings, **kw})
+request = tiny_run_request
 
 
 # ------------------------------------------------------------------------------------------ the split

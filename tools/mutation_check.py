@@ -481,12 +481,12 @@ MUTATIONS = [
         ("tests/test_tune.py", "-k", "recipe or image_size"),
     ),
     Mutation(
-        "eval-drop-last-ignored",
+        "bench-inference-training-transform",
         "archbench/data/loader.py",
-        "self.full_batches = train or drop_last",
-        "self.full_batches = train",
-        "the bench's inference stream has one batch shape",
-        (DATA, "-k", "drop_last"),
+        "        view.train = False\n",
+        "        view.train = True\n",
+        "the bench's inference stream is the evaluation transform in full batches",
+        (DATA, "-k", "as_evaluation"),
     ),
     Mutation(
         "seeds-needed-normal-approximation",

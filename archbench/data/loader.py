@@ -17,6 +17,7 @@ the crop's pixels exactly.
 
 from __future__ import annotations
 
+import copy
 import functools
 import math
 
@@ -130,7 +131,6 @@ class DeviceLoader:
         dtype: torch.dtype = torch.float32,
         rank: int = 0,
         world_size: int = 1,
-        drop_last: bool = False,
     ):
         if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
             raise ValueError(f"images must be uint8 N x H x W x 3, got {images.dtype} {images.shape}")
@@ -146,7 +146,7 @@ class DeviceLoader:
         self.channels_last = channels_last
         self.dtype = dtype
         self.rank, self.world_size = rank, world_size
-        self.full_batches = train or drop_last  # training batches are always full size (one shape to compile)
+        self.full_batches = train  # training batches are always full size (one shape to compile)
         self.epoch = 0
         self.dataset_size = len(images)
         if self.full_batches and self.num_batches == 0:
@@ -174,6 +174,13 @@ class DeviceLoader:
         if self.full_batches:
             return self.num_batches * self.batch_size
         return len(range(self.rank, self.dataset_size, self.world_size))
+
+    def as_evaluation(self) -> DeviceLoader:
+        """This loader's images (the same tensors on the device, no second copy) with the evaluation transform:
+        centre crop, no flip, in order; its batches keep their size (all full for a training loader)."""
+        view = copy.copy(self)
+        view.train = False
+        return view
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch

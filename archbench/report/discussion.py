@@ -148,12 +148,12 @@ def _epochs_verdict(a: ThresholdStat, b: ThresholdStat) -> str:
 def _convergence_sentences(counted: pd.DataFrame, prefix: str) -> list[str]:
     out = []
     labels = sorted(counted["label"].unique())
-    unreached = [threshold_label(t) for t in thresholds_of(counted) if not threshold_stats(counted, t)]
+    by_threshold = {t: threshold_stats(counted, t) for t in thresholds_of(counted)}
+    unreached = [threshold_label(t) for t, stats in by_threshold.items() if not stats]
     if unreached:
         out.append(f"{prefix}No model reached {join(unreached).replace(' and ', ' or ')} test accuracy.")
-    for t in thresholds_of(counted):
+    for t, stats in by_threshold.items():
         label = threshold_label(t)
-        stats = threshold_stats(counted, t)
         never = [m for m in labels if m not in {s.label for s in stats}]
         if not stats:
             continue
@@ -172,17 +172,17 @@ def _convergence_sentences(counted: pd.DataFrame, prefix: str) -> list[str]:
         if never:
             text += f"; never reached by {join(never)}"
         out.append(prefix + text + ".")
-    return out + _claim_sentences(counted, prefix)
+    return out + _claim_sentences(counted, by_threshold, prefix)
 
 
-def _claim_sentences(counted: pd.DataFrame, prefix: str) -> list[str]:
+def _claim_sentences(counted: pd.DataFrame, by_threshold: dict, prefix: str) -> list[str]:
     """Compare ResNet (residual) with VGG at the highest threshold every ResNet seed reached."""
     claim = references.CONVERGENCE
     resnets, vggs = resnets_and_vggs(traits(counted))
     if not resnets or not vggs:
         return []
-    for t in reversed(thresholds_of(counted)):
-        stats = {s.label: s for s in threshold_stats(counted, t)}
+    for t in reversed(list(by_threshold)):
+        stats = {s.label: s for s in by_threshold[t]}
         if not all(m in stats and stats[m].reached == stats[m].seeds for m in resnets):
             continue
         res = ", ".join(f"{m} {stats[m].mean_epoch:.1f}" for m in resnets)

@@ -295,26 +295,25 @@ def counted_runs(runs: pd.DataFrame, group: str) -> pd.DataFrame:
     return pd.concat(parts, ignore_index=True)
 
 
-def load_curves(runs: pd.DataFrame) -> pd.DataFrame:
-    """metrics.csv of the given runs, stacked, with their label, model, seed and run_id columns."""
+def _stacked(runs: pd.DataFrame, name: str, columns: tuple[str, ...], text_columns: tuple[str, ...] = ()):
+    """One CSV file of every given run, stacked, with their label, model, seed and run_id columns."""
     frames = [
-        _read_csv(Path(r.path) / METRICS, METRICS_COLUMNS).assign(
+        _read_csv(Path(r.path) / name, columns, text_columns).assign(
             label=r.label, model=r.model, seed=r.seed, run_id=r.run_id
         )
         for r in runs.itertuples()
     ]
     return pd.concat(frames, ignore_index=True)
+
+
+def load_curves(runs: pd.DataFrame) -> pd.DataFrame:
+    """metrics.csv of the given runs, stacked."""
+    return _stacked(runs, METRICS, METRICS_COLUMNS)
 
 
 def load_gradnorms(runs: pd.DataFrame) -> pd.DataFrame:
-    """gradnorms.csv of the given runs, stacked, with their label, model, seed and run_id columns."""
-    frames = [
-        _read_csv(Path(r.path) / GRADNORMS, GRADNORM_COLUMNS, text_columns=GRADNORM_TEXT_COLUMNS).assign(
-            label=r.label, model=r.model, seed=r.seed, run_id=r.run_id
-        )
-        for r in runs.itertuples()
-    ]
-    return pd.concat(frames, ignore_index=True)
+    """gradnorms.csv of the given runs, stacked."""
+    return _stacked(runs, GRADNORMS, GRADNORM_COLUMNS, GRADNORM_TEXT_COLUMNS)
 
 
 def val_loss_at_best_epoch(run_path: str, best_epoch: float) -> float | None:
