@@ -46,7 +46,6 @@ import itertools
 import json
 import os
 import re
-import resource
 import statistics
 import subprocess
 import sys
@@ -71,6 +70,8 @@ from archbench.devices import (
     compile_model,
     make_sgd,
     memory_format,
+    process_peak_rss_bytes,
+    reset_peak_memory,
     resolve_channels_last,
     resolve_device,
     resolve_precision,
@@ -253,7 +254,7 @@ class Subject:
         }
         if self.device.type == "cuda":
             synchronize(self.device)
-            torch.cuda.reset_peak_memory_stats(self.device)
+            reset_peak_memory(self.device)
             self.train_step(self.fixed)
             synchronize(self.device)
             out.update(
@@ -261,9 +262,8 @@ class Subject:
                 peak_kind="cuda max_memory_allocated over one training step",
             )
         else:
-            rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
             out.update(
-                peak_bytes=rss if sys.platform == "darwin" else rss * 1024,
+                peak_bytes=process_peak_rss_bytes(),
                 peak_kind="cpu peak resident set of the measuring process (ru_maxrss)",
             )
         return out

@@ -10,6 +10,7 @@ import contextlib
 import functools
 import os
 import random
+import sys
 
 import numpy as np
 import torch
@@ -159,12 +160,19 @@ def peak_memory(device: torch.device) -> tuple[float | None, str]:
                     return int(line.split()[1]) / 1024, "cpu peak RSS of the process"
     except OSError:
         pass
+    peak = process_peak_rss_bytes()
+    return (None, "not measured") if peak is None else (peak / 2**20, "cpu peak RSS since the process started")
+
+
+def process_peak_rss_bytes() -> int | None:
+    """The process's peak resident set since it started (ru_maxrss: KiB on Linux, bytes on macOS)."""
     try:
         import resource
 
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "cpu peak RSS since the process started"
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     except (ImportError, OSError):
-        return None, "not measured"
+        return None
+    return peak if sys.platform == "darwin" else peak * 1024
 
 
 # ------------------------------------------------------------------------------------------ determinism

@@ -21,7 +21,7 @@ from test_report import table_rows
 from torch import nn
 from torch._dynamo.utils import counters
 
-from archbench import train
+from archbench import devices, train
 from archbench.config import RunRequest
 from archbench.data import resolve
 from archbench.data.loader import transform_batch
@@ -390,3 +390,14 @@ def test_gpu_script_skips_the_optional_steps_the_deadline_leaves_no_room_for(tmp
     assert "== latency (timeout 60s" in out and "0 skipped for time" in out, out
     bench_timeout = int(re.search(r"== bench \(timeout (\d+)s", out).group(1))
     assert 65 <= bench_timeout <= 70, out
+
+
+def test_peak_rss_is_read_in_bytes_on_linux_and_macos(monkeypatch):
+    """ru_maxrss is KiB on Linux and bytes on macOS; training and the bench read it through one helper."""
+    import resource
+
+    monkeypatch.setattr(resource, "getrusage", lambda who: SimpleNamespace(ru_maxrss=2048))
+    monkeypatch.setattr(devices.sys, "platform", "linux")
+    assert devices.process_peak_rss_bytes() == 2048 * 1024
+    monkeypatch.setattr(devices.sys, "platform", "darwin")
+    assert devices.process_peak_rss_bytes() == 2048
