@@ -61,6 +61,7 @@ from rich.table import Table
 
 import archbench
 from archbench import runs
+from archbench.bench_results import GPU_SCRIPT_BENCH, MB, latest_bench_results, newest  # noqa: F401
 from archbench.config import BENCH_DIR, BenchRequest, compile_backend
 from archbench.data import resolve
 from archbench.data.loader import DeviceLoader
@@ -84,12 +85,8 @@ from archbench.registry import build_model, get_entry
 
 ROUNDS = 3
 WARMUP_STEPS = 3
-# Where benchmarks/gpu.sh's bench results land, relative to the parent of the bench folder: with the
-# defaults, benchmarks/gpu/bench beside benchmarks/results. The report reads both folders.
-GPU_SCRIPT_BENCH = Path("gpu", "bench")
 # Tests set this to a batch size: any larger batch then fails as a CUDA out-of-memory error would.
 SIMULATE_OOM_ABOVE = "ARCHBENCH_BENCH_OOM_ABOVE"
-MB = 1024**2
 
 
 # ------------------------------------------------------------------------------------------ clocks
@@ -149,6 +146,7 @@ class Subject:
             seed=0,
             channels_last=self.channels_last,
             dtype=PRECISIONS[self.precision] or torch.float32,
+            **data.transform,
         )
         self.fixed = next(iter(self.loader))
         # the evaluation transform over the same images, in the training loader's full batches: an
@@ -462,64 +460,6 @@ def write_results(rows: list[dict], folder: Path) -> tuple[Path, Path]:
     return json_path, csv_path
 
 
-# A result replaces an older one of the same model measured with the same settings on the same device.
-LATEST_KEY = ["device_name", "precision", "memory_format", "compile", "model"]
-
-
-def newest(frame):
-    """The newest row (by `measured_at`) per `LATEST_KEY`, sorted by device and model."""
-    latest = frame.sort_values("measured_at", kind="stable").groupby(LATEST_KEY, sort=True, dropna=False).tail(1)
-    return latest.sort_values(["device_name", "model", "precision", "memory_format"], ignore_index=True)
-
-
-def latest_bench_results(folder: Path):
-    """The newest result per model, device and settings (precision, memory format, compiled) under `folder`
-    (the bench-*.json files), as a DataFrame with training and inference images/s, peak memory, batch,
-    precision and provenance columns (`file`: the file each row came from); None when the folder holds no
-    results. Files that cannot be read are skipped."""
-    import pandas as pd
-
-    records = []
-    for path in sorted(Path(folder).glob("bench-*.json")):
-        try:
-            rows = json.loads(path.read_text())["results"]
-            records += [_summary_record(row, path.name) for row in rows]
-        except (OSError, ValueError, KeyError, TypeError):
-            continue
-    if not records:
-        return None
-    return newest(pd.DataFrame(records))
-
-
-def _summary_record(row: dict, file: str) -> dict:
-    info, memory = row["provenance"], row["memory"]
-    return {
-        "model": row["model"],
-        "device": row["device"],
-        "device_name": info["device_name"],
-        "train_images_per_s": row["train"]["model_only"],
-        "train_end_to_end_images_per_s": row["train"]["end_to_end"],
-        "inference_images_per_s": row["inference"]["model_only"],
-        "inference_end_to_end_images_per_s": row["inference"]["end_to_end"],
-        "peak_memory_mb": memory["peak_bytes"] / MB,
-        "peak_memory_kind": memory["peak_kind"],
-        "weights_and_optimizer_mb": (memory["weights_bytes"] + memory["optimizer_state_bytes"]) / MB,
-        "activation_mb": memory["activation_bytes"] / MB,
-        "batch_size": row["batch_size"],
-        "requested_batch_size": row["requested_batch_size"],
-        "image_size": row["image_size"],
-        "precision": row["precision"],
-        "memory_format": row["memory_format"],
-        "compile": row["compile"],
-        "sgd": row["sgd"],
-        "torch": info["torch"],
-        "cuda": info.get("cuda"),
-        "git_commit": info.get("git_commit"),
-        "measured_at": row["measured_at"],
-        "file": file,
-    }
-
-
 # ------------------------------------------------------------------------------------------ command
 
 
@@ -550,7 +490,22 @@ def run_bench(request: BenchRequest, console: Console | None = None) -> list[dic
         console.print(f"{name}: written to {json_path} and {csv_path}", highlight=False, soft_wrap=True)
     console.print(throughput_table(rows, request))
     console.print(step_table(rows, request))
+    for warning in ratio_warnings(rows):
+        console.print(f"[yellow]warning:[/yellow] {warning}", highlight=False, soft_wrap=True)
     return rows
+
+
+def ratio_warnings(rows: list[dict]) -> list[str]:
+    """A sentence for every end-to-end / model-only ratio above 1: feeding batches through the input pipeline
+    cannot make a step faster than on a batch already on the device, so such a ratio is measurement noise."""
+    return [
+        f"{row['model']} {mode}: end-to-end / model-only = {row[mode]['ratio']:.2f}, above 1.0, which the input "
+        "pipeline cannot cause (it only adds work): the model-only window ran slow, likely noise from a busy "
+        "machine; rerun with more --steps on an idle one"
+        for row in rows
+        for mode in ("train", "inference")
+        if row[mode]["ratio"] > 1.0
+    ]
 
 
 def _batch(row: dict) -> str:

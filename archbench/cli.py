@@ -1,9 +1,10 @@
 """The `archbench` command line: argument parsing and presentation only; the work is in the library.
 
-The options of `run` and `bench` are the fields of their request dataclasses (`archbench.config.RunRequest`,
+The options of `run`, `tune` and `bench` are the fields of their request dataclasses (`archbench.config.RunRequest`,
 `archbench.config.BenchRequest`): `request_command` turns those fields into Typer parameters, so an option
-is defined once. Every expected failure, a bad option on the command line included, is one line on
-stderr and exit code 2.
+is defined once, and a study file (`--config study.toml`) accepts the same options by the same names. Every
+expected failure, a bad option on the command line included, is one line on stderr and exit code 2; every
+choice is checked before torch is imported or any data is read.
 """
 
 from __future__ import annotations
@@ -11,10 +12,12 @@ from __future__ import annotations
 import dataclasses
 import functools
 import inspect
+import json as jsonlib
+import shlex
 import sys
 import typing
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 from rich.console import Console
@@ -22,6 +25,7 @@ from rich.markup import escape
 from rich.table import Table
 from typer.core import TyperGroup
 
+import archbench
 from archbench.config import (
     BENCH_DIR,
     GPU_RESULTS_FILE,
@@ -32,8 +36,17 @@ from archbench.config import (
     RunRequest,
     TuneRequest,
     cli_fields,
+    option_names,
 )
 from archbench.errors import DIVERGED_EXIT, ArchbenchError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+INTERRUPTED_EXIT = 130  # the shell's code for a process stopped by Ctrl-C (128 + SIGINT)
+HELP_WIDTH = 100  # help wraps at the terminal's width, at most this
 
 
 class OneLineErrors(TyperGroup):
@@ -57,15 +70,40 @@ class OneLineErrors(TyperGroup):
         return code
 
 
+def _version(value: bool) -> None:
+    if value:
+        console.print(f"archbench {archbench.__version__}", highlight=False)
+        raise typer.Exit()
+
+
 app = typer.Typer(
     cls=OneLineErrors,
     help="Compare ResNet-18, plain-18 and VGG11/16 (with and without BN) under one training loop.",
     no_args_is_help=True,
-    add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # click's help: wrapped to the terminal, never cut with "…"
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": HELP_WIDTH},
 )
-data_app = typer.Typer(help="Get Tiny-ImageNet-200 ready, or make a synthetic twin of it.", no_args_is_help=True)
-app.add_typer(data_app, name="data")
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool,
+        typer.Option("--version", "-V", help="Show the version and exit.", callback=_version, is_eager=True),
+    ] = False,
+) -> None:
+    """Compare ResNet-18, plain-18 and VGG11/16 (with and without BN) under one training loop."""
+
+
+# The names `archbench data prepare` takes: archbench.data.sources.SOURCES, in its order (tests/test_data_sources.py
+# checks they agree; written here so that the command line parses without importing numpy).
+DATASETS = ("tiny-imagenet", "cifar10", "cifar100", "imagefolder", "digits")
+data_app = typer.Typer(
+    help="Get a data set ready (Tiny-ImageNet, CIFAR, your own ImageFolder, the digits), or make a synthetic one.",
+    no_args_is_help=True,
+)
+app.add_typer(data_app, name="data", short_help="Prepare a data set, or make a synthetic one.")
 
 console = Console()
 err_console = Console(stderr=True)
@@ -94,25 +132,38 @@ def friendly_errors(fn):
 
 
 def _parameter(f: dataclasses.Field, hint) -> inspect.Parameter:
-    """A request field as a Typer parameter: its type, help, flags and limits from the field's metadata
-    (the help as written: Typer renders it as rich markup, where `archbench[slurm]` would lose its brackets)."""
+    """A request field as a Typer parameter: its type, help, flags, choices and limits from the field's metadata."""
     meta = f.metadata
-    extra = {k: v for k, v in meta.items() if k not in ("help", "flags", "argument")}
-    if typing.get_origin(hint) is list:  # a repeatable option shows its element type, as a single one does
-        extra["metavar"] = f"<{typing.get_args(hint)[0].__name__}>"
-    if meta["argument"]:
-        marker = typer.Argument(help=escape(meta["help"]), show_default=False, metavar="MODEL")
-        default = inspect.Parameter.empty
+    extra = {k: v for k, v in meta.items() if k not in ("help", "flags", "argument", "choices")}
+    if meta.get("choices"):  # shown in the help and checked while parsing, before anything is imported
+        extra["metavar"] = f"<{'|'.join(meta['choices'])}>"
+        extra["callback"] = _one_of(f.name, meta["choices"])
+    elif hint is not bool:  # INT, FLOAT, TEXT, PATH; a repeatable option its element's
+        element = typing.get_args(hint)[0] if typing.get_origin(hint) is list else hint
+        extra["metavar"] = {"str": "TEXT"}.get(element.__name__, element.__name__.upper())
+    if meta["argument"]:  # optional here: a study file may name the models
+        marker = typer.Argument(help=meta["help"], show_default=False, metavar="MODEL")
+        default = None
+        hint = Optional[hint]  # noqa: UP045 (Typer reads typing.Optional)
     else:
         has_default = f.default is not dataclasses.MISSING
         default = f.default if has_default and not isinstance(f.default, list) else None
         show = default is not None and not isinstance(default, bool)
-        marker = typer.Option(*meta["flags"], help=escape(meta["help"]), show_default=show, **extra)
+        marker = typer.Option(*meta["flags"], help=meta["help"], show_default=show, **extra)
         if default is None:
             hint = Optional[hint]  # noqa: UP045 (Typer reads typing.Optional)
     return inspect.Parameter(
         f.name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=Annotated[hint, marker]
     )
+
+
+def _one_of(name: str, choices: tuple[str, ...]):
+    def check(value):
+        if value is not None and value not in choices:
+            raise typer.BadParameter(f"unknown {name} '{value}'; use one of: {', '.join(choices)}.")
+        return value
+
+    return check
 
 
 def _plain_type(hint):
@@ -123,21 +174,207 @@ def _plain_type(hint):
     return hint
 
 
-def request_command(request_type, handler):
+STUDY_PARAMETERS = [
+    inspect.Parameter(
+        "config",
+        inspect.Parameter.KEYWORD_ONLY,
+        default=None,
+        annotation=Annotated[
+            Optional[Path],  # noqa: UP045
+            typer.Option(
+                "--config",
+                "-c",
+                help="Study file (TOML): models, seeds and any option by its command-line name, e.g. "
+                'models = ["resnet18"], seed = [0, 1], batch-size = 64. Command-line options override it.',
+                show_default=False,
+                metavar="FILE",
+            ),
+        ],
+    ),
+    inspect.Parameter(
+        "print_config",
+        inspect.Parameter.KEYWORD_ONLY,
+        default=False,
+        annotation=Annotated[
+            bool, typer.Option("--print-config", help="Print the resolved study as TOML and exit without running.")
+        ],
+    ),
+]
+
+
+def request_command(request_type, handler, study: bool = False):
     """A Typer command whose parameters are `request_type`'s option fields and which calls
-    ``handler(request_type(...))``; unset options keep the dataclass's defaults."""
+    ``handler(request_type(...))``; unset options keep the dataclass's defaults. With `study`, the command
+    also takes `--config FILE` (its values under the command line's) and `--print-config`."""
     hints = typing.get_type_hints(request_type)
     params = [_parameter(f, _plain_type(hints[f.name])) for f in cli_fields(request_type)]
+    context = inspect.Parameter("ctx", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=typer.Context)
 
-    def command(**kwargs):
-        given = {k: v for k, v in kwargs.items() if v is not None and v != []}
-        return handler(request_type(**given))
+    def command(ctx: typer.Context, **kwargs):
+        config, print_config = kwargs.pop("config", None), kwargs.pop("print_config", False)
+        values = friendly_errors(read_study)(config, request_type, ctx) if config is not None else {}
+        for name, value in kwargs.items():
+            source = ctx.get_parameter_source(name)
+            given = source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP")
+            if value is not None and value != [] and (given or name not in values):
+                values[name] = value
+        if not values.get("models"):
+            raise typer.BadParameter("name the models on the command line or in --config.", param_hint="'MODEL...'")
+        request = friendly_errors(request_type)(**values)
+        if print_config:
+            friendly_errors(request.check)()
+            console.print(study_toml(request, ctx.info_name), highlight=False, soft_wrap=True, markup=False, end="")
+            return None
+        record = config is not None  # a study run from a file is recorded in its runs folder once it has run
+        try:
+            result = handler(request)
+        except KeyboardInterrupt as e:
+            if record and Path(request.out).is_dir():
+                friendly_errors(write_study)(request, ctx.info_name)
+            interrupted(request, ctx.info_name, e)
+        except typer.Exit as e:
+            if record and e.exit_code == DIVERGED_EXIT:
+                friendly_errors(write_study)(request, ctx.info_name)
+            raise
+        if record and Path(request.out).is_dir():
+            friendly_errors(write_study)(request, ctx.info_name)
+        return result
 
-    command.__signature__ = inspect.Signature(params)
-    command.__annotations__ = {p.name: p.annotation for p in params}
+    command.__signature__ = inspect.Signature([context, *params, *(STUDY_PARAMETERS if study else [])])
+    command.__annotations__ = {p.name: p.annotation for p in command.__signature__.parameters.values()}
     command.__doc__ = handler.__doc__
     command.__name__ = handler.__name__
     return command
+
+
+# ------------------------------------------------------------------------------------------ study files
+
+
+def _expected(hint) -> tuple[tuple[type, ...], str]:
+    """The TOML value types a field of type `hint` takes, and their name for an error message."""
+    if hint is bool:
+        return (bool,), "true or false"
+    if hint is int:
+        return (int,), "an integer"
+    if hint is float:
+        return (int, float), "a number"
+    if hint is str:
+        return (str, int, float), "a string"
+    return (str,), "a path (a string)"
+
+
+def read_study(path: Path, request_type, ctx: typer.Context) -> dict[str, Any]:
+    """A study file's options as request field values, each checked by the parser's own type (choices,
+    limits); an unknown key or a value of the wrong type is one line naming the file and the key."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise ArchbenchError(f"cannot read the study file {path}: {e.strerror or e}") from None
+    try:
+        table = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ArchbenchError(f"{path} is not valid TOML: {e}") from None
+    fields = {name: f for f in cli_fields(request_type) for name in option_names(f)}
+    fields["models"] = fields["model"] = next(f for f in cli_fields(request_type) if f.metadata["argument"])
+    params = {p.name: p for p in ctx.command.params}
+    hints = typing.get_type_hints(request_type)
+    values = {}
+    for key, value in table.items():
+        f = fields.get(key.replace("_", "-"))
+        if f is None:
+            raise ArchbenchError(
+                f"{path}: unknown option '{key}'; use the options of `archbench {ctx.info_name}` by their "
+                "command-line names (e.g. batch-size, seed, runs)."
+            )
+        hint = _plain_type(hints[f.name])
+        many = typing.get_origin(hint) is list
+        element = typing.get_args(hint)[0] if many else hint
+        items = value if many and isinstance(value, list) else [value]
+        types, expected = _expected(element)
+        if isinstance(value, list) and not many or not all(isinstance(v, types) for v in items):
+            expected = f"{expected} or a list of them" if many else expected
+            raise ArchbenchError(f"{path}: {key} must be {expected}, not {value!r}.")
+        if any(isinstance(v, bool) for v in items) and element is not bool:
+            raise ArchbenchError(f"{path}: {key} must be {expected}, not {value!r}.")
+        items = [str(v) if element is str else v for v in items]
+        param = params[f.name]
+        try:  # the parser's own check: choices and limits
+            converted = param.process_value(ctx, items if many else items[0])
+        except typer.BadParameter as e:
+            raise ArchbenchError(f"{path}: {key}: {e.message}") from None
+        values[f.name] = list(converted) if many else converted
+    return values
+
+
+def _toml_value(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    return (
+        '"'
+        + str(value.as_posix() if isinstance(value, Path) else value).replace("\\", "\\\\").replace('"', '\\"')
+        + '"'
+    )
+
+
+def study_toml(request, command: str) -> str:
+    """The resolved study as a study file: every option of `request` by its command-line name (unset ones,
+    which the preset decides, left out); `--config` of it runs the same study."""
+    lines = [f"# archbench {command}: the resolved study (archbench {archbench.__version__})"]
+    for f in cli_fields(type(request)):
+        value = getattr(request, f.name)
+        if value is None:
+            continue
+        key = "models" if f.metadata["argument"] else option_names(f)[0]
+        lines.append(f"{key} = {_toml_value(value)}")
+    return "\n".join(lines) + "\n"
+
+
+def study_file(request, command: str) -> Path:
+    """Where a study run from a study file is recorded: RUNS/study-run.toml or RUNS/study-tune.toml."""
+    return Path(request.out) / f"study-{command}.toml"
+
+
+def write_study(request, command: str) -> None:
+    from archbench.runs import write_text
+
+    write_text(study_file(request, command), study_toml(request, command))
+
+
+# ------------------------------------------------------------------------------------------ Ctrl-C
+
+
+def resume_command(request, command: str) -> str:
+    """The command line that continues `request`'s study: every option that differs from its default,
+    without --fresh (which would start the runs over)."""
+    defaults = type(request)(models=list(request.models))
+    args = ["archbench", command, *request.models]
+    for f in cli_fields(type(request)):
+        value = getattr(request, f.name)
+        if f.metadata["argument"] or f.name == "fresh" or value == getattr(defaults, f.name) or value is None:
+            continue
+        names = f.metadata["flags"][0].split("/") if f.metadata["flags"] else ["--" + f.name.replace("_", "-")]
+        if isinstance(value, bool):
+            args += [names[0] if value else names[-1]] if value or len(names) == 2 else []
+        elif isinstance(value, list):
+            args += [a for v in value for a in (names[0], str(v))]
+        else:
+            args += [names[0], str(value)]
+    return shlex.join(args)
+
+
+def interrupted(request, command: str, e: KeyboardInterrupt) -> None:
+    """Ctrl-C: one line with what was saved and the command that resumes; exit code 130."""
+    saved = str(e) or "every finished epoch is saved"
+    err_console.print(
+        f"[yellow]interrupted:[/] {escape(saved)}; resume with: {escape(resume_command(request, command))}",
+        highlight=False,
+        soft_wrap=True,
+    )
+    raise typer.Exit(INTERRUPTED_EXIT)
 
 
 def _field(request_type, name: str) -> dataclasses.Field:
@@ -145,44 +382,67 @@ def _field(request_type, name: str) -> dataclasses.Field:
 
 
 RegistryOption = _parameter(_field(RunRequest, "registry"), Path).annotation
+RunsOption = Annotated[Path, typer.Option("--runs", help="Folder of run records.", metavar="DIR")]
 
 
 # ------------------------------------------------------------------------------------------ commands
 
 
-@app.command("list")
+@app.command("list", short_help="The model catalogue.")
 @friendly_errors
-def list_cmd(registry: RegistryOption = None) -> None:
-    """Show the model catalogue: parameters, FLOPs at 224x224, residual and BN."""
-    from archbench.registry import catalogue
+def list_cmd(
+    registry: RegistryOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the rows as JSON (null GFLOPs: not counted).")] = False,
+) -> None:
+    """Show the model catalogue: parameters, FLOPs at 224x224, depth, residual and BN (cached after the first call)."""
+    import json
+    import math
+
+    from archbench.catalogue import catalogue
 
     rows = catalogue(registry)
+    if as_json:
+        plain = [{**row, "gflops_224": None if math.isnan(row["gflops_224"]) else row["gflops_224"]} for row in rows]
+        typer.echo(json.dumps(plain, indent=2))
+        return
+    described = console.width >= 120  # else the descriptions follow the table, each on its own line
     table = Table(
         title="archbench models",
-        caption="GFLOPs: fvcore at 224x224, eval mode; fvcore counts one fused multiply-add as one flop.",
+        caption="GFLOPs: fvcore at 224x224, eval mode; fvcore counts one fused multiply-add as one flop. "
+        "Depth: conv and linear layers on the longest input-to-output path.",
     )
-    table.add_column("name", style="bold")
-    table.add_column("description")
+    table.add_column("name", style="bold", no_wrap=True)
     table.add_column("parameters", justify="right")
     table.add_column("GFLOPs@224", justify="right")
+    table.add_column("depth", justify="right")
     table.add_column("residual", justify="center")
     table.add_column("BN", justify="center")
+    if described:
+        table.add_column("description", ratio=1)
     for row in rows:
-        residual = {True: "yes", False: "no"}.get(row["residual"], "?")
         table.add_row(
             row["name"],
-            row["description"],
             f"{row['parameters']:,}",
-            f"{row['gflops_224']:.4f}",
-            residual,
+            "—" if math.isnan(row["gflops_224"]) else f"{row['gflops_224']:.4f}",
+            str(row["depth"]),
+            {True: "yes", False: "no"}.get(row["residual"], "?"),
             "yes" if row["batch_norm"] else "no",
+            *([row["description"]] if described else []),
         )
     console.print(table)
+    if not described:
+        descriptions = Table.grid(padding=(0, 2))
+        descriptions.add_column(style="bold", no_wrap=True)
+        descriptions.add_column()
+        for row in rows:
+            descriptions.add_row(row["name"], row["description"])
+        console.print(descriptions)
 
 
 @friendly_errors
 def run(request: RunRequest) -> None:
     """Train MODELs with the shared loop and record metrics, gradient norms and provenance."""
+    request.check()  # before torch is imported: a bad choice or a missing tuning file answers at once
     from archbench.train import run_models
 
     results = run_models(request, console=console)
@@ -201,73 +461,149 @@ def bench(request: BenchRequest) -> None:
 @friendly_errors
 def tune(request: TuneRequest) -> None:
     """Tune each MODEL's learning rate on a validation split carved from train; write the tuning file."""
+    request.check()
     from archbench.tune import tune as tune_models
 
     tune_models(request, console=console)
 
 
-app.command("run")(request_command(RunRequest, run))
-app.command("tune")(request_command(TuneRequest, tune))
-app.command("bench")(request_command(BenchRequest, bench))
+# Each command's line in `archbench --help` (its docstring is the first paragraph of its own --help).
+app.command("run", short_help="Train models and record their runs.")(request_command(RunRequest, run, study=True))
+app.command("tune", short_help="Tune each model's learning rate.")(request_command(TuneRequest, tune, study=True))
+app.command("bench", short_help="Training and inference images/s.")(request_command(BenchRequest, bench))
 
 
-@app.command()
+@app.command(short_help="Write REPORT.md from the recorded runs.")
 @friendly_errors
 def report(
-    runs: Annotated[Path, typer.Option(help="Folder of run records.")] = RUNS_DIR,
-    out: Annotated[Path, typer.Option(help="Markdown file to write; figures go beside it.")] = REPORT_FILE,
-    benchmarks: Annotated[Path, typer.Option(help="pytest-benchmark JSON of forward latency.")] = LATENCY_FILE,
-    bench_results: Annotated[Path, typer.Option(help="Folder of `archbench bench` result files.")] = BENCH_DIR,
+    runs: RunsOption = RUNS_DIR,
+    report: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option(
+            help=f"Markdown file to write; figures go beside it. Default: RUNS/../{REPORT_FILE}.",
+            metavar="FILE",
+            show_default=False,
+        ),
+    ] = None,
+    benchmarks: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option(
+            help=f"pytest-benchmark JSON of forward latency. Default: RUNS/../{LATENCY_FILE}.",
+            metavar="FILE",
+            show_default=False,
+        ),
+    ] = None,
+    bench_results: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option(
+            help=f"Folder of `archbench bench` result files. Default: RUNS/../{BENCH_DIR}.",
+            metavar="DIR",
+            show_default=False,
+        ),
+    ] = None,
     gpu_results: Annotated[
-        Path, typer.Option(help="gpu-results.json written by benchmarks/gpu.sh.")
-    ] = GPU_RESULTS_FILE,
+        Optional[Path],  # noqa: UP045
+        typer.Option(
+            help=f"gpu-results.json of benchmarks/gpu.sh. Default: RUNS/../{GPU_RESULTS_FILE}.",
+            metavar="FILE",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
-    """Regenerate REPORT.md (tables, figures, discussion) from the recorded runs."""
+    """Regenerate REPORT.md (tables, figures, discussion) from the recorded runs.
+
+    The report and the benchmark files it reads default to the runs folder's project: the folder that
+    holds RUNS."""
     from archbench.report import write_report
 
+    project = project_of(runs)
     path = write_report(
-        runs_dir=runs, out=out, benchmarks=benchmarks, bench_results=bench_results, gpu_results=gpu_results
+        runs_dir=runs,
+        out=report or project / REPORT_FILE,
+        benchmarks=benchmarks or project / LATENCY_FILE,
+        bench_results=bench_results or project / BENCH_DIR,
+        gpu_results=gpu_results or project / GPU_RESULTS_FILE,
     )
     console.print(f"wrote {path}")
 
 
-@app.command()
+def project_of(runs: Path) -> Path:
+    """The project a runs folder belongs to: the folder that holds it (`runs` -> the working folder)."""
+    return runs.parent
+
+
+@app.command(short_help="Where a study stands.")
 @friendly_errors
-def status(runs: Annotated[Path, typer.Option(help="Folder of run records.")] = RUNS_DIR) -> None:
-    """Where a study stands: every run under the folder, its progress, accuracy, speed and time left."""
-    from archbench.status import show_status
+def status(
+    runs: RunsOption = RUNS_DIR,
+    json: Annotated[bool, typer.Option("--json", help="Print the rows as JSON instead of a table.")] = False,
+    watch: Annotated[
+        Optional[float],  # noqa: UP045
+        typer.Option(
+            help="Redraw the table in place every SECONDS until Ctrl-C.", metavar="SECONDS", min=0.1, show_default=False
+        ),
+    ] = None,
+) -> None:
+    """Where a study stands: every run under the folder, its rate, arm, progress, accuracy, speed and time left."""
+    from archbench.status import show_status, status_json, watch_status
 
-    show_status(runs, console=console)
+    if json:
+        typer.echo(jsonlib.dumps(status_json(runs), indent=2))
+    elif watch is not None:
+        watch_status(runs, watch, console=console)
+    else:
+        show_status(runs, console=console)
 
 
-@data_app.command("prepare")
+@data_app.command("prepare", short_help="Download, verify and pack a data set.")
 @friendly_errors
 def data_prepare(
-    root: Annotated[Path, typer.Option(help="Where the data and its packed cache live.")] = Path("data"),
+    dataset: Annotated[
+        str,
+        typer.Argument(help=f"One of: {', '.join(DATASETS)}.", metavar="DATASET"),
+    ] = DATASETS[0],
+    root: Annotated[
+        Path | None,
+        typer.Option(  # noqa: UP045
+            help="Where the data and its packed cache live (default: data for tiny-imagenet, data/DATASET for "
+            "the others; `--data DATASET` finds it there).",
+            show_default=False,
+        ),
+    ] = None,
     source: Annotated[
         str | None,
         typer.Option(  # noqa: UP045
-            help="URL, local zip or extracted folder (default: the official zip).", show_default=False
+            help="URL, local archive or file, or folder (default: the official archive; digits: scikit-learn's copy; "
+            "imagefolder: required).",
+            show_default=False,
+        ),
+    ] = None,
+    image_size: Annotated[
+        int | None,
+        typer.Option(  # noqa: UP045
+            help="imagefolder: resize every image to N x N once (default: the training images' median shorter side).",
+            min=1,
+            show_default=False,
         ),
     ] = None,
     skip_bad: Annotated[
         bool, typer.Option("--skip-bad", help="Skip unreadable images (counted) instead of stopping.")
     ] = False,
 ) -> None:
-    """Download (resumable, md5-checked), extract, verify and pack Tiny-ImageNet-200."""
-    from archbench.data.tinyimagenet import prepare
+    """Get a data set ready: download (resumable, checksummed) or read, verify and pack it."""
+    from archbench.data.sources import prepare
 
-    manifest = prepare(root=root, source=source, skip_bad=skip_bad, console=console)
+    manifest = prepare(dataset, root, source, image_size=image_size, skip_bad=skip_bad, console=console)
     _print_manifest(manifest)
 
 
-@data_app.command("synth")
+@data_app.command("synth", short_help="Make a synthetic data set.")
 @friendly_errors
 def data_synth(
     root: Annotated[Path, typer.Option(help="Folder to write the synthetic dataset into.")] = Path("data/synthetic"),
     classes: Annotated[int, typer.Option(help="Number of classes.")] = 10,
     train_per_class: Annotated[int, typer.Option(help="Training images per class.")] = 100,
-    val_per_class: Annotated[int, typer.Option(help="Validation images per class.")] = 20,
+    test_per_class: Annotated[int, typer.Option(help="Test images per class (the layout's val/ folder).")] = 20,
     seed: Annotated[int, typer.Option(help="Generator seed (same seed, same files).")] = 0,
 ) -> None:
     """Write a synthetic dataset in the exact Tiny-ImageNet layout, then pack it like the real one."""
@@ -277,7 +613,7 @@ def data_synth(
         root=root,
         classes=classes,
         train_per_class=train_per_class,
-        val_per_class=val_per_class,
+        val_per_class=test_per_class,
         seed=seed,
         console=console,
     )

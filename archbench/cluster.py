@@ -42,13 +42,11 @@ from rich.markup import escape
 from rich.progress import Progress
 
 from archbench import launch, runs
-from archbench.config import RunRequest
+from archbench.config import CLUSTERS, LAUNCHERS, RunRequest
 from archbench.errors import DIVERGED_EXIT, ArchbenchError
 from archbench.progress import job_progress, results_table
 from archbench.provenance import utc_now
 
-LAUNCHERS = ("submitit",)
-CLUSTERS = ("slurm", "local")
 MAX_TIMEOUTS = 10  # requeues after reaching the time limit (preemptions do not count)
 LOG_FOLDER = ".submitit"  # under --out: submitit's pickles and each job's stdout and stderr
 POLL_SECONDS = {"slurm": 15.0, "local": 1.0}
@@ -267,7 +265,9 @@ def absolute(request: RunRequest) -> RunRequest:
         for f in dataclasses.fields(request)
         if isinstance(value := getattr(request, f.name), Path)
     }
-    if request.data not in (None, "synthetic") and Path(request.data).exists():
+    from archbench.data.sources import builtin_names
+
+    if request.data not in (None, *builtin_names()) and Path(request.data).exists():
         paths["data"] = str(Path(request.data).resolve())
     return dataclasses.replace(request, **paths)
 

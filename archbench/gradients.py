@@ -11,6 +11,13 @@ For each conv and linear weight, in forward (registration) order, and each of th
 
 `record` runs after backward and before clipping, so every measure is of the true (reduced, unscaled)
 gradient. Everything stays on the device until the run record is written.
+
+Cost: a recorded step adds two fused norms, one fused copy of the gradients into buffers allocated once
+(at the first recorded step, freed after the last) and one dot product per layer, read in place: no
+gradient-sized tensor is allocated per step. torch 2.11 has no fused (foreach) dot product, so the dots
+are one `torch.dot` per layer over memory-order views, each a single read of two tensors into a scalar.
+The previous step's gradients travel in the checkpoint while steps are still recorded, so a resumed run
+computes the first cosine after the resume exactly as an uninterrupted run does.
 """
 
 from __future__ import annotations
@@ -23,6 +30,20 @@ from torch import nn
 from archbench.runs import GradNormRow
 
 LAYER_KINDS = {nn.Conv2d: "conv", nn.Linear: "linear"}
+
+
+def memory_order(t: torch.Tensor) -> torch.Tensor:
+    """The entries of dense `t` as a 1-D view in memory order (no copy, also for channels-last weights).
+    Two tensors laid out alike give views in the same entry order, so their dot product is exact."""
+    dims = sorted(range(t.dim()), key=lambda d: t.stride(d), reverse=True)
+    return t.permute(dims).view(-1)
+
+
+def dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Σ a·b as a 0-d tensor, read in place when the two are laid out alike (as a weight's gradients are)."""
+    if a.stride() == b.stride():
+        return torch.dot(memory_order(a), memory_order(b))
+    return (a * b).sum()
 
 
 def weight_layers(model: nn.Module) -> list[tuple[str, str, torch.Tensor]]:
@@ -40,7 +61,8 @@ class GradientRecorder:
         self.grad_norms = torch.zeros(shape, device=device)
         self.weight_norms = torch.zeros(shape, device=device)
         self.cosines = torch.full(shape, math.nan, device=device)
-        self.previous: list[torch.Tensor] | None = None  # last recorded step's gradients (fp32 copies)
+        self.previous: list[torch.Tensor] | None = None  # last recorded step's gradients, when they are held
+        self.buffers: list[torch.Tensor] | None = None  # fp32, each laid out like its weight; allocated once
 
     def wants(self, step: int) -> bool:
         return step < self.steps
@@ -52,9 +74,19 @@ class GradientRecorder:
         self.grad_norms[step] = grad_norms
         self.weight_norms[step] = torch.stack(torch._foreach_norm([weight.detach() for _, _, weight in self.layers]))
         if self.previous is not None and step > 0:
-            dots = torch.stack([(g * p).sum() for g, p in zip(grads, self.previous)])
+            dots = torch.stack([dot(g, p) for g, p in zip(grads, self.previous)])
             self.cosines[step] = dots / (grad_norms * self.grad_norms[step - 1]).clamp_min(1e-30)
-        self.previous = None if step + 1 >= self.steps else [g.detach().clone() for g in grads]
+        if step + 1 >= self.steps:  # the last recorded step: no cosine needs these gradients
+            self.previous = self.buffers = None
+            return
+        self.previous = self.hold(grads)
+
+    def hold(self, grads: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Copy `grads` into the preallocated buffers (one fused copy) and return the buffers."""
+        if self.buffers is None:
+            self.buffers = [torch.empty_like(g, dtype=torch.float32) for g in grads]
+        torch._foreach_copy_(self.buffers, grads)
+        return self.buffers
 
     def rows(self, steps_done: int) -> list[GradNormRow]:
         done = min(self.steps, steps_done)
@@ -83,7 +115,7 @@ class GradientRecorder:
             "cosines": self.cosines.cpu(),
         }
         if self.previous is not None:
-            state["previous"] = [g.cpu() for g in self.previous]
+            state["previous"] = [g.to("cpu", copy=True) for g in self.previous]  # not the reused buffers
         return state
 
     def load_state_dict(self, state: dict) -> None:
@@ -91,4 +123,4 @@ class GradientRecorder:
         self.weight_norms.copy_(state["weight_norms"])
         self.cosines.copy_(state["cosines"])
         device = self.grad_norms.device
-        self.previous = [g.to(device) for g in state["previous"]] if "previous" in state else None
+        self.previous = self.hold([g.to(device) for g in state["previous"]]) if "previous" in state else None

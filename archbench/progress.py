@@ -7,17 +7,25 @@ a host-device sync, so the loop calls `step` only every few steps.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from rich import box
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
+from archbench.runs import METRICS
+
+MEASURING = "measuring first steps…"
+
 
 def epoch_line(label: str, row: dict, epochs: int) -> str:
-    val = "" if row.get("val_acc") is None else f" | val acc {100 * row['val_acc']:.2f}%"
+    val = "" if row.get("holdout_acc") is None else f" | holdout acc {100 * row['holdout_acc']:.2f}%"
+    top5 = "" if row.get("test_top5") is None else f" top-5 {100 * row['test_top5']:.2f}%"
     return (
         f"{label} epoch {row['epoch']}/{epochs}: train loss {row['train_loss']:.4f} "
-        f"acc {100 * row['train_acc']:.2f}% | test loss {row['test_loss']:.4f} acc {100 * row['test_acc']:.2f}%{val} "
+        f"acc {100 * row['train_acc']:.2f}% | test loss {row['test_loss']:.4f} acc {100 * row['test_acc']:.2f}%"
+        f"{top5}{val} "
         f"| lr {row['lr']:.4g} | {row['train_images_per_s']:.0f} img/s | {row['epoch_seconds']:.1f}s"
     )
 
@@ -28,10 +36,10 @@ def finish_line(label: str, summary: dict) -> str:
         return f"{label}: [red]diverged[/] at step {summary['diverged_at_step']} (non-finite loss) {run}"
     if summary["best_epoch"] is None:
         return f"{label}: {status}, no epoch finished, {summary['wall_seconds']:.0f}s {run}"
-    if summary.get("selected_on") == "val":
+    if summary.get("selected_on") == "holdout":
         best = (
             f"test acc {100 * summary['test_acc_at_best_epoch']:.2f}% at epoch {summary['best_epoch']}, "
-            "chosen on validation"
+            "chosen on the holdout"
         )
     else:
         best = f"final test acc {100 * summary['final_test_acc']:.2f}%"
@@ -50,20 +58,54 @@ def job_progress(console: Console) -> Progress:
     )
 
 
+def start_line(label: str, epochs: int, steps_per_epoch: int, done_steps: int) -> str:
+    """A run's first line; a resumed run says where it picks up, in every mode."""
+    resumed = (
+        f" (resuming after step {done_steps}, epoch {done_steps // max(steps_per_epoch, 1)})" if done_steps else ""
+    )
+    return f"{label}: {epochs} epochs x {steps_per_epoch} steps{resumed}"
+
+
 class Reporter:
-    """The reporter interface; on its own it shows nothing (ranks other than 0 under torchrun)."""
+    """The reporter interface; on its own it shows nothing (ranks other than 0 under torchrun). Every
+    reporter knows the run in progress, for the line Ctrl-C prints (`interrupted_note`)."""
 
-    def start(self, label: str, epochs: int, steps_per_epoch: int, done_steps: int) -> None: ...
+    current: tuple[str, Path | None, int] | None = None  # label, run folder and epochs of the run in progress
 
-    def step(self, advance: int, epoch: int, loss: float, acc: float, images_per_s: float) -> None: ...
+    def start(
+        self, label: str, epochs: int, steps_per_epoch: int, done_steps: int, run_path: Path | None = None
+    ) -> None:
+        self.current = (label, run_path, epochs)
+
+    def step(
+        self, advance: int, epoch: int, loss: float, acc: float, images_per_s: float, lr: float | None = None
+    ) -> None: ...
 
     def epoch(self, label: str, row: dict) -> None: ...
 
-    def finish(self, label: str, summary: dict) -> None: ...
+    def finish(self, label: str, summary: dict) -> None:
+        self.current = None
 
     def skip(self, label: str, summary: dict) -> None: ...
 
     def close(self) -> None: ...
+
+    def interrupted_note(self) -> str:
+        """What a run stopped now has saved: the epochs its record holds (a checkpoint is written after each
+        epoch's record), in which folder; or that no run was training."""
+        if self.current is None:
+            return "no run was training; every finished run is recorded"
+        label, run_path, epochs = self.current
+        if run_path is None:
+            return f"{label} was training"
+        try:
+            with open(run_path / METRICS, encoding="utf-8") as f:
+                done = max(sum(1 for _ in f) - 1, 0)
+        except OSError:
+            done = 0
+        if not done:
+            return f"{label} had finished no epoch (it starts over in {run_path})"
+        return f"{label}: {done} of {epochs} epochs saved in {run_path}"
 
 
 class LogLines(Reporter):
@@ -72,17 +114,16 @@ class LogLines(Reporter):
     def __init__(self, console: Console):
         self.console, self.epochs = console, 0
 
-    def start(self, label, epochs, steps_per_epoch, done_steps):
+    def start(self, label, epochs, steps_per_epoch, done_steps, run_path=None):
+        super().start(label, epochs, steps_per_epoch, done_steps, run_path)
         self.epochs = epochs
-        resumed = f" (resuming after step {done_steps})" if done_steps else ""
-        self.console.print(
-            f"{label}: {epochs} epochs x {steps_per_epoch} steps{resumed}", highlight=False, soft_wrap=True
-        )
+        self.console.print(start_line(label, epochs, steps_per_epoch, done_steps), highlight=False, soft_wrap=True)
 
     def epoch(self, label, row):
         self.console.print(epoch_line(label, row, self.epochs), highlight=False, soft_wrap=True)
 
     def finish(self, label, summary):
+        super().finish(label, summary)
         self.console.print(finish_line(label, summary), highlight=False, soft_wrap=True)
 
     def skip(self, label, summary):
@@ -103,8 +144,7 @@ class Bars(LogLines):
             BarColumn(),
             MofNCompleteColumn(),
             TextColumn("ep {task.fields[epoch]}"),
-            TextColumn("loss {task.fields[loss]:.3f} acc {task.fields[acc]:5.1f}%"),
-            TextColumn("{task.fields[ips]:.0f} img/s"),
+            TextColumn("{task.fields[measured]}"),
             TimeElapsedColumn(),
             TimeRemainingColumn(),
             console=console,
@@ -112,25 +152,30 @@ class Bars(LogLines):
         self.progress.start()
         self.task = None
 
-    def start(self, label, epochs, steps_per_epoch, done_steps):
+    def start(self, label, epochs, steps_per_epoch, done_steps, run_path=None):
+        Reporter.start(self, label, epochs, steps_per_epoch, done_steps, run_path)
         self.epochs = epochs
+        if done_steps:
+            self.progress.console.print(
+                start_line(label, epochs, steps_per_epoch, done_steps), highlight=False, soft_wrap=True
+            )
         self.task = self.progress.add_task(
             label,
             total=epochs * steps_per_epoch,
             completed=done_steps,
             epoch=done_steps // max(steps_per_epoch, 1) + 1,
-            loss=float("nan"),
-            acc=0.0,
-            ips=0.0,
+            measured=MEASURING,  # no loss or speed is shown before one is measured
         )
 
-    def step(self, advance, epoch, loss, acc, images_per_s):
-        self.progress.update(self.task, advance=advance, epoch=epoch, loss=loss, acc=100 * acc, ips=images_per_s)
+    def step(self, advance, epoch, loss, acc, images_per_s, lr=None):
+        measured = f"loss {loss:.3f} acc {100 * acc:5.1f}% {images_per_s:.0f} img/s"
+        self.progress.update(self.task, advance=advance, epoch=epoch, measured=measured)
 
     def epoch(self, label, row):
         self.progress.console.print(epoch_line(label, row, self.epochs), highlight=False, soft_wrap=True)
 
     def finish(self, label, summary):
+        Reporter.finish(self, label, summary)
         self.progress.console.print(finish_line(label, summary), highlight=False, soft_wrap=True)
 
     def close(self):

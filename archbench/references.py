@@ -146,3 +146,34 @@ NOISY_GRADIENTS_CLAIM = "residual connections avoid early noisy gradients"
 # training, issue 1491), hence model-only beside end-to-end. timm's benchmark retries with a smaller batch
 # after running out of memory and records the batch used.
 TIMM_BENCHMARK_PITFALLS = "huggingface/pytorch-image-models issues 955 and 1491"
+
+# He et al. 2016, §4.2 (CIFAR-10): Table 6, test error (%) of the 6n+2-layer CIFAR ResNets (option A
+# shortcuts, 45k/5k split for the choices, batch 128, lr 0.1 divided by 10 at 32k and 48k iterations, 64k in
+# all). Fig. 6: the plain 20/32/44/56 nets' training and test error rise with depth (degradation); the paper
+# prints no table of the plain nets' numbers, so none is set beside them.
+HE_2016_CIFAR = 'He et al. 2016, "Deep Residual Learning for Image Recognition" (CVPR), Table 6 and Fig. 6'
+HE_2016_CIFAR_PROTOCOL = "CIFAR-10 test set, 32x32, pad-4 random crop and flip, 64k iterations"
+HE_2016_CIFAR_PLAIN = "Fig. 6: the plain 20/32/44/56-layer nets' test error rises with depth (no table given)"
+HE_2016_TABLE6: tuple[DepthError, ...] = (
+    DepthError("ResNet-20", 20, True, 8.75, HE_2016_CIFAR),
+    DepthError("ResNet-32", 32, True, 7.51, HE_2016_CIFAR),
+    DepthError("ResNet-44", 44, True, 7.17, HE_2016_CIFAR),
+    DepthError("ResNet-56", 56, True, 6.97, HE_2016_CIFAR),
+    DepthError("ResNet-110", 110, True, 6.43, HE_2016_CIFAR),
+)
+
+# What the literature expects of the gradients at initialisation, set beside the early-gradient claims.
+HE_2016_GRADIENTS = (
+    "He et al. 2016 §4.1: plain nets with BN show healthy backward gradient norms, so their difficulty is "
+    "not vanishing gradients"
+)
+YANG_2019 = 'Yang et al. 2019, "A Mean Field Theory of Batch Normalization" (ICLR)'
+YANG_2019_GRADIENTS = f"{YANG_2019}: in plain deep nets BN makes gradients explode with depth at initialisation"
+
+# Holm 1979, "A simple sequentially rejective multiple test procedure" (Scand. J. Statistics): the
+# adjustment applied within each family of claims.
+HOLM_1979 = 'Holm 1979, "A simple sequentially rejective multiple test procedure"'
+# Dolan & Moré 2002, "Benchmarking optimization software with performance profiles" (AlgoPerf's scoring):
+# per method, the fraction of runs that reach the target within τ times the best time; a run that never
+# reaches it counts as infinite time.
+DOLAN_MORE_2002 = 'Dolan & Moré 2002, "Benchmarking optimization software with performance profiles"'

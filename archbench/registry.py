@@ -17,7 +17,8 @@ torchvision and user code are built only when an entry is used (``Entry.build``,
 
 The folder is, first match wins: the ``path`` argument (``--registry``), ``$ARCHBENCH_REGISTRY``, the
 checkout's ``registry/`` beside the package, the copy an installed package carries as
-``archbench/registry_files``.
+``archbench/registry_files`` (``archbench.catalogue.resolve_registry_dir``, which, like the cached
+``catalogue``, imports no torch).
 """
 
 from __future__ import annotations
@@ -26,11 +27,7 @@ import copy
 import datetime
 import difflib
 import hashlib
-import importlib.resources
-import logging
-import math
 import os
-import re
 import typing
 from dataclasses import dataclass
 from functools import cached_property
@@ -44,16 +41,13 @@ try:
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
+from archbench.catalogue import catalogue, registry_files, resolve_registry_dir  # noqa: F401 (catalogue: re-exported)
 from archbench.errors import ArchbenchError
 from archbench.models import BUILDERS, ArgumentError, ModelTraits, read_traits
 from archbench.models.builders import check_type, describe
 
-log = logging.getLogger("archbench")
-ENV_VAR = "ARCHBENCH_REGISTRY"
-CHECKOUT_REGISTRY = Path(__file__).resolve().parent.parent / "registry"
 TOP_LEVEL_KEYS: dict[str, type] = {"description": str, "builder": str, "args": dict, "recipe": dict}
 RECIPE_KEYS: dict[str, type] = {"lr_scale": float}
-NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 # (builder, folder, arguments) that passed the builder's check in this process: the registry is read again
 # by every lookup, and the check of an archbench builder builds the model on the meta device (~25 ms).
 _CHECKED: set[tuple[str, str, str]] = set()
@@ -191,41 +185,9 @@ def _meta_only(error: Exception) -> bool:
     return isinstance(error, NotImplementedError) or "meta" in str(error).lower()
 
 
-def resolve_registry_dir(path: str | os.PathLike | None = None) -> Path:
-    """The registry folder: ``path`` > $ARCHBENCH_REGISTRY > the checkout's registry/ > the installed copy."""
-    given = path if path is not None else os.environ.get(ENV_VAR) or None
-    if given is not None:
-        folder = Path(given).expanduser()
-        if not folder.is_dir():
-            raise ArchbenchError(f"registry folder {folder} does not exist or is not a folder")
-        return folder
-    for folder in (CHECKOUT_REGISTRY, installed_registry()):
-        if folder.is_dir():
-            return folder
-    raise ArchbenchError(
-        f"no model registry found (looked in {CHECKOUT_REGISTRY} and {installed_registry()}); "
-        f"pass --registry DIR or set ${ENV_VAR}"
-    )
-
-
-def installed_registry() -> Path:
-    """The copy of registry/ an installed package carries (pyproject maps it to archbench.registry_files)."""
-    return Path(str(importlib.resources.files("archbench").joinpath("registry_files")))
-
-
 def load_registry(path: str | os.PathLike | None = None) -> dict[str, Entry]:
     """Every entry of the registry folder, by name; any invalid file is an ArchbenchError naming it."""
-    folder = resolve_registry_dir(path)
-    entries: dict[str, Entry] = {}
-    for file in sorted(folder.glob("*.toml")):
-        entry = _load_entry(file)
-        clash = next((e for e in entries.values() if e.name.lower() == entry.name.lower()), None)
-        if clash is not None:
-            raise ArchbenchError(f"{file}: name '{entry.name}' clashes with {clash.path} (names ignore case)")
-        entries[entry.name] = entry
-    if not entries:
-        raise ArchbenchError(f"registry folder {folder} holds no *.toml model files")
-    return entries
+    return {file.stem: _load_entry(file) for file in registry_files(resolve_registry_dir(path))}
 
 
 def list_models(registry: str | os.PathLike | None = None) -> list[str]:
@@ -247,38 +209,7 @@ def build_model(name: str, registry: str | os.PathLike | None = None, **override
     return get_entry(name, registry).build(**overrides)
 
 
-def catalogue(registry: str | os.PathLike | None = None) -> list[dict]:
-    """One row per entry: name, description, parameters, gflops_224, residual, batch_norm.
-
-    gflops_224 is NaN (and a warning is logged) for a model that cannot run on 224x224 input.
-    """
-    from archbench.flops import count_gflops, count_parameters
-
-    rows = []
-    for entry in load_registry(registry).values():
-        model = entry.build_for_counting()
-        try:
-            gflops = count_gflops(model, 224)
-        except Exception as e:  # e.g. a network with a fixed 32x32 input
-            log.warning("%s cannot run on 224x224 input, so its FLOPs are not counted: %s", entry.name, describe(e))
-            gflops = math.nan
-        rows.append(
-            {
-                "name": entry.name,
-                "description": entry.description,
-                "parameters": count_parameters(model),
-                "gflops_224": gflops,
-                "residual": entry.residual,
-                "batch_norm": entry.batch_norm,
-            }
-        )
-        del model
-    return rows
-
-
 def _load_entry(file: Path) -> Entry:
-    if not NAME_PATTERN.fullmatch(file.stem):
-        raise ArchbenchError(f"{file}: the model name (file stem) may hold only letters, digits, '_', '.', '-'")
     raw = file.read_bytes()
     try:
         data = tomllib.loads(raw.decode("utf-8"))

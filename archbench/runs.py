@@ -1,10 +1,17 @@
 """Run records on disk: one folder per run, `runs/<model>/<run_id>/`, and the one schema of their files.
 
 A run folder holds config.json (the resolved `RunConfig` plus provenance), metrics.csv (one
-`EpochMetrics` row per epoch), gradnorms.csv (one `GradNormRow` per early step and weight layer) and
-summary.json (a `Summary`), all tracked by git, and checkpoint.pt (never tracked). The dataclasses
-below are the schema: the training loop writes through `write_record`, the report reads the columns
-they define, and the tests build their fixtures with the same writer, so a column exists in one place.
+`EpochMetrics` row per epoch), gradnorms.csv (one `GradNormRow` per early step and weight layer),
+clipping.csv (one `ClipRow` per early step: the global gradient norm before clipping and whether
+clipping bound) and summary.json (a `Summary`), all tracked by git, and checkpoint.pt (never tracked).
+The dataclasses below are the schema: the training loop writes through `write_record`, the report reads
+the columns they define, and the tests build their fixtures with the same writer, so a column exists in
+one place. Every file carries `SCHEMA_VERSION` (a `schema_version` column or key); the report reads
+older versions, filling what they lack as missing.
+
+Names: the "holdout" is the split carved from the training set (`--holdout-per-class`) on which tuning
+and model selection are done; the "test" split is the study's test set, never used for a choice except
+where a run has no holdout (then `selected_on` says "test").
 
 Every file is written to a temporary name and moved into place with `os.replace`, so a crash leaves
 either the old file or the new one, never half of one.
@@ -32,12 +39,20 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from archbench.errors import ArchbenchError
 
 CHECKPOINT = "checkpoint.pt"
 CONFIG, METRICS, GRADNORMS, SUMMARY = "config.json", "metrics.csv", "gradnorms.csv", "summary.json"
+CLIPPING = "clipping.csv"
+# Version of the run-record schema below. 1: no version recorded, `val_*` names for the holdout, no
+# clipping record. 2: `holdout_*` names, `clip_fraction` and `test_top5` per epoch, clipping.csv.
+SCHEMA_VERSION = 2
+# Columns and keys renamed since version 1 (old name -> new name); readers of older records map them.
+RENAMED = {"val_loss": "holdout_loss", "val_acc": "holdout_acc", "best_val_acc": "best_holdout_acc"}
+# Columns added since version 1: a record of an older version may lack these (and only these).
+ADDED = ("clip_fraction", "test_top5", "schema_version")
+HOLDOUT, TEST = "holdout", "test"  # a summary's `selected_on`
 STATUSES = ("completed", "diverged", "interrupted")
 UNFINISHED = (None, "interrupted")
 # A run's id: its UTC start time, seed, the first hex digits of its config hash and a random tag (`new_run_id`).
@@ -54,7 +69,7 @@ class EpochMetrics:
     epoch: int
     train_loss: float  # mean over the epoch's augmented training batches
     train_acc: float
-    test_loss: float  # on the val split, the study's test set
+    test_loss: float  # on the test split
     test_acc: float
     lr: float  # the rate of the epoch's last optimiser step
     epoch_seconds: float  # training and evaluation
@@ -62,8 +77,11 @@ class EpochMetrics:
     train_samples: int  # training images seen in the epoch, all ranks
     train_seconds: float  # training alone: no evaluation, no compilation (the first compiled step)
     images_seen: int  # training images since the run began, all ranks
-    val_loss: float | None = None  # on the held-out validation split, when the run has one
-    val_acc: float | None = None
+    holdout_loss: float | None = None  # on the holdout carved from the training set, when the run has one
+    holdout_acc: float | None = None
+    clip_fraction: float | None = None  # optimiser steps whose gradient clipping bound / steps (0 unclipped)
+    test_top5: float | None = None  # top-5 test accuracy, recorded for 100 classes or more (else None)
+    schema_version: int = SCHEMA_VERSION
 
 
 @dataclass(frozen=True)
@@ -79,6 +97,18 @@ class GradNormRow:
     grad_to_weight: float  # ‖g‖ / ‖w‖, the relative update scale (LARS)
     grad_rms: float  # ‖g‖ / √n over the layer's n weights
     cosine_to_previous: float  # cosine between this step's gradient and the previous step's (NaN at step 0)
+    schema_version: int = SCHEMA_VERSION
+
+
+@dataclass(frozen=True)
+class ClipRow:
+    """One row of clipping.csv: one early optimiser step's global gradient norm and whether clipping bound."""
+
+    step: int
+    global_grad_norm: float  # ‖g‖ over every parameter, before clipping (what clip_grad_norm_ compares)
+    clip_grad_norm: float | None  # the recipe's threshold (None: no clipping)
+    clipped: int  # 1 when clipping scaled this step's gradient down, else 0
+    schema_version: int = SCHEMA_VERSION
 
 
 @dataclass(frozen=True)
@@ -95,14 +125,14 @@ class Summary:
     final_test_acc: float | None
     best_test_acc: float | None  # the highest test accuracy of any epoch: selected on the test set
     best_epoch: int | None  # the epoch chosen on `selected_on`
-    selected_on: str  # "val" (the held-out split) or "test" (no split: the choice is test-set selection)
-    best_val_acc: float | None  # validation accuracy at best_epoch (None without a split)
+    selected_on: str  # HOLDOUT or TEST (no holdout: the choice is test-set selection)
+    best_holdout_acc: float | None  # holdout accuracy at best_epoch (None without a holdout)
     test_acc_at_best_epoch: float | None  # the test accuracy of the chosen epoch
     epochs_to_threshold: dict[str, int | None]  # threshold (as "%g") -> first epoch reaching it
     seconds_to_threshold: dict[str, float | None]  # training seconds (no evaluation, no compilation) to it
     images_to_threshold: dict[str, int | None]  # training images to it
     parameters: int
-    gflops: dict  # image_size, at_image_size, at_224 (fvcore, eval mode)
+    gflops: dict  # image_size, at_image_size, at_224 (fvcore, eval mode), uncounted_ops (ops fvcore left out)
     mean_train_images_per_s: float | None
     train_seconds: float  # training alone, over every epoch
     compile_seconds: float | None  # the first compiled step, compilation included (None: not compiled)
@@ -111,6 +141,7 @@ class Summary:
     wall_seconds: float
     synthetic: bool
     finished_at: str
+    schema_version: int = SCHEMA_VERSION
 
 
 def epochs_to_threshold(test_acc: list[float], thresholds) -> dict[str, int | None]:
@@ -120,12 +151,12 @@ def epochs_to_threshold(test_acc: list[float], thresholds) -> dict[str, int | No
     }
 
 
-def choose_epoch(history: list[EpochMetrics], on_val: bool) -> int | None:
-    """Index of the best epoch: by validation accuracy when the run holds a split out, else by test accuracy
+def choose_epoch(history: list[EpochMetrics], on_holdout: bool) -> int | None:
+    """Index of the best epoch: by holdout accuracy when the run holds a split out, else by test accuracy
     (which is test-set selection, and recorded as such). Ties go to the earliest epoch."""
     if not history:
         return None
-    scores = [row.val_acc if on_val else row.test_acc for row in history]
+    scores = [row.holdout_acc if on_holdout else row.test_acc for row in history]
     return int(np.argmax(scores))
 
 
@@ -140,10 +171,10 @@ def time_to_threshold(history: list[EpochMetrics], thresholds) -> tuple[dict, di
     return seconds, images
 
 
-def outcome(history: list[EpochMetrics], thresholds, on_val: bool) -> dict:
+def outcome(history: list[EpochMetrics], thresholds, on_holdout: bool) -> dict:
     """The summary fields that the epoch history alone decides: what the loop writes into summary.json,
     and what the report reads from metrics.csv for a run stopped before it wrote one."""
-    best = choose_epoch(history, on_val)
+    best = choose_epoch(history, on_holdout)
     seconds_to, images_to = time_to_threshold(history, thresholds)
     last = history[-1] if history else None
     return {
@@ -152,8 +183,8 @@ def outcome(history: list[EpochMetrics], thresholds, on_val: bool) -> dict:
         "final_test_acc": None if last is None else last.test_acc,
         "best_test_acc": max(row.test_acc for row in history) if history else None,
         "best_epoch": None if best is None else best + 1,
-        "selected_on": "val" if on_val else "test",
-        "best_val_acc": history[best].val_acc if on_val and best is not None else None,
+        "selected_on": HOLDOUT if on_holdout else TEST,
+        "best_holdout_acc": history[best].holdout_acc if on_holdout and best is not None else None,
         "test_acc_at_best_epoch": None if best is None else history[best].test_acc,
         "epochs_to_threshold": epochs_to_threshold([row.test_acc for row in history], thresholds),
         "seconds_to_threshold": seconds_to,
@@ -161,7 +192,7 @@ def outcome(history: list[EpochMetrics], thresholds, on_val: bool) -> dict:
     }
 
 
-OUTCOME_FIELDS = tuple(outcome([], (), on_val=False))
+OUTCOME_FIELDS = tuple(outcome([], (), on_holdout=False))
 
 
 def columns(row_type) -> tuple[str, ...]:
@@ -170,14 +201,22 @@ def columns(row_type) -> tuple[str, ...]:
 
 METRICS_COLUMNS = columns(EpochMetrics)
 GRADNORM_COLUMNS = columns(GradNormRow)
+CLIPPING_COLUMNS = columns(ClipRow)
 GRADNORM_TEXT_COLUMNS = ("layer", "kind")
 TIMING_COLUMNS = ("epoch_seconds", "train_images_per_s", "train_seconds")  # differ between identical runs
 
 
-def write_record(run_dir: Path, metrics: list[EpochMetrics], gradnorms: list[GradNormRow], summary: Summary) -> None:
-    """metrics.csv, gradnorms.csv and summary.json of one run, each replaced atomically."""
+def write_record(
+    run_dir: Path,
+    metrics: list[EpochMetrics],
+    gradnorms: list[GradNormRow],
+    summary: Summary,
+    clipping: list[ClipRow] = (),
+) -> None:
+    """metrics.csv, gradnorms.csv, clipping.csv and summary.json of one run, each replaced atomically."""
     write_csv(run_dir / METRICS, METRICS_COLUMNS, [asdict(row) for row in metrics])
     write_csv(run_dir / GRADNORMS, GRADNORM_COLUMNS, [asdict(row) for row in gradnorms])
+    write_csv(run_dir / CLIPPING, CLIPPING_COLUMNS, [asdict(row) for row in clipping])
     write_json(run_dir / SUMMARY, asdict(summary))
 
 
@@ -187,7 +226,7 @@ def write_record(run_dir: Path, metrics: list[EpochMetrics], gradnorms: list[Gra
 def config_hash(config: dict) -> str:
     """A stable hash of everything that determines a run's numbers: not where or when it ran, nor the
     registry entry's description or comments (its builder and arguments identify the architecture)."""
-    keyed = {k: v for k, v in config.items() if k not in ("run_id", "provenance", "config_hash")}
+    keyed = {k: v for k, v in config.items() if k not in ("run_id", "provenance", "config_hash", "schema_version")}
     keyed["entry"] = {k: v for k, v in keyed.get("entry", {}).items() if k not in ("description", "toml_sha256")}
     blob = json.dumps(keyed, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
@@ -233,13 +272,26 @@ def write_csv(path: Path, fieldnames: tuple[str, ...], rows: list[dict]) -> None
     write_text(path, text.getvalue())
 
 
+def __getattr__(name: str):
+    """`runs.torch`, imported on first use: the report reads run records without importing torch."""
+    if name == "torch":
+        import torch
+
+        return torch
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 def save_checkpoint(path: Path, state: dict) -> None:
+    import torch
+
     _atomic_write(path, lambda f: torch.save(state, f))
 
 
 def load_checkpoint(path: Path) -> dict | None:
     if not path.exists():
         return None
+    import torch
+
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises several types for a damaged file
@@ -339,5 +391,5 @@ def open_run(out: Path, config: dict, fresh: bool = False) -> Run:
             continue
     run_dir = model_dir / run_id
     fd = _try_lock(run_dir)
-    write_json(run_dir / CONFIG, {**config, "run_id": run_id, "config_hash": digest})
+    write_json(run_dir / CONFIG, {**config, "run_id": run_id, "config_hash": digest, "schema_version": SCHEMA_VERSION})
     return Run(run_dir, run_id, _lock_fd=fd)

@@ -10,6 +10,9 @@ descriptor and releases it at once; nothing under a run folder is ever written o
 run whose lock is free but which has no final record (no summary.json, or one that still says
 "interrupted") is *interrupted*: rerunning its command resumes it from its last checkpoint. A
 config.json with `"tuning_trial": true` (or an older record's `"tuning": true`) marks a tuning trial.
+Each row shows the run's learning rate and its arm: `default` (the preset's rate), `tuned` (`--lr tuned`),
+`--lr` (a rate given on the command line) or `trial` (a tuning trial), so two runs of one model and seed
+are told apart; the end of the run id (hash and random part) names the folder.
 
 A damaged record (unreadable JSON, a metrics.csv without the columns this table needs) becomes a row
 saying which file is damaged, and every other run is still shown.
@@ -21,7 +24,8 @@ import csv
 import fcntl
 import math
 import os
-from dataclasses import dataclass
+import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from rich import box
@@ -48,6 +52,8 @@ class RunStatus:
     seed: int | None = None
     status: str = ""  # running, interrupted, completed, diverged, or "damaged: <file>"
     tuning: bool = False
+    lr: float | None = None  # the rate the run trains at
+    arm: str | None = None  # default, tuned, --lr or trial (see `arm_of`)
     epochs_done: int = 0
     epochs_total: int | None = None
     last_test_acc: float | None = None
@@ -62,6 +68,18 @@ class RunStatus:
 
 
 # ------------------------------------------------------------------------------------------ reading
+
+
+def arm_of(lr_source: object, tuning: bool) -> str | None:
+    """Which arm of a study a run belongs to, from its config's `recipe.lr_source` (see
+    `archbench.config.resolve_lr`): a tuning trial, a tuned rate, a rate given with --lr, or the preset's."""
+    if tuning:
+        return "trial"
+    if not isinstance(lr_source, str):
+        return None
+    if lr_source.startswith("tuned"):
+        return "tuned"
+    return "--lr" if lr_source == "--lr" else "default"
 
 
 def is_locked(run_dir: Path) -> bool:
@@ -122,8 +140,10 @@ def run_status(run_dir: Path) -> RunStatus:
         row.tuning = config.get("tuning_trial") is True or config.get("tuning") is True
         try:
             row.epochs_total = int(config["recipe"]["epochs"])
+            row.lr = float(config["recipe"]["lr"])
         except (KeyError, TypeError, ValueError):
             raise Damaged(runs.CONFIG) from None
+        row.arm = arm_of(config["recipe"].get("lr_source"), row.tuning)
         summary = _json(run_dir / runs.SUMMARY) if (run_dir / runs.SUMMARY).exists() else {}
         metrics = _metrics(run_dir / runs.METRICS)
     except Damaged as e:
@@ -166,7 +186,7 @@ def study_status(runs_dir: Path) -> list[RunStatus]:
     if not folders:
         raise ArchbenchError(f"no runs under {runs_dir}/; start some with `archbench run MODEL...`.")
     rows = [run_status(d) for d in folders]
-    return sorted(rows, key=lambda r: (r.model, r.seed if r.seed is not None else -1, r.run_id))
+    return sorted(rows, key=lambda r: (r.model, r.tuning, r.seed if r.seed is not None else -1, r.lr or 0.0, r.run_id))
 
 
 # ------------------------------------------------------------------------------------------ showing
@@ -192,60 +212,79 @@ def short_id(run_id: str) -> str:
     return "-".join(parts[-2:]) if len(parts) >= 5 else run_id
 
 
-WIDE = 100  # console columns from which the table shows run ids
 STYLES = {"running": "cyan", "completed": "green", "diverged": "red", "interrupted": "yellow"}
+CAPTIONS = {
+    "arm": "arm: default (the preset's rate), tuned, --lr or (tuning) trial",
+    "epochs": "epochs: done / the recipe's",
+    "last": "last, best: test accuracy",
+    "img/s": "img/s: the last epoch's training images/s",
+    "time": "time: sum of epoch times",
+    "left": "left: mean epoch time x epochs to go",
+    "run": "run: the end of the run id",
+}
+# Columns left out, in this order, until the table fits the console (the rest are always shown).
+OPTIONAL = ("best", "time", "img/s", "last")
 
 
-def status_table(rows: list[RunStatus], title: str, run_ids: bool = True) -> Table:
-    """The table `show_status` prints; `run_ids` adds the end of each run id (which tells apart runs of
-    one model and seed)."""
-    table = Table(
-        title=title,
-        box=box.SIMPLE,
-        collapse_padding=True,
-        caption=(
-            "epochs: done / the recipe's; last, best: test accuracy; img/s: the last epoch's training images/s; "
-            "time: sum of epoch times; left: mean epoch time x epochs to go"
-            + ("; run: the end of the run id" if run_ids else "")
-        ),
-    )
-    table.add_column("model", no_wrap=True)
-    table.add_column("status", no_wrap=True)
-    for column in ("epochs", "last", "best", "img/s", "time", "left"):
-        table.add_column(column, justify="right", no_wrap=True)
-    if run_ids:
-        table.add_column("run", style="dim", no_wrap=True)
-
-    for r in rows:
-        status = Text(r.status, style="bold red" if r.damaged else STYLES.get(r.status, ""))
-        if r.tuning:
-            status.append(" trial", style="magenta")
-        table.add_row(
-            r.model if r.seed is None else f"{r.model} s{r.seed}",
-            status,
-            "—" if r.damaged else f"{r.epochs_done}/{r.epochs_total}",
-            pct(r.last_test_acc),
-            pct(r.best_test_acc),
-            "—" if r.images_per_s is None else f"{r.images_per_s:.0f}",
-            duration(r.seconds if not r.damaged else None),
-            duration(r.seconds_left),
-            *([short_id(r.run_id)] if run_ids else []),
-        )
+def status_table(rows: list[RunStatus], title: str, width: int | None = None) -> Table:
+    """The table `show_status` prints, at most `width` columns wide: the end of each run id always, "left"
+    only while a run is training, and the columns of `OPTIONAL` dropped until it fits (never cut with "…")."""
     left = [r.seconds_left for r in rows if r.seconds_left is not None]
-    table.add_section()
-    table.add_row(
-        "total",
-        f"{len(rows)} run{'s' * (len(rows) != 1)}",
-        f"{sum(r.epochs_done for r in rows)}/{sum(r.epochs_total or 0 for r in rows)}",
-        "",
-        "",
-        "",
-        duration(math.fsum(r.seconds for r in rows)),
-        duration(math.fsum(left)) if left else "—",
-        *([""] if run_ids else []),
-        style="bold",
-    )
+    running = any(r.status == "running" for r in rows)
+    cells = {
+        "model": [r.model if r.seed is None else f"{r.model} s{r.seed}" for r in rows],
+        "status": [Text(r.status, style="bold red" if r.damaged else STYLES.get(r.status, "")) for r in rows],
+        "arm": [Text(r.arm or "—", style="magenta" if r.tuning else "") for r in rows],
+        "lr": ["—" if r.lr is None else f"{r.lr:.3g}" for r in rows],
+        "epochs": ["—" if r.damaged else f"{r.epochs_done}/{r.epochs_total}" for r in rows],
+        "last": [pct(r.last_test_acc) for r in rows],
+        "best": [pct(r.best_test_acc) for r in rows],
+        "img/s": ["—" if r.images_per_s is None else f"{r.images_per_s:.0f}" for r in rows],
+        "time": [duration(r.seconds if not r.damaged else None) for r in rows],
+        "left": [duration(r.seconds_left) for r in rows],
+        "run": [short_id(r.run_id) for r in rows],
+    }
+    total = {
+        "model": "total",
+        "status": f"{len(rows)} run{'s' * (len(rows) != 1)}",
+        "epochs": f"{sum(r.epochs_done for r in rows)}/{sum(r.epochs_total or 0 for r in rows)}",
+        "time": duration(math.fsum(r.seconds for r in rows)),
+        "left": duration(math.fsum(left)) if left else "—",
+    }
+    columns = [c for c in cells if c != "left" or running]
+    for drop in (None, *OPTIONAL):
+        if drop is not None:
+            columns.remove(drop)
+        table = _table(title, columns, cells, total, len(rows))
+        if width is None or _width(table) <= width:
+            break
     return table
+
+
+def _table(title: str, columns: list[str], cells: dict, total: dict, n: int) -> Table:
+    captions = [text for c, text in CAPTIONS.items() if c in columns]
+    if "best" not in columns:
+        captions = [text.replace("last, best:", "last:") for text in captions]
+    # No padding: the box's column divider is the one space between columns.
+    table = Table(title=title, box=box.SIMPLE, padding=0, pad_edge=False, caption="; ".join(captions))
+    for column in columns:
+        left_aligned = column in ("model", "status", "arm", "run")
+        table.add_column(
+            column, justify="left" if left_aligned else "right", no_wrap=True, style="dim" if column == "run" else None
+        )
+    for i in range(n):
+        table.add_row(*(cells[c][i] for c in columns))
+    table.add_section()
+    table.add_row(*(total.get(c, "") for c in columns), style="bold")
+    return table
+
+
+def _width(table: Table) -> int:
+    """The columns `table` needs on one line per row."""
+    from rich.measure import Measurement
+
+    wide = Console(width=10_000)
+    return Measurement.get(wide, wide.options, table).maximum
 
 
 def counts_line(rows: list[RunStatus]) -> str:
@@ -265,7 +304,40 @@ def show_status(runs_dir: Path, console: Console | None = None) -> list[RunStatu
     """`archbench status`: print one table of every run under `runs_dir`; returns its rows."""
     console = console or Console()
     rows = study_status(runs_dir)
-    wide = console.width >= WIDE
-    console.print(status_table(rows, title=f"archbench status: {runs_dir}", run_ids=wide))
-    console.print(counts_line(rows), highlight=False, soft_wrap=True)
+    console.print(status_view(rows, runs_dir, console.width))
+    return rows
+
+
+def status_view(rows: list[RunStatus], runs_dir: Path, width: int):
+    """The table and the counts line, as one renderable (what `show_status` prints and `--watch` redraws)."""
+    from rich.console import Group
+
+    table = status_table(rows, title=f"archbench status: {runs_dir}", width=width)
+    return Group(table, Text(counts_line(rows)))
+
+
+def status_json(runs_dir: Path) -> list[dict]:
+    """`archbench status --json`: one object per run, the table's fields by name (seconds, fractions)."""
+    return [asdict(row) for row in study_status(Path(runs_dir))]
+
+
+def watch_status(
+    runs_dir: Path, every: float, console: Console | None = None, rounds: int | None = None
+) -> list[RunStatus]:
+    """`archbench status --watch`: redraw the table in place every `every` seconds until Ctrl-C (or after
+    `rounds` redraws); returns the last rows."""
+    from rich.live import Live
+
+    console = console or Console()
+    rows = study_status(Path(runs_dir))
+    done = 1
+    with Live(status_view(rows, runs_dir, console.width), console=console, auto_refresh=False) as live:
+        try:
+            while rounds is None or done < rounds:
+                time.sleep(every)
+                rows = study_status(Path(runs_dir))
+                live.update(status_view(rows, runs_dir, console.width), refresh=True)
+                done += 1
+        except KeyboardInterrupt:
+            pass
     return rows

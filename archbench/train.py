@@ -9,8 +9,9 @@ out, on the validation split (`evaluate`), write the run record (`write_run_reco
 checkpoint (`save_checkpoint`). Precision, channels_last, torch.compile and DDP are switches of the same
 loop, never copies of it.
 
-The step has no host-device sync: the loss and accuracy sums and the early per-layer gradient
-diagnostics stay on the device and are read every `LOG_EVERY` steps and at the end of the epoch.
+The step has no host-device sync: the loss and accuracy sums, the count of steps whose gradient clipping
+bound, the early per-layer gradient diagnostics and the early global gradient norms stay on the device and
+are read every `LOG_EVERY` steps and at the end of the epoch.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from torch import nn
 
 from archbench import distributed, flops, runs
 from archbench.cluster import submit_runs
-from archbench.config import Recipe, RunConfig, RunRequest, parse_lr, resolve_config
+from archbench.config import STEP_FACTOR, STEP_MILESTONES, Recipe, RunConfig, RunRequest, parse_lr, resolve_config
 from archbench.data import resolve
 from archbench.data.loader import DeviceLoader
 from archbench.data.split import Holdout, holdout
@@ -62,10 +63,12 @@ from archbench.progress import Bars, LogLines, Reporter, results_table
 from archbench.provenance import provenance, utc_now
 from archbench.registry import Entry, check_forward, get_entry
 from archbench.runs import EpochMetrics, Summary
+from archbench.tensorboard import TensorBoard
 from archbench.tuning import read_tuning
 
 LOG_EVERY = 25  # steps between progress reads (each is one host-device sync)
 NEVER = torch.iinfo(torch.long).max  # "no non-finite loss yet"
+TOP5_CLASSES = 100  # top-5 accuracy is recorded from this many classes on (the ImageNet-family habit)
 
 
 @dataclass
@@ -83,6 +86,7 @@ class Training:
     test_loader: DeviceLoader
     val_loader: DeviceLoader | None
     gradients: GradientRecorder
+    clipping: ClipRecorder
     recipe: Recipe
     compiled: bool
 
@@ -118,6 +122,7 @@ class EpochResult:
     step: int  # optimiser steps taken after this epoch
     compile_seconds: float | None = None
     diverged_at: int | None = None
+    clip_fraction: float | None = None  # optimiser steps whose gradient clipping bound / steps
 
 
 @dataclass(frozen=True)
@@ -132,15 +137,19 @@ class Plan:
 
 
 def lr_lambda(recipe: Recipe, steps_per_epoch: int) -> Callable[[int], float]:
-    """Linear warm-up over `recipe.warmup_epochs`, then `recipe.schedule`: cosine decay to zero, or constant."""
+    """Linear warm-up over `recipe.warmup_epochs`, then `recipe.schedule`: cosine decay to zero, constant, or
+    step (times `STEP_FACTOR` from each of `STEP_MILESTONES`, fractions of all training steps)."""
     warmup = int(recipe.warmup_epochs * steps_per_epoch)
     total = recipe.epochs * steps_per_epoch
+    milestones = [int(fraction * total) for fraction in STEP_MILESTONES]
 
     def factor(step: int) -> float:
         if step < warmup:
             return (step + 1) / warmup
         if recipe.schedule == "constant":
             return 1.0
+        if recipe.schedule == "step":
+            return STEP_FACTOR ** sum(step >= milestone for milestone in milestones)
         progress = (step - warmup) / max(1, total - warmup)
         return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
 
@@ -148,6 +157,46 @@ def lr_lambda(recipe: Recipe, steps_per_epoch: int) -> Callable[[int], float]:
 
 
 # ------------------------------------------------------------------------------------------ steps
+
+
+class ClipRecorder:
+    """Gradient clipping, on the device: per step, the global gradient norm before clipping and whether
+    clipping bound (kept for the first `steps` steps: clipping.csv), and the count of steps it bound in the
+    current epoch (metrics.csv's clip_fraction). Bound means `clip_grad_norm_` scaled the gradient down:
+    max_norm / (norm + 1e-6) < 1, its own rule."""
+
+    def __init__(self, max_norm: float | None, steps: int, device: torch.device):
+        self.max_norm = max_norm or None
+        self.steps = steps
+        self.norms = torch.zeros(steps, dtype=torch.float32, device=device)
+        self.bound = torch.zeros(steps, dtype=torch.bool, device=device)
+        self.count = torch.zeros((), dtype=torch.float64, device=device)  # steps clipped in this epoch
+
+    def step(self, model: nn.Module, step: int) -> None:
+        """Clip the gradients (when the recipe clips) and record the step: no host sync."""
+        if self.max_norm is None:
+            if step < self.steps:
+                grads = [p.grad for p in model.parameters() if p.grad is not None]
+                self.norms[step] = nn.utils.get_total_norm(grads, foreach=True)
+            return
+        norm = nn.utils.clip_grad_norm_(model.parameters(), self.max_norm, foreach=True)
+        bound = self.max_norm / (norm + 1e-6) < 1.0
+        self.count += bound
+        if step < self.steps:
+            self.norms[step] = norm
+            self.bound[step] = bound
+
+    def rows(self, steps_done: int) -> list[runs.ClipRow]:
+        done = min(self.steps, steps_done)
+        norms, bound = self.norms[:done].cpu().tolist(), self.bound[:done].cpu().tolist()
+        return [runs.ClipRow(i, norms[i], self.max_norm, int(bound[i])) for i in range(done)]
+
+    def state_dict(self) -> dict:
+        return {"norms": self.norms.cpu(), "bound": self.bound.cpu()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.norms.copy_(state["norms"])
+        self.bound.copy_(state["bound"])
 
 
 def build_training(
@@ -170,6 +219,7 @@ def build_training(
         dtype=PRECISIONS[config.precision] or torch.float32,
         rank=dist.rank,
         world_size=dist.world_size,
+        **data.transform,
     )
     train_images, train_labels = data.train_images, data.train_labels
     if split is not None:
@@ -197,11 +247,14 @@ def build_training(
         scaler=torch.amp.GradScaler(device.type, enabled=config.precision == "fp16"),
         autocast=autocast_factory(device, config.precision),
         train_loader=train_loader,
-        test_loader=loader(data.val_images, data.val_labels, train=False),
+        test_loader=loader(data.test_images, data.test_labels, train=False),
         val_loader=None
         if split is None
         else loader(data.train_images[split.val], data.train_labels[split.val], train=False),
         gradients=GradientRecorder(model, min(config.gradnorm_steps, recipe.epochs * len(train_loader)), device),
+        clipping=ClipRecorder(
+            recipe.clip_grad_norm, min(config.gradnorm_steps, recipe.epochs * len(train_loader)), device
+        ),
         recipe=recipe,
         compiled=config.compile,
     )
@@ -224,6 +277,8 @@ def resume(run_path: Path, t: Training, device: torch.device, dist: DistContext)
         t.scheduler.load_state_dict(ckpt["scheduler"])
         t.scaler.load_state_dict(ckpt["scaler"])
         t.gradients.load_state_dict(ckpt["gradients"])
+        if "clipping" in ckpt:  # a checkpoint from before clipping was recorded resumes without its early rows
+            t.clipping.load_state_dict(ckpt["clipping"])
         history = [EpochMetrics(**row) for row in ckpt["history"]]
         set_rng_state(ckpt["rng"][dist.rank], device)
         state = RunState(
@@ -249,8 +304,9 @@ def resume(run_path: Path, t: Training, device: torch.device, dist: DistContext)
 def optimiser_step(
     t: Training, x: torch.Tensor, y: torch.Tensor, step: int
 ) -> tuple[torch.Tensor, torch.Tensor, float]:
-    """Forward, backward, the early gradient diagnostics (before clipping), clipping, the SGD step and the
-    schedule. Returns the logits, the detached loss and the learning rate this step used."""
+    """Forward, backward, the early gradient diagnostics (before clipping), clipping (recorded by
+    `ClipRecorder`), the SGD step and the schedule. Returns the logits, the detached loss and the learning
+    rate this step used."""
     with t.autocast():
         logits = t.forward(x)
         loss = F.cross_entropy(logits, y, label_smoothing=t.recipe.label_smoothing)
@@ -261,8 +317,7 @@ def optimiser_step(
         t.scaler.unscale_(t.optimizer)  # the true gradient, also under fp16
     if record:
         t.gradients.record(step)
-    if t.recipe.clip_grad_norm:
-        nn.utils.clip_grad_norm_(t.model.parameters(), t.recipe.clip_grad_norm, foreach=True)
+    t.clipping.step(t.model, step)
     t.scaler.step(t.optimizer)
     t.scaler.update()
     lr = t.optimizer.param_groups[0]["lr"]  # a Python float: no sync
@@ -280,6 +335,7 @@ def train_epoch(
     t.model.train()
     device = t.train_loader.device
     sums = torch.zeros(2, dtype=torch.float64, device=device)  # loss sum, correct
+    t.clipping.count.zero_()
     first_bad = torch.full((), NEVER, dtype=torch.long, device=device)
     seen = seen_shown = shown = 0
     lr, compile_seconds, excluded = t.optimizer.param_groups[0]["lr"], None, 0
@@ -319,21 +375,32 @@ def train_epoch(
                 loss_sum / seen,
                 correct / seen,
                 (seen - seen_shown) * dist.world_size / max(now - tick, 1e-9),
+                lr=lr,
             )
             shown, seen_shown, tick = i + 1, seen, now
     seconds = time.perf_counter() - started
-    loss_sum, correct, samples, timed = dist.all_reduce_sum(
-        torch.cat([sums, sums.new_tensor([seen, seen - excluded])])
+    loss_sum, correct, clipped, samples, timed = dist.all_reduce_sum(
+        torch.cat([sums, t.clipping.count.reshape(1), sums.new_tensor([seen, seen - excluded])])
     ).tolist()
     return EpochResult(
-        loss_sum / samples, correct / samples, int(samples), int(timed), lr, seconds, step, compile_seconds
+        loss_sum / samples,
+        correct / samples,
+        int(samples),
+        int(timed),
+        lr,
+        seconds,
+        step,
+        compile_seconds,
+        clip_fraction=clipped / (steps * dist.world_size),
     )
 
 
-def evaluate(model: nn.Module, loader: DeviceLoader, autocast, dist: DistContext) -> tuple[float, float]:
-    """Loss and accuracy over a whole evaluation split (sharded across ranks, then summed)."""
+def evaluate(model: nn.Module, loader: DeviceLoader, autocast, dist: DistContext) -> tuple[float, float, float | None]:
+    """Loss, accuracy and, with `TOP5_CLASSES` classes or more, top-5 accuracy (else None) over a whole
+    evaluation split (sharded across ranks, then summed)."""
     model.eval()
-    sums = torch.zeros(3, dtype=torch.float64, device=loader.device)
+    sums = torch.zeros(4, dtype=torch.float64, device=loader.device)
+    top5 = False
     with torch.inference_mode():
         for x, y in loader:
             with autocast():
@@ -341,8 +408,11 @@ def evaluate(model: nn.Module, loader: DeviceLoader, autocast, dist: DistContext
             sums[0] += F.cross_entropy(logits.float(), y, reduction="sum")
             sums[1] += (logits.argmax(1) == y).sum()
             sums[2] += y.numel()
-    loss_sum, correct, count = dist.all_reduce_sum(sums).tolist()
-    return loss_sum / count, correct / count
+            top5 = logits.shape[1] >= TOP5_CLASSES
+            if top5:
+                sums[3] += (logits.topk(5, dim=1).indices == y[:, None]).any(1).sum()
+    loss_sum, correct, count, correct5 = dist.all_reduce_sum(sums).tolist()
+    return loss_sum / count, correct / count, correct5 / count if top5 else None
 
 
 def summarise(
@@ -364,7 +434,7 @@ def summarise(
         seed=config.seed,
         status=status,
         diverged_at_step=diverged_at,
-        **runs.outcome(history, config.thresholds, on_val=config.validation is not None),
+        **runs.outcome(history, config.thresholds, on_holdout=config.validation is not None),
         parameters=size["parameters"],
         gflops=size["gflops"],
         mean_train_images_per_s=float(np.mean([r.train_images_per_s for r in history])) if history else None,
@@ -379,7 +449,7 @@ def summarise(
 
 
 def write_run_record(run_path: Path, state: RunState, t: Training, summary: Summary) -> None:
-    runs.write_record(run_path, state.history, t.gradients.rows(state.step), summary)
+    runs.write_record(run_path, state.history, t.gradients.rows(state.step), summary, t.clipping.rows(state.step))
 
 
 def save_checkpoint(run_path: Path, t: Training, state: RunState, wall: float, rng: list[dict]) -> None:
@@ -391,6 +461,7 @@ def save_checkpoint(run_path: Path, t: Training, state: RunState, wall: float, r
             "scheduler": t.scheduler.state_dict(),
             "scaler": t.scaler.state_dict(),
             "gradients": t.gradients.state_dict(),
+            "clipping": t.clipping.state_dict(),
             "epoch": state.epoch,
             "history": [asdict(row) for row in state.history],
             "wall_seconds": wall,
@@ -401,25 +472,26 @@ def save_checkpoint(run_path: Path, t: Training, state: RunState, wall: float, r
 
 
 def model_size(model: nn.Module, image_size: int, dist: DistContext) -> dict:
-    """Parameters and fvcore GFLOPs (counted once, on rank 0, on the uncompiled model)."""
-    gflops = dist.broadcast(
-        {
+    """Parameters and fvcore GFLOPs (counted once, on rank 0, on the uncompiled model), with the ops fvcore
+    left out of them (for the report's method notes; never printed during a run)."""
+    gflops = None
+    if dist.is_main:
+        at_image_size, uncounted = flops.fvcore_count(model, image_size)
+        gflops = {
             "image_size": image_size,
-            "at_image_size": flops.count_gflops(model, image_size),
+            "at_image_size": at_image_size,
             "at_224": flops.count_gflops(model, 224),
+            "uncounted_ops": uncounted,
         }
-        if dist.is_main
-        else None
-    )
-    return {"parameters": flops.count_parameters(model), "gflops": gflops}
+    return {"parameters": flops.count_parameters(model), "gflops": dist.broadcast(gflops)}
 
 
 def epoch_row(
     epoch: int,
     result: EpochResult,
     images_before: int,
-    test: tuple[float, float],
-    val: tuple[float, float] | None,
+    test: tuple[float, float, float | None],
+    val: tuple[float, float, float | None] | None,
     epoch_seconds: float,
 ) -> EpochMetrics:
     return EpochMetrics(
@@ -428,14 +500,16 @@ def epoch_row(
         train_acc=result.accuracy,
         test_loss=test[0],
         test_acc=test[1],
+        test_top5=test[2],
         lr=result.lr,
         epoch_seconds=epoch_seconds,
         train_images_per_s=result.timed_samples / result.seconds,
         train_samples=result.samples,
         train_seconds=result.seconds,
         images_seen=images_before + result.samples,
-        val_loss=None if val is None else val[0],
-        val_acc=None if val is None else val[1],
+        holdout_loss=None if val is None else val[0],
+        holdout_acc=None if val is None else val[1],
+        clip_fraction=result.clip_fraction,
     )
 
 
@@ -468,7 +542,7 @@ def train_one(
     state = resume(run_path, t, device, dist)
     reset_peak_memory(device)
 
-    reporter.start(label, config.recipe.epochs, len(t.train_loader), state.step)
+    reporter.start(label, config.recipe.epochs, len(t.train_loader), state.step, run_path=run_path)
     started = time.perf_counter()
     status, diverged_at = "completed", None
     for epoch in range(state.epoch, config.recipe.epochs):
@@ -552,7 +626,7 @@ def plan_runs(request: RunRequest, data, split: Holdout | None, device: torch.de
         raise ArchbenchError(
             "--sync-bn with --compile: SyncBatchNorm breaks torch.compile's graph; use one or the other."
         )
-    tuned = read_tuning(request.tuning or request.out / "tuning.json", data) if request.lr == "tuned" else None
+    tuned = read_tuning(request.tuning_file, data) if request.lr == "tuned" else None
     train_size = len(split.train) if split is not None else len(data.train_labels)
     plans = []
     for name in request.models:
@@ -596,7 +670,9 @@ def ensure_writable(folder: Path) -> None:
 def study_data(request: RunRequest, console: Console):
     """The verified data of a request and its validation split (None without one)."""
     data = resolve(request.data or request.preset_spec.data, console=console)
-    split = holdout(data.train_labels, request.val_per_class, request.split_seed) if request.val_per_class else None
+    split = (
+        holdout(data.train_labels, request.holdout_per_class, request.split_seed) if request.holdout_per_class else None
+    )
     return data, split
 
 
@@ -640,10 +716,14 @@ def run_requests(requests: list[RunRequest], console: Console | None = None) -> 
     if dist.is_main:
         ensure_writable(first.out)
     reporter = Reporter() if not dist.is_main else LogLines(console) if first.quiet else Bars(console)
+    if first.tensorboard and dist.is_main:
+        reporter = TensorBoard(reporter)
     results = []
     try:
         for request, plan in plans:
             results.append(train_one(plan, request, data, split, device, dist, reporter))
+    except KeyboardInterrupt:  # Ctrl-C: the note says what the run in progress has saved
+        raise KeyboardInterrupt(reporter.interrupted_note()) from None
     finally:
         reporter.close()
         distributed.shutdown()

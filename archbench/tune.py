@@ -37,7 +37,7 @@ from archbench.provenance import utc_now
 from archbench.registry import get_entry
 from archbench.status import is_locked
 from archbench.train import run_requests
-from archbench.tuning import CHOSEN, Trial, existing_tuning, write_tuning
+from archbench.tuning import CHOSEN, Trial, existing_tuning, grid_edge, write_tuning
 
 
 def default_val_per_class(labels) -> int:
@@ -50,7 +50,7 @@ def trial_requests(request: TuneRequest, grid: list[float], epochs: int, per_cla
     """One `run` request per rate: the tune request's options, with the rate, epochs and split of a trial."""
     base = {f.name: getattr(request, f.name) for f in dataclasses.fields(RunRequest)}
     return [
-        RunRequest(**{**base, "lr": repr(lr), "epochs": epochs, "val_per_class": per_class, "tuning_trial": True})
+        RunRequest(**{**base, "lr": repr(lr), "epochs": epochs, "holdout_per_class": per_class, "tuning_trial": True})
         for lr in grid
     ]
 
@@ -66,9 +66,9 @@ def tune(request: TuneRequest, console: Console | None = None) -> dict | None:
     preset = request.preset_spec
     epochs = request.epochs or max(1, math.ceil(preset.recipe.epochs * TUNE_EPOCH_FRACTION))
     data = resolve(request.data or preset.data, console=console)
-    per_class = request.val_per_class or default_val_per_class(data.train_labels)
+    per_class = request.holdout_per_class or default_val_per_class(data.train_labels)
     split = holdout(data.train_labels, per_class, request.split_seed)  # checks per_class before anything runs
-    path = request.tuning or request.out / "tuning.json"
+    path = request.tuning_file
     data_record = {"fingerprint": data.fingerprint, "synthetic": data.synthetic}
     requests = trial_requests(request, grid, epochs, per_class)
     keep = existing_tuning(path, data=data_record, validation=split.record(), recipe=planned_recipe(requests[0]))
@@ -91,6 +91,17 @@ def tune(request: TuneRequest, console: Console | None = None) -> dict | None:
         keep=keep,
     )
     console.print(tuning_table(content))
+    for model in request.models:
+        if edge := grid_edge(content["models"][model]):
+            side, beyond = edge
+            console.print(
+                f"[yellow]warning:[/] {model}: the chosen rate {content['models'][model]['lr']:g} is the {side} of "
+                f"the grid, so a {'higher' if side == 'top' else 'lower'} rate may score better; extend the grid "
+                f"with {' '.join(f'--lr {lr:g}' for lr in beyond)} beside this command's rates (finished trials "
+                "are not run again)",
+                highlight=False,
+                soft_wrap=True,
+            )
     kept = sorted(set(content["models"]) - set(request.models))
     console.print(
         f"wrote {path}"
@@ -224,8 +235,8 @@ def read_trial(summary: dict, out: Path) -> tuple[Trial, dict]:
         seed=summary["seed"],
         run_id=summary["run_id"],
         status=summary["status"],
-        val_acc=None if row is None else float(row["val_acc"]),
-        val_loss=None if row is None else float(row["val_loss"]),
+        val_acc=None if row is None else float(row["holdout_acc"]),
+        val_loss=None if row is None else float(row["holdout_loss"]),
         test_acc=None if row is None else float(row["test_acc"]),
     )
     return trial, config

@@ -89,6 +89,20 @@ def choose(trials: list[Trial]) -> dict:
     return {"status": CHOSEN, "lr": best["lr"], "tied": [], "grid": grid}
 
 
+def grid_edge(choice: dict) -> tuple[str, list[float]] | None:
+    """Whether a model's chosen rate is the highest or lowest of its grid (where the best may lie beyond it,
+    as DeepOBS and AlgoPerf warn), and the next two rates past that edge at the grid's own step there;
+    None for a rate inside the grid, a grid of one rate, or no choice."""
+    rates = sorted(g["lr"] for g in choice["grid"])
+    if choice["status"] != CHOSEN or len(rates) < 2 or choice["lr"] not in (rates[0], rates[-1]):
+        return None
+    if choice["lr"] == rates[-1]:
+        step = rates[-1] / rates[-2]
+        return "top", [float(f"{rates[-1] * step**k:.3g}") for k in (1, 2)]
+    step = rates[1] / rates[0]
+    return "bottom", [float(f"{rates[0] / step**k:.3g}") for k in (1, 2)]
+
+
 def recipe_record(config: dict) -> dict:
     """The recipe a trial ran with, from its config.json: what the tuning file records as `recipe`."""
     recipe = config["recipe"]

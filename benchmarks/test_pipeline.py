@@ -37,7 +37,7 @@ from torch.utils.data import DataLoader
 from torchvision import datasets
 from torchvision import transforms as T
 
-from archbench.data.loader import IMAGENET_MEAN, IMAGENET_STD, DeviceLoader, transform_batch, upscaled_size
+from archbench.data.loader import DeviceLoader, transform_batch, upscaled_size
 from archbench.data.synthetic import LAYOUT_DIR, make_synthetic
 from archbench.data.tinyimagenet import load_packed
 from archbench.registry import build_model
@@ -83,7 +83,13 @@ def archbench_epoch(synthetic_root) -> Callable[[], int]:
     """One epoch of archbench's pipeline; returns the images it made."""
     data = load_packed(synthetic_root)
     loader = DeviceLoader(
-        data.train_images, data.train_labels, batch_size=BATCH_SIZE, image_size=IMAGE_SIZE, train=True, device=DEVICE
+        data.train_images,
+        data.train_labels,
+        batch_size=BATCH_SIZE,
+        image_size=IMAGE_SIZE,
+        train=True,
+        device=DEVICE,
+        **data.transform,
     )
     epochs = iter(range(10**6))
 
@@ -100,13 +106,14 @@ def archbench_epoch(synthetic_root) -> Callable[[], int]:
 @pytest.fixture(scope="module")
 def torchvision_epoch(synthetic_root) -> Callable[[], int]:
     """One epoch of ImageFolder + PIL + DataLoader (2 persistent workers), batches moved to the device."""
+    normalisation = load_packed(synthetic_root).transform
     transform = T.Compose(
         [
             T.Resize(upscaled_size(IMAGE_SIZE)),
             T.RandomCrop(IMAGE_SIZE),
             T.RandomHorizontalFlip(),
             T.ToTensor(),
-            T.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+            T.Normalize(normalisation["mean"], normalisation["std"]),
         ]
     )
     dataset = datasets.ImageFolder(synthetic_root / LAYOUT_DIR / "train", transform=transform)
@@ -206,11 +213,14 @@ def test_batch_transform_against_the_forward(benchmark, synthetic_root, capsys):
         device=DEVICE,
         channels_last=cuda,
         dtype=dtype,
+        **data.transform,
     )
     indices, offsets, flips = (t[:BATCH_SIZE] for t in loader.epoch_plan())  # the first batch's draw
 
     def transform() -> torch.Tensor:
-        return transform_batch(loader.images[indices], IMAGE_SIZE, offsets, flips, loader.channels_last, dtype)
+        return transform_batch(
+            loader.images[indices], IMAGE_SIZE, offsets, flips, loader.channels_last, dtype, **data.transform
+        )
 
     torch.manual_seed(0)
     model = build_model("resnet18", num_classes=200).to(DEVICE, memory_format=loader_format(cuda))

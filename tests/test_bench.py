@@ -321,3 +321,20 @@ def test_the_report_shows_the_bench_folder_and_the_gpu_scripts_beside_it(tmp_pat
         ("cpu box", "a"): cpu_file,
         ("cpu box", "b"): f"benchmarks/gpu/bench/{cpu_file}",
     }
+
+
+def test_a_ratio_above_one_is_flagged_as_noise(tiny_registry, tiny_data, tmp_path, monkeypatch):
+    """End to end cannot beat model only (the pipeline only adds work): `archbench bench` says so when it does."""
+
+    def row(name, train_ratio):
+        return {"model": name, "train": {"ratio": train_ratio}, "inference": {"ratio": 0.95}}
+
+    rows = iter([row("tiny_resnet", 1.78), row("tiny_vgg", 1.0)])
+    monkeypatch.setattr(bench, "measure_with_retries", lambda name, request, console: next(rows))
+    monkeypatch.setattr(bench, "write_results", lambda rows, folder: (folder / "a.json", folder / "a.csv"))
+    monkeypatch.setattr(bench, "throughput_table", lambda rows, request: "")
+    monkeypatch.setattr(bench, "step_table", lambda rows, request: "")
+    console = Console(record=True, width=400)
+    bench.run_bench(request(tiny_registry, tiny_data, tmp_path, models=("tiny_resnet", "tiny_vgg")), console)
+    warnings = [line for line in console.export_text().splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and warnings[0].startswith("warning: tiny_resnet train: end-to-end / model-only = 1.78")

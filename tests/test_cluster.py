@@ -259,7 +259,7 @@ def test_slurm_gets_one_job_array_with_the_requested_resources(tiny_registry, ti
     command = job.command
     assert command[:7] == [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m"]
     assert command[7:12] == ["archbench", "run", "tiny_resnet", "--seed", "1"]
-    assert "--out" in command and command[command.index("--out") + 1] == str(out.resolve())
+    assert "--runs" in command and command[command.index("--runs") + 1] == str(out.resolve())
     assert not {"--launcher", "--cluster", "--partition", "--wait", "--time-limit"} & set(command)
     # Requeueable: on preemption submitit resubmits what checkpoint() returns, the same job.
     again = job.checkpoint()

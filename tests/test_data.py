@@ -20,8 +20,6 @@ from typer.testing import CliRunner
 from archbench.cli import app
 from archbench.data import resolve, synthetic
 from archbench.data.loader import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
     DeviceLoader,
     centre_offset,
     epoch_generator,
@@ -33,6 +31,10 @@ from archbench.data.tinyimagenet import PACKED_DIR, decode_image, load_packed, p
 from archbench.errors import ArchbenchError
 
 TINY = {"classes": 3, "train_per_class": 4, "val_per_class": 2, "seed": 0}
+# A normalisation for the transform tests (ImageNet's; the tolerances below are in its units): the loader takes
+# each data set's own from its manifest.
+MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+NORM = {"mean": MEAN, "std": STD}
 
 
 @pytest.fixture(scope="module")
@@ -65,11 +67,11 @@ def test_round_trip_counts_labels_and_class_order(tiny_root):
     assert data.classes == sorted(wnids_on_disk) == [wnid(c) for c in range(3)]
     assert data.manifest["class_order"] == "sorted wnids"
     assert data.train_images.shape == (12, 64, 64, 3) and data.train_images.dtype == np.uint8
-    assert data.val_images.shape == (6, 64, 64, 3)
-    assert data.manifest["splits"] == {"train": {"count": 12}, "val": {"count": 6}}
+    assert data.test_images.shape == (6, 64, 64, 3)
+    assert data.manifest["splits"] == {"train": {"count": 12}, "test": {"count": 6}}
     assert np.bincount(data.train_labels).tolist() == [4, 4, 4]
     annotations = [line.split("\t") for line in (folder / "val" / "val_annotations.txt").read_text().splitlines()]
-    assert data.val_labels.tolist() == [data.classes.index(fields[1]) for fields in annotations]
+    assert data.test_labels.tolist() == [data.classes.index(fields[1]) for fields in annotations]
     assert data.names == {wnid(c): class_name(c) for c in range(3)}
     assert data.synthetic and data.manifest["synthetic_params"]["seed"] == 0
     assert isinstance(data.train_images, np.memmap)
@@ -154,7 +156,7 @@ def test_damaged_cache_is_rebuilt(layout, tmp_path, damage):
         path = packed / "train_images.npy"
         path.write_bytes(path.read_bytes()[:-1000])
     elif damage == "flip bytes":  # same size, so only the content checksum can notice
-        path = packed / "val_images.npy"
+        path = packed / "test_images.npy"
         content = bytearray(path.read_bytes())
         content[-500:-400] = bytes(255 - b for b in content[-500:-400])
         path.write_bytes(bytes(content))
@@ -167,7 +169,7 @@ def test_damaged_cache_is_rebuilt(layout, tmp_path, damage):
             load_packed(root)
     rebuilt = prepare(root, source=layout)
     assert rebuilt["fingerprint"] == original["fingerprint"]
-    assert load_packed(root).val_images.shape == (6, 64, 64, 3)
+    assert load_packed(root).test_images.shape == (6, 64, 64, 3)
     assert _leftovers(root) == []
 
 
@@ -195,11 +197,11 @@ def test_skip_bad_skips_and_counts(layout, tmp_path):
     manifest = prepare(tmp_path / "root", source=layout, skip_bad=True)
     assert manifest["skipped"] == 1 and manifest["skipped_files"] == [f"val/images/{bad.name}"]
     data = load_packed(tmp_path / "root")
-    assert data.val_images.shape[0] == data.val_labels.shape[0] == manifest["splits"]["val"]["count"] == 5
+    assert data.test_images.shape[0] == data.test_labels.shape[0] == manifest["splits"]["test"]["count"] == 5
     # the skipped image's label is gone, the others keep theirs in order
     annotations = [line.split("\t") for line in (layout / "val" / "val_annotations.txt").read_text().splitlines()]
     expected = [data.classes.index(w) for name, w, *_ in annotations if name != bad.name]
-    assert data.val_labels.tolist() == expected
+    assert data.test_labels.tolist() == expected
 
 
 def test_cache_with_skips_is_not_reused_without_skip_bad(layout, tmp_path):
@@ -245,7 +247,9 @@ def test_empty_class_folder(layout, tmp_path):
 def test_missing_source_and_missing_data(tmp_path):
     with pytest.raises(ArchbenchError, match="neither an http"):
         prepare(tmp_path / "root", source=tmp_path / "nowhere")
-    with pytest.raises(ArchbenchError, match=r"archbench data prepare --root .*--data synthetic"):
+    with pytest.raises(
+        ArchbenchError, match=r"archbench data prepare \[DATASET\] --root .*--data digits .*--data synthetic"
+    ):
         resolve(tmp_path / "nothing-here")
 
 
@@ -283,7 +287,7 @@ def _tensor_reference(image: torch.Tensor, size: int, top: int, left: int, flip:
     x = TF.crop(x, top, left, size, size)
     if flip:
         x = TF.hflip(x)
-    return TF.normalize(x, IMAGENET_MEAN, IMAGENET_STD)
+    return TF.normalize(x, MEAN, STD)
 
 
 # Both sides evaluate the same bilinear weights in float32 from different formulas (grid coordinates against a
@@ -305,7 +309,7 @@ def _draws(size: int, count: int, seed: int) -> tuple[torch.Tensor, torch.Tensor
 
 def _max_tensor_error(images: torch.Tensor, size: int, seed: int = 0) -> float:
     offsets, flips = _draws(size, len(images), seed)
-    ours = transform_batch(images, size, offsets, flips)
+    ours = transform_batch(images, size, offsets, flips, **NORM)
     assert ours.shape == (len(images), 3, size, size) and ours.dtype == torch.float32
     return max(
         (ours[i] - _tensor_reference(images[i], size, *offsets[i].tolist(), bool(flips[i]))).abs().max().item()
@@ -319,7 +323,7 @@ def test_transform_matches_torchvision_at_given_offsets_and_flips(tiny_root, siz
     room = upscaled_size(size) - size
     offsets = torch.tensor([[0, 0], [room, room], [0, room], [room, 0], [room // 2, 1], [1, room // 3]])
     flips = torch.tensor([False, True, True, False, True, False])
-    ours = transform_batch(images, size, offsets, flips)
+    ours = transform_batch(images, size, offsets, flips, **NORM)
     assert ours.shape == (6, 3, size, size) and ours.dtype == torch.float32
     for i in range(6):
         reference = _tensor_reference(images[i], size, *offsets[i].tolist(), bool(flips[i]))
@@ -339,12 +343,10 @@ def test_transform_is_within_float_rounding_of_torchvision_over_many_images_and_
 
 def test_eval_transform_matches_resize_and_centre_crop(tiny_root):
     size = 64
-    images = torch.from_numpy(np.array(load_packed(tiny_root).val_images))
-    pipeline = T.Compose(
-        [T.Resize(upscaled_size(size), antialias=False), T.CenterCrop(size), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
-    )
+    images = torch.from_numpy(np.array(load_packed(tiny_root).test_images))
+    pipeline = T.Compose([T.Resize(upscaled_size(size), antialias=False), T.CenterCrop(size), T.Normalize(MEAN, STD)])
     reference = torch.stack([pipeline(image.permute(2, 0, 1).float() / 255) for image in images])
-    ours = transform_batch(images, size)
+    ours = transform_batch(images, size, **NORM)
     assert (ours - reference).abs().max().item() < TENSOR_TOLERANCE
     assert centre_offset(64) == 4  # (73 - 64) / 2 = 4.5 rounds half to even, as torchvision's center_crop does
 
@@ -357,17 +359,15 @@ PIL_MEAN_LEVELS = 0.5
 
 
 def _pil_levels(images: np.ndarray, size: int) -> torch.Tensor:
-    pipeline = T.Compose(
-        [T.Resize(upscaled_size(size)), T.CenterCrop(size), T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
-    )
+    pipeline = T.Compose([T.Resize(upscaled_size(size)), T.CenterCrop(size), T.ToTensor(), T.Normalize(MEAN, STD)])
     reference = torch.stack([pipeline(Image.fromarray(image)) for image in images])
-    difference = (transform_batch(torch.from_numpy(images), size) - reference).abs()
-    return difference * 255 * torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    difference = (transform_batch(torch.from_numpy(images), size, **NORM) - reference).abs()
+    return difference * 255 * torch.tensor(STD).view(1, 3, 1, 1)
 
 
 @pytest.mark.parametrize("size", [32, 64])
 def test_eval_transform_is_within_one_grey_level_of_the_pil_pipeline(tiny_root, size):
-    levels = _pil_levels(np.array(load_packed(tiny_root).val_images), size)
+    levels = _pil_levels(np.array(load_packed(tiny_root).test_images), size)
     assert levels.max().item() <= PIL_MAX_LEVELS
     assert levels.mean().item() < PIL_MEAN_LEVELS
 
@@ -506,10 +506,10 @@ def test_augmentation_of_a_sample_does_not_depend_on_world_size():
 
 def test_eval_loader_keeps_order_and_centre_crops(tiny_root):
     data = load_packed(tiny_root)
-    loader = DeviceLoader(data.val_images, data.val_labels, batch_size=4, image_size=32, train=False, device="cpu")
+    loader = DeviceLoader(data.test_images, data.test_labels, batch_size=4, image_size=32, train=False, device="cpu")
     batches = list(loader)
-    assert torch.equal(torch.cat([y for _, y in batches]), torch.from_numpy(np.array(data.val_labels)))
-    expected = transform_batch(torch.from_numpy(np.array(data.val_images)), 32)
+    assert torch.equal(torch.cat([y for _, y in batches]), torch.from_numpy(np.array(data.test_labels)))
+    expected = transform_batch(torch.from_numpy(np.array(data.test_images)), 32)
     assert torch.equal(torch.cat([x for x, _ in batches]), expected)
 
 
@@ -581,6 +581,7 @@ def test_flips_are_fair_and_crops_take_every_offset_evenly():
         train=True,
         device="cpu",
         seed=11,
+        **NORM,
     )
     out = torch.cat([x for x, _ in loader])
     assert len(out) == DRAWS
@@ -637,12 +638,12 @@ def test_cli_synth_and_prepare_from_folder(tmp_path):
             "3",
             "--train-per-class",
             "3",
-            "--val-per-class",
+            "--test-per-class",
             "2",
         ],
     )
     assert synth.exit_code == 0, synth.output
-    assert "ready:" in synth.output and "3 classes" in synth.output
+    assert "ready:" in synth.output and "3 classes" in synth.output and "test 6" in synth.output
     prepared = runner.invoke(
         app, ["data", "prepare", "--root", str(tmp_path / "copy"), "--source", str(tmp_path / "syn" / LAYOUT_DIR)]
     )

@@ -1,6 +1,6 @@
 """What a run trains on is what its record says: the packed cache is verified before any use.
 
-Each test damages a private copy of a tiny prepared synthetic set (3 classes x (4 train + 2 val)) and
+Each test damages a private copy of a tiny prepared synthetic set (3 classes x (4 train + 2 test)) and
 checks that loading it is refused with one line naming the file at fault and the command that rebuilds
 it, and that nothing on disk was touched.
 """
@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from archbench.data import packed as packing
 from archbench.data import resolve, synthetic, tinyimagenet
 from archbench.data.synthetic import LAYOUT_DIR, make_synthetic, wnid
 from archbench.data.tinyimagenet import ARRAYS, PACKED_DIR, check_cache, load_packed, prepare
@@ -84,9 +85,11 @@ def _rewrite(packed: Path, arrays: dict[str, np.ndarray], **changes) -> None:
     manifest = json.loads((packed / "manifest.json").read_text())
     for name, array in arrays.items():
         np.save(packed / f"{name}.npy", array)
-        manifest["arrays"][name] = tinyimagenet._array_record(packed / f"{name}.npy")
+        manifest["arrays"][name] = packing._array_record(packed / f"{name}.npy")
     manifest.update(changes)
-    manifest["fingerprint"] = tinyimagenet._fingerprint(manifest["classes"], manifest["arrays"])
+    manifest["fingerprint"] = packing._fingerprint(
+        manifest["classes"], manifest["arrays"], manifest["normalisation"], manifest["augmentation"]
+    )
     (packed / "manifest.json").write_text(json.dumps(manifest, indent=1))
 
 
@@ -103,9 +106,9 @@ def test_one_flipped_byte_in_any_array_is_refused_naming_the_file(root, name):
 
 
 def test_check_cache_reports_the_same_damage(root):
-    _flip_byte(root / PACKED_DIR / "val_images.npy", offset=-300)
+    _flip_byte(root / PACKED_DIR / "test_images.npy", offset=-300)
     manifest, problem = check_cache(root / PACKED_DIR)
-    assert manifest is None and "val_images.npy does not match the sha256" in problem
+    assert manifest is None and "test_images.npy does not match the sha256" in problem
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -120,11 +123,13 @@ MANIFEST_EDITS = {
     "num_classes": ('"num_classes"', '"num_classes": ', "manifest.json"),
     "a split count": ('"splits"', '"count": 1', "manifest.json"),
     "a class count": ('"class_counts"', "[\n   ", "manifest.json"),
-    "an array's size": ('"val_images": {', '"bytes": ', "val_images.npy"),
+    "an array's size": ('"test_images": {', '"bytes": ', "test_images.npy"),
     "an array's shape": ('"train_images": {', '"shape": [\n    ', "train_images.npy"),
     "an array's dtype": ('"train_images": {', '"dtype": "uint', "train_images.npy"),
     "the image shape": ('"image_shape"', '"image_shape": [\n  ', "manifest.json"),
     "the synthetic flag": ('"synthetic": ', '"synthetic": ', "manifest.json"),
+    "the normalisation": ('"normalisation"', '"mean": [\n   0.', "manifest.json"),
+    "the augmentation": ('"augmentation"', '"augmentation": "', "manifest.json"),
 }
 
 
@@ -148,7 +153,8 @@ def test_fingerprint_mismatch_says_both_values(tiny_root, root):
     changed = ("1" if fingerprint[0] == "0" else "0") + fingerprint[1:]
     _edit_manifest(root / PACKED_DIR, fingerprint, changed)
     message = _refused(root)
-    assert f"records the fingerprint {changed}, but its classes and checksums give {fingerprint}" in message
+    covered = "classes, checksums, normalisation and augmentation"
+    assert f"records the fingerprint {changed}, but its {covered} give {fingerprint}" in message
 
 
 def test_manifest_that_is_not_json_or_not_utf8(root):
@@ -158,10 +164,10 @@ def test_manifest_that_is_not_json_or_not_utf8(root):
 
 
 def test_other_format_version_is_named_as_such(root):
-    _edit_manifest(root / PACKED_DIR, '"format_version": 2', '"format_version": 1')
+    _edit_manifest(root / PACKED_DIR, '"format_version": 3', '"format_version": 2')
     message = _refused(root)
     assert "made by another archbench version" in message
-    assert "manifest.json is format 1, and this archbench reads format 2" in message
+    assert "manifest.json is format 2, and this archbench reads format 3" in message
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -185,33 +191,33 @@ def test_label_outside_the_classes_is_refused(root, bad_label):
 def test_class_without_training_images_is_refused(root):
     labels = _labels(root, "train")
     labels[labels == 2] = 0
-    _rewrite(root / PACKED_DIR, {"train_labels": labels}, class_counts={"train": [8, 4, 0], "val": [2, 2, 2]})
+    _rewrite(root / PACKED_DIR, {"train_labels": labels}, class_counts={"train": [8, 4, 0], "test": [2, 2, 2]})
     assert f"train_labels.npy has no image of class {wnid(2)}" in _refused(root)
 
 
 def test_class_counts_that_disagree_with_the_manifest_are_refused(root):
-    _rewrite(root / PACKED_DIR, {}, class_counts={"train": [5, 3, 4], "val": [2, 2, 2]})
+    _rewrite(root / PACKED_DIR, {}, class_counts={"train": [5, 3, 4], "test": [2, 2, 2]})
     message = _refused(root)
     assert f"manifest.json records 5 train images of class {wnid(0)}, but train_labels.npy holds 4" in message
 
 
 def test_empty_split_is_refused(root):
-    empty = {"val_images": np.zeros((0, 64, 64, 3), np.uint8), "val_labels": np.zeros(0, np.int64)}
+    empty = {"test_images": np.zeros((0, 64, 64, 3), np.uint8), "test_labels": np.zeros(0, np.int64)}
     _rewrite(
         root / PACKED_DIR,
         empty,
-        splits={"train": {"count": 12}, "val": {"count": 0}},
-        class_counts={"train": [4, 4, 4], "val": [0, 0, 0]},
+        splits={"train": {"count": 12}, "test": {"count": 0}},
+        class_counts={"train": [4, 4, 4], "test": [0, 0, 0]},
     )
-    assert "val_labels.npy holds no labels: the val split is empty" in _refused(root)
+    assert "test_labels.npy holds no labels: the test split is empty" in _refused(root)
 
 
 def test_split_count_that_disagrees_with_the_arrays_is_refused(root):
     _rewrite(
         root / PACKED_DIR,
         {},
-        splits={"train": {"count": 11}, "val": {"count": 6}},
-        class_counts={"train": [4, 4, 3], "val": [2, 2, 2]},
+        splits={"train": {"count": 11}, "test": {"count": 6}},
+        class_counts={"train": [4, 4, 3], "test": [2, 2, 2]},
     )
     assert "manifest.json records 11 train images, but train_images.npy holds 12" in _refused(root)
 
@@ -236,7 +242,7 @@ def test_skip_bad_that_would_empty_a_split_is_refused_and_keeps_the_old_cache(ro
     for path in (layout / "val" / "images").iterdir():
         path.write_bytes(b"not a jpeg")
     before = _snapshot(root / PACKED_DIR)
-    with pytest.raises(ArchbenchError, match="skipped all 6 val images .* leaving the val split empty"):
+    with pytest.raises(ArchbenchError, match="skipped all 6 test images .* leaving the test split empty"):
         prepare(root, source=layout, skip_bad=True)
     assert _snapshot(root / PACKED_DIR) == before
     assert sorted(p.name for p in root.iterdir()) == sorted([LAYOUT_DIR, PACKED_DIR])
@@ -248,13 +254,13 @@ def test_skip_bad_that_would_empty_a_split_is_refused_and_keeps_the_old_cache(ro
 
 def _count_hashing(monkeypatch) -> list[Path]:
     hashed = []
-    real = tinyimagenet.file_digest
+    real = packing.file_digest
 
     def counting(path, algorithm="sha256"):
         hashed.append(Path(path).name)
         return real(path, algorithm)
 
-    monkeypatch.setattr(tinyimagenet, "file_digest", counting)
+    monkeypatch.setattr(packing, "file_digest", counting)
     return hashed
 
 
@@ -279,13 +285,13 @@ def test_second_load_in_a_process_does_not_hash_again_until_a_file_changes(root,
 
 def test_file_changed_within_its_timestamp_tick_is_still_caught(root):
     """A just-written file is verified every time: a change in the same mtime tick would go unseen."""
-    path = root / PACKED_DIR / "val_labels.npy"
+    path = root / PACKED_DIR / "test_labels.npy"
     os.utime(path)
     load_packed(root)
     stat = path.stat()
     _flip_byte(path)
     os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # same size, inode and mtime as when verified
-    assert "val_labels.npy does not match the sha256" in _refused(root)
+    assert "test_labels.npy does not match the sha256" in _refused(root)
 
 
 def test_the_rebuild_the_message_names_restores_the_data_without_network(root, monkeypatch):
@@ -303,7 +309,7 @@ def test_the_rebuild_the_message_names_restores_the_data_without_network(root, m
 
 
 def test_loading_the_packed_folder_itself_names_its_parent_as_root(root):
-    _flip_byte(root / PACKED_DIR / "val_images.npy")
+    _flip_byte(root / PACKED_DIR / "test_images.npy")
     with pytest.raises(ArchbenchError, match=f"--root {re.escape(str(root))}`$"):
         load_packed(root / PACKED_DIR)
 
@@ -317,7 +323,7 @@ def test_damaged_default_synthetic_set_is_regenerated(monkeypatch, tmp_path, dam
     if damage == "flip a byte":
         _flip_byte(packed / "train_images.npy", offset=-2000)
     else:
-        _edit_manifest(packed, '"format_version": 2', '"format_version": 1')
+        _edit_manifest(packed, '"format_version": 3', '"format_version": 2')
     assert check_cache(packed)[0] is None
     again = resolve("synthetic")
     assert again.root == first.root and again.fingerprint == first.fingerprint

@@ -400,7 +400,7 @@ def test_child_command_carries_the_request():
     text = " ".join(args)
     assert "run vgg11 --seed 2 --device cuda --quiet" in text
     assert "--epochs 3" in text and "--threshold 0.2 --threshold 0.4" in text and "--compile" in text
-    assert "--no-channels-last" in text and "--gpus" not in text and "--out runs" in text
+    assert "--no-channels-last" in text and "--gpus" not in text and "--runs runs" in text
 
 
 def test_gpu_ids_index_the_gpus_this_process_sees(monkeypatch):

@@ -13,11 +13,13 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+from rich.console import Console
 
 import archbench.data.download as download_module
+from archbench.data import tinyimagenet
 from archbench.data.download import download, extract_zip, partial_path
 from archbench.data.synthetic import LAYOUT_DIR, make_synthetic
-from archbench.data.tinyimagenet import EXTRACTED_DIR, load_packed, prepare
+from archbench.data.tinyimagenet import EXTRACTED_DIR, TINY_IMAGENET_MD5, load_packed, prepare
 from archbench.errors import ArchbenchError
 
 
@@ -171,9 +173,16 @@ def test_http_error_is_one_line(server, tmp_path):
 def test_prepare_from_a_url_downloads_extracts_packs_and_then_reuses(server, dataset_zip, tmp_path):
     server.files["/tiny-imagenet-200.zip"] = dataset_zip
     url = server.url("/tiny-imagenet-200.zip")
-    manifest = prepare(tmp_path / "root", source=url)
-    assert manifest["source"] == {"kind": "url", "location": url, "checksum": f"md5:{_md5(dataset_zip)}"}
-    assert manifest["splits"] == {"train": {"count": 6}, "val": {"count": 4}}
+    console = Console(record=True, width=400)
+    manifest = prepare(tmp_path / "root", source=url, console=console)
+    checksum = f"md5:{_md5(dataset_zip)}"
+    assert manifest["source"] == {"kind": "url", "location": url, "checksum": checksum, "verified": False}
+    unverified = [line for line in console.export_text().splitlines() if line.startswith("unverified:")]
+    assert unverified == [
+        f"unverified: {url} has {checksum}, not the official Tiny-ImageNet-200 md5:{TINY_IMAGENET_MD5}; "
+        "using it, recorded as unverified"
+    ]
+    assert manifest["splits"] == {"train": {"count": 6}, "test": {"count": 4}}
     assert (tmp_path / "root" / EXTRACTED_DIR / LAYOUT_DIR / "wnids.txt").is_file()
     assert prepare(tmp_path / "root", source=url) == manifest
     assert len(server.requests) == 1  # the second prepare needed neither the network nor a repack
@@ -181,8 +190,19 @@ def test_prepare_from_a_url_downloads_extracts_packs_and_then_reuses(server, dat
 
 def test_prepare_from_a_local_zip(dataset_zip, tmp_path):
     (tmp_path / "set.zip").write_bytes(dataset_zip)
-    manifest = prepare(tmp_path / "root", source=tmp_path / "set.zip")
-    assert manifest["source"]["checksum"] == f"md5:{_md5(dataset_zip)}"
+    console = Console(record=True, width=400)
+    manifest = prepare(tmp_path / "root", source=tmp_path / "set.zip", console=console)
+    assert manifest["source"]["checksum"] == f"md5:{_md5(dataset_zip)}" and manifest["source"]["verified"] is False
+    assert f"unverified: {tmp_path / 'set.zip'} has md5:{_md5(dataset_zip)}, not the official" in console.export_text()
+
+
+def test_the_official_checksum_is_recorded_as_verified(dataset_zip, tmp_path, monkeypatch):
+    """A zip whose md5 is the official one is verified, and nothing is said about it."""
+    (tmp_path / "set.zip").write_bytes(dataset_zip)
+    monkeypatch.setattr(tinyimagenet, "OFFICIAL_CHECKSUM", f"md5:{_md5(dataset_zip)}")
+    console = Console(record=True, width=400)
+    manifest = prepare(tmp_path / "root", source=tmp_path / "set.zip", console=console)
+    assert manifest["source"]["verified"] is True and "unverified" not in console.export_text()
     assert load_packed(tmp_path / "root").train_labels.tolist() == [0, 0, 0, 1, 1, 1]
 
 

@@ -229,7 +229,7 @@ def test_every_command_answers_bad_input_without_a_traceback(tiny_registry, tiny
         ["run", "tiny_resnet", "--data", tiny_data, "--precision", "fp8"],
         ["run", "tiny_resnet", "--data", tiny_data, "--schedule", "linear"],
         ["run", "tiny_resnet", "--data", tiny_data, "--lr", "inf"],
-        ["run", "tiny_resnet", "--data", tiny_data, "--val-per-class", "24"],
+        ["run", "tiny_resnet", "--data", tiny_data, "--holdout-per-class", "24"],
         ["run", "tiny_resnet", "--data", tiny_data, "--gpus", "0,0"],
         ["run", "tiny_resnet", "--data", tiny_data, "--out", a_file],
         ["tune", "tiny_resnet", "--data", tiny_data, "--lr", "-3"],

@@ -3,12 +3,15 @@ the optimiser kernel choice, per-device RNG state and the transform's output dty
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import importlib.util
 import json
 import random
 import re
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -282,56 +285,91 @@ def test_sync_bn_with_compile_is_refused_before_anything_runs(tiny_registry, tin
 
 @pytest.mark.slow
 def test_gpu_script_cpu_check_end_to_end(tmp_path):
-    """`bash benchmarks/gpu.sh --cpu-check` runs every step of the GPU script on the CPU."""
+    """`bash benchmarks/gpu.sh --cpu-check` runs every step of the GPU script on the CPU and leaves what the GPU
+    machine hands back: at most 8 files, none deeper than DIR/a/b/file, each under 16 MiB."""
     out = tmp_path / "gpu"
     done = subprocess.run(
         ["bash", str(ROOT / "benchmarks" / "gpu.sh"), "--cpu-check", str(out)],
         env={"PYTHON": sys.executable, "PATH": "/usr/bin:/bin", "ARCHBENCH_CACHE": str(tmp_path)},
         capture_output=True,
         text=True,
-        timeout=600,
+        timeout=900,
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "0 step(s) failed, 0 skipped for time" in done.stdout
+    assert_hand_back_sized(out)
     results = json.loads((out / "gpu-results.json").read_text())
     assert results["cpu_check"] is True and results["device"] == "cpu"
+    assert Path(results["archbench_file"]).is_relative_to(ROOT) and results["steps_missing_or_failed"] == []
     assert {row["model"] for row in results["loop"]} == {"resnet18", "vgg16_bn"}
     for row in results["loop"]:
-        assert row["status"] == "completed" and row["epoch2_images_per_s"] > 0 and row["compile_seconds"] > 0
+        assert row["status"] == "completed" and row["compile_seconds"] > 0
+        assert len(row["train_images_per_s_spread"]["values"]) == 2 and row["train_images_per_s"] > 0  # 2 steady epochs
     for row in results["model_only"]:
-        assert row["train_images_per_s"] > 0 and row["inference_images_per_s"] > 0
+        assert row["train_images_per_s"] > 0 and len(row["train_images_per_s_spread"]["values"]) == 2
         assert 0 < row["transform_over_forward"] < 1
-    assert len(results["goals"]) == 4
+    assert len(results["goals"]) == 4 and all(g["value"] is not None for g in results["goals"])
+    assert "CPU CHECK" in (out / "summary.txt").read_text()
     # the optional steps ran too: the latency benchmark (folded into gpu-results.json) and the bench
     assert results["latency"] and all(row["device"] == "cpu" for row in results["latency"])
     (bench_file,) = (out / "bench").glob("bench-cpu-*-compiled-*.json")
     (row,) = json.loads(bench_file.read_text())["results"]
     assert row["model"] == "resnet18_plain" and row["compile_backend"] == "eager"
+    with tarfile.open(out / "results.tar.gz") as tar:
+        names = tar.getnames()
+    assert {"device.log", "data.log", "loop-resnet18.log", "resnet18.json", "vgg16_bn.json", "latency.log"} <= set(
+        names
+    )
+    assert any(n.endswith("metrics.csv") for n in names) and not any(n.endswith(".pt") for n in names)
 
 
-def test_collect_records_inference_the_transform_ratio_and_latency_and_the_report_shows_them(tmp_path):
+def assert_hand_back_sized(out: Path) -> None:
+    files = [p for p in out.rglob("*") if p.is_file()]
+    assert 3 <= len(files) <= 8, files
+    assert all(len(p.relative_to(out).parts) <= 3 and p.stat().st_size < 16 * 2**20 for p in files), files
+
+
+def loop_file(model: str, rate: float, model_only: float) -> dict:
+    """A loop step's file as gpu_check.py writes it."""
+
+    def spread(values):
+        return {"median": sorted(values)[len(values) // 2], "min": min(values), "max": max(values), "values": values}
+
+    return {
+        "model": model,
+        "image_size": 224,
+        "batch_size": 256,
+        "precision": "bf16",
+        "channels_last": True,
+        "compile": True,
+        "epochs": 4,
+        "run_id": "r1",
+        "epochs_recorded": 4,
+        "train_images_per_s": spread([rate * 0.99, rate, rate * 1.01]),
+        "compile_seconds": 40.0,
+        "peak_memory_mb": 9000.0,
+        "status": "completed",
+        "model_only_train_images_per_s": spread([model_only, model_only * 1.01, model_only * 0.99]),
+        "loader_fed_over_model_only": spread([0.97, 0.98, 0.99]),
+        "end_to_end_over_model_only": rate / model_only,
+        "transform_over_forward": 0.02,
+    }
+
+
+def test_collect_records_goals_spreads_and_latency_and_the_report_shows_them(tmp_path):
     gpu_check = gpu_check_module()
+    work, out = tmp_path / "work", tmp_path / "out"
+    work.mkdir()
     device = {k: None for k in ("driver", "cuda", "git_commit")}
-    device.update(measured_at="2025-03-01T00:00:00Z", device="NVIDIA H200", torch="2.9.0", cpu_check=False)
-    (tmp_path / "device.json").write_text(json.dumps(device))
+    device.update(measured_at="2025-03-01T00:00:00Z", device="NVIDIA H200", torch="2.11.0", cpu_check=False)
+    (work / "device.json").write_text(json.dumps(device))
     for model, rate in (("resnet18", 16000.0), ("vgg16_bn", 3000.0)):
-        numbers = {
-            "model": model,
-            "image_size": 224,
-            "batch_size": 256,
-            "precision": "bf16",
-            "channels_last": True,
-            "compile": True,
-            "epoch2_images_per_s": rate,
-            "compile_seconds": 40.0,
-            "peak_memory_mb": 9000.0,
-            "status": "completed",
-            "model_only_train_images_per_s": rate / 0.98,
-            "model_only_inference_images_per_s": 3 * rate,
-            "transform_over_forward": 0.02,
-            "end_to_end_over_model_only": 0.98,
-        }
-        (tmp_path / f"{model}.json").write_text(json.dumps(numbers))
+        (work / f"{model}.json").write_text(json.dumps(loop_file(model, rate, rate / 0.98)))
+    (work / "steps.jsonl").write_text(
+        "".join(json.dumps({"step": s, "exit": 0}) + "\n" for s in gpu_check.REQUIRED_STEPS)
+    )
+    (work / "runs" / "resnet18" / "r1").mkdir(parents=True)
+    (work / "runs" / "resnet18" / "r1" / "checkpoint.pt").write_bytes(b"x" * 100)
 
     def latency(impl, median):
         info = {"model": "resnet18", "impl": impl, "batch": 32, "image_size": 224, "device": "cuda:0"}
@@ -341,24 +379,116 @@ def test_collect_records_inference_the_transform_ratio_and_latency_and_the_repor
             "stats": {"median": median},
         }
 
-    (tmp_path / "forward_latency.json").write_text(
+    (work / "forward_latency.json").write_text(
         json.dumps({"benchmarks": [latency("archbench", 0.004), latency("torchvision", 0.005)]})
     )
-    gpu_check.collect(tmp_path)
-    results = load_gpu_results(tmp_path / "gpu-results.json")
-    assert {r["model"] for r in results["loop"]} == {"resnet18", "vgg16_bn"}  # the latency file is not a model
-    only = {r["model"]: r for r in results["model_only"]}
-    assert only["resnet18"]["inference_images_per_s"] == 48000.0 and only["vgg16_bn"]["transform_over_forward"] == 0.02
+    gpu_check.collect(work, out)
+    assert sorted(p.name for p in out.iterdir()) == ["gpu-results.json", "results.tar.gz", "summary.txt"]
+    with tarfile.open(out / "results.tar.gz") as tar:  # every result file, never a checkpoint
+        assert set(tar.getnames()) == {
+            "device.json",
+            "resnet18.json",
+            "vgg16_bn.json",
+            "steps.jsonl",
+            "forward_latency.json",
+        }
+    results = load_gpu_results(out / "gpu-results.json")
+    assert {r["model"] for r in results["loop"]} == {"resnet18", "vgg16_bn"}
+    loop = {r["model"]: r for r in results["loop"]}
+    assert (
+        loop["resnet18"]["train_images_per_s"] == 16000.0
+        and loop["resnet18"]["train_images_per_s_spread"]["max"] == 16160.0
+    )
     assert [g["met"] for g in results["goals"]] == [True, False, True, True]
+    assert "NOT MET       vgg16_bn training end to end = 3000" in (out / "summary.txt").read_text()
 
     inputs = SimpleNamespace(gpu_label="benchmarks/gpu/gpu-results.json")
     text = "\n".join(gpu_part(SimpleNamespace(gpu=results, inputs=inputs)))
     model_only = {r["model"]: r for r in table_rows(text[text.index("Model only") :])}
-    assert model_only["resnet18"]["inference images/s"] == "48,000.0"
     assert model_only["vgg16_bn"]["batch transform / forward"] == "0.02"
     (shown,) = table_rows(text[text.index("Forward latency on this GPU") :])
     assert (shown["model"], shown["batch"], shown["device"]) == ("resnet18", "32", "cuda:0")
     assert (shown["archbench median (ms)"], shown["archbench / torchvision"]) == ("4.00", "0.800")
+
+
+def test_collect_works_with_any_subset_and_says_why_a_goal_was_not_measured(tmp_path):
+    gpu_check = gpu_check_module()
+    work = tmp_path / "work"
+    work.mkdir()
+    results = gpu_check.collect(work, tmp_path / "nothing")  # no step ran at all: no traceback, every goal named
+    assert [g["met"] for g in results["goals"]] == [None] * 4
+    assert all(g["why"] == "step loop-resnet18 did not run" for g in results["goals"][::2])
+    assert results["steps_missing_or_failed"] == list(gpu_check.REQUIRED_STEPS)
+
+    # the vgg16_bn loop timed out after two epochs: its run record's epochs still count; resnet18's step failed
+    run = work / "runs" / "vgg16_bn" / "20250301-000000-abcd"
+    run.mkdir(parents=True)
+    (run / "metrics.csv").write_text("epoch,train_images_per_s\n1,100.0\n2,2900.0\n")
+    (run / "summary.json").write_text(json.dumps({"status": "interrupted", "compile_seconds": 50.0}))
+    lines = [{"step": "device", "exit": 0}, {"step": "loop-resnet18", "exit": 1}]
+    lines += [
+        {"step": "loop-vgg16_bn", "exit": None, "timeout": 170},
+        {"step": "loop-vgg16_bn", "exit": 124, "timeout": 170},
+    ]
+    (work / "steps.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    results = gpu_check.collect(work, tmp_path / "some", cpu_check=True)
+    goals = {g["goal"]: g for g in results["goals"]}
+    assert (
+        goals["vgg16_bn training end to end"]["value"] == 2900.0
+        and goals["vgg16_bn training end to end"]["met"] is False
+    )
+    assert goals["vgg16_bn end-to-end / model-only"]["why"].startswith("step loop-vgg16_bn timed out after 170 s")
+    assert goals["resnet18 training end to end"]["why"].startswith("step loop-resnet18 failed with exit 1")
+    assert results["cpu_check"] is True and results["steps_missing_or_failed"] == [
+        "data",
+        "loop-resnet18",
+        "loop-vgg16_bn",
+    ]
+    summary = (tmp_path / "some" / "summary.txt").read_text()
+    assert summary.startswith("CPU CHECK") and "step data did not run" in summary
+
+
+def test_a_carried_wheel_that_differs_from_the_tree_is_an_error(tmp_path, monkeypatch):
+    from importlib import metadata
+
+    gpu_check = gpu_check_module()
+    tree, site = tmp_path / "tree", tmp_path / "site"
+    (tree / "archbench").mkdir(parents=True)
+    (tree / "archbench" / "__init__.py").write_text("version = 2\n")
+    (tree / "archbench" / "same.py").write_text("x = 1\n")
+    info = site / "archbench-0.1.0.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: archbench\nVersion: 0.1.0\n")
+
+    def record(files: dict[str, bytes]) -> str:
+        digest = {
+            n: base64.urlsafe_b64encode(hashlib.sha256(c).digest()).rstrip(b"=").decode() for n, c in files.items()
+        }
+        return "".join(f"{n},sha256={d},{len(files[n])}\n" for n, d in digest.items())
+
+    (info / "RECORD").write_text(record({"archbench/__init__.py": b"version = 1\n", "archbench/same.py": b"x = 1\n"}))
+    monkeypatch.setattr(metadata, "distribution", lambda name: metadata.PathDistribution(info))
+    wheel, differ = gpu_check.wheel_mismatches(tree)
+    assert Path(wheel) == site and differ == ["archbench/__init__.py"]
+    (info / "RECORD").write_text(record({"archbench/__init__.py": b"version = 2\n", "archbench/same.py": b"x = 1\n"}))
+    assert gpu_check.wheel_mismatches(tree) == (str(site), [])
+
+    # the device step stops with one line when the installed wheel differs from the tree
+    monkeypatch.setattr(gpu_check, "wheel_mismatches", lambda: (str(site), ["archbench/train.py"]))
+    with pytest.raises(SystemExit, match=r"differs from the working tree in 1 file\(s\), e.g. archbench/train.py"):
+        gpu_check.device_info(tmp_path, cpu_check=True)
+    device = json.loads((tmp_path / "device.json").read_text())
+    assert Path(device["archbench_file"]).is_relative_to(ROOT) and device["wheel_differs_in"] == ["archbench/train.py"]
+
+
+def test_the_throughput_set_is_written_as_packed_arrays_the_loop_reads(tmp_path):
+    gpu_check = gpu_check_module()
+    packed = gpu_check.write_throughput_set(tmp_path / "set", classes=3, train_per_class=4, test_per_class=2)
+    assert not list((tmp_path / "set").rglob("*.JPEG"))
+    data = resolve(str(tmp_path / "set"))
+    assert data.synthetic and data.num_classes == 3
+    assert data.train_images.shape == (12, 64, 64, 3) and list(data.test_labels) == [0, 0, 1, 1, 2, 2]
+    assert gpu_check.write_throughput_set(tmp_path / "set", 3, 4, 2) == packed  # kept when already there
 
 
 def run_gpu_script_steps_as_no_ops(tmp_path, deadline: int) -> str:
@@ -380,7 +510,7 @@ def run_gpu_script_steps_as_no_ops(tmp_path, deadline: int) -> str:
 
 
 def test_gpu_script_skips_the_optional_steps_the_deadline_leaves_no_room_for(tmp_path):
-    steps = ["device", "data", "loop-resnet18", "loop-vgg16_bn", "collect"]
+    steps = ["device", "data", "loop-resnet18", "loop-vgg16_bn"]
     # 50 s: after the collect step's 30 s, neither the latency benchmark (60 s) nor the bench (45 s at least) fits
     out = run_gpu_script_steps_as_no_ops(tmp_path, 50)
     assert all(f"== {name} (timeout" in out for name in steps), out
@@ -401,3 +531,26 @@ def test_peak_rss_is_read_in_bytes_on_linux_and_macos(monkeypatch):
     assert devices.process_peak_rss_bytes() == 2048 * 1024
     monkeypatch.setattr(devices.sys, "platform", "darwin")
     assert devices.process_peak_rss_bytes() == 2048
+
+
+def test_gpu_script_puts_the_tree_first_and_stops_when_the_device_step_refuses_the_code(tmp_path):
+    """Every step runs with the working tree first on PYTHONPATH (before a carried wheel's folder), and a
+    device step that fails (the code is not the tree's) stops the script before anything is measured."""
+    fake = tmp_path / "python"
+    fake.write_text(
+        '#!/bin/sh\necho "$PYTHONPATH $*" >> "$LOG"\n'
+        'case "$*" in *"gpu_check.py device"*) [ -n "$REFUSE" ] && exit 1;; esac\nexit 0\n'
+    )
+    fake.chmod(0o755)
+    env = {"PYTHON": str(fake), "PATH": "/usr/bin:/bin", "ARCHBENCH_CACHE": str(tmp_path), "LOG": str(tmp_path / "log")}
+    env["PYTHONPATH"] = "/tmp/site"
+    script = [str(ROOT / "benchmarks" / "gpu.sh"), "--cpu-check", str(tmp_path / "gpu")]
+    done = subprocess.run(["bash", *script], env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
+    calls = (tmp_path / "log").read_text().splitlines()
+    assert len(calls) > 5 and all(line.startswith(f"{ROOT}:/tmp/site ") for line in calls), calls
+    (tmp_path / "log").unlink()
+    done = subprocess.run(["bash", *script], env={**env, "REFUSE": "1"}, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1 and "stopped: the device step failed" in done.stdout
+    calls = (tmp_path / "log").read_text().splitlines()
+    assert [c.split(" ")[2] for c in calls] == ["device", "collect"], calls  # nothing measured after it

@@ -109,6 +109,7 @@ def reference_records(t: train.Training, steps: int) -> list[dict]:
         train=True,
         device="cpu",
         seed=config.seed,
+        **data.transform,
     )
     per_epoch = len(loader)
     warm, total = recipe.warmup_epochs * per_epoch, recipe.epochs * per_epoch

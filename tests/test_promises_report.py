@@ -1,7 +1,6 @@
 """The report's statistics (archbench.report.stats) against the formulas written out by hand, on data chosen so
 that the plausible wrong choices (Student's pooled test for Welch's, the normal quantile for Student's t,
-population variances for sample ones, the normal approximation or the unpaired spread for the seeds a paired
-difference needs) give other numbers."""
+population variances for sample ones) give other numbers."""
 
 from __future__ import annotations
 
@@ -11,7 +10,7 @@ import numpy as np
 import pytest
 from scipy import stats as scipy_stats
 
-from archbench.report.stats import PAIRED, WELCH, compare, t_interval
+from archbench.report.stats import WELCH, compare, t_interval
 
 # Different seeds, sizes and spreads: Welch's p is 0.139 here, Student's pooled test gives 0.217.
 SPREAD = {0: 0.50, 1: 0.52, 2: 0.61, 3: 0.40, 4: 0.58}
@@ -48,31 +47,3 @@ def test_the_interval_uses_students_t_with_n_minus_1_degrees_of_freedom():
     assert interval.n == 5 and interval.mean == pytest.approx(sum(values) / 5)
     assert interval.half_width == pytest.approx(t_975_df4 * math.sqrt(_sample_variance(values) / 5), rel=1e-9)
     assert interval.half_width > 1.959964 * math.sqrt(_sample_variance(values) / 5) * 1.3  # wider than normal's
-
-
-def test_seeds_for_a_paired_difference_come_from_the_t_distribution_of_the_differences():
-    # per-seed differences 0.02, 0.10, 0.06 (sd 0.04, mean 0.06: d = 1.5 on the differences); the seed effect
-    # is large, so each model's own spread is about 0.15
-    a, b = {0: 0.30, 1: 0.60, 2: 0.45}, {0: 0.28, 1: 0.50, 2: 0.39}
-    differences = [a[s] - b[s] for s in a]
-    d = np.mean(differences) / math.sqrt(_sample_variance(differences))
-    assert d == pytest.approx(1.5)
-
-    def power(n: int) -> float:  # one-sample t on the differences, df n - 1, written out
-        t = scipy_stats.t.ppf(0.975, n - 1)
-        return scipy_stats.nct.sf(t, n - 1, d * math.sqrt(n)) + scipy_stats.nct.cdf(-t, n - 1, d * math.sqrt(n))
-
-    exact = next(n for n in range(2, 100) if power(n) >= 0.8)
-    z = scipy_stats.norm.ppf(0.975) + scipy_stats.norm.ppf(0.8)
-    normal = math.ceil(z**2 / d**2)  # the normal approximation for the same one-sample test
-    unpaired = math.ceil(
-        2
-        * z**2
-        * (_sample_variance(list(a.values())) + _sample_variance(list(b.values())))
-        / 2
-        / np.mean(differences) ** 2
-    )  # ignores the pairing
-    c = compare(a, b)
-    assert c.test == PAIRED and not c.resolved
-    assert (exact, normal) == (6, 4) and unpaired > 20  # the wrong choices give other numbers
-    assert c.seeds_needed == exact

@@ -15,7 +15,7 @@ import torchvision
 from typer.testing import CliRunner
 
 import archbench
-import archbench.registry as registry
+import archbench.catalogue
 from archbench.cli import app
 from archbench.errors import ArchbenchError
 from archbench.flops import count_parameters
@@ -31,11 +31,16 @@ from archbench.registry import (
 )
 
 REPO = Path(__file__).resolve().parent.parent
-SHIPPED = [
-    "resnet18",
-    "resnet18_plain",
-    "resnet34",
-    "resnet34_plain",
+CIFAR_DEPTHS = (20, 32, 44, 56, 110)  # He et al. 2016, §4.2: 6n+2 layers, n = 3, 5, 7, 9, 18
+SHIPPED = sorted(
+    [
+        "resnet18",
+        "resnet18_plain",
+        "resnet34",
+        "resnet34_plain",
+        *(f"resnet{d}{suffix}" for d in CIFAR_DEPTHS for suffix in ("", "_plain")),
+    ]
+) + [
     "vgg11",
     "vgg11_bn",
     "vgg16",
@@ -70,6 +75,8 @@ def test_the_shipped_entries_and_what_they_declare():
     assert sorted(entries) == list_models() == SHIPPED
     declared = {n: (e.builder, e.residual, e.batch_norm, e.depth, e.lr_scale) for n, e in entries.items()}
     assert declared == {
+        **{f"resnet{d}": ("resnet", True, True, d, None) for d in CIFAR_DEPTHS},
+        **{f"resnet{d}_plain": ("resnet", False, True, d, None) for d in CIFAR_DEPTHS},
         "resnet18": ("resnet", True, True, 18, None),
         "resnet18_plain": ("resnet", False, True, 18, None),
         "resnet34": ("resnet", True, True, 34, None),
@@ -92,6 +99,10 @@ def test_depth_study_pairs_differ_only_in_the_shortcut():
             k: v for k, v in plain.args.items() if k not in ("residual", "zero_init_last_bn")
         }
         assert (residual.args["zero_init_last_bn"], plain.args["zero_init_last_bn"]) == (True, False)
+    for depth in CIFAR_DEPTHS:  # He et al. initialise every BN gamma to 1, residual or plain
+        residual, plain = entries[f"resnet{depth}"], entries[f"resnet{depth}_plain"]
+        assert {**residual.args, "residual": False} == plain.args and residual.args["residual"] is True
+        assert residual.args["zero_init_last_bn"] is False
 
 
 def test_catalogue_rows_match_the_reference_table():
@@ -99,22 +110,25 @@ def test_catalogue_rows_match_the_reference_table():
     rows = {row["name"]: row for row in catalogue()}
     assert list(rows) == SHIPPED
     checked = [c for c in MODEL_COUNTS if c.model in rows]
-    assert {c.model for c in checked} == set(SHIPPED) - {"resnet18_plain"}
+    cifar = {f"resnet{d}{suffix}" for d in CIFAR_DEPTHS for suffix in ("", "_plain")}  # test_models_cifar.py
+    assert {c.model for c in checked} == set(SHIPPED) - {"resnet18_plain"} - cifar
     for count in checked:
         assert rows[count.model]["parameters"] == count.parameters, count.model
         if count.gflops_224 is not None:
             assert round(rows[count.model]["gflops_224"], 4) == count.gflops_224, count.model
     for depth in (18, 34):  # no 1x1 projections
         assert rows[f"resnet{depth}_plain"]["gflops_224"] < rows[f"resnet{depth}"]["gflops_224"]
-    assert [rows[n]["residual"] for n in SHIPPED] == [True, False, True, False] + [False] * 6
+    entries = load_registry()  # their values are checked in test_the_shipped_entries_and_what_they_declare
+    shown = {n: (r["residual"], r["batch_norm"], r["depth"], r["description"]) for n, r in rows.items()}
+    assert shown == {n: (e.residual, e.batch_norm, e.depth, e.description) for n, e in entries.items()}
 
 
 def test_unknown_model_names_the_closest():
     with pytest.raises(ArchbenchError) as info:
         get_entry("resnt18")
-    closest = "closest: resnet18, resnet34, resnet18_plain"
+    closest = "closest: resnet18, resnet110, resnet56"
     assert info.value.message == f"unknown model 'resnt18'; {closest} (see `archbench list`)"
-    with pytest.raises(ArchbenchError, match="known: resnet18, resnet18_plain, resnet34, resnet34_plain, vgg11"):
+    with pytest.raises(ArchbenchError, match="known: resnet110, resnet110_plain, resnet18, resnet18_plain, resnet20, "):
         build_model("transformer")
 
 
@@ -135,8 +149,8 @@ def test_folder_resolution_order(tmp_path, monkeypatch):
 
 
 def test_no_registry_anywhere_is_one_clear_error(tmp_path, monkeypatch):
-    monkeypatch.setattr(registry, "CHECKOUT_REGISTRY", tmp_path / "no-checkout")
-    monkeypatch.setattr(registry, "installed_registry", lambda: tmp_path / "no-install")
+    monkeypatch.setattr(archbench.catalogue, "CHECKOUT_REGISTRY", tmp_path / "no-checkout")
+    monkeypatch.setattr(archbench.catalogue, "installed_registry", lambda: tmp_path / "no-install")
     with pytest.raises(ArchbenchError, match="no model registry found .* pass --registry DIR"):
         resolve_registry_dir()
 

@@ -9,9 +9,9 @@ from types import SimpleNamespace
 
 import pandas as pd
 import pytest
-from test_report import generate, interval, row_for, section, table_rows, write_run
+from test_report import generate, interval, provenance_items, row_for, section, table_rows, write_run
 
-from archbench import bench
+from archbench import bench, bench_results
 from archbench.report.load import architecture_key, load_bench_results
 from archbench.report.speed import bench_part, gpu_part
 
@@ -32,7 +32,7 @@ GPU = {
             "precision": "bf16",
             "channels_last": True,
             "compile": True,
-            "epoch2_images_per_s": 9876.5,
+            "train_images_per_s": 9876.5,
             "compile_seconds": 41.2,
             "peak_memory_mb": 20480.0,
         }
@@ -80,7 +80,7 @@ def report(tmp_path_factory) -> tuple[Path, str]:
     gpu = tmp / "gpu-results.json"
     gpu.write_text(json.dumps(GPU))
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(bench, "latest_bench_results", lambda folder: BENCH)
+        mp.setattr(bench_results, "latest_bench_results", lambda folder: BENCH)
         return tmp, generate(tmp, runs, gpu_results=gpu)
 
 
@@ -91,7 +91,7 @@ def test_one_name_two_architectures_are_shown_apart_and_warned_about(report):
     assert "WARNING: one name, several architectures" in top
     assert f"vgg11 [{a}] (builder vgg, 1,000 parameters)" in top
     assert f"vgg11 [{b}] (builder vgg, 2,000 parameters)" in top
-    accuracy = section(text, "## 3. Accuracy")
+    accuracy = section(text, "## 5. Accuracy")
     assert row_for(accuracy, f"vgg11 [{a}]")["final test acc (%)"] == interval([30.0, 30.0])
     assert row_for(accuracy, f"vgg11 [{b}]")["final test acc (%)"] == interval([60.0, 60.0])
     assert all(r["model"] != "vgg11" for r in table_rows(accuracy))  # never averaged under the bare name
@@ -99,18 +99,18 @@ def test_one_name_two_architectures_are_shown_apart_and_warned_about(report):
 
 def test_folders_without_an_epoch_are_counted_not_shown(report):
     _, text = report
-    provenance = dict((r[""], r["value"]) for r in table_rows(section(text, "## 1. Provenance")))
+    provenance = provenance_items(section(text, "## 3. Provenance"))
     line = provenance["folders without a recorded epoch"]
     assert line.startswith("2, ignored") and "resnet18/" in line
     records = section(text, ". Run records\n")
     assert "empty1" not in records and "empty2" not in records
-    diverged = row_for(section(text, "## 3. Accuracy"), "resnet18_plain")
+    diverged = row_for(section(text, "## 5. Accuracy"), "resnet18_plain")
     assert diverged["status"] == "seed 0 diverged"  # the recorded status, with no epoch
 
 
 def test_architecture_table_has_memory_compile_bench_and_gpu_results(report):
     _, text = report
-    arch = section(text, "## 2. Architectures")
+    arch = section(text, "## 4. Architectures")
     resnet = row_for(arch, "resnet18")
     assert resnet["peak memory (MB)"] == interval([512.0, 512.0], ",.0f")
     assert resnet["compile (s)"] == interval([12.0, 14.0], ".1f") + ", inductor"
@@ -122,7 +122,7 @@ def test_architecture_table_has_memory_compile_bench_and_gpu_results(report):
     assert (
         "measured 2025-03-01T00:00:00Z on NVIDIA H200 (driver 570.1, torch 2.9.0, CUDA 12.8, commit fedcba987654)"
     ) in gpu
-    assert table_rows(gpu)[0]["epoch 2 images/s"] == "9,876.5"
+    assert table_rows(gpu)[0]["images/s (median of steady epochs)"] == "9,876.5"
     assert "| resnet18 epoch under 30 s | 12.6    | 30       | yes   |" in gpu
 
 

@@ -7,7 +7,7 @@ import statistics
 from pathlib import Path
 
 import pytest
-from test_report import generate, interval, row_for, section, table_rows, write_run
+from test_report import generate, interval, provenance_items, row_for, section, table_rows, write_run
 
 from archbench.tuning import Trial, write_tuning
 
@@ -45,7 +45,7 @@ def write_trials(runs: Path) -> list[Trial]:
                     model,
                     seed,
                     [] if diverged else [test],
-                    val_acc=None if diverged else [acc],
+                    holdout_acc=None if diverged else [acc],
                     lr=lr,
                     lr_source="--lr",
                     tuning_trial=True,
@@ -75,7 +75,7 @@ def report(tmp_path_factory) -> tuple[Path, str]:
     runs = tmp / "runs"
     for seed in SEEDS:
         test, val = shared_resnet_curves(seed)
-        write_run(runs, "resnet18", seed, test, val_acc=val)
+        write_run(runs, "resnet18", seed, test, holdout_acc=val)
         write_run(
             runs,
             "vgg11",
@@ -108,19 +108,19 @@ def report(tmp_path_factory) -> tuple[Path, str]:
 
 def test_tuning_trials_stay_out_of_the_main_tables(report):
     _, text = report
-    accuracy = section(text, "## 3. Accuracy")
+    accuracy = section(text, "## 5. Accuracy")
     models = [r["model"] for r in table_rows(accuracy)]
     assert models == ["resnet18", "resnet18 (tuned lr)", "vgg11", "vgg11 (tuned lr)", "*reference: resnet18*"]
     assert all(row_for(accuracy, m)["n"] == "3" for m in models[:4])
     assert "vgg11_bn" not in section(text, "Early training")
-    provenance = dict((r[""], r["value"]) for r in table_rows(section(text, "## 1. Provenance")))
+    provenance = provenance_items(section(text, "## 3. Provenance"))
     trial_count = sum(len(accs) for grid in GRID.values() for accs in grid.values())
     assert provenance["tuning trials"].startswith(f"{trial_count} (shown under Learning-rate sensitivity only")
 
 
 def test_sensitivity_table_choice_default_and_tuneability(report):
     tmp, text = report
-    lr = section(text, "## 5. Learning-rate sensitivity")
+    lr = section(text, "## 7. Learning-rate sensitivity")
     rows = {r["model"]: r for r in table_rows(lr)}
     resnet = rows["resnet18"]
     assert resnet["chosen lr"] == "0.01" and resnet["chosen by"] == "runs/tuning.json"
@@ -147,7 +147,7 @@ def test_sensitivity_table_choice_default_and_tuneability(report):
 
 def test_sensitivity_reports_ties_and_models_whose_every_rate_diverged(report):
     _, text = report
-    lr = section(text, "## 5. Learning-rate sensitivity")
+    lr = section(text, "## 7. Learning-rate sensitivity")
     rows = {r["model"]: r for r in table_rows(lr)}
     assert rows["resnet34"]["chosen lr"] == "none: 0.01 and 0.1 tie"
     assert rows["vgg16"]["chosen lr"] == "none: every rate diverged"
@@ -159,31 +159,32 @@ def test_sensitivity_reports_ties_and_models_whose_every_rate_diverged(report):
 
 def test_validation_choice_is_the_unbiased_estimate(report):
     _, text = report
-    accuracy = section(text, "## 3. Accuracy")
-    resnet = row_for(accuracy, "resnet18")
-    assert resnet["best epoch chosen on"] == "validation"
+    accuracy = section(text, "## 5. Accuracy")
+    choices = accuracy.split("\n\n")[2]  # the second table: how each seed's best epoch was chosen
+    resnet = row_for(choices, "resnet18")
+    assert resnet["best epoch chosen on"] == "holdout"
     at_val_choice = [100 * shared_resnet_curves(s)[0][1] for s in SEEDS]  # epoch 2
-    assert resnet["test acc at val-chosen epoch (%)"] == interval(at_val_choice)
+    assert resnet["test acc at holdout-chosen epoch (%)"] == interval(at_val_choice)
     best_any = [100 * max(shared_resnet_curves(s)[0]) for s in SEEDS]
     assert resnet["best test acc, test-selected (%)"] == interval(best_any)
-    assert resnet["best epoch"] == "2.0 ± 0.0 (n=3)"
-    vgg = row_for(accuracy, "vgg11")
-    assert vgg["best epoch chosen on"] == "test (no validation split)"
-    assert vgg["test acc at val-chosen epoch (%)"] == "— (no validation split)"
+    assert resnet["best epoch"] == "2.0 (all 3 seeds equal, resolution 1 epoch)"
+    vgg = row_for(choices, "vgg11")
+    assert vgg["best epoch chosen on"] == "test (no holdout split)"
+    assert vgg["test acc at holdout-chosen epoch (%)"] == "— (no holdout split)"
     assert "optimistic and not an estimate of accuracy on new data" in accuracy
 
 
-def test_discussion_says_which_comparisons_change_with_tuned_rates(report):
+def test_each_arm_is_tested_on_its_own_and_no_change_between_arms_is_claimed(report):
     _, text = report
     discussion = section(text, "Discussion")
-    assert "Shared recipe: Final test accuracy, highest first" in discussion
-    assert "Tuned rates: Final test accuracy, highest first" in discussion
-    assert "resnet18 > vgg11 (shared) and vgg11 > resnet18 (tuned): the ranking changes" in discussion
-    assert (
-        "Tested pairs whose outcome changes with tuned rates: resnet18 against vgg11 (shared: resnet18 ahead, "
-        "resolved; tuned: vgg11 ahead, resolved)"
-    ) in discussion
-    assert "Tuneability (validation accuracy at the best rate minus at the default rate" in discussion
+    # the same pair in each arm, each its own claim; whether the outcome "changes" is never claimed, since the
+    # difference between the arms is not itself tested
+    assert "ResNet vs VGG: resnet18 vs vgg11 [registry default rates]:" in discussion
+    assert "ResNet vs VGG: resnet18 (tuned lr) vs vgg11 (tuned lr) [tuned]:" in discussion
+    assert "changes" not in discussion
+    summary = section(text, "## 1. Summary")
+    assert "ResNet vs VGG [registry default rates]" in summary and "ResNet vs VGG [tuned]" in summary
+    assert "Tuneability (holdout accuracy at the best rate minus at the default rate" in discussion
 
 
 def test_sensitivity_report_is_byte_stable(report):

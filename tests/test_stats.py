@@ -7,8 +7,19 @@ import math
 import pytest
 from scipy import stats as scipy_stats
 
-from archbench.report.stats import MAX_SEEDS, PAIRED, WELCH, compare, seeds_needed, t_interval
-from archbench.report.text import ci, p_text, verdict
+from archbench.report.claims import BALANCED, EXPLODING, VANISHING, direction
+from archbench.report.stats import (
+    ONE_SAMPLE,
+    PAIRED,
+    PERMUTATION,
+    SIGN_FLIP,
+    WELCH,
+    compare,
+    holm,
+    one_sample,
+    t_interval,
+)
+from archbench.report.text import ci, p_text
 
 T975_DF2 = 4.302652729749464  # Student's t, 97.5% quantile, 2 degrees of freedom
 
@@ -31,24 +42,10 @@ def test_one_value_has_no_interval_and_none_is_a_dash():
 def test_a_clear_difference_resolves_with_welch():
     c = compare({0: 0.50, 1: 0.51, 2: 0.52}, {3: 0.30, 4: 0.31, 5: 0.32})
     assert c.test == WELCH
-    assert c.p == pytest.approx(scipy_stats.ttest_ind([0.50, 0.51, 0.52], [0.30, 0.31, 0.32], equal_var=False).pvalue)
+    result = scipy_stats.ttest_ind([0.50, 0.51, 0.52], [0.30, 0.31, 0.32], equal_var=False)
+    assert c.p == pytest.approx(result.pvalue) and c.statistic == pytest.approx(result.statistic)
     assert c.resolved and c.p < 0.001
     assert c.difference == pytest.approx(0.2)
-    assert verdict(c) == "resolved (p < 0.001, Welch, n = 3 vs 3)"
-
-
-def test_an_overlapping_difference_does_not_resolve_and_says_how_many_seeds_would():
-    c = compare({0: 0.4, 1: 0.5, 2: 0.6}, {3: 0.45, 4: 0.55, 5: 0.35})
-    assert c.test == WELCH and not c.resolved
-    assert c.p == pytest.approx(0.5734, abs=1e-4)
-    # both samples have s = 0.1 and d = 0.05: Cohen's d = 0.5, whose two-sample t-test needs 64 per group
-    assert c.sd_a == pytest.approx(0.1) and c.sd_b == pytest.approx(0.1)
-    assert c.seeds_needed == 64
-    text = verdict(c)
-    assert text.startswith("not resolved with 3 seeds (p = 0.57, Welch, n = 3 vs 3)")
-    assert text.endswith(
-        "; at the observed spread 64 seeds per model would resolve a difference this size with 80% power"
-    )
 
 
 def test_the_same_seeds_pair_up():
@@ -58,17 +55,52 @@ def test_the_same_seeds_pair_up():
     assert c.p == pytest.approx(scipy_stats.ttest_rel(list(a.values()), list(b.values())).pvalue)
     assert c.resolved  # the seed effect is shared, so the small per-seed differences are consistent
     assert compare(a, {3: 0.45, 4: 0.56, 5: 0.64}).test == WELCH
-    assert "paired, n = 3 vs 3" in verdict(c)
 
 
-def test_constant_differences_fall_back_to_welch_and_no_spread_is_not_testable():
-    c = compare({0: 0.50, 1: 0.51, 2: 0.52}, {0: 0.30, 1: 0.31, 2: 0.32})  # every seed 0.2 apart
-    assert c.test == WELCH and c.resolved
-    flat = compare({0: 0.5, 1: 0.5}, {0: 0.4, 1: 0.4})
-    assert flat.test is None and not flat.resolved
-    assert verdict(flat).startswith("not testable: no seed-to-seed spread")
+def test_constant_paired_differences_use_the_exact_sign_flip_test_never_welch():
+    # a = 40, 50, 60 and b = 30, 40, 50: every seed 10 apart. The paired t statistic is undefined; Welch would
+    # say p = 0.29. Of the 2^3 sign patterns of the differences, the two with every sign alike are as extreme
+    # as this one: p = 2 / 8 exactly.
+    c = compare({0: 40, 1: 50, 2: 60}, {0: 30, 1: 40, 2: 50})
+    assert c.test == SIGN_FLIP and c.test != WELCH
+    assert c.p == 0.25 and c.constant == 10 and c.statistic == 10
+    assert not c.resolved  # 3 seeds cannot resolve it, whatever the difference
+    six = compare({s: 0.5 for s in range(6)}, {s: 0.4 for s in range(6)})
+    assert six.test == SIGN_FLIP and six.p == pytest.approx(2 / 64) and six.resolved
+    same = compare({0: 0.5, 1: 0.6}, {0: 0.5, 1: 0.6})
+    assert same.test == SIGN_FLIP and same.p == 1.0 and same.constant == 0
+    # neither side varies and the seeds differ: the exact permutation test (2 of C(4, 2) = 6 splits)
+    flat = compare({0: 0.5, 1: 0.5}, {2: 0.4, 3: 0.4})
+    assert flat.test == PERMUTATION and flat.p == pytest.approx(2 / 6)
     single = compare({0: 0.5}, {0: 0.4, 1: 0.3})
-    assert single.test is None and verdict(single) == "not testable: one seed on at least one side"
+    assert single.test is None and math.isnan(single.p)
+
+
+def test_one_sample_against_zero():
+    values = {0: -0.5, 1: -0.7, 2: -0.6}
+    c = one_sample(values)
+    assert c.test == ONE_SAMPLE and c.p == pytest.approx(scipy_stats.ttest_1samp(list(values.values()), 0).pvalue)
+    constant = one_sample({0: -1.0, 1: -1.0, 2: -1.0, 3: -1.0, 4: -1.0, 5: -1.0})
+    assert constant.test == SIGN_FLIP and constant.p == pytest.approx(2 / 64) and constant.constant == -1.0
+
+
+def test_holm_on_a_hand_computed_family():
+    # Holm 1979: sort the m = 4 tested p-values, multiply the k-th smallest by m - k + 1, take the running
+    # maximum, cap at 1: 0.01 x 4 = 0.04; 0.03 x 3 = 0.09; 0.04 x 2 = 0.08, raised to 0.09; 0.50 x 1 = 0.50.
+    # NaN is untested and does not count in m.
+    raw = [0.04, 0.50, 0.01, math.nan, 0.03]
+    adjusted = holm(raw)
+    assert adjusted[:3] == pytest.approx([0.09, 0.50, 0.04]) and adjusted[4] == pytest.approx(0.09)
+    assert math.isnan(adjusted[3])
+    assert holm([0.9, 0.8, 0.7]) == pytest.approx([1.0, 1.0, 1.0])  # 2.1 and 1.6 capped at 1
+    assert all(a >= r for a, r in zip(adjusted, raw) if not math.isnan(r))
+
+
+def test_gradient_direction_is_named_by_the_log_ratio():
+    assert direction(math.log10(0.05)) == VANISHING  # the first layer's ‖g‖/‖w‖ 20x below the last's
+    assert direction(math.log10(176)) == EXPLODING  # 176x above: plain-34 at step 0
+    assert direction(math.log10(0.342)) == BALANCED and direction(math.log10(2.0)) == BALANCED
+    assert direction(float("nan")) == "not measured"
 
 
 def test_p_values_never_round_across_the_threshold():
@@ -79,80 +111,9 @@ def test_p_values_never_round_across_the_threshold():
     assert p_text(0.0004) == "p < 0.001"
 
 
-# Seeds per group for a two-sided t-test at alpha 0.05 with 80% power, by the standardised effect d (Cohen 1988,
-# Tables 2.4.1 and 2.3.5; G*Power gives the same): one sample (paired differences) and two samples of equal size.
-ONE_SAMPLE = {0.5: 34, 1.0: 10, 0.2: 199}
-TWO_SAMPLE = {0.5: 64, 0.8: 26, 1.0: 17, 0.2: 394}
-
-
-def _power_by_hand(n: int, d: float, paired: bool) -> float:
-    df = n - 1 if paired else 2 * n - 2
-    delta = d * math.sqrt(n if paired else n / 2)
-    t = scipy_stats.t.ppf(0.975, df)
-    return scipy_stats.nct.sf(t, df, delta) + scipy_stats.nct.cdf(-t, df, delta)
-
-
-@pytest.mark.parametrize(("paired", "table"), [(True, ONE_SAMPLE), (False, TWO_SAMPLE)], ids=["paired", "two-sample"])
-def test_seeds_needed_matches_the_published_t_test_sample_sizes(paired, table):
-    for d, n in table.items():
-        assert seeds_needed(d * 0.1, 0.1, paired=paired) == n
-        assert seeds_needed(-d * 0.1, 0.1, paired=paired) == n  # the sign of the difference does not matter
-        # the fewest: 80% power at n, not at n - 1
-        assert _power_by_hand(n - 1, d, paired) < 0.8 <= _power_by_hand(n, d, paired)
-
-
-def test_seeds_needed_has_no_answer_for_no_difference_and_a_cap():
-    assert seeds_needed(0.0, 0.1, paired=True) is None
-    assert seeds_needed(float("nan"), 0.1, paired=False) is None
-    # two seeds leave one degree of freedom (t_0.975 = 12.7): even d = 10 has about 73% power there, so three
-    assert seeds_needed(1.0, 0.1, paired=True) == 3
-    assert seeds_needed(1.0, 0.0, paired=True) == 2  # no spread at all: the fewest seeds that have one
-    assert seeds_needed(0.001, 1.0, paired=False) == MAX_SEEDS + 1
-    c = compare({0: 0.0, 1: 1.0, 2: 2.0}, {0: -0.01, 1: 1.01, 2: 1.9985})  # differences 0.01, -0.01, 0.0015
-    assert c.test == PAIRED and c.seeds_needed == MAX_SEEDS + 1
-    assert verdict(c).endswith(
-        f"; at the observed spread more than {MAX_SEEDS} seeds per model would be needed for 80% power"
+def test_every_seed_equal_is_said_never_a_zero_width_interval():
+    assert (
+        ci([0.52, 0.52, 0.52], ".2f", 100.0, resolution="0.5 points")
+        == "52.00 (all 3 seeds equal, resolution 0.5 points)"
     )
-
-
-def test_a_paired_difference_plans_with_the_spread_of_the_differences():
-    # per-seed differences 0, 0.1, 0.2: mean 0.1, sd 0.1, so d = 1 for the paired test (10 seeds), while the two
-    # models' own spreads (0.2 and 0.1) would plan an unpaired test of 0.1 at more than three times as many
-    a, b = {0: 0.3, 1: 0.5, 2: 0.7}, {0: 0.3, 1: 0.4, 2: 0.5}
-    c = compare(a, b)
-    assert c.test == PAIRED and not c.resolved
-    assert c.sd_differences == pytest.approx(0.1)
-    assert c.seeds_needed == 10
-    assert seeds_needed(c.difference, c.sd_a, paired=False, sd_b=c.sd_b) > 30
-    assert "; at the observed spread 10 seeds per model would resolve" in verdict(c)
-
-
-def test_welch_plans_with_each_models_spread():
-    # s_a = 0.3, s_b = 0.1, d = 0.1: Welch's df (n - 1)(0.09 + 0.01)^2 / (0.0081 + 0.0001) and noncentrality
-    # 0.1 / sqrt(0.1 / n), written out here
-    def power(n: int) -> float:
-        df = (n - 1) * 0.1**2 / (0.3**4 + 0.1**4)
-        delta = 0.1 / math.sqrt(0.1 / n)
-        t = scipy_stats.t.ppf(0.975, df)
-        return scipy_stats.nct.sf(t, df, delta) + scipy_stats.nct.cdf(-t, df, delta)
-
-    needed = seeds_needed(0.1, 0.3, paired=False, sd_b=0.1)
-    assert needed == 81
-    assert power(80) < 0.8 <= power(81)
-    assert seeds_needed(0.05, 0.1, paired=False, sd_b=0.1) == TWO_SAMPLE[0.5]  # equal spreads: Student's df 2n - 2
-    c = compare({0: 0.4, 1: 0.5, 2: 0.6}, {3: 0.3, 4: 0.31, 5: 0.29})
-    assert c.test == WELCH and c.seeds_needed == seeds_needed(0.2, 0.1, paired=False, sd_b=0.01)
-
-
-def test_every_unresolved_difference_gets_a_number_above_the_seeds_run():
-    # a large difference on two seeds, one just short of p < 0.05 on three (paired, p = 0.054), and Welch's test
-    # of unequal spreads (p = 0.073): the test at the seeds run missed each, so the plan must ask for more
-    for a, b in [
-        ({0: 0.10, 1: 0.12}, {0: 0.20, 1: 0.17}),
-        ({0: 0.40, 1: 0.45, 2: 0.38}, {0: 0.20, 1: 0.37, 2: 0.23}),
-        ({0: 0.4, 1: 0.5, 2: 0.6}, {3: 0.3, 4: 0.31, 5: 0.29}),
-    ]:
-        c = compare(a, b)
-        assert not c.resolved
-        assert c.seeds_needed > max(c.n_a, c.n_b)
-        assert f"; at the observed spread {c.seeds_needed} seeds per model would resolve" in verdict(c)
+    assert "± 0.00" not in ci([0.52, 0.52], ".2f", 100.0)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
+import re
 import secrets
 from pathlib import Path
 
@@ -53,6 +55,8 @@ def write_run(
     status: str | None = "completed",
     tuning: bool | None = None,
     epoch_seconds: float = 10.0,
+    lr: float = 0.1,
+    lr_source: str | None = "preset",
 ) -> Path:
     """A run folder as the loop writes it; status None leaves out summary.json (killed before its first
     record was final)."""
@@ -64,7 +68,7 @@ def write_run(
         "seed": seed,
         "run_id": run_id,
         "config_hash": "abc123",
-        "recipe": {"epochs": EPOCHS, "batch_size": 32, "lr": 0.1},
+        "recipe": {"epochs": EPOCHS, "batch_size": 32, "lr": lr, "lr_source": lr_source},
     }
     if tuning is not None:
         config["tuning_trial"] = tuning
@@ -156,7 +160,7 @@ def test_each_kind_of_run_gets_its_status_progress_and_time(tmp_path):
         (trial, "completed trial"),
     ):
         (line,) = [line for line in lines if run_dir.name.split("-")[-1] in line]
-        assert shown in line, line
+        assert re.search(r"\s+".join(shown.split()), line), line
     (total,) = [line for line in lines if "total" in line and "6 runs" in line]
     assert "13/24" in total and total.rstrip().endswith("43s")  # epochs and time left, summed
     assert "1 running, 2 interrupted, 2 completed, 1 diverged, 1 tuning trial" in text
@@ -205,3 +209,56 @@ def test_the_command_prints_the_table(tmp_path):
     result = runner.invoke(app, ["status", "--runs", str(tmp_path)])
     assert result.exit_code == 0, result.output
     assert "resnet18" in result.output and "completed" in result.output and "2/4" in result.output
+
+
+def test_runs_of_one_model_and_seed_are_told_apart_by_rate_arm_and_run_id(tmp_path):
+    """The shipped study's two `resnet18 s0 completed` rows (the preset's rate and the tuned one), and a
+    tuning trial, each show their rate, their arm and the end of their run id, even at 80 columns."""
+    preset = write_run(tmp_path, "resnet18", 0, [0.3], lr=0.1, lr_source="preset")
+    tuned = write_run(tmp_path, "resnet18", 0, [0.4], lr=0.0316, lr_source="tuned (chosen on holdout)")
+    given = write_run(tmp_path, "resnet18", 0, [0.2], lr=0.5, lr_source="--lr")
+    trial = write_run(tmp_path, "resnet18", 0, [0.1], lr=1.0, tuning=True)
+    console = Console(record=True, width=80)
+    show_status(tmp_path, console)
+    lines = console.export_text().splitlines()
+    assert all(len(line) <= 80 for line in lines)
+    assert not any("…" in line for line in lines)  # nothing cut
+    for run_dir, arm, lr in (
+        (preset, "default", "0.1"),
+        (tuned, "tuned", "0.0316"),
+        (given, "--lr", "0.5"),
+        (trial, "trial", "1"),
+    ):
+        (line,) = [line for line in lines if run_dir.name.split("-", 3)[-1] in line]  # hash and random part
+        assert re.search(rf"(?<!\S){re.escape(arm)}\s+{re.escape(lr)}\s", line), line
+
+
+def test_json_lists_every_run_with_its_fields(tmp_path):
+    write_run(tmp_path, "resnet18", 0, [0.2, 0.3], lr=0.0316, lr_source="tuned (x)")
+    result = runner.invoke(app, ["status", "--runs", str(tmp_path), "--json"])
+    assert result.exit_code == 0, result.output
+    (row,) = json.loads(result.output)
+    assert (row["model"], row["seed"], row["arm"], row["lr"], row["epochs_done"]) == ("resnet18", 0, "tuned", 0.0316, 2)
+    assert row["last_test_acc"] == pytest.approx(0.3)
+
+
+def test_watch_redraws_until_stopped(tmp_path, monkeypatch):
+    """--watch reads the folder again on every redraw: a run that appears between two is shown."""
+    from archbench import status
+
+    write_run(tmp_path, "resnet18", 0, [0.2])
+    sleeps = []
+
+    def sleep(seconds):
+        sleeps.append(seconds)
+        if len(sleeps) == 1:
+            write_run(tmp_path, "vgg11", 0, [0.1])
+        else:
+            raise KeyboardInterrupt  # Ctrl-C ends the watch quietly
+
+    monkeypatch.setattr(status.time, "sleep", sleep)
+    console = Console(record=True, width=120, force_terminal=False)
+    rows = status.watch_status(tmp_path, 0.5, console=console)
+    assert sleeps == [0.5, 0.5]
+    assert {r.model for r in rows} == {"resnet18", "vgg11"}
+    assert "vgg11" in console.export_text()

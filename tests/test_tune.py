@@ -77,7 +77,7 @@ def test_every_model_and_seed_holds_out_the_same_images_and_chooses_on_them(tiny
             tmp_path,
             models=["tiny_resnet", "tiny_plain"],
             seeds=[0, 1],
-            val_per_class=4,
+            holdout_per_class=4,
             split_seed=3,
         )
     )
@@ -88,18 +88,18 @@ def test_every_model_and_seed_holds_out_the_same_images_and_chooses_on_them(tiny
     for summary in summaries:
         rows = read_rows(run_dir(tmp_path, summary) / "metrics.csv")
         assert all(int(r["train_samples"]) == 80 for r in rows)  # 96 minus the 16 held out
-        val_acc = [float(r["val_acc"]) for r in rows]
-        best = val_acc.index(max(val_acc))
-        assert summary["selected_on"] == "val" and summary["best_epoch"] == best + 1
-        assert summary["best_val_acc"] == val_acc[best]
+        holdout_acc = [float(r["holdout_acc"]) for r in rows]
+        best = holdout_acc.index(max(holdout_acc))
+        assert summary["selected_on"] == "holdout" and summary["best_epoch"] == best + 1
+        assert summary["best_holdout_acc"] == holdout_acc[best]
         assert summary["test_acc_at_best_epoch"] == float(rows[best]["test_acc"])
 
 
 def test_without_a_split_the_choice_is_marked_as_test_selection(tiny_registry, tiny_data, tmp_path):
     (summary,) = run_models(request(tiny_registry, tiny_data, tmp_path))
     rows = read_rows(run_dir(tmp_path, summary) / "metrics.csv")
-    assert summary["selected_on"] == "test" and summary["best_val_acc"] is None
-    assert all(r["val_acc"] == "" for r in rows)
+    assert summary["selected_on"] == "test" and summary["best_holdout_acc"] is None
+    assert all(r["holdout_acc"] == "" for r in rows)
 
 
 # ------------------------------------------------------------------------------------------ time to result
@@ -180,7 +180,7 @@ def tune_request(tiny_registry, data, out, **kw) -> TuneRequest:
         out=out,
         quiet=True,
         registry=tiny_registry,
-        val_per_class=8,
+        holdout_per_class=8,
         clip_grad_norm=0,
     )
     return TuneRequest(**{**settings, **kw})
@@ -192,7 +192,7 @@ def tune_args(tiny_registry, data, out, *extra, models=MODELS, grid=GRID) -> lis
         *models,
         *[a for lr in grid for a in ("--lr", repr(lr))],
         *["--data", str(data), "--preset", "smoke", "--epochs", "4", "--batch-size", "8", "--image-size", "32"],
-        *["--device", "cpu", "--quiet", "--registry", str(tiny_registry), "--val-per-class", "8"],
+        *["--device", "cpu", "--quiet", "--registry", str(tiny_registry), "--holdout-per-class", "8"],
         *["--clip-grad-norm", "0", "--out", str(out), *extra],
     ]
 
@@ -238,7 +238,7 @@ def test_each_trial_is_a_run_record_the_file_reads_its_score_from(tuned):
             assert t["status"] == "diverged" and t["val_acc"] is None
         else:
             rows = read_rows(out / t["model"] / t["run_id"] / "metrics.csv")
-            assert t["status"] == "completed" and t["val_acc"] == max(float(r["val_acc"]) for r in rows)
+            assert t["status"] == "completed" and t["val_acc"] == max(float(r["holdout_acc"]) for r in rows)
 
 
 def test_the_tuning_file_records_the_recipe_registry_entries_and_code(tuned, tiny_registry):
@@ -397,7 +397,7 @@ def test_tuning_more_models_into_the_file_keeps_the_others(tuned, tiny_registry,
 @pytest.mark.parametrize(
     "extra, problem",
     [
-        (["--val-per-class", "4"], "another validation split"),
+        (["--holdout-per-class", "4"], "another validation split"),
         (["--weight-decay", "0.001"], "another recipe (weight_decay 0.0005 (this tuning: 0.001))"),
         (["--epochs", "2"], "another recipe (epochs 4 (this tuning: 2))"),
         (["--image-size", "48"], "another recipe (image_size 32 (this tuning: 48))"),
@@ -582,7 +582,7 @@ def trial_summaries_if_any(out: Path) -> list[dict]:
     [
         (["tune", "tiny_resnet", "--lr", "0"], "positive finite"),
         (["tune", "tiny_resnet", "--lr", "nan"], "positive finite"),
-        (["tune", "tiny_resnet", "--val-per-class", "24"], "leave at least one training image per class"),
+        (["tune", "tiny_resnet", "--holdout-per-class", "24"], "leave at least one training image per class"),
         (["run", "tiny_resnet", "--lr", "tuned"], "does not exist: run `archbench tune"),
         (["run", "tiny_resnet", "--lr", "fast"], "neither a number nor 'tuned'"),
         (["run", "tiny_resnet", "--lr", "-1"], "positive finite"),
@@ -610,3 +610,31 @@ def test_bad_tuning_input_is_one_line_and_creates_nothing(tiny_registry, tiny_da
     assert expected in result.output and "Traceback" not in result.output
     assert len(result.output.strip().splitlines()) <= 2
     assert not out.exists()
+
+
+def test_a_rate_chosen_at_the_edge_of_the_grid_is_warned_of_with_the_next_rates(
+    tiny_registry, easy_data, tuned, tmp_path
+):
+    """Without HUGE the sensible rate is the top of the grid: the best may lie above it, and tune says so,
+    naming the next two rates at the grid's step (its trials are finished: nothing trains again)."""
+    from archbench.tuning import grid_edge
+
+    out, _ = tuned
+    console = Console(record=True, width=400)
+    request = tune_request(tiny_registry, easy_data, out, lrs=[TINY, SENSIBLE], tuning=tmp_path / "edge.json")
+    content = tune(request, console)
+    step = SENSIBLE / TINY
+    for model in MODELS:
+        assert content["models"][model]["lr"] == SENSIBLE
+        assert grid_edge(content["models"][model]) == ("top", [float(f"{SENSIBLE * step**k:.3g}") for k in (1, 2)])
+    text = console.export_text()
+    nxt = " ".join(f"--lr {SENSIBLE * step**k:.3g}" for k in (1, 2))
+    for model in MODELS:
+        assert f"warning: {model}: the chosen rate {SENSIBLE:g} is the top of the grid" in text
+        assert nxt in text
+    # inside the grid, nothing is said; at the bottom, the rates below
+    assert grid_edge({"status": CHOSEN, "lr": 0.1, "grid": [{"lr": v} for v in (0.01, 0.1, 1.0)]}) is None
+    assert grid_edge({"status": CHOSEN, "lr": 0.001, "grid": [{"lr": v} for v in (0.001, 0.00316, 0.01)]}) == (
+        "bottom",
+        [0.000316, 0.0001],
+    )

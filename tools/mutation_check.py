@@ -66,17 +66,17 @@ SYNC_BN = (
     f"{DIST}::test_gloo_sync_bn_over_two_ranks_is_batch_norm_over_the_whole_batch",
     f"{DIST}::test_sync_bn_two_ranks_match_one_process_at_twice_the_batch",
 )
+CIFAR = "tests/test_source_cifar.py"
+IMAGEFOLDER = "tests/test_source_imagefolder.py"
 LOADER = (DATA, "-k", "flips or plan or shards or batches or evaluation or transform or eval")
 
 RECORD_THEN_CLIP = """\
     if record:
         t.gradients.record(step)
-    if t.recipe.clip_grad_norm:
-        nn.utils.clip_grad_norm_(t.model.parameters(), t.recipe.clip_grad_norm, foreach=True)
+    t.clipping.step(t.model, step)
 """
 CLIP_THEN_RECORD = """\
-    if t.recipe.clip_grad_norm:
-        nn.utils.clip_grad_norm_(t.model.parameters(), t.recipe.clip_grad_norm, foreach=True)
+    t.clipping.step(t.model, step)
     if record:
         t.gradients.record(step)
 """
@@ -121,8 +121,8 @@ MUTATIONS = [
     Mutation(
         "train-loss-over-one-rank",
         "archbench/train.py",
-        "loss_sum / samples, correct / samples",
-        "loss_sum / seen, correct / samples",
+        "        loss_sum / samples,\n        correct / samples,",
+        "        loss_sum / seen,\n        correct / samples,",
         "the train loss is averaged over all ranks' images",
         (TWO_RANKS,),
     ),
@@ -293,8 +293,8 @@ MUTATIONS = [
     Mutation(
         "cosine-against-first-step",
         "archbench/gradients.py",
-        "else [g.detach().clone() for g in grads]",
-        "else self.previous or [g.detach().clone() for g in grads]",
+        "        self.previous = self.hold(grads)\n",
+        "        self.previous = self.previous or self.hold(grads)\n",
         "the cosine is to the previous step's gradient",
         (GRADIENT_REFERENCE,),
     ),
@@ -359,26 +359,42 @@ MUTATIONS = [
     Mutation(
         "unpaired-same-seeds",
         "archbench/report/stats.py",
-        "p = float(scipy_stats.ttest_rel(va, vb).pvalue)",
-        "p = float(scipy_stats.ttest_ind(va, vb, equal_var=False).pvalue)",
+        "result = scipy_stats.ttest_rel(va, vb)",
+        "result = scipy_stats.ttest_ind(va, vb, equal_var=False)",
         "the same seeds are compared with a paired t-test",
         STATS,
     ),
     Mutation(
-        "paired-plan-on-one-spread",
+        "constant-differences-to-welch",
         "archbench/report/stats.py",
-        "seeds_needed(self.difference, self.sd_differences, paired=True)",
-        "seeds_needed(self.difference, self.sd_a, paired=True)",
-        "a paired test's seeds needed use the spread of the per-seed differences",
+        "            if _no_spread(differences):\n",
+        "            if False:\n",
+        "constant paired differences are decided by the exact sign-flip test, never Welch",
         STATS,
     ),
     Mutation(
-        "seeds-needed-one-sided",
+        "holm-as-bonferroni",
         "archbench/report/stats.py",
-        "scipy_stats.t.ppf(1 - alpha / 2, df)",
-        "scipy_stats.t.ppf(1 - alpha, df)",
-        "seeds needed for a two-sided test",
+        "running = max(running, min(1.0, (m - k) * x))",
+        "running = max(running, min(1.0, m * x))",
+        "p-values are adjusted with Holm's step-down procedure within each family",
         STATS,
+    ),
+    Mutation(
+        "never-reached-dropped",
+        "archbench/report/thresholds.py",
+        "out[int(r.seed)] = math.inf if e is None else float(e)",
+        "out[int(r.seed)] = math.nan if e is None else float(e)",
+        "a seed that never reaches a threshold counts as infinite time, never as a dropped seed",
+        ("tests/test_report_claims.py", "-k", "never_reaches"),
+    ),
+    Mutation(
+        "clip-bound-inverted",
+        "archbench/train.py",
+        "bound = self.max_norm / (norm + 1e-6) < 1.0",
+        "bound = self.max_norm / (norm + 1e-6) > 1.0",
+        "each epoch records the fraction of optimiser steps whose gradient clipping bound",
+        ("tests/test_clipping_record.py",),
     ),
     Mutation(
         "threshold-strict",
@@ -489,12 +505,110 @@ MUTATIONS = [
         (DATA, "-k", "as_evaluation"),
     ),
     Mutation(
-        "seeds-needed-normal-approximation",
+        "sign-flip-one-sided",
         "archbench/report/stats.py",
-        "    t = scipy_stats.t.ppf(1 - alpha / 2, df)\n",
-        "    t = scipy_stats.norm.ppf(1 - alpha / 2)\n",
-        "the seeds needed are planned with the t distribution, not the normal",
+        "return 1.0 if difference == 0 else min(1.0, 2.0 / 2**n)",
+        "return 1.0 if difference == 0 else min(1.0, 1.0 / 2**n)",
+        "the exact sign-flip p is two-sided: 2 / 2^n",
         STATS,
+    ),
+    # ---------------------------------------------------------------------------------------- CIFAR, ImageFolder
+    Mutation(
+        "cifar-unpickler-allows-any-global",
+        "archbench/data/cifar.py",
+        "        allowed = _ARRAY_GLOBALS.get((module, name))\n",
+        "        allowed = _ARRAY_GLOBALS.get((module, name)) or super().find_class(module, name)\n",
+        "a CIFAR pickle that names any callable but numpy's array helpers is refused before it runs",
+        (CIFAR, "-k", "runs_code"),
+    ),
+    Mutation(
+        "cifar-pad-not-zero",
+        "archbench/data/cifar.py",
+        "    padded = F.pad(x, (0, 0, PADDING, PADDING, PADDING, PADDING))\n",
+        "    padded = F.pad(x, (0, 0, PADDING, PADDING, PADDING, PADDING), value=255)\n",
+        "CIFAR's augmentation pads with zeros, as torchvision's pad + crop + flip",
+        (CIFAR, "-k", "torchvision"),
+    ),
+    Mutation(
+        "step-schedule-late",
+        "archbench/train.py",
+        "            return STEP_FACTOR ** sum(step >= milestone for milestone in milestones)\n",
+        "            return STEP_FACTOR ** sum(step > milestone for milestone in milestones)\n",
+        "the step schedule divides the rate by 10 at 1/2 and 3/4 of training, as MultiStepLR does",
+        (CIFAR, "-k", "multisteplr"),
+    ),
+    Mutation(
+        "imagefolder-16-bit-clipped",
+        "archbench/data/imagefolder.py",
+        "np.round(values / 257)",
+        "np.round(values)",
+        "16-bit images are scaled to 8 bits, not clipped",
+        (IMAGEFOLDER, "-k", "16_bit"),
+    ),
+    # ---------------------------------------------------------------------------------------- cheap diagnostics
+    Mutation(
+        "gradient-buffers-reallocated",
+        "archbench/gradients.py",
+        "        if self.buffers is None:\n",
+        "        if True:\n",
+        "the previous step's gradients go into buffers allocated once, not per step",
+        ("tests/test_gradients.py", "-k", "buffers"),
+    ),
+    Mutation(
+        "checkpoint-aliases-gradient-buffers",
+        "archbench/gradients.py",
+        'g.to("cpu", copy=True)',
+        "g.cpu()",
+        "a checkpoint's previous gradients are a copy, not the buffers the next step overwrites",
+        ("tests/test_gradients.py", "-k", "restored"),
+    ),
+    Mutation(
+        "dot-ignores-memory-order",
+        "archbench/gradients.py",
+        "torch.dot(memory_order(a), memory_order(b))",
+        "torch.dot(a.reshape(-1), memory_order(b))",
+        "cosines read in place are exact for channels-last weights too",
+        ("tests/test_gradients.py", "-k", "reference"),
+    ),
+    Mutation(
+        "bench-ratio-warning-silent",
+        "archbench/bench.py",
+        'if row[mode]["ratio"] > 1.0',
+        'if row[mode]["ratio"] > 2.0',
+        "`archbench bench` flags an end-to-end / model-only ratio above 1",
+        ("tests/test_bench.py", "-k", "ratio_above"),
+    ),
+    Mutation(
+        "digits-flipped",
+        "archbench/data/loader.py",
+        '"upscale to S*256/224, random S crop, no flip", False,',
+        '"upscale to S*256/224, random S crop, no flip", True,',
+        "the digits train without a horizontal flip",
+        ("tests/test_data_sources.py", "-k", "never_flipped"),
+    ),
+    Mutation(
+        "statistics-of-the-test-split",
+        "archbench/data/packed.py",
+        'train_images = np.load(packed / "train_images.npy", mmap_mode="r")',
+        'train_images = np.load(packed / "test_images.npy", mmap_mode="r")',
+        "the manifest's mean and std are the training split's",
+        ("tests/test_data_sources.py", "-k", "numpys_over_the_training_split"),
+    ),
+    Mutation(
+        "unverified-archive-silent",
+        "archbench/data/tinyimagenet.py",
+        "    if checksum != OFFICIAL_CHECKSUM:\n        say(",
+        "    if False:\n        say(",
+        "a Tiny-ImageNet archive that is not the official one is said in one line",
+        ("tests/test_download.py", "-k", "local_zip"),
+    ),
+    Mutation(
+        "gpu-collect-hides-timeouts",
+        "benchmarks/gpu_check.py",
+        "    if code == 124:\n",
+        "    if code == -124:\n",
+        "a goal not measured says which step timed out",
+        ("tests/test_gpu_path.py", "-k", "any_subset"),
     ),
 ]
 

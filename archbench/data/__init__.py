@@ -1,26 +1,12 @@
-"""Tiny-ImageNet-200 (real or synthetic) as packed arrays, and the device-resident loader that feeds them.
+"""Data sets as packed, verified arrays (any source, one form), and the device-resident loader that feeds them.
 
-`resolve` is what the training and benchmark commands call with their ``--data`` value.
+`resolve` is what the training and benchmark commands call with their ``--data`` value; `prepare` is
+`archbench data prepare DATASET`; `SOURCES` names the data sets (`archbench.data.sources`).
 """
 
 from __future__ import annotations
 
-from pathlib import Path
+from archbench.data.packed import PackedData, load_packed
+from archbench.data.sources import SOURCES, prepare, resolve
 
-from rich.console import Console
-
-from archbench.data.tinyimagenet import PackedData, load_packed
-
-__all__ = ["PackedData", "load_packed", "resolve"]
-
-
-def resolve(spec: str | Path = "synthetic", console: Console | None = None) -> PackedData:
-    """``"synthetic"``: the default synthetic set (generated once, cached); otherwise a prepared folder.
-
-    Either way the data is verified against its manifest before it is returned (see `load_packed`).
-    """
-    if str(spec) == "synthetic":
-        from archbench.data.synthetic import default_synthetic
-
-        return load_packed(default_synthetic(console))
-    return load_packed(Path(spec))
+__all__ = ["SOURCES", "PackedData", "load_packed", "prepare", "resolve"]

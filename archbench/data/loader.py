@@ -1,18 +1,26 @@
 """Batches made on the training device: the packed split lives there as uint8, augmentation is tensor ops.
 
-The study's transform: upscale 64 -> 256, random 224 crop, horizontal flip with probability 0.5,
-normalise with the ImageNet mean/std; evaluation upscales to 256 and takes the centre 224 crop. For any
-output size S the upscale is to U = round(S * 256 / 224), so CPU runs can use small S.
+Each data set names its augmentation in its manifest (`AUGMENTATIONS`), and the loader normalises with
+the manifest's per-channel mean and standard deviation of the training split's pixels (for every source,
+Tiny-ImageNet included: its statistics are within a few hundredths of the ImageNet constants it used
+before, and one rule for every source leaves nothing to choose per data set).
 
-Resize-then-crop is never materialised: one bilinear ``grid_sample`` over the 64 x 64 source evaluates
+``upscale-crop-flip`` (Tiny-ImageNet, the synthetic set, ImageFolder): upscale to U = round(S * 256 / 224),
+random S crop, horizontal flip with probability 0.5; evaluation upscales to U and takes the centre S crop
+(for the study's S = 224 from 64 x 64 images: 64 -> 256, 224 crops). ``upscale-crop`` (the digits): the
+same without the flip, since a mirrored digit is another glyph. ``pad-crop-flip`` (CIFAR, He et al. 2016
+§4.2): 4 pixels of zeros on each side, random S crop, flip; evaluation the centre crop (see
+`archbench.data.cifar`). A new augmentation is one `Augmentation` added to `AUGMENTATIONS`.
+
+Resize-then-crop is never materialised: one bilinear ``grid_sample`` over the H x W source evaluates
 exactly the S x S pixels of the crop. Output pixel k of a crop at offset o in the U x U image sits at
-``(k + o + 0.5) * 64 / U - 0.5`` in source pixels (the half-pixel convention of ``F.interpolate`` with
+``(k + o + 0.5) * H / U - 0.5`` in source pixels (the half-pixel convention of ``F.interpolate`` with
 ``align_corners=False``), which in grid_sample's normalised coordinates is ``(2 * (k + o) + 1) / U - 1``.
 Border padding reproduces the resize's edge clamping, so the result equals torchvision's
 ``resize(antialias=False)`` + ``crop`` up to float rounding (tests/test_data.py checks this). The
-normalised coordinates do not depend on the source's size, so for S < 56, where U < 64 and the "upscale"
-shrinks the image, the source is first resized to U x U with antialiasing and the same grid then picks
-the crop's pixels exactly.
+normalised coordinates do not depend on the source's size, so where U is smaller than the source and the
+"upscale" shrinks the image, the source is first resized to U x U with antialiasing and the same grid then
+picks the crop's pixels exactly.
 """
 
 from __future__ import annotations
@@ -20,6 +28,8 @@ from __future__ import annotations
 import copy
 import functools
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -27,8 +37,7 @@ import torch.nn.functional as F
 
 from archbench.errors import ArchbenchError
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+UNIT = ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))  # mean and std that leave pixels scaled to [0, 1], not normalised
 
 
 def upscaled_size(image_size: int) -> int:
@@ -48,34 +57,109 @@ def transform_batch(
     flips: torch.Tensor | None = None,
     channels_last: bool = False,
     dtype: torch.dtype = torch.float32,
+    *,
+    mean: tuple[float, ...] = UNIT[0],
+    std: tuple[float, ...] = UNIT[1],
+    augmentation: str = "upscale-crop-flip",
 ) -> torch.Tensor:
-    """uint8 B x H x W x 3 -> normalised B x 3 x S x S: upscale to U, crop S x S, flip.
+    """uint8 B x H x W x 3 -> normalised B x 3 x S x S: ``augmentation``'s geometry (default: upscale to U,
+    crop S x S, flip), then ``(x / 255 - mean) / std`` per channel (default: just x / 255).
 
-    ``offsets`` (B x 2 integers: top, left in the U x U image; default: the centre crop) and ``flips``
-    (B booleans; default: none) make the function pure, so tests can compare it with torchvision. The
+    ``offsets`` (B x 2 integers: top, left of each crop; default: the centre crop) and ``flips`` (B
+    booleans; default: none) make the function pure, so tests can compare it with torchvision. The
     arithmetic is float32; the result is written once in the training ``dtype`` (bf16 or fp16 under
     autocast, which then has nothing left to cast at the first conv) and memory format.
     """
-    batch, height, width, _ = x.shape
-    upscaled = upscaled_size(image_size)
+    geometry = augmentation_named(augmentation)
     if offsets is None:
-        offsets = torch.full((batch, 2), centre_offset(image_size), device=x.device)
-    # Normalising first is exact (bilinear weights sum to 1) and touches 64 x 64 pixels instead of S x S.
-    scale, shift = _normalisation(x.device)
-    source = torch.addcmul(shift, x.permute(0, 3, 1, 2).float(), scale)
-    if upscaled < min(height, width):  # S < 56 shrinks the image: antialias, as torchvision and PIL do
-        source = F.interpolate(source, size=(upscaled, upscaled), mode="bilinear", antialias=True, align_corners=False)
-    grid = _crop_grid(offsets.to(x.device), flips, image_size, upscaled)
-    out = F.grid_sample(source, grid, mode="bilinear", padding_mode="border", align_corners=False)
+        centre = geometry.centre(image_size, x.shape[1])
+        offsets = torch.full((x.shape[0], 2), centre, device=x.device)
+    scale, shift = _normalisation(x.device, tuple(mean), tuple(std))
+    out = geometry.apply(x, image_size, offsets.to(x.device), flips, scale, shift)
     return out.to(dtype=dtype, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
 
 
+def _upscale_crop(
+    x: torch.Tensor,
+    image_size: int,
+    offsets: torch.Tensor,
+    flips: torch.Tensor | None,
+    scale: torch.Tensor,
+    shift: torch.Tensor,
+) -> torch.Tensor:
+    """Upscale to U, crop S x S at ``offsets``, flip: one grid_sample (module docstring)."""
+    _, height, width, _ = x.shape
+    upscaled = upscaled_size(image_size)
+    # Normalising first is exact (bilinear weights sum to 1) and touches H x W pixels instead of S x S.
+    source = torch.addcmul(shift, x.permute(0, 3, 1, 2).float(), scale)
+    if upscaled < min(height, width):  # the "upscale" shrinks the image: antialias, as torchvision and PIL do
+        source = F.interpolate(source, size=(upscaled, upscaled), mode="bilinear", antialias=True, align_corners=False)
+    grid = _crop_grid(offsets, flips, image_size, upscaled)
+    return F.grid_sample(source, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+def _pad_crop(
+    x: torch.Tensor,
+    image_size: int,
+    offsets: torch.Tensor,
+    flips: torch.Tensor | None,
+    scale: torch.Tensor,
+    shift: torch.Tensor,
+) -> torch.Tensor:
+    """CIFAR's zero padding, crop at ``offsets`` and flip on the uint8 pixels (a copy), then normalise."""
+    from archbench.data.cifar import pad_crop_flip
+
+    cropped = pad_crop_flip(x, image_size, offsets, flips)
+    return torch.addcmul(shift, cropped.permute(0, 3, 1, 2).float(), scale)
+
+
+def _pad_room(image_size: int, height: int) -> int:
+    from archbench.data.cifar import crop_room
+
+    return crop_room(height, image_size)
+
+
+@dataclass(frozen=True)
+class Augmentation:
+    """A training augmentation: crop offsets drawn from ``[0, room(S, H)]`` per axis, a flip with probability 0.5
+    if ``flip``, and ``apply(x, S, offsets, flips, scale, shift)`` making the float B x 3 x S x S batch from
+    uint8 B x H x W x 3 (normalised by ``x * scale + shift``). Evaluation takes offsets ``room // 2``
+    (rounded as torchvision's ``center_crop``) and no flip."""
+
+    description: str
+    flip: bool
+    room: Callable[[int, int], int]
+    apply: Callable[..., torch.Tensor]
+
+    def centre(self, image_size: int, height: int) -> int:
+        return int(round(self.room(image_size, height) / 2.0))
+
+
+AUGMENTATIONS: dict[str, Augmentation] = {
+    "upscale-crop-flip": Augmentation(
+        "upscale to S*256/224, random S crop, horizontal flip", True, lambda s, h: upscaled_size(s) - s, _upscale_crop
+    ),
+    "upscale-crop": Augmentation(
+        "upscale to S*256/224, random S crop, no flip", False, lambda s, h: upscaled_size(s) - s, _upscale_crop
+    ),
+    "pad-crop-flip": Augmentation("4-pixel zero padding, random S crop, horizontal flip", True, _pad_room, _pad_crop),
+}
+
+
+def augmentation_named(name: str) -> Augmentation:
+    if name not in AUGMENTATIONS:
+        raise ArchbenchError(f"unknown augmentation '{name}' (known: {', '.join(AUGMENTATIONS)})")
+    return AUGMENTATIONS[name]
+
+
 @functools.cache
-def _normalisation(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-channel scale and shift taking 0..255 to (x / 255 - mean) / std, made once per device
+def _normalisation(
+    device: torch.device, mean: tuple[float, ...], std: tuple[float, ...]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel scale and shift taking 0..255 to (x / 255 - mean) / std, made once per device and statistics
     (building them per batch would copy from the host, and wait for the device, at every step)."""
-    scale = torch.tensor([1 / (255 * s) for s in IMAGENET_STD]).view(1, 3, 1, 1)
-    shift = torch.tensor([-m / s for m, s in zip(IMAGENET_MEAN, IMAGENET_STD)]).view(1, 3, 1, 1)
+    scale = torch.tensor([1 / (255 * s) for s in std]).view(1, 3, 1, 1)
+    shift = torch.tensor([-m / s for m, s in zip(mean, std)]).view(1, 3, 1, 1)
     return scale.to(device), shift.to(device)
 
 
@@ -100,13 +184,15 @@ def epoch_generator(seed: int, epoch: int) -> torch.Generator:
 class DeviceLoader:
     """Iterate (x, y) batches of one packed split held on ``device``, sharded over ``world_size`` ranks.
 
-    The uint8 N x 64 x 64 x 3 images are uploaded once (1.2 GB for the real train split); each batch is a
-    gather plus `transform_batch`, with no worker processes and no per-image Python.
+    The uint8 N x H x W x 3 images are uploaded once (1.2 GB for Tiny-ImageNet's train split); each batch
+    is a gather plus `transform_batch` with the data's ``mean``, ``std`` and ``augmentation`` (pass
+    ``**data.transform``), with no worker processes and no per-image Python.
 
     Order and augmentation of epoch e come from a CPU generator seeded by (seed, e) (see `set_epoch`):
     in training a permutation of all N samples plus a crop offset and a flip flag for each of the N
-    positions, so a sample's augmentation does not depend on the number of ranks; in evaluation the
-    identity order, the centre crop and no flip.
+    positions (the flags are drawn, and ignored, for an augmentation without flips), so a sample's
+    augmentation does not depend on the number of ranks; in evaluation the identity order, the centre
+    crop and no flip.
 
     Training batches all hold exactly ``batch_size`` images, so a compiled step sees one shape: an epoch
     is the first ``steps x batch_size x world_size`` positions of the permutation, where ``steps =
@@ -131,6 +217,9 @@ class DeviceLoader:
         dtype: torch.dtype = torch.float32,
         rank: int = 0,
         world_size: int = 1,
+        mean: tuple[float, ...] = UNIT[0],
+        std: tuple[float, ...] = UNIT[1],
+        augmentation: str = "upscale-crop-flip",
     ):
         if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
             raise ValueError(f"images must be uint8 N x H x W x 3, got {images.dtype} {images.shape}")
@@ -145,6 +234,9 @@ class DeviceLoader:
         self.seed = seed
         self.channels_last = channels_last
         self.dtype = dtype
+        self.mean, self.std = tuple(mean), tuple(std)
+        self.augmentation = augmentation
+        self.geometry = augmentation_named(augmentation)
         self.rank, self.world_size = rank, world_size
         self.full_batches = train  # training batches are always full size (one shape to compile)
         self.epoch = 0
@@ -196,11 +288,12 @@ class DeviceLoader:
             return torch.arange(used)[self.rank :: self.world_size].to(self.device), None, None
         generator = epoch_generator(self.seed, self.epoch)
         order = torch.randperm(n, generator=generator)
-        room = upscaled_size(self.image_size) - self.image_size
+        room = self.geometry.room(self.image_size, self.images.shape[1])
         offsets = torch.randint(0, room + 1, (n, 2), generator=generator)
         flips = torch.rand(n, generator=generator) < 0.5
         used = slice(self.rank, self.num_batches * self.batch_size * self.world_size, self.world_size)
-        return tuple(t[used].to(self.device) for t in (order, offsets, flips))
+        order, offsets, flips = (t[used].to(self.device) for t in (order, offsets, flips))
+        return order, offsets, flips if self.geometry.flip else None
 
     def __iter__(self):
         steps = self.num_batches
@@ -209,7 +302,15 @@ class DeviceLoader:
         )
         for part, batch_offsets, batch_flips in zip(indices, offsets, flips):
             x = transform_batch(
-                self.images[part], self.image_size, batch_offsets, batch_flips, self.channels_last, self.dtype
+                self.images[part],
+                self.image_size,
+                batch_offsets,
+                batch_flips,
+                self.channels_last,
+                self.dtype,
+                mean=self.mean,
+                std=self.std,
+                augmentation=self.augmentation,
             )
             yield x, self.labels[part]
 

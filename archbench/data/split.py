@@ -46,7 +46,7 @@ def holdout(labels: np.ndarray, per_class: int, seed: int) -> Holdout:
     smallest = int(counts.min())
     if per_class < 1 or per_class >= smallest:
         raise ArchbenchError(
-            f"--val-per-class {per_class} must be at least 1 and leave at least one training image per class "
+            f"--holdout-per-class {per_class} must be at least 1 and leave at least one training image per class "
             f"(the smallest class has {smallest} images): use 1 to {smallest - 1}."
         )
     rng = np.random.default_rng([seed, 0x5A11])

@@ -10,28 +10,18 @@ The layout, as the official zip holds it (and as `archbench data synth` writes i
     val/val_annotations.txt                  file<TAB>wnid<TAB>x0<TAB>y0<TAB>x1<TAB>y1
 
 Class order is the sorted wnid list (label i is ``sorted(wnids)[i]``), recorded in the manifest, so labels
-do not depend on the order of wnids.txt. Decoding 110,000 small JPEGs per training run would cost more
-than the training step on a GPU, so `prepare` decodes them once into ``<root>/packed/``:
-``{train,val}_images.npy`` (uint8, N x 64 x 64 x 3, loaded with ``mmap_mode='r'`` in well under a second),
-``{train,val}_labels.npy`` (int64) and ``manifest.json`` (counts per split and per class, classes, source
-checksum, a content fingerprint, per-file sha256, format version). The cache is built in a temporary
-folder and renamed into place, so a reader never sees half of one; `prepare` reuses a cache that passes
-the checks below and rebuilds one that is stale (other source), damaged or of another format version. A
-downloaded zip stays in ``<root>`` and its extraction in ``<root>/extracted/``, so a rebuild needs no
-network.
+do not depend on the order of wnids.txt. The ``val/`` folder is the study's test split (the official
+test images have no labels). Decoding 110,000 small JPEGs per training run would cost more than the
+training step on a GPU, so `prepare` decodes them once into ``<root>/packed/``, the packed form every
+source shares (`archbench.data.packed`: uint8 N x 64 x 64 x 3 arrays memory-mapped in well under a
+second, the manifest, the checks before every use). A downloaded zip stays in ``<root>`` and its
+extraction in ``<root>/extracted/``, so a rebuild needs no network; `prepare` reuses a cache that passes
+the checks and was built from the same source, and rebuilds one that is stale (other source), damaged or
+of another format version.
 
-What a run records is what it trained on: before a cache is used (`load_packed`) or reused (`prepare`),
-`verify_cache` checks that
-
-- every array file has the sha256 its manifest records: all bytes are read, once per file per process
-  (a file whose path, inode, size and modification time were verified before is not read again);
-- the manifest's fingerprint, the one every run records, is the hash of its classes and those checksums;
-- the manifest's counts, number of classes and image shape agree with the arrays;
-- every label lies in [0, num_classes), every class has training images, no split is empty, and the
-  images per class are the counts the manifest records (`prepare` refuses to pack such a set too).
-
-Any failure is one line naming the file at fault and the command that rebuilds it. Class names, the
-source and the repair counts in the manifest are descriptive and not part of the fingerprint.
+The official zip, or the official URL, is checked against its published md5 and recorded as
+``verified``. Another URL or a zip with another md5 is accepted with one line saying so and recorded
+as unverified; an extracted folder cannot be checked and is recorded as unverified.
 """
 
 from __future__ import annotations
@@ -39,12 +29,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import time
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from itertools import islice
 from pathlib import Path
 from typing import NamedTuple
@@ -55,66 +43,34 @@ from rich.console import Console
 from rich.progress import Progress
 
 from archbench.data.download import download, extract_zip
-from archbench.data.files import (
-    accessing,
-    allocate,
-    describe,
-    file_digest,
-    progress,
-    public_path,
-    read_text,
-    require_folder,
-    staged,
+from archbench.data.files import accessing, allocate, file_digest, progress, read_text, require_folder, staged
+from archbench.data.packed import (  # noqa: F401 (ARRAYS, check_cache, load_packed, PackedData: this module's API too)
+    ARRAYS,
+    PACKED_DIR,
+    SPLITS,
+    DamagedCache,
+    PackedData,
+    check_cache,
+    load_packed,
+    reusable_cache,
+    say,
+    verify_cache,
+    write_manifest,
 )
+from archbench.data.sources import SOURCES
 from archbench.errors import ArchbenchError
 
 TINY_IMAGENET_URL = "http://cs231n.stanford.edu/tiny-imagenet-200.zip"
 TINY_IMAGENET_MD5 = "90528d7ca1a48142e341f4ef8d21d0de"
-FORMAT_VERSION = 2  # 2: per-class image counts ("class_counts"), checked on every load
+OFFICIAL_CHECKSUM = f"md5:{TINY_IMAGENET_MD5}"
+DATASET = "tiny-imagenet"
+AUGMENTATION = SOURCES[DATASET].augmentation  # upscale to S*256/224, random S crop, flip
 IMAGE_SIZE = 64
-PACKED_DIR = "packed"
 EXTRACTED_DIR = "extracted"
 SYNTHETIC_MARKER = "archbench_synthetic.json"  # written by archbench.data.synthetic beside wnids.txt
 IMAGE_SUFFIXES = {".jpeg", ".jpg", ".png"}
-SPLITS = ("train", "val")
-ARRAYS = tuple(f"{split}_{kind}" for split in SPLITS for kind in ("images", "labels"))
 DECODE_CHUNK = 64  # images per thread-pool task: large enough to amortise the task overhead
 DECODE_WORKERS = os.cpu_count() or 1  # decoding is CPU-bound: more threads than cores gain nothing
-# A file modified this recently could change again within the same timestamp tick unnoticed, so its
-# verification is not remembered (the same rule git applies to "racily clean" files).
-RECENT_NS = 2_000_000_000
-
-
-@dataclass(frozen=True)
-class PackedData:
-    """A prepared dataset: memory-mapped uint8 images (N x 64 x 64 x 3) and int64 labels per split."""
-
-    root: Path
-    manifest: dict
-    train_images: np.ndarray
-    train_labels: np.ndarray
-    val_images: np.ndarray
-    val_labels: np.ndarray
-
-    @property
-    def num_classes(self) -> int:
-        return self.manifest["num_classes"]
-
-    @property
-    def classes(self) -> list[str]:
-        return self.manifest["classes"]
-
-    @property
-    def names(self) -> dict[str, str]:
-        return self.manifest["names"]
-
-    @property
-    def fingerprint(self) -> str:
-        return self.manifest["fingerprint"]
-
-    @property
-    def synthetic(self) -> bool:
-        return self.manifest["synthetic"]
 
 
 @dataclass
@@ -127,6 +83,11 @@ class Layout:
     train: list[tuple[Path, int]]
     val: list[tuple[Path, int]]
     synthetic_params: dict | None
+
+    @property
+    def test(self) -> list[tuple[Path, int]]:
+        """The val/ folder's images: the test split (the official test/ folder has no labels)."""
+        return self.val
 
 
 @dataclass(frozen=True)
@@ -149,15 +110,6 @@ class SplitReport:
     resized: list[str] = field(default_factory=list)
     converted: int = 0
     class_counts: list[int] = field(default_factory=list)
-
-
-class DamagedCache(ArchbenchError):
-    """What is wrong with a packed cache, and the file at fault (``outdated``: another format version)."""
-
-    def __init__(self, path: Path, problem: str, outdated: bool = False):
-        super().__init__(f"{public_path(path)} {problem}")
-        self.path = path
-        self.outdated = outdated
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -184,19 +136,38 @@ def prepare(
 def _prepare(root: Path, source: str | Path | None, skip_bad: bool, console: Console | None) -> dict:
     packed = root / PACKED_DIR
     if source is None:
-        manifest = _reusable_cache(packed, None, skip_bad=True, console=console)
+        manifest = reusable_cache(packed, None, skip_bad=True, console=console)
         if manifest is not None:
             return manifest
         source = _recorded_source(root, packed) or TINY_IMAGENET_URL
     src = parse_source(source)
     known = _source_checksum(src)
-    if known is not None and (manifest := _reusable_cache(packed, known, skip_bad, console)) is not None:
+    if src.kind == "zip":
+        _note_unverified(src, known, console)
+    if known is not None and (manifest := reusable_cache(packed, known, skip_bad, console)) is not None:
         return manifest
     folder, checksum = _materialise(src, known, root, console)
-    if known is None and (manifest := _reusable_cache(packed, checksum, skip_bad, console)) is not None:
+    if src.kind == "url":
+        _note_unverified(src, checksum, console)
+    if known is None and (manifest := reusable_cache(packed, checksum, skip_bad, console)) is not None:
         return manifest
-    source_info = {"kind": src.kind, "location": _display_location(src, root), "checksum": checksum}
+    source_info = {
+        "kind": src.kind,
+        "location": _display_location(src, root),
+        "checksum": checksum,
+        "verified": checksum == OFFICIAL_CHECKSUM,
+    }
     return pack(read_layout(folder), packed, source_info, skip_bad=skip_bad, console=console)
+
+
+def _note_unverified(src: Source, checksum: str, console: Console | None) -> None:
+    """One line when a zip or URL is not the official archive: it is used, and recorded as unverified."""
+    if checksum != OFFICIAL_CHECKSUM:
+        say(
+            console,
+            f"[yellow]unverified:[/] {src.location} has {checksum}, not the official Tiny-ImageNet-200 "
+            f"{OFFICIAL_CHECKSUM}; using it, recorded as unverified",
+        )
 
 
 def _recorded_source(root: Path, packed: Path) -> str | None:
@@ -238,7 +209,7 @@ def locate_dataset(folder: Path) -> Path:
 def _source_checksum(src: Source) -> str | None:
     """What identifies the source's content without unpacking it; None when only a download can tell."""
     if src.kind == "url":
-        return f"md5:{TINY_IMAGENET_MD5}" if src.location == TINY_IMAGENET_URL else None
+        return OFFICIAL_CHECKSUM if src.location == TINY_IMAGENET_URL else None
     if src.kind == "zip":
         return f"md5:{file_digest(Path(src.location), 'md5')}"
     return f"listing-sha256:{folder_listing_digest(Path(src.location))}"
@@ -267,7 +238,7 @@ def _materialise(src: Source, checksum: str | None, root: Path, console: Console
         checksum = f"md5:{expected or file_digest(zip_path, 'md5')}"
     else:
         zip_path = Path(src.location)
-    _say(console, f"extracting {zip_path} into {root / EXTRACTED_DIR}")
+    say(console, f"extracting {zip_path} into {root / EXTRACTED_DIR}")
     return locate_dataset(extract_zip(zip_path, root / EXTRACTED_DIR)), checksum
 
 
@@ -280,23 +251,6 @@ def _display_location(src: Source, root: Path) -> str:
         return path.relative_to(root.resolve()).as_posix()
     except ValueError:
         return str(path)
-
-
-def _reusable_cache(packed: Path, checksum: str | None, skip_bad: bool, console: Console | None) -> dict | None:
-    """The cache's manifest if it is intact, built from ``checksum`` (any source if None) and allowed."""
-    if not (packed / "manifest.json").exists():
-        return None
-    manifest, problem = check_cache(packed)
-    if manifest is None:
-        _say(console, f"the packed cache in {packed} cannot be reused ({problem}); rebuilding it")
-        return None
-    if checksum is not None and manifest["source"]["checksum"] != checksum:
-        _say(console, f"the packed cache in {packed} was built from another source; rebuilding it")
-        return None
-    if manifest["skipped"] and not skip_bad:
-        return None  # rebuilding stops at the first bad file and names it
-    _say(console, f"reusing the packed cache in {packed}")
-    return manifest
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -421,16 +375,28 @@ def pack(
     files it has just hashed); with ``skip_bad``, a set left with an empty split or a class without
     training images is refused, naming it.
     """
-    _say(console, f"packing {len(layout.train):,} train and {len(layout.val):,} val images from {layout.folder}")
+    say(console, f"packing {len(layout.train):,} train and {len(layout.test):,} test images from {layout.folder}")
     pool = ThreadPoolExecutor(max_workers=DECODE_WORKERS)
     try:
         with staged(packed, "building") as staging:
             with progress(console) as bars:
                 reports = {split: _pack_split(layout, split, staging, pool, skip_bad, bars) for split in SPLITS}
             _refuse_untrainable(layout, reports)
-            manifest = _manifest(layout, staging, source_info, reports)
-            (staging / "manifest.json").write_text(json.dumps(manifest, indent=1), encoding="utf-8")
-            verify_cache(staging, hash_files=False)
+            manifest = write_manifest(
+                staging,
+                dataset="synthetic" if layout.synthetic_params is not None else DATASET,
+                classes=layout.classes,
+                names=layout.names,
+                class_order="sorted wnids",
+                source=source_info,
+                augmentation=AUGMENTATION,
+                repairs={
+                    "skipped_files": [name for split in SPLITS for name in reports[split].skipped],
+                    "resized_files": [name for split in SPLITS for name in reports[split].resized],
+                    "converted_to_rgb": sum(reports[split].converted for split in SPLITS),
+                },
+                synthetic_params=layout.synthetic_params,
+            )
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
     _report_repairs(manifest, console)
@@ -505,243 +471,12 @@ def _shrink_npy(path: Path, rows: int) -> None:
     os.replace(shorter, path)
 
 
-def _manifest(layout: Layout, packed: Path, source_info: dict, reports: dict[str, SplitReport]) -> dict:
-    arrays = {name: _array_record(packed / f"{name}.npy") for name in ARRAYS}
-    skipped_files = [name for split in SPLITS for name in reports[split].skipped]
-    resized_files = [name for split in SPLITS for name in reports[split].resized]
-    return {
-        "format_version": FORMAT_VERSION,
-        "num_classes": len(layout.classes),
-        "classes": layout.classes,
-        "class_order": "sorted wnids",
-        "names": layout.names,
-        "image_shape": [IMAGE_SIZE, IMAGE_SIZE, 3],
-        "splits": {split: {"count": reports[split].count} for split in SPLITS},
-        "class_counts": {split: reports[split].class_counts for split in SPLITS},
-        "arrays": arrays,
-        "source": source_info,
-        "fingerprint": _fingerprint(layout.classes, arrays),
-        "skipped": len(skipped_files),
-        "skipped_files": skipped_files,
-        "resized": len(resized_files),
-        "resized_files": resized_files,
-        "converted_to_rgb": sum(reports[split].converted for split in SPLITS),
-        "synthetic": layout.synthetic_params is not None,
-        "synthetic_params": layout.synthetic_params,
-        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    }
-
-
-def _array_record(path: Path) -> dict:
-    array = np.load(path, mmap_mode="r")
-    return {
-        "file": path.name,
-        "shape": list(array.shape),
-        "dtype": str(array.dtype),
-        "bytes": path.stat().st_size,
-        "sha256": file_digest(path, "sha256"),
-    }
-
-
-def _fingerprint(classes: list[str], arrays: dict) -> str:
-    """Content fingerprint: the class order and the packed bytes, independent of where they came from."""
-    content = {"classes": classes, "arrays": {name: record["sha256"] for name, record in sorted(arrays.items())}}
-    return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
-
-
 def _report_repairs(manifest: dict, console: Console | None) -> None:
     if manifest["converted_to_rgb"]:
-        _say(console, f"converted {manifest['converted_to_rgb']} grayscale or CMYK images to RGB")
+        say(console, f"converted {manifest['converted_to_rgb']} grayscale or CMYK images to RGB")
     if manifest["resized"]:
         first = manifest["resized_files"][0]
-        _say(console, f"resized {manifest['resized']} images that were not 64x64 (first: {first})")
+        say(console, f"resized {manifest['resized']} images that were not 64x64 (first: {first})")
     if manifest["skipped"]:
         first = manifest["skipped_files"][0]
-        _say(console, f"[yellow]skipped {manifest['skipped']} unreadable images[/] (first: {first})")
-
-
-# ----------------------------------------------------------------------------------------------------
-# loading
-
-
-def verify_cache(packed: Path, hash_files: bool = True) -> tuple[dict, dict[str, np.ndarray]]:
-    """The manifest and memory-mapped arrays of the cache in ``packed``, after every check in the module
-    docstring; the first check that fails raises `DamagedCache` naming the file at fault."""
-    manifest = _read_manifest(packed)
-    arrays = {name: _checked_array(packed, manifest["arrays"][name], hash_files) for name in ARRAYS}
-    for split in SPLITS:
-        _check_split(packed, manifest, split, arrays[f"{split}_images"], arrays[f"{split}_labels"])
-    return manifest, arrays
-
-
-def check_cache(packed: Path) -> tuple[dict | None, str | None]:
-    """(manifest, None) for a cache that passes `verify_cache`, else (None, what is wrong)."""
-    try:
-        return verify_cache(packed)[0], None
-    except DamagedCache as e:
-        return None, e.message
-    except OSError as e:
-        return None, f"cannot read {e.filename or packed} ({describe(e)})"
-
-
-def _read_manifest(packed: Path) -> dict:
-    """manifest.json, checked against itself: structure, fingerprint, classes and counts."""
-    path = packed / "manifest.json"
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise DamagedCache(path, "is missing") from None
-    except ValueError as e:  # includes bytes that are not UTF-8
-        raise DamagedCache(path, f"is not valid JSON ({e})") from None
-    if not isinstance(manifest, dict) or "format_version" not in manifest:
-        raise DamagedCache(path, "is not an archbench manifest")
-    if manifest["format_version"] != FORMAT_VERSION:
-        problem = f"is format {manifest['format_version']}, and this archbench reads format {FORMAT_VERSION}"
-        raise DamagedCache(path, problem, outdated=True)
-    try:
-        problem = _manifest_problem(manifest)
-    except (KeyError, TypeError, ValueError, AttributeError) as e:
-        problem = f"has unexpected content ({type(e).__name__}: {e})"
-    if problem is not None:
-        raise DamagedCache(path, problem)
-    return manifest
-
-
-def _manifest_problem(manifest: dict) -> str | None:
-    classes, arrays = manifest["classes"], manifest["arrays"]
-    if sorted(arrays) != sorted(ARRAYS) or any(arrays[name]["file"] != f"{name}.npy" for name in ARRAYS):
-        return f"lists the arrays {sorted(arrays)} instead of {list(ARRAYS)}"
-    recomputed = _fingerprint(classes, arrays)
-    if manifest["fingerprint"] != recomputed:
-        return f"records the fingerprint {manifest['fingerprint']}, but its classes and checksums give {recomputed}"
-    if not all(isinstance(c, str) for c in classes) or classes != sorted(set(classes)):
-        return "lists classes that are not distinct wnids in sorted order"
-    if manifest["num_classes"] != len(classes):
-        return f"records {manifest['num_classes']} classes but lists {len(classes)}"
-    if manifest["image_shape"] != [IMAGE_SIZE, IMAGE_SIZE, 3]:
-        return f"records images of shape {manifest['image_shape']}, not {[IMAGE_SIZE, IMAGE_SIZE, 3]}"
-    for split in SPLITS:
-        counts, total = manifest["class_counts"][split], manifest["splits"][split]["count"]
-        if len(counts) != len(classes) or sum(counts) != total:
-            return f"records {total} {split} images but per-class counts {counts} for {len(classes)} classes"
-    if bool(manifest["synthetic"]) != (manifest["synthetic_params"] is not None):
-        return f"says synthetic is {manifest['synthetic']}, but its synthetic_params disagree"
-    return None
-
-
-def _checked_array(packed: Path, record: dict, hash_files: bool) -> np.ndarray:
-    """One array file, memory-mapped, after its size, header and (with ``hash_files``) sha256 match ``record``."""
-    path = packed / record["file"]
-    if not path.is_file():
-        raise DamagedCache(path, "is missing")
-    size = path.stat().st_size
-    if size != record["bytes"]:
-        raise DamagedCache(path, f"has {size:,} bytes, but manifest.json records {record['bytes']:,}")
-    try:
-        array = np.load(path, mmap_mode="r")
-    except ValueError as e:
-        raise DamagedCache(path, f"is not a readable .npy array ({e})") from None
-    if list(array.shape) != record["shape"] or str(array.dtype) != record["dtype"]:
-        recorded = f"{record['dtype']} {record['shape']}"
-        raise DamagedCache(path, f"holds {array.dtype} {list(array.shape)}, but manifest.json records {recorded}")
-    if hash_files and not _has_sha256(path, record["sha256"]):
-        raise DamagedCache(path, "does not match the sha256 recorded in manifest.json")
-    return array
-
-
-_VERIFIED: set[tuple] = set()  # (path, device, inode, size, mtime_ns, sha256) of files verified in this process
-
-
-def _has_sha256(path: Path, sha256: str) -> bool:
-    """Whether the file's bytes hash to ``sha256``; remembered for the process while the file is unchanged."""
-    stat = path.stat()
-    key = (str(path.resolve()), stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns, sha256)
-    if key in _VERIFIED:
-        return True
-    if file_digest(path, "sha256") != sha256:
-        return False
-    if time.time_ns() - stat.st_mtime_ns > RECENT_NS:
-        _VERIFIED.add(key)
-    return True
-
-
-def _check_split(packed: Path, manifest: dict, split: str, images: np.ndarray, labels: np.ndarray) -> None:
-    """Shapes and counts against the manifest; labels in range; no empty split; every class trained."""
-    classes, count = manifest["classes"], manifest["splits"][split]["count"]
-    images_path, labels_path = packed / f"{split}_images.npy", packed / f"{split}_labels.npy"
-    if images.dtype != np.uint8 or images.ndim != 4 or list(images.shape[1:]) != manifest["image_shape"]:
-        expected = f"uint8 N x {IMAGE_SIZE} x {IMAGE_SIZE} x 3"
-        raise DamagedCache(images_path, f"holds {images.dtype} {list(images.shape)}, not {expected}")
-    if labels.dtype != np.int64 or labels.ndim != 1:
-        raise DamagedCache(labels_path, f"holds {labels.dtype} {list(labels.shape)}, not int64 N")
-    if len(images) != count or len(labels) != count:
-        raise DamagedCache(
-            packed / "manifest.json",
-            f"records {count:,} {split} images, but {images_path.name} holds {len(images):,} "
-            f"and {labels_path.name} {len(labels):,}",
-        )
-    if count == 0:
-        raise DamagedCache(labels_path, f"holds no labels: the {split} split is empty")
-    labels = np.asarray(labels)
-    outside = np.flatnonzero((labels < 0) | (labels >= len(classes)))
-    if len(outside):
-        row = int(outside[0])
-        n = len(classes)
-        raise DamagedCache(labels_path, f"holds the label {labels[row]} at row {row}, outside the {n} classes [0, {n})")
-    counts = np.bincount(labels, minlength=len(classes))
-    if split == "train" and (empty := np.flatnonzero(counts == 0)).size:
-        raise DamagedCache(labels_path, f"has no image of class {classes[empty[0]]}, so a run could not learn it")
-    recorded = manifest["class_counts"][split]
-    if counts.tolist() != recorded:
-        c = next(c for c in range(len(classes)) if counts[c] != recorded[c])
-        raise DamagedCache(
-            packed / "manifest.json",
-            f"records {recorded[c]:,} {split} images of class {classes[c]}, but {labels_path.name} holds {counts[c]:,}",
-        )
-
-
-def packed_dir(root: Path) -> Path:
-    """The folder holding manifest.json: ``root/packed`` for a prepared root, or ``root`` itself."""
-    root = Path(root)
-    return root if (root / "manifest.json").exists() else root / PACKED_DIR
-
-
-def load_packed(root: Path | str) -> PackedData:
-    """Memory-map a prepared dataset (``archbench data prepare --root ROOT``) after `verify_cache`.
-
-    Verifying reads every byte once per process (about a second for the real train split); the images
-    are then memory-mapped, not read.
-    """
-    root = Path(root)
-    with accessing(root):
-        if root.exists() and not root.is_dir():
-            raise ArchbenchError(f"{root} is a file, not a folder of prepared data (see `archbench data prepare`)")
-        packed = packed_dir(root)
-        if not (packed / "manifest.json").exists():
-            raise ArchbenchError(
-                f"no prepared data in {root}: run `archbench data prepare --root {root}` to download and pack "
-                "Tiny-ImageNet-200 there, or pass --data synthetic to use the small synthetic set"
-            )
-        try:
-            manifest, arrays = verify_cache(packed)
-        except DamagedCache as e:
-            rebuild = f"rebuild it with `archbench data prepare --root {_prepared_root(root, packed)}`"
-            if e.outdated:
-                raise ArchbenchError(
-                    f"the packed data in {packed} was made by another archbench version ({e.message}): {rebuild}"
-                ) from None
-            raise ArchbenchError(f"damaged packed data: {e.message}; {rebuild}") from None
-    return PackedData(root=root, manifest=manifest, **arrays)
-
-
-def _prepared_root(root: Path, packed: Path) -> Path:
-    """The --root that `prepare` rebuilds ``packed`` under."""
-    return packed.parent if packed == root and packed.name == PACKED_DIR else root
-
-
-# ----------------------------------------------------------------------------------------------------
-
-
-def _say(console: Console | None, message: str) -> None:
-    if console is not None:
-        console.print(message, highlight=False, soft_wrap=True)
+        say(console, f"[yellow]skipped {manifest['skipped']} unreadable images[/] (first: {first})")

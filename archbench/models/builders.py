@@ -155,6 +155,8 @@ def type_name(expected) -> str:
     origin, inner = typing.get_origin(expected), typing.get_args(expected)
     if origin in (typing.Union, types.UnionType):
         return " | ".join(type_name(t) for t in inner)
+    if origin is typing.Literal:
+        return "one of " + ", ".join(map(repr, inner))
     if expected is Ellipsis:
         return "..."
     if expected is type(None) or expected is None:

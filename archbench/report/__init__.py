@@ -1,23 +1,29 @@
 """`archbench report`: REPORT.md from the recorded runs, with its figures and a discussion from the numbers.
 
-`load` reads the run records and result files, `study` groups the runs and derives the tables every
-section shares (`gradient_measures`, `sensitivity`), `stats` holds the statistics, `comparisons` the
-pairs the discussion tests, `sections`, `speed`, `depth`, `sensitivity` and `discussion` write the
-markdown, `figures` the PNGs. `SECTIONS` is the one list of the report's numbered sections, in order; a
-section that returns None is left out and the numbers close up. The same runs give byte-identical output:
-no generation time, sorted rows, fixed float formats.
+`load` reads the run records and result files, `study` groups the runs and derives the tables every section
+shares (`gradient_measures`, `sensitivity`), `stats` holds the statistics, `comparisons` the pairs, `claims`
+every test the report runs (once each, Holm-adjusted per family: REPORT-claims.csv), `results` the per-seed
+results table (REPORT-results.csv), `summary` the first screen, `sections`, `speed`, `depth`, `sensitivity`
+and `discussion` write the markdown, `figures` the PNGs. `SECTIONS` is the one list of the report's numbered
+sections, in order; a section that returns None is left out and the numbers close up. The same runs give byte-
+identical output: no generation time, sorted rows, fixed float formats.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 
+from archbench import runs as records
 from archbench.config import BENCH_DIR, GPU_RESULTS_FILE, LATENCY_FILE, REPORT_FILE, RUNS_DIR
 from archbench.report import figures
+from archbench.report.claims import build_claims
 from archbench.report.depth import depth_section
 from archbench.report.discussion import discussion_section
 from archbench.report.gradient_measures import early_window
+from archbench.report.load import reset_schema_notes
+from archbench.report.results import results_table
 from archbench.report.sections import (
     accuracy_section,
     architectures_section,
@@ -25,14 +31,19 @@ from archbench.report.sections import (
     early_training_section,
     figures_section,
     header_section,
+    methods_section,
     provenance_section,
     run_records_section,
 )
 from archbench.report.sensitivity import sensitivity_section
 from archbench.report.study import FigureFiles, Inputs, Study, load_study
+from archbench.report.summary import summary_section
+from archbench.report.text import wrap_prose
 
 # (title, section): each section returns its markdown without the heading, or None to leave itself out.
 SECTIONS = (
+    ("Summary", summary_section),
+    ("Methods", methods_section),
     ("Provenance", provenance_section),
     ("Architectures", architectures_section),
     ("Accuracy", accuracy_section),
@@ -56,7 +67,12 @@ def render(study: Study) -> str:
     bodies = [(title, section(study)) for title, section in SECTIONS]
     for number, (title, body) in enumerate(((t, b) for t, b in bodies if b is not None), start=1):
         parts.append(f"## {number}. {title}\n\n{body}")
-    return "\n\n".join(parts) + "\n"
+    return wrap_prose("\n\n".join(parts)) + "\n"
+
+
+def write_table(path: Path, table) -> None:
+    """A CSV beside the report, numbers at a fixed precision so the same runs give the same bytes."""
+    records.write_text(path, table.to_csv(index=False, float_format="%.6g", lineterminator="\n"))
 
 
 def _command(out: Path, labels: dict[str, str]) -> str:
@@ -110,13 +126,28 @@ def write_report(
     files = FigureFiles(
         *(
             f"{out.stem}-{name}.png"
-            for name in ("training-curves", "gradnorm-depth", "gradient-cosine", "lr-sensitivity")
+            for name in (
+                "training-curves",
+                "gradnorm-depth",
+                "gradient-cosine",
+                "lr-sensitivity",
+                "accuracy-cost",
+                "performance-profile",
+            )
         )
     )
+    reset_schema_notes()
     study = load_study(inputs, files)
+    study = dataclasses.replace(study, claims=build_claims(study))
+    results = results_table(study.runs, study.identical)
     base.mkdir(parents=True, exist_ok=True)
+    write_table(base / f"{out.stem}-claims.csv", study.claims)
+    write_table(base / f"{out.stem}-results.csv", results)
     window = early_window(study.gradients.steps)
+    counted_results = results[results["label"].isin(study.labels)]
     figures.plot_training_curves(study.curves, study.labels, base / files.curves)
+    figures.plot_accuracy_vs_cost(counted_results, study.labels, base / files.accuracy_cost)
+    figures.plot_performance_profile(counted_results, study.labels, study.main_threshold, base / files.profile)
     figures.plot_gradient_size_by_depth(study.gradients.by_depth, study.labels, window, base / files.gradients)
     figures.plot_cosine_by_depth(study.gradients.by_depth, study.labels, window, base / files.cosines)
     if study.sensitivity is not None:

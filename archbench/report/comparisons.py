@@ -6,7 +6,7 @@
   so "a ResNet" and "a VGG" are read from the registry builder (`resnet`, `vgg`); that the ResNet side is
   residual is read from its traits.
 
-Pairs are formed within one learning-rate arm (shared recipe, or tuned), so a tuned model is compared
+Pairs are formed within one learning-rate arm (registry default rates, or tuned), so a tuned model is compared
 with tuned models only.
 """
 

@@ -1,5 +1,6 @@
 """The depth study: plain and residual nets of the same builder at two or more depths (e.g. 18 and 34
-layers), beside He et al. 2016, Table 2.
+layers), beside He et al. 2016: Table 2 (ImageNet) for Tiny-ImageNet runs, Table 6 (CIFAR-10) for CIFAR-10
+runs, no reference rows for other data. The tests of depth are claims (`claims`, family "depth").
 
 A depth group is found by traits: one builder with a residual variant, one BN setting and one
 learning-rate arm, with counted runs at two or more depths. The section appears only when one exists.
@@ -13,9 +14,7 @@ from typing import TYPE_CHECKING, NamedTuple
 import pandas as pd
 
 from archbench import references
-from archbench.report.comparisons import compare_labels
-from archbench.report.study import traits
-from archbench.report.text import md, pct, verdict
+from archbench.report.text import md, pct
 
 if TYPE_CHECKING:
     from archbench.report.study import Study
@@ -49,7 +48,28 @@ def _error(values) -> list[float]:
     return [1.0 - v for v in values]
 
 
-def _group_table(group: DepthGroup, counted: pd.DataFrame) -> str:
+TINY_IMAGENET, CIFAR10 = "Tiny-ImageNet", "CIFAR-10"
+
+
+def dataset_family(names) -> str | None:
+    """TINY_IMAGENET or CIFAR10 when every run's data set is that one (by its recorded name), else None."""
+    found = set()
+    for name in names:
+        key = str(name).lower().replace("-", "").replace("_", "")
+        found.add(CIFAR10 if "cifar10" in key and "cifar100" not in key else TINY_IMAGENET if "tiny" in key else None)
+    return found.pop() if len(found) == 1 else None
+
+
+def reference_rows(family: str | None) -> tuple[tuple[references.DepthError, ...], str, str]:
+    """The published depth rows for runs on `family`, their source and protocol (none for other data)."""
+    if family == CIFAR10:
+        return references.HE_2016_TABLE6, references.HE_2016_CIFAR, references.HE_2016_CIFAR_PROTOCOL
+    if family == TINY_IMAGENET:
+        return references.HE_2016_TABLE2, references.HE_2016, references.HE_2016_TABLE2_PROTOCOL
+    return (), "", ""
+
+
+def _group_table(group: DepthGroup, counted: pd.DataFrame, family: str | None) -> str:
     rows = []
     for (depth, residual), labels in sorted(group.cells.items()):
         for label in labels:
@@ -63,8 +83,9 @@ def _group_table(group: DepthGroup, counted: pd.DataFrame) -> str:
                     "test error (%)": pct(_error(acc)),
                 }
             )
-    for ref in references.HE_2016_TABLE2:
-        if ref.depth in group.depths:
+    refs, _, _ = reference_rows(family)
+    for ref in refs:
+        if ref.depth in group.depths or family == CIFAR10:
             rows.append(
                 {
                     "model": f"*reference: {ref.label}*",
@@ -78,74 +99,32 @@ def _group_table(group: DepthGroup, counted: pd.DataFrame) -> str:
 
 
 def depth_section(study: Study) -> str | None:
-    groups = depth_groups(traits(study.counted))
+    groups = depth_groups(study.kinds)
     if not groups:
         return None
+    family = dataset_family(study.counted["dataset"])
     parts = []
     for group in groups:
         parts += [
             f"{group.builder} builder, {'with' if group.batch_norm else 'without'} BN, {group.arm} "
             f"({' and '.join(str(d) for d in group.depths)} layers):",
-            _group_table(group, study.counted),
+            _group_table(group, study.counted, family),
         ]
-    parts.append(
+    refs, source, protocol = reference_rows(family)
+    text = (
         "Final test accuracy and error (100 - accuracy) at the last epoch, mean over seeds with the 95% "
-        f"confidence interval. Reference rows (*italic*) are {references.HE_2016} "
-        f"({references.HE_2016_TABLE2_PROTOCOL}): "
-        "published ImageNet numbers, not archbench results, and not this dataset or recipe; accuracy there is "
-        "100 - the published error. The discussion tests whether the deeper plain net is worse than the "
-        "shallower one (degradation) and whether the deeper residual net is better."
+        "confidence interval."
     )
-    return "\n\n".join(parts)
-
-
-def _reference_gap(residual: bool, shallow: int, deep: int) -> str:
-    refs = {(r.depth, r.residual): r for r in references.HE_2016_TABLE2}
-    a, b = refs.get((shallow, residual)), refs.get((deep, residual))
-    if a is None or b is None:
-        return ""
-    return (
-        f" (He et al. 2016, Table 2: {b.label} {b.top1_error:.2f}% against {a.label} {a.top1_error:.2f}% "
-        "ImageNet top-1 error)"
-    )
-
-
-def depth_sentences(counted: pd.DataFrame) -> list[str]:
-    """Per depth group and each pair of consecutive depths: degradation of the plain nets, gain of the
-    residual ones, each tested on final test accuracy."""
-    out = []
-    for group in depth_groups(traits(counted)):
-        for shallow, deep in zip(group.depths, group.depths[1:]):
-            for residual in (False, True):
-                for a in group.cells.get((deep, residual), []):
-                    for b in group.cells.get((shallow, residual), []):
-                        out.append(_depth_sentence(counted, a, b, residual, shallow, deep))
-    return out
-
-
-def _depth_sentence(counted: pd.DataFrame, deep: str, shallow: str, residual: bool, d_shallow: int, d_deep: int) -> str:
-    c = compare_labels(counted, deep, shallow, "final_test_acc", 100.0)
-    if c.n_a == 0 or c.n_b == 0:
-        return f"Depth ({shallow} against {deep}): no final test accuracy on one side, so nothing to compare."
-    gap = c.difference
-    direction = "worse" if gap < 0 else "better" if gap > 0 else "no different"
-    numbers = (
-        f"{deep} ends at {c.mean_a:.2f}% against {shallow}'s {c.mean_b:.2f}% final test accuracy, "
-        f"{abs(gap):.2f} points {direction}: {verdict(c)}"
-    )
-    reference = _reference_gap(residual, d_shallow, d_deep)
-    if not residual:
-        if c.resolved and gap < 0:
-            reading = "degradation appears: the deeper plain net is worse"
-        elif c.resolved:
-            reading = "no degradation: the deeper plain net is better"
-        else:
-            reading = "degradation is not shown (the difference is not resolved)"
-        return f"Degradation, plain nets {d_shallow} to {d_deep} layers: {numbers}; {reading}{reference}."
-    if c.resolved and gap > 0:
-        reading = "the deeper residual net is better"
-    elif c.resolved:
-        reading = "the deeper residual net is worse"
+    if refs:
+        text += (
+            f" Reference rows (*italic*) are {source} ({protocol}): published numbers, not archbench results, "
+            "and not this recipe; accuracy there is 100 - the published error."
+        )
+        if family == CIFAR10:
+            text += f" Plain nets: {references.HE_2016_CIFAR_PLAIN}."
     else:
-        reading = "whether the deeper residual net is better is not resolved"
-    return f"Depth, residual nets {d_shallow} to {d_deep} layers: {numbers}; {reading}{reference}."
+        text += " No published reference is set beside these runs: none was measured on this data set."
+    counts = study.claims["family"].value_counts().get("depth", 0) if study.claims is not None else 0
+    text += f" The depth claims ({counts} rows of REPORT-claims.csv) are in the discussion."
+    parts.append(text)
+    return "\n\n".join(parts)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import matplotlib
 import matplotlib.style
+import matplotlib.ticker
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
@@ -23,9 +24,55 @@ PNG_METADATA = {"Software": None}
 SHORTCUT_NOTE = "open circles: 1x1 shortcut projections"
 
 
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "h", "*", "p")
+
+
+def _styles(labels: list[str], by_model: bool = False) -> dict[str, dict]:
+    """A colour and a marker per label (with `by_model`, per model: the label without its arm tag, for
+    figures with one panel per arm), never two alike: tab20's colours and twelve markers, paired so that
+    consecutive entries differ in both."""
+    tab20 = matplotlib.colormaps["tab20"]
+    palette = [tab20(2 * i) for i in range(10)] + [tab20(2 * i + 1) for i in range(10)]  # tab10's, then lighter
+    key = _model if by_model else str
+    names = sorted({key(label) for label in labels})
+    style = {m: dict(color=palette[i % 20], marker=MARKERS[i % len(MARKERS)]) for i, m in enumerate(names)}
+    return {label: style[key(label)] for label in labels}
+
+
+def _model(label: str) -> str:
+    return label.split(" (")[0]
+
+
 def _colours(labels: list[str]) -> dict[str, tuple]:
-    cmap = matplotlib.colormaps["tab10"]
-    return {m: cmap(i % cmap.N) for i, m in enumerate(labels)}
+    return {label: style["color"] for label, style in _styles(labels).items()}
+
+
+def _legend_outside(fig: Figure, axes) -> None:
+    """One legend for the figure, to the right of every panel (never over the data)."""
+    handles, names = {}, {}
+    for ax in np.ravel(axes):
+        for h, n in zip(*ax.get_legend_handles_labels()):
+            if n not in names:
+                handles[n], names[n] = h, n
+    if handles:
+        fig.legend(list(handles.values()), list(handles), loc="outside right upper", fontsize=8)
+
+
+def _band(values: np.ndarray) -> tuple[float, float]:
+    """Mean and 95% t half-width over seeds (0 with one seed)."""
+    from archbench.report.stats import t_interval
+
+    interval = t_interval(values)
+    half = interval.half_width if np.isfinite(interval.half_width) else 0.0
+    return interval.mean, half
+
+
+def _integer_epochs(ax, epochs) -> None:
+    epochs = sorted({int(e) for e in epochs})
+    if len(epochs) <= 12:
+        ax.set_xticks(epochs)
+    else:
+        ax.xaxis.get_major_locator().set_params(integer=True)
 
 
 def _save(fig: Figure, path: Path) -> Path:
@@ -41,36 +88,140 @@ def _empty(ax, text: str) -> None:
 
 
 def plot_training_curves(curves: pd.DataFrame, labels: list[str], path: Path) -> Path:
-    """Test accuracy (%) and train loss against epoch, one line per model.
+    """Test accuracy (%) and train loss against epoch: one row of panels per learning-rate arm, one line per
+    model (mean over seeds) in its own colour and marker, with a 95% band over seeds.
 
-    `curves` has columns label, epoch, test_acc (fraction), train_loss: already averaged over seeds.
+    `curves` has columns label, arm, seed, epoch, test_acc (fraction), train_loss: one row per run and epoch.
     """
-    colours = _colours(labels)
+    styles = _styles(labels, by_model=True)
+    arms = sorted(curves["arm"].unique(), key=lambda a: (a != "registry default rates", a)) if len(curves) else []
     with matplotlib.style.context("default"):
-        fig = Figure(figsize=(11, 4.2), dpi=DPI, layout="constrained")
-        acc_ax, loss_ax = fig.subplots(1, 2)
-        for label in labels:
-            rows = curves[curves["label"] == label].sort_values("epoch")
-            if rows.empty:
-                continue
-            style = dict(color=colours[label], marker="o", markersize=3, linewidth=1.5, label=label)
-            acc_ax.plot(rows["epoch"], 100 * rows["test_acc"], **style)
-            loss_ax.plot(rows["epoch"], rows["train_loss"], **style)
-        if curves.empty:
-            _empty(acc_ax, "no epochs recorded")
-            _empty(loss_ax, "no epochs recorded")
-        else:
-            acc_ax.set(xlabel="epoch", ylabel="test accuracy (%)", title="Test accuracy (mean over seeds)")
-            loss_ax.set(xlabel="epoch", ylabel="train loss", title="Train loss (mean over seeds)")
+        fig = Figure(figsize=(12, 3.6 * max(1, len(arms)) + 0.4), dpi=DPI, layout="constrained")
+        axes = np.atleast_2d(fig.subplots(max(1, len(arms)), 2, squeeze=False))
+        if not arms:
+            _empty(axes[0][0], "no epochs recorded")
+            _empty(axes[0][1], "no epochs recorded")
+            return _save(fig, path)
+        for (acc_ax, loss_ax), arm in zip(axes, arms):
+            mine = curves[curves["arm"] == arm]
+            for label in labels:
+                rows = mine[mine["label"] == label]
+                if rows.empty:
+                    continue
+                for ax, key, scale in ((acc_ax, "test_acc", 100.0), (loss_ax, "train_loss", 1.0)):
+                    stats = [(e, *_band(scale * g[key].to_numpy(float))) for e, g in rows.groupby("epoch", sort=True)]
+                    epochs, mean, half = (np.array(x) for x in zip(*stats))
+                    style = styles[label]
+                    ax.plot(
+                        epochs, mean, color=style["color"], marker=style["marker"], markersize=4, label=_model(label)
+                    )
+                    ax.fill_between(epochs, mean - half, mean + half, color=style["color"], alpha=0.15, linewidth=0)
+            acc_ax.set(xlabel="epoch", ylabel="test accuracy (%)", title=f"Test accuracy, {arm}")
+            loss_ax.set(xlabel="epoch", ylabel="train loss", title=f"Train loss, {arm}")
             for ax in (acc_ax, loss_ax):
                 ax.grid(True, alpha=0.3)
-                ax.xaxis.get_major_locator().set_params(integer=True)
-            loss_ax.legend(fontsize=8, loc="best")
+                _integer_epochs(ax, mine["epoch"])
+        fig.suptitle("Mean over seeds, 95% band (Student's t over seeds)", fontsize=10)
+        _legend_outside(fig, axes)
+        return _save(fig, path)
+
+
+def plot_accuracy_vs_cost(results: pd.DataFrame, labels: list[str], path: Path) -> Path:
+    """Final test accuracy (mean ± 95% interval over seeds) against parameters, GFLOPs at 224 and training
+    seconds, log x; per panel the Pareto front (no model both cheaper and more accurate) joined by a line."""
+    styles = _styles(labels)
+    panels = (
+        ("parameters", "parameters (log scale)", "parameters"),
+        ("gflops_224", "GFLOPs at 224x224 (log scale)", "GFLOPs"),
+        ("train_seconds", "training seconds (log scale)", "training seconds"),
+    )
+    with matplotlib.style.context("default"):
+        fig = Figure(figsize=(15, 4.4), dpi=DPI, layout="constrained")
+        axes = fig.subplots(1, 3, sharey=True)
+        for ax, (key, xlabel, name) in zip(axes, panels):
+            points = []
+            for label in labels:
+                rows = results[(results["label"] == label) & (results["status"] == "completed")]
+                x = rows[key].astype(float)
+                x = x[np.isfinite(x) & (x > 0)]
+                if rows.empty or x.empty:
+                    continue
+                mean, half = _band(100 * rows["final_test_acc"].to_numpy(float))
+                style = styles[label]
+                ax.errorbar(
+                    [x.mean()],
+                    [mean],
+                    yerr=[half],
+                    color=style["color"],
+                    marker=style["marker"],
+                    markersize=6,
+                    capsize=3,
+                    linestyle="none",
+                    label=label,
+                )
+                points.append((float(x.mean()), mean))
+            if not points:
+                _empty(ax, f"no {key} recorded")
+                continue
+            front, best = [], -np.inf
+            for x, y in sorted(points):
+                if y > best:
+                    front.append((x, y))
+                    best = y
+            ax.plot(*zip(*front), color="0.4", linewidth=1, linestyle="--", label="Pareto front")
+            ax.set_xscale("log")
+            ax.xaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+            ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+            ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+            ax.set(xlabel=xlabel, title=f"Accuracy against {name}")
+            ax.grid(True, which="both", alpha=0.3)
+        axes[0].set_ylabel("final test accuracy (%)")
+        _legend_outside(fig, axes)
+        return _save(fig, path)
+
+
+def plot_performance_profile(results: pd.DataFrame, labels: list[str], threshold: float | None, path: Path) -> Path:
+    """AlgoPerf's performance profile (Dolan & Moré 2002) of training seconds to the main threshold: per
+    model, the fraction of its runs whose time is within τ times the best time any model took on the same
+    seed and arm; a run that never reached the threshold counts as infinite time (never within any τ)."""
+    styles = _styles(labels)
+    with matplotlib.style.context("default"):
+        fig = Figure(figsize=(9, 4.5), dpi=DPI, layout="constrained")
+        ax = fig.subplots()
+        column = None if threshold is None else f"seconds_to_{threshold:g}"
+        if column is None or column not in results.columns or results.empty:
+            _empty(ax, "no threshold recorded")
+            return _save(fig, path)
+        table = results[results["label"].isin(labels)]
+        best = table.groupby(["arm", "seed"])[column].transform("min")
+        ratio = table[column] / best
+        finite = ratio[np.isfinite(ratio)]
+        top = max(2.0, float(finite.max()) * 1.05) if len(finite) else 2.0
+        taus = np.geomspace(1.0, top, 200)
+        for label in labels:
+            r = ratio[table["label"] == label].to_numpy(float)
+            if r.size == 0:
+                continue
+            fraction = [(r <= tau).mean() for tau in taus]
+            style = styles[label]
+            reached = int(np.isfinite(r).sum())
+            ax.step(taus, fraction, where="post", color=style["color"], label=f"{label} ({reached}/{r.size} reached)")
+            ax.plot(taus[::40], fraction[::40], linestyle="none", color=style["color"], marker=style["marker"])
+        ax.set_xscale("log")
+        ax.set_ylim(-0.02, 1.02)
+        ax.set(
+            xlabel="τ: training seconds to the threshold / the best on the same seed and arm (log scale)",
+            ylabel="fraction of runs within τ",
+            title=f"Performance profile: time to {100 * threshold:g}% test accuracy (never reached = ∞)",
+        )
+        ax.grid(True, which="both", alpha=0.3)
+        _legend_outside(fig, ax)
         return _save(fig, path)
 
 
 def _depth_lines(ax, by_depth: pd.DataFrame, labels: list[str], measure: str, positive: bool) -> bool:
     """One line per label of `measure` against layer index; shortcut projections get open circles."""
+    styles = _styles(labels)
     colours = _colours(labels)
     drawn = False
     for label in labels:
@@ -81,7 +232,10 @@ def _depth_lines(ax, by_depth: pd.DataFrame, labels: list[str], measure: str, po
         rows = rows[keep]
         if rows.empty:
             continue
-        ax.plot(rows["layer_index"], rows[measure], color=colours[label], marker="o", markersize=3, label=label)
+        style = styles[label]
+        ax.plot(
+            rows["layer_index"], rows[measure], color=style["color"], marker=style["marker"], markersize=4, label=label
+        )
         shortcuts = rows[rows["layer"].astype(str).str.contains("downsample")]
         ax.plot(
             shortcuts["layer_index"],
@@ -116,8 +270,7 @@ def plot_gradient_size_by_depth(by_depth: pd.DataFrame, labels: list[str], windo
                 _empty(ax, "no gradients recorded")
         fig.supxlabel(f"weight layer: 0 = first conv, forward order; {SHORTCUT_NOTE}", fontsize=10)
         axes[0].set_ylabel("‖g‖ / ‖w‖ (log scale)")
-        if axes[1].get_legend_handles_labels()[0]:
-            axes[1].legend(fontsize=8, loc="best")
+        _legend_outside(fig, axes)
         return _save(fig, path)
 
 
@@ -133,7 +286,7 @@ def plot_cosine_by_depth(by_depth: pd.DataFrame, labels: list[str], window: str,
                 ylabel="cosine(g_t, g_t-1)",
                 title=f"Step-to-step gradient cosine by depth, {window}, mean over seeds",
             )
-            ax.legend(fontsize=8, loc="best")
+            _legend_outside(fig, ax)
         else:
             _empty(ax, "no step-to-step cosines recorded")
         return _save(fig, path)
@@ -144,6 +297,7 @@ def plot_lr_sensitivity(sensitivity: Sensitivity, path: Path) -> Path:
     the default rate in an open square, rates that scored nothing (a seed diverged) as x at 0."""
     labels = [m.model for m in sensitivity.models]
     colours = _colours(labels)
+    styles = _styles(labels)
     with matplotlib.style.context("default"):
         fig = Figure(figsize=(8, 4.5), dpi=DPI, layout="constrained")
         ax = fig.subplots()
@@ -157,7 +311,7 @@ def plot_lr_sensitivity(sensitivity: Sensitivity, path: Path) -> Path:
                     [p.lr for p in scored],
                     [100 * p.mean for p in scored],
                     color=colour,
-                    marker="o",
+                    marker=styles[m.model]["marker"],
                     markersize=4,
                     label=m.model,
                 )
@@ -186,7 +340,7 @@ def plot_lr_sensitivity(sensitivity: Sensitivity, path: Path) -> Path:
                 title="Learning-rate sensitivity (mean over seeds; * chosen, □ default, x diverged)",
             )
             ax.grid(True, which="both", alpha=0.3)
-            ax.legend(fontsize=8, loc="best")
+            _legend_outside(fig, ax)
         else:
             _empty(ax, "no tuning trials recorded")
         return _save(fig, path)

@@ -1,7 +1,8 @@
 """Early-training gradient measures per run and layer, from gradnorms.csv (see `archbench.gradients`).
 
 Step 0 (the gradient at initialisation, before any update) is kept apart from the steps after it: the
-"early" window is every recorded step from 1 on. Claims rest on the scale-free ‖g‖/‖w‖ (and the
+"early" window is the optimiser steps 1 to EARLY_STEPS, the same steps for every model (fewer only when a
+study recorded fewer steps: then the steps every counted run recorded). Claims rest on the scale-free ‖g‖/‖w‖ (and the
 step-to-step cosine); ‖g‖/√n and the raw ‖g‖ are shown beside them and never used to decide anything.
 """
 
@@ -18,6 +19,7 @@ COSINE = "cosine_to_previous"
 SYMBOLS = {"grad_to_weight": "‖g‖/‖w‖", "grad_rms": "‖g‖/√n", "grad_norm": "‖g‖", COSINE: "cosine"}
 STEP0, EARLY = "step0", "early"  # column suffixes: at step 0; mean over the recorded steps from 1 on
 DEPTH_BINS = 5  # the by-depth tables group each model's weight layers into fifths, first to last
+EARLY_STEPS = 10  # the early window: optimiser steps 1 to EARLY_STEPS
 
 
 def column(measure: str, window: str) -> str:
@@ -31,7 +33,7 @@ class GradientTables(NamedTuple):
     per_run: pd.DataFrame  # per run: first and last layer of every measure, first/last ratios of ‖g‖/‖w‖
     by_depth: pd.DataFrame  # per label and layer index: every measure, averaged over seeds
     bins: pd.DataFrame  # per run and depth bin: every measure, averaged over the bin's layers
-    steps: int  # the most steps any counted run recorded (the early window is steps 1 to steps - 1)
+    steps: int  # steps 0 to steps - 1 make up step 0 and the early window (at most EARLY_STEPS + 1)
 
 
 def per_layer(grads: pd.DataFrame) -> pd.DataFrame:
@@ -42,7 +44,8 @@ def per_layer(grads: pd.DataFrame) -> pd.DataFrame:
     grouped = grads.groupby(keys, sort=True)
     table = grouped.agg(layer=("layer", "first"), steps=("step", "nunique"))
     at_start = grads[grads["step"] == 0].groupby(keys, sort=True)[list(SIZES)].mean()
-    later = grads[grads["step"] > 0].groupby(keys, sort=True)[[*SIZES, COSINE]].mean()
+    last = min(EARLY_STEPS, int(grads.groupby(RUN_KEYS)["step"].max().min()))
+    later = grads[(grads["step"] > 0) & (grads["step"] <= last)].groupby(keys, sort=True)[[*SIZES, COSINE]].mean()
     table = table.join(at_start.add_suffix(f"_{STEP0}")).join(later.add_suffix(f"_{EARLY}"))
     for name in LAYER_COLUMNS:
         if name not in table.columns:
@@ -111,7 +114,7 @@ def by_bin(layers: pd.DataFrame) -> pd.DataFrame:
 
 def gradient_tables(grads: pd.DataFrame) -> GradientTables:
     layers = per_layer(grads)
-    steps = int(layers["steps"].max()) if len(layers) else 0
+    steps = min(EARLY_STEPS + 1, int(grads.groupby(RUN_KEYS)["step"].max().min()) + 1) if len(layers) else 0
     return GradientTables(per_run(layers), by_depth(layers), by_bin(layers), steps)
 
 

@@ -8,7 +8,9 @@ group with no completed run, over its chosen runs. A run folder without summary.
 interrupted; a folder with no recorded epoch (no summary and no metrics row, or an interrupted summary
 with no epoch) is not a run and is only counted. A diverged run is a result, epochs or not.
 
-The columns are those of the run-record schema in `archbench.runs`.
+The columns are those of the run-record schema in `archbench.runs`. A record of an older schema version
+is read, not refused: renamed columns and keys are mapped (`archbench.runs.RENAMED`) and columns it
+lacks are filled as missing, which `schema_notes` says once per file kind and column.
 """
 
 from __future__ import annotations
@@ -22,18 +24,25 @@ from typing import NamedTuple
 
 import pandas as pd
 
-from archbench import bench
+from archbench import bench_results
 from archbench.errors import ArchbenchError
 from archbench.runs import (
+    ADDED,
+    CLIPPING,
+    CLIPPING_COLUMNS,
     CONFIG,
     GRADNORM_COLUMNS,
     GRADNORM_TEXT_COLUMNS,
     GRADNORMS,
+    HOLDOUT,
     METRICS,
     METRICS_COLUMNS,
     OUTCOME_FIELDS,
+    RENAMED,
+    SCHEMA_VERSION,
     STATUSES,
     SUMMARY,
+    TIMING_COLUMNS,
     EpochMetrics,
     outcome,
 )
@@ -71,8 +80,26 @@ def _no_rows(columns: tuple[str, ...], text_columns: tuple[str, ...]) -> pd.Data
     return pd.DataFrame({c: pd.Series(dtype=object if c in text_columns else float) for c in columns})
 
 
+# file name -> the columns some file of that name lacked (an older schema version), filled as missing.
+_FILLED: dict[str, set[str]] = {}
+
+
+def schema_notes() -> list[str]:
+    """One line per file kind whose older records lacked columns this version has (filled as missing)."""
+    return [
+        f"{name}: {len(columns)} column(s) absent from records older than schema version {SCHEMA_VERSION} "
+        f"({', '.join(sorted(columns))}), read as missing"
+        for name, columns in sorted(_FILLED.items())
+    ]
+
+
+def reset_schema_notes() -> None:
+    _FILLED.clear()
+
+
 def _read_csv(path: Path, columns: tuple[str, ...], text_columns: tuple[str, ...] = ()) -> pd.DataFrame:
-    """A run's CSV with the agreed columns, numbers parsed; a missing, empty or header-only file: no rows."""
+    """A run's CSV with the agreed columns, numbers parsed; a missing, empty or header-only file: no rows.
+    Columns an older schema version named otherwise are renamed; columns it lacks are filled as missing."""
     if not path.exists() or path.stat().st_size == 0:
         return _no_rows(columns, text_columns)
     try:
@@ -82,9 +109,14 @@ def _read_csv(path: Path, columns: tuple[str, ...], text_columns: tuple[str, ...
         raise ArchbenchError(f"{path} is not a readable CSV ({problem}); rerun or delete that run") from None
     if frame.empty:  # stopped before its first epoch (or step): train.py may write a bare header then
         return _no_rows(columns, text_columns)
+    frame = frame.rename(columns={old: new for old, new in RENAMED.items() if new not in frame.columns})
     missing = [c for c in columns if c not in frame.columns]
-    if missing:
+    if [c for c in missing if c not in ADDED] or (missing and "schema_version" in frame.columns):
         raise ArchbenchError(f"{path} lacks the column(s) {', '.join(missing)}; rerun or delete that run")
+    if missing:
+        _FILLED.setdefault(path.name, set()).update(missing)
+        for c in missing:
+            frame[c] = None
     for c in columns:
         if c not in text_columns:
             try:
@@ -114,9 +146,23 @@ def _history(metrics: pd.DataFrame) -> list[EpochMetrics]:
     ]
 
 
-def _summary_from_metrics(metrics: pd.DataFrame, thresholds: list[float], on_val: bool) -> dict:
+def _summary_from_metrics(metrics: pd.DataFrame, thresholds: list[float], on_holdout: bool) -> dict:
     """What summary.json would say, for a run stopped before writing one (by the loop's own rules)."""
-    return {"status": "interrupted", "diverged_at_step": None, **outcome(_history(metrics), thresholds, on_val)}
+    return {"status": "interrupted", "diverged_at_step": None, **outcome(_history(metrics), thresholds, on_holdout)}
+
+
+def _split_record(config: dict) -> dict | None:
+    """The config's record of the holdout split (key "holdout"; "validation" in older records), or None."""
+    return config.get("holdout", config.get("validation"))
+
+
+def _current_summary(summary: dict) -> dict:
+    """summary.json in this version's names: keys renamed since an older version mapped, and an older
+    `selected_on` "val" (the holdout) read as "holdout"."""
+    summary = {RENAMED.get(k, k) if RENAMED.get(k) not in summary else k: v for k, v in summary.items()}
+    if summary.get("selected_on") == "val":
+        summary["selected_on"] = HOLDOUT
+    return summary
 
 
 def _num(value) -> float:
@@ -136,6 +182,33 @@ def architecture_key(builder, args) -> str:
     return hashlib.sha256(blob).hexdigest()[:6]
 
 
+def _digest(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def recipe_key(config: dict) -> str:
+    """A hash of what determines a run's numbers, whatever its rate was called (`lr_source`) or whether it
+    was a tuning trial: two runs with the same key and the same numbers are one run recorded twice."""
+    keyed = {k: v for k, v in config.items() if k not in ("run_id", "provenance", "config_hash", "schema_version")}
+    # A rate computed as preset x lr_scale (0.1 x 0.1 = 0.010000000000000002) and the same rate read from a
+    # tuning file (0.01) are one rate: numbers are compared at 12 significant digits.
+    keyed["recipe"] = {
+        k: float(f"{v:.12g}") if isinstance(v, float) else v
+        for k, v in keyed.get("recipe", {}).items()
+        if k != "lr_source"
+    }
+    keyed.pop("tuning_trial", None)
+    keyed["entry"] = {k: v for k, v in keyed.get("entry", {}).items() if k not in ("description", "toml_sha256")}
+    return _digest(keyed)
+
+
+def numbers_key(metrics: pd.DataFrame) -> str:
+    """A hash of a run's per-epoch numbers, timings left out (they differ between identical runs)."""
+    kept = metrics[[c for c in metrics.columns if c not in TIMING_COLUMNS and c != "schema_version"]]
+    # at 12 significant digits, as `recipe_key` compares rates
+    return _digest({c: [None if pd.isna(v) else f"{v:.12g}" for v in kept[c]] for c in kept.columns})
+
+
 def _read_run(run_dir: Path) -> dict | None:
     """One run folder as a row, or None when it holds no recorded epoch (then it is not a run: a run
     stopped before its first epoch ended). A diverged run is a result even with no epoch."""
@@ -148,10 +221,11 @@ def _read_run(run_dir: Path) -> dict | None:
         return _field(config, config_path, *keys)
 
     thresholds = sorted(float(t) for t in cfg("thresholds"))
-    on_val = cfg("validation") is not None
+    on_holdout = _split_record(config) is not None
+    metrics = _read_csv(run_dir / METRICS, METRICS_COLUMNS)
     summary_path = run_dir / SUMMARY
     if summary_path.exists():
-        summary = _read_json(summary_path)
+        summary = _current_summary(_read_json(summary_path))
         for key in SUMMARY_READ:
             _field(summary, summary_path, key)
         if summary["status"] not in STATUSES:
@@ -159,7 +233,7 @@ def _read_run(run_dir: Path) -> dict | None:
                 f"{summary_path} has an unknown status '{summary['status']}'; rerun or delete that run"
             )
     else:
-        summary = _summary_from_metrics(_read_csv(run_dir / METRICS, METRICS_COLUMNS), thresholds, on_val)
+        summary = _summary_from_metrics(metrics, thresholds, on_holdout)
     if summary["status"] == "interrupted" and not summary["epochs_completed"]:
         return None
     summary = {
@@ -179,7 +253,7 @@ def _read_run(run_dir: Path) -> dict | None:
         "started_at": _utc(cfg("provenance", "started_at"), config_path),
         "finished_at": summary.get("finished_at"),
         "tuning_trial": bool(cfg("tuning_trial")),
-        "validation": on_val,
+        "holdout": on_holdout,
         "preset": cfg("preset"),
         "epochs_planned": int(cfg("recipe", "epochs")),
         "global_batch_size": cfg("recipe", "global_batch_size"),
@@ -201,7 +275,7 @@ def _read_run(run_dir: Path) -> dict | None:
         "fingerprint": cfg("data", "fingerprint"),
         "num_classes": cfg("data", "num_classes"),
         "train_size": cfg("data", "train_size"),
-        "val_size": cfg("data", "val_size"),
+        "test_size": cfg("data").get("test_size", cfg("data").get("val_size")),
         "builder": entry.get("builder"),
         "architecture": architecture_key(entry.get("builder"), entry.get("args")),
         "depth": entry.get("depth"),
@@ -222,7 +296,7 @@ def _read_run(run_dir: Path) -> dict | None:
         "best_test_acc": _num(summary["best_test_acc"]),
         "best_epoch": _num(summary["best_epoch"]),
         "selected_on": summary["selected_on"],
-        "best_val_acc": _num(summary["best_val_acc"]),
+        "best_holdout_acc": _num(summary["best_holdout_acc"]),
         "test_acc_at_best_epoch": _num(summary["test_acc_at_best_epoch"]),
         "epochs_to_threshold": summary["epochs_to_threshold"],
         "seconds_to_threshold": summary["seconds_to_threshold"],
@@ -232,7 +306,26 @@ def _read_run(run_dir: Path) -> dict | None:
         "peak_memory_mb": _num(summary.get("peak_memory_mb")),
         "peak_memory_kind": summary.get("peak_memory_kind"),
         "compile_seconds": _num(summary.get("compile_seconds")),
+        "train_seconds": _num(summary.get("train_seconds")),
+        "clip_fraction": _clip_fraction(metrics),
+        "recipe_key": recipe_key(config),
+        "numbers_key": numbers_key(metrics),
+        "config_hash": config.get("config_hash"),
+        "dataset": _dataset(config),
     }
+
+
+def _clip_fraction(metrics: pd.DataFrame) -> float:
+    """The fraction of the run's optimiser steps whose gradient clipping bound (every epoch has the same
+    number of steps); NaN for a record from before clipping was recorded."""
+    values = metrics["clip_fraction"].dropna()
+    return float(values.mean()) if len(values) else math.nan
+
+
+def _dataset(config: dict) -> str:
+    """The data set a run trained on, as its record names it (the data's `dataset` or `name`)."""
+    data = config.get("data") or {}
+    return str(data.get("dataset") or data.get("name") or "unknown")
 
 
 class RunFolders(NamedTuple):
@@ -316,13 +409,18 @@ def load_gradnorms(runs: pd.DataFrame) -> pd.DataFrame:
     return _stacked(runs, GRADNORMS, GRADNORM_COLUMNS, GRADNORM_TEXT_COLUMNS)
 
 
-def val_loss_at_best_epoch(run_path: str, best_epoch: float) -> float | None:
-    """The validation loss of a run's chosen epoch (for a tuning trial's tie-break), or None."""
+def load_clipping(runs: pd.DataFrame) -> pd.DataFrame:
+    """clipping.csv of the given runs, stacked (no rows for a run recorded before the file existed)."""
+    return _stacked(runs, CLIPPING, CLIPPING_COLUMNS)
+
+
+def holdout_loss_at_best_epoch(run_path: str, best_epoch: float) -> float | None:
+    """The holdout loss of a run's chosen epoch (for a tuning trial's tie-break), or None."""
     if math.isnan(best_epoch):
         return None
     metrics = _read_csv(Path(run_path) / METRICS, METRICS_COLUMNS)
     rows = metrics[metrics["epoch"] == best_epoch]
-    return None if rows.empty or pd.isna(rows.iloc[0]["val_loss"]) else float(rows.iloc[0]["val_loss"])
+    return None if rows.empty or pd.isna(rows.iloc[0]["holdout_loss"]) else float(rows.iloc[0]["holdout_loss"])
 
 
 class TuningFile(NamedTuple):
@@ -422,16 +520,16 @@ def load_gpu_results(path: Path) -> dict | None:
 
 def load_bench_results(folder: Path) -> pd.DataFrame | None:
     """The newest `archbench bench` result per model, device and settings in `folder` and in the folder
-    `benchmarks/gpu.sh` writes its bench results to beside it (`archbench.bench.GPU_SCRIPT_BENCH`: with the
+    `benchmarks/gpu.sh` writes its bench results to beside it (`archbench.bench_results.GPU_SCRIPT_BENCH`: with the
     defaults, benchmarks/results and benchmarks/gpu/bench), or None when there is none. Each row keeps the
     name of its `file`; `source` is the folder of a row from the GPU script's folder (None for a row from
     `folder`)."""
     folder = Path(folder)
     frames = []
-    for where in (folder.parent / bench.GPU_SCRIPT_BENCH, folder):  # on a tie in time, `folder`'s row wins
-        results = bench.latest_bench_results(where)
+    for where in (folder.parent / bench_results.GPU_SCRIPT_BENCH, folder):  # on a tie in time, `folder`'s row wins
+        results = bench_results.latest_bench_results(where)
         if results is not None and len(results) > 0:
             frames.append(results.assign(source=None if where == folder else where.as_posix()))
     if not frames:
         return None
-    return bench.newest(pd.concat(frames, ignore_index=True))
+    return bench_results.newest(pd.concat(frames, ignore_index=True))

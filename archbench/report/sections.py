@@ -8,6 +8,8 @@ from __future__ import annotations
 import pandas as pd
 
 from archbench import references
+from archbench.report.claims import FAR
+from archbench.report.depth import TINY_IMAGENET, dataset_family
 from archbench.report.gradient_measures import (
     COSINE,
     DEPTH_BINS,
@@ -18,13 +20,14 @@ from archbench.report.gradient_measures import (
     column,
     early_window,
 )
+from archbench.report.load import schema_notes
 from archbench.report.speed import bench_part, gpu_part, latency_cell, latency_part
 from archbench.report.stats import finite
 from archbench.report.study import Study, thresholds_of
 from archbench.report.text import (
     DASH,
     INTERVAL_RULE,
-    TEST_RULE,
+    TEST_RULES,
     ci,
     counts,
     epochs_cell,
@@ -36,8 +39,9 @@ from archbench.report.text import (
     threshold_label,
     unique,
 )
+from archbench.runs import HOLDOUT, TEST
 
-VALIDATION, TEST = "val", "test"  # a summary's `selected_on`
+VALIDATION = HOLDOUT  # a summary's `selected_on` (TEST: no holdout)
 
 
 def header_section(study: Study) -> str:
@@ -47,8 +51,8 @@ def header_section(study: Study) -> str:
     if len(synthetic):
         lines += [
             f"> **WARNING: SYNTHETIC DATA.** {len(synthetic)} of the {len(listed)} runs in this report trained on "
-            "synthetic images, not Tiny-ImageNet-200. No number in this report is a Tiny-ImageNet result; "
-            "they show that the code runs end to end, nothing about how these architectures compare.",
+            "synthetic images. No number in this report is a result on real images; they show that the code "
+            "runs end to end, nothing about how these architectures compare.",
             "",
         ]
     fingerprints = unique(listed["fingerprint"])
@@ -65,13 +69,40 @@ def header_section(study: Study) -> str:
             "tagged with a hash of the registry entry's builder and arguments, and never averaged together.",
             "",
         ]
+    for note in schema_notes():
+        lines += [f"> **Older run records:** {note}.", ""]
     lines += [
         f"Regenerate with `{inputs.command}` (from this file's folder); every number below is read from the run "
-        f"records under `{inputs.runs_label}/`. Per model and seed the newest completed run counts (by start "
-        "time); a model and seed without one is shown from its newest run, marked with its status. "
-        f"Statistics are over seeds: {INTERVAL_RULE}. {TEST_RULE}",
+        f"records under `{inputs.runs_label}/`. Every test is a row of REPORT-claims.csv; every run that counts "
+        "is a row of REPORT-results.csv.",
     ]
     return "\n".join(lines)
+
+
+def methods_section(study: Study) -> str:
+    """How runs are chosen and numbers are tested, in short paragraphs."""
+    return "\n\n".join(
+        [
+            "Per model and seed the newest completed run counts (by start time); a model and seed without one "
+            "is shown from its newest run, marked with its status. Each mean shows completed/total runs; a run "
+            "that diverged or never reached a threshold counts as never reaching it (infinite time, as "
+            "AlgoPerf counts it), never as a dropped seed.",
+            f"Statistics are over seeds: {INTERVAL_RULE}.",
+            *TEST_RULES,
+            "Arms: \"registry default rates\" is the preset's rate times each registry entry's lr_scale (so two "
+            'models of one pair may train at different rates: such pairs are flagged "rates differ"); '
+            '"tuned" is each model\'s rate chosen on the holdout (a split of the training images) by '
+            "`archbench tune`. A tuned group whose runs are identical to the default-rate runs is shown once.",
+            "Gradients: per run, the first weight layer's ‖g‖/‖w‖ over the last's. Its log10 below 0 means the "
+            f"early layers get relatively smaller updates (towards vanishing), above 0 larger (towards "
+            f"exploding); a mean |log10| of {FAR:g} or more (a factor of 10) is named vanishing or exploding, less "
+            "is named balanced, and the sign is tested. Step 0 is the primary measure (independent of the rate); "
+            f"the early window is {early_window(study.gradients.steps)}, the same optimiser steps for every model, "
+            "and there only pairs trained at the same rate are compared.",
+            "A model whose final test accuracy interval reaches down to chance (1 / classes) is marked "
+            '"did not learn".',
+        ]
+    )
 
 
 def _recipe_rows(chosen: pd.DataFrame) -> pd.DataFrame:
@@ -89,7 +120,7 @@ def _recipe_rows(chosen: pd.DataFrame) -> pd.DataFrame:
                 "registry lr_scale": ", ".join(f"{s:g}" for s in sorted(set(finite(group["lr_scale"])))) or DASH,
                 "schedule": ", ".join(unique(group["schedule"])),
                 "grad clip": ", ".join(f"{c:g}" for c in sorted(set(finite(group["clip_grad_norm"])))) or DASH,
-                "validation split": ", ".join(sorted({"yes" if v else "no" for v in group["validation"]})),
+                "holdout split": ", ".join(sorted({"yes" if v else "no" for v in group["holdout"]})),
             }
         )
     return pd.DataFrame(rows)
@@ -100,8 +131,8 @@ def provenance_section(study: Study) -> str:
     chosen = runs[runs["selected"]]
     data = sorted(
         {
-            f"{r.data_name} ({'SYNTHETIC' if r.synthetic else 'Tiny-ImageNet-200'}, {r.num_classes} classes, "
-            f"{r.train_size} train / {r.val_size} test images, fingerprint {str(r.fingerprint)[:12]})"
+            f"{r.dataset} ({'SYNTHETIC' if r.synthetic else 'real images'}, {r.num_classes} classes, "
+            f"{r.train_size} train / {r.test_size} test images, fingerprint {str(r.fingerprint)[:12]})"
             for r in chosen.itertuples()
         }
     )
@@ -146,10 +177,10 @@ def provenance_section(study: Study) -> str:
         )
     return "\n\n".join(
         [
-            md(pd.DataFrame(rows, columns=["", "value"])),
+            "\n".join(f"- {name}: {value}" for name, value in rows),
             "Training recipe per model (\"lr source\" says whether the learning rate is the preset's, the preset's "
-            "times the registry entry's `lr_scale`, set with `--lr`, or tuned per model on a validation split; "
-            '"grad clip" is the global gradient-norm bound, — where none; "validation split": whether the run '
+            "times the registry entry's `lr_scale`, set with `--lr`, or tuned per model on the holdout; "
+            '"grad clip" is the global gradient-norm bound, — where none; "holdout split": whether the run '
             "held training images out to choose its best epoch on):",
             md(_recipe_rows(chosen)),
         ]
@@ -201,7 +232,7 @@ def architectures_section(study: Study) -> str:
 
 
 def _chosen_on(group: pd.DataFrame) -> str:
-    sides = {VALIDATION: "validation", TEST: "test (no validation split)"}
+    sides = {VALIDATION: "holdout", TEST: "test (no holdout split)"}
     found = sorted({str(s) for s in group["selected_on"]})
     if len(found) == 1:
         return sides.get(found[0], found[0])
@@ -210,7 +241,7 @@ def _chosen_on(group: pd.DataFrame) -> str:
 
 def _val_chosen_cell(group: pd.DataFrame) -> str:
     on_val = group[group["selected_on"] == VALIDATION]
-    return pct(on_val["test_acc_at_best_epoch"]) if len(on_val) else f"{DASH} (no validation split)"
+    return pct(on_val["test_acc_at_best_epoch"]) if len(on_val) else f"{DASH} (no holdout split)"
 
 
 def accuracy_section(study: Study) -> str:
@@ -226,27 +257,29 @@ def accuracy_section(study: Study) -> str:
                 "final train acc (%)": pct(group["final_train_acc"]),
                 "final test acc (%)": pct(group["final_test_acc"]),
                 "best epoch chosen on": _chosen_on(group),
-                "test acc at val-chosen epoch (%)": _val_chosen_cell(group),
+                "test acc at holdout-chosen epoch (%)": _val_chosen_cell(group),
                 "best test acc, test-selected (%)": pct(group["best_test_acc"]),
                 "best epoch": epochs_cell(group["best_epoch"]),
                 "epochs run": counts(group["epochs_completed"]),
             }
         )
     ref = references.REPRODUCTION
-    rows.append(
-        {
-            "model": f"*reference: {ref.model}*",
-            "n": DASH,
-            "status": "*reference (not an archbench run)*",
-            "final train acc (%)": f"{ref.train_acc:.2f}",
-            "final test acc (%)": f"{ref.test_acc:.2f}",
-            "best epoch chosen on": DASH,
-            "test acc at val-chosen epoch (%)": DASH,
-            "best test acc, test-selected (%)": DASH,
-            "best epoch": DASH,
-            "epochs run": DASH,
-        }
-    )
+    tiny = dataset_family(counted["dataset"]) == TINY_IMAGENET
+    if tiny:
+        rows.append(
+            {
+                "model": f"*reference: {ref.model}*",
+                "n": DASH,
+                "status": "*reference (not an archbench run)*",
+                "final train acc (%)": f"{ref.train_acc:.2f}",
+                "final test acc (%)": f"{ref.test_acc:.2f}",
+                "best epoch chosen on": DASH,
+                "test acc at holdout-chosen epoch (%)": DASH,
+                "best test acc, test-selected (%)": DASH,
+                "best epoch": DASH,
+                "epochs run": DASH,
+            }
+        )
     published = pd.DataFrame(
         [
             {
@@ -261,23 +294,27 @@ def accuracy_section(study: Study) -> str:
             for p in references.PUBLISHED
         ]
     )
-    return "\n\n".join(
-        [
-            md(pd.DataFrame(rows)),
-            "n: seeds behind each row. Which split chose what: final train and test accuracy are those of the last "
-            "epoch, fixed before training, so nothing was selected on any split: they are unbiased estimates. "
-            '"test acc at val-chosen epoch" is the test accuracy of the epoch with the highest accuracy on the '
-            "validation split held out of the training images: chosen without the test set, so also unbiased. "
-            '"best test acc, test-selected" is the highest test accuracy of any epoch: that epoch was picked by '
-            "looking at the test set, so it is optimistic and not an estimate of accuracy on new data. Runs "
-            'without a validation split chose their best epoch ("best epoch") on the test set.',
+    wide = pd.DataFrame(rows)
+    first = ["model", "n", "status", "final train acc (%)", "final test acc (%)"]
+    notes = [
+        "n: seeds behind each row. Which split chose what: final train and test accuracy are those of the last "
+        "epoch, fixed before training, so nothing was selected on any split: they are unbiased estimates. "
+        '"test acc at holdout-chosen epoch" is the test accuracy of the epoch with the highest accuracy on the '
+        "holdout split of the training images: chosen without the test set, so also unbiased. "
+        '"best test acc, test-selected" is the highest test accuracy of any epoch: that epoch was picked by '
+        "looking at the test set, so it is optimistic and not an estimate of accuracy on new data. Runs "
+        'without a holdout split chose their best epoch ("best epoch") on the test set.',
+    ]
+    if tiny:
+        notes += [
             f"The reference row gives the numbers reported by {ref.source} ({ref.protocol}): they are not an "
             "archbench result.",
             "Published references under other protocols (for orientation only; not archbench results, and not "
             "the protocol above):",
             md(published),
         ]
-    )
+    tables = [md(wide[first]), md(wide[["model", *[c for c in wide.columns if c not in first]]])]
+    return "\n\n".join(tables + notes)
 
 
 def _reached(group: pd.DataFrame, t: float, key: str = "epochs_to_threshold") -> list:
@@ -285,11 +322,13 @@ def _reached(group: pd.DataFrame, t: float, key: str = "epochs_to_threshold") ->
 
 
 def _threshold_cell(group: pd.DataFrame, t: float) -> str:
+    """Mean ± interval over the seeds when all reached `t`; else ∞ (a seed that never reached it takes
+    infinite time), with reached/total and the reached seeds' mean beside it."""
     reached = _reached(group, t)
     if not reached:
-        return DASH
+        return f"∞ (0/{len(group)} reached)"
     cell = epochs_cell(reached)
-    return cell if len(reached) == len(group) else f"{cell}, {len(reached)}/{len(group)} seeds reached"
+    return cell if len(reached) == len(group) else f"∞ ({len(reached)}/{len(group)} reached; those: {cell})"
 
 
 def _device_hours(group: pd.DataFrame, t: float) -> list[float]:
@@ -310,7 +349,7 @@ def _time_to_result(counted: pd.DataFrame, thresholds: list[float]) -> pd.DataFr
                     "model": label,
                     "threshold": threshold_label(t),
                     "seeds reached": f"{len(reached)}/{len(group)}",
-                    "epochs": epochs_cell(reached) if reached else DASH,
+                    "epochs": _threshold_cell(group, t),
                     "training seconds": ci(_reached(group, t, "seconds_to_threshold"), ".1f") if reached else DASH,
                     "device-hours": ci(_device_hours(group, t), ".3g") if reached else DASH,
                     "images": ci(_reached(group, t, "images_to_threshold"), ",.0f") if reached else DASH,
@@ -321,7 +360,7 @@ def _time_to_result(counted: pd.DataFrame, thresholds: list[float]) -> pd.DataFr
 
 
 def convergence_section(study: Study) -> str:
-    counted = study.counted
+    counted = study.chosen  # every chosen run: a diverged seed counts as never reaching a threshold
     thresholds = thresholds_of(counted)
     rows = []
     for label, group in counted.groupby("label", sort=True):
@@ -333,13 +372,14 @@ def convergence_section(study: Study) -> str:
     return "\n\n".join(
         [
             md(pd.DataFrame(rows)),
-            "Epochs until the test accuracy first reaches each threshold (mean ± 95% interval over the seeds that "
-            f"reached it; {DASH} where no seed did).",
-            "Time to result (after AlgoPerf: the training cost of reaching each threshold; evaluation and "
-            "compilation excluded): training seconds until the epoch that first reached it, device-hours = those "
-            "seconds x processes / 3600 (GPU-hours on GPU runs; the device column says which hardware), and the "
-            "training images seen by then; mean ± 95% interval over the seeds that reached it:",
-            md(_time_to_result(counted, thresholds)),
+            "Epochs until the test accuracy first reaches each threshold, over every chosen seed (diverged ones "
+            "included): mean ± 95% interval when every seed reached it; ∞ when one did not (AlgoPerf counts a run "
+            "that never reaches the target as infinite time), with how many reached it and their mean.",
+            "Time to result at the main threshold (after AlgoPerf: the training cost of reaching it; evaluation "
+            "and compilation excluded): training seconds until the epoch that first reached it, device-hours = "
+            "those seconds x processes / 3600 (GPU-hours on GPU runs; the device column says which hardware), and "
+            "the training images seen by then; mean ± 95% interval over the seeds that reached it:",
+            md(_time_to_result(counted, [] if study.main_threshold is None else [study.main_threshold])),
             f'> Reference claim, from {claim.source}: "{claim.quote}". It does not say which accuracy counts '
             "as converged, so its epochs are not directly comparable to a threshold column.\n>\n"
             "> He et al. 2016 (§4.1, plain-18 against ResNet-18 on ImageNet): "
@@ -437,11 +477,11 @@ def early_training_section(study: Study) -> str:
     parts = [
         "Gradient size, scale-free: ‖g‖/‖w‖ per weight tensor (the gradient's L2 norm over the weight's, the "
         "relative update scale LARS uses), which compares layers of different sizes where the raw ‖g‖ does "
-        f'not. Step 0 is the gradient at initialisation, before any update; "{window}" is the mean over the '
-        'recorded steps after it ("steps": how many each run recorded, step 0 included). First and last: the '
-        "first and the last weight layer in forward order; first / last is computed per run, then averaged "
-        "over seeds. Well below 1: the first layer's relative gradient is smaller than the last's; near 1: "
-        "about as large.",
+        f'not. Step 0 is the gradient at initialisation, before any update; "{window}" is the mean over those '
+        'optimiser steps, the same for every model ("steps": how many each run recorded, step 0 included). '
+        "First and last: the first and the last weight layer in forward order; first / last is computed per "
+        "run, then averaged over seeds. Well below 1: the first layer's relative gradient is smaller than the "
+        "last's (towards vanishing); well above 1: larger (towards exploding); near 1: about as large.",
         md(_size_rows(grads.per_run, window)),
         f"‖g‖/‖w‖ by depth: each model's weight layers, in forward order, split into {DEPTH_BINS} groups of "
         "(nearly) equal count; per run, each layer is averaged over the steps and then over the layers of its "
@@ -472,7 +512,12 @@ def figures_section(study: Study) -> str:
     figures, window = study.figures, early_window(study.gradients.steps)
     return "\n\n".join(
         [
-            f"![Test accuracy and train loss per epoch, mean over seeds]({figures.curves})",
+            f"![Test accuracy and train loss per epoch, mean over seeds with 95% bands, one row per arm]"
+            f"({figures.curves})",
+            f"![Final test accuracy against parameters, GFLOPs and training seconds, with the Pareto front]"
+            f"({figures.accuracy_cost})",
+            f"![Performance profile: fraction of runs within τ x the best time to the main threshold]"
+            f"({figures.profile})",
             f"![‖g‖/‖w‖ against depth at step 0 and over {window}, log scale]({figures.gradients})",
             f"![Step-to-step gradient cosine against depth over {window}]({figures.cosines})",
         ]

@@ -18,7 +18,7 @@ import pandas as pd
 
 from archbench.config import RunRequest, resolve_lr
 from archbench.errors import ArchbenchError
-from archbench.report.load import TuningFile, val_loss_at_best_epoch
+from archbench.report.load import TuningFile, holdout_loss_at_best_epoch
 from archbench.report.text import DASH, md, pct
 from archbench.tuning import ALL_DIVERGED, CHOSEN, TIE, Trial, choose
 
@@ -83,8 +83,8 @@ def trials_from_records(trials: pd.DataFrame) -> list[Trial]:
             seed=int(r.seed),
             run_id=r.run_id,
             status=r.status,
-            val_acc=_num(r.best_val_acc) if r.status == "completed" else None,
-            val_loss=val_loss_at_best_epoch(r.path, r.best_epoch) if r.status == "completed" else None,
+            val_acc=_num(r.best_holdout_acc) if r.status == "completed" else None,
+            val_loss=holdout_loss_at_best_epoch(r.path, r.best_epoch) if r.status == "completed" else None,
             test_acc=_num(r.test_acc_at_best_epoch),
         )
         for r in trials.itertuples()

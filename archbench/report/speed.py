@@ -135,14 +135,13 @@ LOOP_COLUMNS = (
     ("precision", "precision"),
     ("channels_last", "channels_last"),
     ("compile", "compiled"),
-    ("epoch2_images_per_s", "epoch 2 images/s"),
+    ("train_images_per_s", "images/s (median of steady epochs)"),
     ("compile_seconds", "compile (s)"),
     ("peak_memory_mb", "peak memory (MB)"),
 )
 MODEL_ONLY_COLUMNS = (
     ("model", "model"),
     ("train_images_per_s", "train images/s"),
-    ("inference_images_per_s", "inference images/s"),
     ("end_to_end_over_model_only", "end to end / model only (training)"),
     ("transform_over_forward", "batch transform / forward"),
 )
@@ -167,8 +166,9 @@ def gpu_part(study: Study) -> list[str]:
         f"torch {gpu['torch']}, CUDA {gpu['cuda']}, commit {str(gpu['git_commit'])[:12]}).",
         "The training loop, per setting:",
         _rows_table(gpu["loop"], LOOP_COLUMNS) if gpu["loop"] else "none recorded.",
-        "Model only, in the same process (one fixed batch on the device; batch transform / forward: seconds of "
-        "the input transform of a batch over those of the model's training forward on it):",
+        "Model only, in the same process (the loop's compiled step on batches kept on the device; batch "
+        "transform / forward: seconds of the input transform of a batch over those of the model's training "
+        "forward on it):",
         _rows_table(gpu["model_only"], MODEL_ONLY_COLUMNS) if gpu["model_only"] else "none recorded.",
     ]
     if gpu["goals"]:

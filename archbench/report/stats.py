@@ -1,11 +1,11 @@
-"""Statistics over seeds: confidence intervals, tests of a difference, and the seeds a difference would need.
+"""Statistics over seeds: confidence intervals, tests of a difference, and Holm's adjustment per family.
 
 Every mean the report prints comes with a 95% confidence interval from Student's t over the seeds
-(`t_interval`). Every difference the discussion draws is tested (`compare`): a paired t-test when both
+(`t_interval`). Every difference is tested once (`compare`, `one_sample`): a paired t-test when both
 sides ran the same seeds (a seed fixes the initialisation and the data order, so seeds pair up), Welch's
-t-test otherwise. A difference that the test does not resolve comes with the number of seeds per model
-that the observed spread would need to resolve it (`seeds_needed`: the power of the t-test, from the
-noncentral t distribution).
+t-test otherwise; when every seed shows the same difference the t statistic is undefined and the exact
+sign-flip test decides (with n seeds its smallest p is 2 / 2^n: 0.25 at 3 seeds, so it resolves nothing
+below 6). The p-values of one family of claims are adjusted together (`holm`).
 """
 
 from __future__ import annotations
@@ -18,10 +18,9 @@ import numpy as np
 from scipy import stats as scipy_stats
 
 CONFIDENCE = 0.95  # of every interval
-ALPHA = 0.05  # a difference is resolved when p < ALPHA (two-sided)
-POWER = 0.8  # the power `seeds_needed` plans for
-MAX_SEEDS = 1000  # `seeds_needed` searches no further
-PAIRED, WELCH = "paired", "Welch"
+ALPHA = 0.05  # a claim is resolved when its Holm-adjusted p < ALPHA (two-sided)
+PAIRED, WELCH, ONE_SAMPLE = "paired t", "Welch t", "one-sample t"
+SIGN_FLIP, PERMUTATION = "exact sign-flip", "exact permutation"
 
 
 def finite(values) -> list[float]:
@@ -55,53 +54,12 @@ def t_interval(values, confidence: float = CONFIDENCE) -> Interval:
     return Interval(float(np.mean(v)), t * sd / math.sqrt(len(v)), len(v))
 
 
-def power(
-    n: int | np.ndarray, difference: float, sd: float, paired: bool, sd_b: float | None = None, alpha: float = ALPHA
-):
-    """Power of a two-sided t-test at `alpha` against a true `difference`, with n seeds per model.
-
-    `paired`: a one-sample test of the per-seed differences, whose standard deviation is `sd` (df n - 1,
-    noncentrality difference·√n / sd). Otherwise two samples of n each with standard deviations `sd` and
-    `sd_b` (`sd` for both when None): Welch's df (n - 1)(sa² + sb²)² / (sa⁴ + sb⁴) and noncentrality
-    difference / √((sa² + sb²) / n), which with equal spreads are Student's df 2n - 2 and difference·√(n/2) / sd.
-    """
-    n = np.asarray(n, dtype=float)
-    if paired:
-        df, standard_error = n - 1, sd / np.sqrt(n)
-    else:
-        var_a, var_b = sd**2, (sd if sd_b is None else sd_b) ** 2
-        df = (n - 1) * (var_a + var_b) ** 2 / (var_a**2 + var_b**2)
-        standard_error = np.sqrt((var_a + var_b) / n)
-    noncentrality = difference / standard_error  # the two-sided power is the same for either sign
-    t = scipy_stats.t.ppf(1 - alpha / 2, df)
-    return scipy_stats.nct.sf(t, df, noncentrality) + scipy_stats.nct.cdf(-t, df, noncentrality)
-
-
-def seeds_needed(
-    difference: float,
-    sd: float,
-    paired: bool,
-    sd_b: float | None = None,
-    alpha: float = ALPHA,
-    target: float = POWER,
-) -> int | None:
-    """The fewest seeds per model, counting up from 2, at which the t-test described in `power` detects
-    `difference` with power `target`; MAX_SEEDS + 1 when MAX_SEEDS do not reach it; None when there is no
-    difference to detect (zero, or not a number) or a spread is not a number."""
-    spreads = [sd] if paired or sd_b is None else [sd, sd_b]
-    if difference == 0 or not all(math.isfinite(x) for x in [difference, *spreads]):
-        return None
-    if not any(spreads):  # no spread at all: any difference shows at the fewest seeds
-        return 2
-    n = np.arange(2, MAX_SEEDS + 1)
-    enough = np.flatnonzero(power(n, difference, sd, paired, sd_b, alpha) >= target)
-    return int(n[enough[0]]) if enough.size else MAX_SEEDS + 1
-
-
 @dataclass(frozen=True)
 class Comparison:
-    """A test of mean(a) - mean(b) over seeds. `test` is PAIRED, WELCH, or None when it cannot be tested
-    (fewer than two seeds on a side, or no spread on either side); `p` is then NaN."""
+    """A test of mean(a) - mean(b) over seeds (or, for `one_sample`, of mean(a) against 0). `test` names the
+    test (PAIRED, WELCH, SIGN_FLIP, PERMUTATION, ONE_SAMPLE) or is None when nothing can be tested (fewer
+    than two seeds on a side); `p` is then NaN. `constant` is the difference every seed showed, when the
+    per-seed differences (or the values of a one-sample test) are all the same."""
 
     mean_a: float
     mean_b: float
@@ -111,7 +69,8 @@ class Comparison:
     p: float
     sd_a: float  # each model's sample standard deviation over its seeds (NaN with fewer than two)
     sd_b: float
-    sd_differences: float = math.nan  # of the per-seed differences a - b, when PAIRED
+    statistic: float = math.nan  # t for the t-tests; the (constant) mean difference for the exact tests
+    constant: float | None = None
 
     @property
     def difference(self) -> float:
@@ -119,28 +78,27 @@ class Comparison:
 
     @property
     def resolved(self) -> bool:
+        """Unadjusted: p < ALPHA. Verdicts use the Holm-adjusted p of their family (`holm`)."""
         return self.test is not None and self.p < ALPHA
-
-    @property
-    def seeds_needed(self) -> int | None:
-        """Seeds per model the observed difference and spread would need (`seeds_needed`), planned for the
-        test used: paired on the per-seed differences, else Welch's on the two spreads; None if untested."""
-        if self.test is None:
-            return None
-        if self.test == PAIRED:
-            return seeds_needed(self.difference, self.sd_differences, paired=True)
-        return seeds_needed(self.difference, self.sd_a, paired=False, sd_b=self.sd_b)
 
 
 def _sd(values: list[float]) -> float:
     return float(np.std(values, ddof=1)) if len(values) > 1 else math.nan
 
 
+def sign_flip_p(n: int, difference: float) -> float:
+    """Exact two-sided sign-flip p of n paired differences that all equal `difference`: of the 2^n sign
+    patterns equally likely under no difference, the two with every sign alike are as extreme as this one."""
+    return 1.0 if difference == 0 else min(1.0, 2.0 / 2**n)
+
+
 def compare(a: dict[int, float], b: dict[int, float]) -> Comparison:
     """Test a difference of means between two models, each given as {seed: value}.
 
-    Paired t-test when both ran the same seeds (and the per-seed differences vary), Welch's t-test
-    otherwise. Non-finite values are dropped with their seed first.
+    Paired t-test when both ran the same seeds; when every per-seed difference is the same d (the t
+    statistic is undefined), the exact sign-flip test (`sign_flip_p`), never Welch. Welch's t-test for
+    different seeds; when neither side varies, the exact permutation test (two of the C(n_a + n_b, n_a)
+    splits are as extreme). Non-finite values are dropped with their seed first.
     """
     a = {s: float(v) for s, v in a.items() if finite([v])}
     b = {s: float(v) for s, v in b.items() if finite([v])}
@@ -153,11 +111,45 @@ def compare(a: dict[int, float], b: dict[int, float]) -> Comparison:
         return Comparison(*sides, None, math.nan, *spreads)
     with warnings.catch_warnings():  # scipy warns of precision loss on nearly equal values; the guards decide
         warnings.simplefilter("ignore", RuntimeWarning)
-        differences = [x - y for x, y in zip(va, vb)]
-        if a.keys() == b.keys() and not _no_spread(differences):
-            p = float(scipy_stats.ttest_rel(va, vb).pvalue)
-            return Comparison(*sides, PAIRED, p, *spreads, _sd(differences))
+        if a.keys() == b.keys():
+            differences = [x - y for x, y in zip(va, vb)]
+            if _no_spread(differences):
+                d = float(np.mean(differences))
+                return Comparison(*sides, SIGN_FLIP, sign_flip_p(len(va), d), *spreads, d, d)
+            result = scipy_stats.ttest_rel(va, vb)
+            return Comparison(*sides, PAIRED, float(result.pvalue), *spreads, float(result.statistic))
         if _no_spread(va) and _no_spread(vb):
-            return Comparison(*sides, None, math.nan, *spreads)
-        p = float(scipy_stats.ttest_ind(va, vb, equal_var=False).pvalue)
-    return Comparison(*sides, WELCH, p, *spreads)
+            d = mean_a - mean_b
+            p = 1.0 if d == 0 else min(1.0, 2.0 / math.comb(len(va) + len(vb), len(va)))
+            return Comparison(*sides, PERMUTATION, p, *spreads, d, d)
+        result = scipy_stats.ttest_ind(va, vb, equal_var=False)
+    return Comparison(*sides, WELCH, float(result.pvalue), *spreads, float(result.statistic))
+
+
+def one_sample(values: dict[int, float]) -> Comparison:
+    """Test mean(values) against 0 over seeds: Student's one-sample t, or the exact sign-flip test when every
+    seed gave the same value (`sign_flip_p`). `mean_b` is 0."""
+    v = finite(values.values())
+    mean = float(np.mean(v)) if v else math.nan
+    sides = (mean, 0.0, len(v), len(v))
+    if len(v) < 2:
+        return Comparison(*sides, None, math.nan, _sd(v), math.nan)
+    if _no_spread(v):
+        return Comparison(*sides, SIGN_FLIP, sign_flip_p(len(v), mean), 0.0, math.nan, mean, mean)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        result = scipy_stats.ttest_1samp(v, 0.0)
+    return Comparison(*sides, ONE_SAMPLE, float(result.pvalue), _sd(v), math.nan, float(result.statistic))
+
+
+def holm(p_values) -> list[float]:
+    """Holm's step-down adjustment (Holm 1979) of one family's p-values: sort the m tested ones, multiply
+    the k-th smallest by m - k + 1, take the running maximum, cap at 1. NaN (untested) stays NaN and does
+    not count in m."""
+    p = [float(x) for x in p_values]
+    tested = sorted((x, i) for i, x in enumerate(p) if not math.isnan(x))
+    m, adjusted, running = len(tested), [math.nan] * len(p), 0.0
+    for k, (x, i) in enumerate(tested):
+        running = max(running, min(1.0, (m - k) * x))
+        adjusted[i] = running
+    return adjusted

@@ -4,9 +4,15 @@ derived from them.
 A group is one architecture trained with one kind of learning rate. Runs group by model name and by
 architecture (the registry entry's builder and arguments, and the parameter count): two architectures
 recorded under one name are shown apart, tagged with a short hash of what builds them, and named in a
-warning, never averaged together. Study runs whose rate came from a tuning file (`lr_source` "tuned ...")
-form their own group beside those on the shared recipe (the preset's rate, or `--lr`). Tuning trials
-(config `tuning_trial`) are never in a group: they appear in the learning-rate sensitivity section only.
+warning, never averaged together. The learning-rate arm is part of the group: runs at the registry
+default rates (the preset's rate times the entry's lr_scale), runs at a rate from a tuning file (`lr_source`
+"tuned ..."), and runs at a rate set with `--lr` (one group per rate). Tuning trials (config
+`tuning_trial`) are never in a group: they appear in the learning-rate sensitivity section only.
+
+Identical runs are shown once: a group whose every chosen run has a twin in another group with the same
+recipe (`load.recipe_key`: everything that determines the numbers, whatever the rate was called) and the
+same per-epoch numbers (`load.numbers_key`) is folded into that group (`Study.identical`), e.g. a tuned
+rate that equals the registry default.
 """
 
 from __future__ import annotations
@@ -33,14 +39,21 @@ from archbench.report.load import (
     select_runs,
 )
 from archbench.report.sensitivity import Sensitivity, load_sensitivity
+from archbench.report.thresholds import main_threshold
 
-SHARED, TUNED = "shared recipe", "tuned"
+SHARED, TUNED, FIXED = "registry default rates", "tuned", "rate set by --lr"
 TUNED_TAG = " (tuned lr)"
 
 
 def arm_of(lr_source) -> str:
-    """SHARED for the preset's rate or --lr, TUNED for a rate from a tuning file."""
-    return TUNED if str(lr_source).startswith("tuned") else SHARED
+    """SHARED for the preset's rate (times the entry's lr_scale), TUNED for a rate from a tuning file, FIXED
+    for a rate given with --lr."""
+    source = str(lr_source)
+    return TUNED if source.startswith("tuned") else FIXED if source.startswith("--lr") else SHARED
+
+
+def _tag(arm: str, lr: float) -> str:
+    return TUNED_TAG if arm == TUNED else f" (--lr {lr:g})" if arm == FIXED else ""
 
 
 class ArchitectureClash(NamedTuple):
@@ -71,6 +84,8 @@ class FigureFiles(NamedTuple):
     gradients: str
     cosines: str
     lr_sensitivity: str
+    accuracy_cost: str
+    profile: str
 
 
 @dataclass(frozen=True)
@@ -86,7 +101,7 @@ class Study:
     trials: pd.DataFrame
     ignored: list[str]  # run folders with no recorded epoch, as model/run_id
     clashes: list[ArchitectureClash]
-    curves: pd.DataFrame  # per label and epoch: test_acc and train_loss averaged over seeds
+    curves: pd.DataFrame  # per label, arm, seed and epoch: test_acc and train_loss of the counted runs
     gradients: GradientTables
     sensitivity: Sensitivity | None
     latency: pd.DataFrame | None
@@ -94,10 +109,19 @@ class Study:
     gpu: dict | None
     inputs: Inputs
     figures: FigureFiles
+    identical: dict[str, str]  # a group folded into another because its runs are the same (see above)
+    kinds: pd.DataFrame  # `traits` of the counted groups
+    main_threshold: float | None  # `claims.main_threshold`
+    claims: pd.DataFrame | None = None  # `claims.build_claims`, set once the study is loaded
 
     @property
     def labels(self) -> list[str]:
         return sorted(self.counted["label"].unique())
+
+    @property
+    def chosen(self) -> pd.DataFrame:
+        """Per group and seed the run that counts (completed or not), identical groups folded."""
+        return self.runs[self.runs["selected"] & self.runs["label"].isin(self.kinds.index)]
 
 
 def _fill_parameters(runs: pd.DataFrame) -> pd.Series:
@@ -135,7 +159,7 @@ def label_runs(runs: pd.DataFrame) -> tuple[pd.DataFrame, list[ArchitectureClash
         tags[(model, ident)] = model if by_name[model] == 1 else f"{model} [{tag}]"
     runs["name_label"] = [tags[(m, i)] for m, i in zip(runs["model"], runs["identity"])]
     runs["arm"] = [arm_of(s) for s in runs["lr_source"]]
-    runs["label"] = [n + (TUNED_TAG if a == TUNED else "") for n, a in zip(runs["name_label"], runs["arm"])]
+    runs["label"] = [n + _tag(a, lr) for n, a, lr in zip(runs["name_label"], runs["arm"], runs["lr"])]
     clashes = []
     for model, rows in runs[runs["model"].map(by_name) > 1].groupby("model", sort=True):
         variants = sorted({f"{r.name_label} ({_architecture_text(r)})" for r in rows.itertuples()})
@@ -154,6 +178,28 @@ def traits(counted: pd.DataFrame) -> pd.DataFrame:
     ].first()
 
 
+def identical_groups(runs: pd.DataFrame) -> dict[str, str]:
+    """{group: the group it repeats} for each group whose every chosen run has a run in an earlier group
+    (registry default rates first) with the same seed, recipe and per-epoch numbers."""
+    chosen = runs[runs["selected"]]
+    order = sorted(
+        chosen["label"].unique(),
+        key=lambda label: (chosen.loc[chosen["label"] == label, "arm"].iloc[0] != SHARED, label),
+    )
+    seen: dict[tuple, str] = {}
+    out = {}
+    for label in order:
+        rows = chosen[chosen["label"] == label]
+        keys = [(r.seed, r.recipe_key, r.numbers_key) for r in rows.itertuples()]
+        twins = {seen.get(k) for k in keys}
+        if len(twins) == 1 and None not in twins:
+            out[label] = twins.pop()
+            continue
+        for k in keys:
+            seen.setdefault(k, label)
+    return out
+
+
 def load_study(inputs: Inputs, figures: FigureFiles) -> Study:
     folders = load_runs(inputs.runs_dir)
     all_runs, clashes = label_runs(folders.runs)
@@ -165,8 +211,11 @@ def load_study(inputs: Inputs, figures: FigureFiles) -> Study:
             "with `archbench run ...`"
         )
     runs = select_runs(study_runs, "label")
-    counted = counted_runs(runs, "label")
-    curves = load_curves(counted).groupby(["label", "epoch"], sort=True)[["test_acc", "train_loss"]].mean()
+    identical = identical_groups(runs)
+    counted = counted_runs(runs[~runs["label"].isin(identical)], "label")
+    curves = load_curves(counted)[["label", "seed", "epoch", "test_acc", "train_loss"]]
+    curves = curves.merge(counted[["label", "arm", "model"]].drop_duplicates("label"), on="label")
+    selected = runs[runs["selected"] & ~runs["label"].isin(identical)]
     return Study(
         runs=runs,
         counted=counted,
@@ -174,7 +223,7 @@ def load_study(inputs: Inputs, figures: FigureFiles) -> Study:
         trials=trials.reset_index(drop=True),
         ignored=folders.ignored,
         clashes=clashes,
-        curves=curves.reset_index(),
+        curves=curves.sort_values(["label", "seed", "epoch"], ignore_index=True),
         gradients=gradient_tables(load_gradnorms(counted)),
         sensitivity=load_sensitivity(trials, load_tuning_files(inputs.runs_dir, inputs.relative), runs),
         latency=load_latency(inputs.latency),
@@ -182,4 +231,7 @@ def load_study(inputs: Inputs, figures: FigureFiles) -> Study:
         gpu=load_gpu_results(inputs.gpu_results),
         inputs=inputs,
         figures=figures,
+        identical=identical,
+        kinds=traits(counted),
+        main_threshold=main_threshold(selected, thresholds_of(selected)),
     )

@@ -3,29 +3,34 @@
 from __future__ import annotations
 
 import math
+import textwrap
 
 import pandas as pd
 
-from archbench.report.stats import ALPHA, CONFIDENCE, MAX_SEEDS, PAIRED, POWER, Comparison, finite, t_interval
+from archbench.report.stats import ALPHA, CONFIDENCE, PAIRED, PERMUTATION, SIGN_FLIP, WELCH, finite, t_interval
 
 DASH = "—"
 NO_INTERVAL = "n=1, no interval"
+MAX_LINE = 300  # characters: no line of the report is longer
 INTERVAL_RULE = (
     f"a ± h (n=k) is the mean over k seeds and the half-width h of its {100 * CONFIDENCE:g}% confidence interval "
-    f"(Student's t over the seeds: h = t_{{{(1 + CONFIDENCE) / 2:g}, k-1}} · s / √k, s the sample standard deviation); "
-    f'one seed gives the value alone ("{NO_INTERVAL}")'
+    f"(Student's t over the seeds: h = t_{{{(1 + CONFIDENCE) / 2:g}, k-1}} · s / √k, s the sample standard "
+    f'deviation); one seed gives the value alone ("{NO_INTERVAL}"); "all k seeds equal" means every seed landed '
+    "on the same value at the measurement's resolution, not that the value is certain"
 )
-TEST_RULE = (
-    "A difference is tested with a paired t-test when both models ran the same seeds (a seed fixes the "
-    "initialisation and the data order, so seeds pair up) and with Welch's t-test otherwise; it is called "
-    f"resolved when p < {ALPHA:g} (two-sided). For a difference not resolved, the report gives the seeds per "
-    "model that the observed spread would need to resolve it: the fewest n at which the same test, two-sided "
-    f"at {ALPHA:g}, has {100 * POWER:g}% power against the observed difference d, from the noncentral t "
-    "distribution (paired: one sample of n per-seed differences with their standard deviation s, df n - 1, "
-    "noncentrality d √n / s; Welch: n seeds of each model with their standard deviations s_a and s_b, "
-    "Welch's df, noncentrality d / √((s_a² + s_b²) / n), which is Student's two-sample test, df 2n - 2, when "
-    f"the spreads are equal; searched up to {MAX_SEEDS}). It takes the observed d and spread for the truth: "
-    "a plan, not a promise."
+TEST_RULES = (
+    f"Each claim is one test, run once. Same seeds on both sides: the {PAIRED}-test on the per-seed "
+    "differences (a seed fixes the initialisation and the data order, so seeds pair up). When every seed "
+    f"shows the same difference d the t statistic is undefined: the {SIGN_FLIP} test decides (p = 2 / 2^n, "
+    'exact; 0.25 with 3 seeds, so it resolves nothing below 6 seeds), and the claim says "every seed: +d". '
+    f"Different seeds: {WELCH} (unequal variances), or the {PERMUTATION} test when neither side varies.",
+    "Claims come in families (accuracy, depth, time-to-threshold, gradient-step0, gradient-early); within "
+    "each family the p-values are adjusted with Holm's step-down procedure (Holm 1979), which holds the "
+    f"chance of any false claim in the family below {ALPHA:g}. A claim is resolved only when its adjusted "
+    f"p < {ALPHA:g} (two-sided). REPORT-claims.csv holds every claim with its raw and adjusted p.",
+    "No claim says an outcome changes between arms (the difference between resolved and not resolved is "
+    "not itself tested), and no number of seeds needed is given: power computed from the observed effect "
+    "adds nothing to its p-value (Hoenig & Heisey 2001).",
 )
 
 
@@ -33,25 +38,28 @@ def md(frame: pd.DataFrame) -> str:
     return frame.to_markdown(index=False, disable_numparse=True)
 
 
-def ci(values, fmt: str, scale: float = 1.0, seeds: int | None = None) -> str:
-    """'mean ± half-width (n=k)' over seeds, 'value (n=1, no interval)' for one seed, — for none. In a table
-    that states the seeds once per row, `seeds` is that n: a cell over exactly that many leaves its n out."""
+def ci(values, fmt: str, scale: float = 1.0, seeds: int | None = None, resolution: str = "") -> str:
+    """'mean ± half-width (n=k)' over seeds, 'value (n=1, no interval)' for one seed, — for none, and
+    'value (all k seeds equal, resolution r)' when every seed gave the same value. In a table that states the
+    seeds once per row, `seeds` is that n: a cell over exactly that many leaves its n out."""
     interval = t_interval(values)
     if interval.n == 0:
         return DASH
     mean = format(scale * interval.mean, fmt)
     if interval.n == 1:
         return mean if seeds == 1 else f"{mean} ({NO_INTERVAL})"
+    if interval.half_width == 0:
+        return f"{mean} (all {interval.n} seeds equal{', resolution ' + resolution if resolution else ''})"
     half = format(scale * interval.half_width, fmt)
     return f"{mean} ± {half}" if seeds == interval.n else f"{mean} ± {half} (n={interval.n})"
 
 
-def pct(values) -> str:
-    return ci(values, ".2f", 100.0)
+def pct(values, resolution: str = "") -> str:
+    return ci(values, ".2f", 100.0, resolution=resolution)
 
 
 def epochs_cell(values) -> str:
-    return ci(values, ".1f")
+    return ci(values, ".1f", resolution="1 epoch")
 
 
 def counts(values) -> str:
@@ -99,24 +107,22 @@ def p_text(p: float) -> str:
     return f"p = {p!r}"
 
 
-def seeds_count(c: Comparison) -> str:
-    return f"{c.n_a}" if c.n_a == c.n_b else f"{c.n_a} and {c.n_b}"
-
-
-def verdict(c: Comparison) -> str:
-    """The test of a difference in words: 'resolved (p = 0.012, Welch, n = 3 vs 3)', or why not."""
-    if c.n_a < 2 or c.n_b < 2:
-        return "not testable: one seed on at least one side"
-    if c.test is None:
-        return f"not testable: no seed-to-seed spread on either side (n = {c.n_a} vs {c.n_b})"
-    detail = f"{p_text(c.p)}, {'paired' if c.test == PAIRED else c.test}, n = {c.n_a} vs {c.n_b}"
-    if c.resolved:
-        return f"resolved ({detail})"
-    text = f"not resolved with {seeds_count(c)} seeds ({detail})"
-    needed = c.seeds_needed
-    if needed is None:
-        return text + "; no number of seeds resolves a zero difference"
-    power = f"{100 * POWER:g}% power"
-    if needed > MAX_SEEDS:
-        return text + f"; at the observed spread more than {MAX_SEEDS} seeds per model would be needed for {power}"
-    return text + f"; at the observed spread {needed} seeds per model would resolve a difference this size with {power}"
+def wrap_prose(markdown: str, width: int = 160) -> str:
+    """Every prose line longer than `width` hard-wrapped (markdown renders it the same): bullets continue
+    indented, quotes continue quoted; tables, headings and images are left as they are."""
+    out = []
+    for line in markdown.split("\n"):
+        if len(line) <= width or line.startswith(("|", "#", "![")):
+            out.append(line)
+            continue
+        first, rest = ("- ", "  ") if line.startswith("- ") else ("> ", "> ") if line.startswith("> ") else ("", "")
+        body = line[len(first) :]
+        out += textwrap.wrap(
+            body,
+            width,
+            initial_indent=first,
+            subsequent_indent=rest,
+            break_long_words=False,
+            break_on_hyphens=False,
+        )
+    return "\n".join(out)

@@ -1,0 +1,26 @@
+"""What every data source hands to the packer: a data set's splits as in-memory arrays.
+
+A source module (Tiny-ImageNet, CIFAR, an ImageFolder tree, the embedded digits) reads its official
+format into `SourceArrays`; the packer turns that into the one verified form on disk (uint8 arrays,
+a manifest with the image shape, classes, per-channel statistics of the training split, counts and
+checksums), so everything after packing is the same for every source.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass
+class SourceArrays:
+    """A data set's train and test splits: uint8 images N x H x W x 3 and int64 labels in [0, len(classes))."""
+
+    classes: list[str]  # class identifiers in label order
+    train_images: np.ndarray
+    train_labels: np.ndarray
+    test_images: np.ndarray
+    test_labels: np.ndarray
+    names: dict[str, str] = field(default_factory=dict)  # class identifier -> readable name, where the source has one
+    extra: dict = field(default_factory=dict)  # source-specific facts recorded in the manifest (e.g. coarse labels)

@@ -1,0 +1,426 @@
+"""CIFAR-10 and CIFAR-100 from the official python-format archives, and their training augmentation.
+
+The archives (https://www.cs.toronto.edu/~kriz/cifar.html; URLs and md5s as torchvision's
+``datasets/cifar.py`` publishes them) hold pickled batches::
+
+    cifar-10-python.tar.gz     cifar-10-batches-py/data_batch_1 ... data_batch_5, test_batch, batches.meta
+    cifar-100-python.tar.gz    cifar-100-python/train, test, meta
+
+A batch is a dict with ``data`` (uint8 N x 3072: 1024 red, 1024 green, 1024 blue values, each a 32 x 32
+image in row-major order), ``labels`` (CIFAR-10) or ``fine_labels`` and ``coarse_labels`` (CIFAR-100),
+``filenames`` and ``batch_label``; the meta file names the classes in label order (``label_names``;
+``fine_label_names`` and ``coarse_label_names``). CIFAR-100 trains on its 100 fine labels; the 20 coarse
+classes and the coarse class of each fine class are recorded in the manifest's ``extra``.
+
+Unpickling can run any code a file names, so a batch is read by an unpickler that builds nothing but
+plain containers and the three numpy objects an array needs (``_reconstruct``, ``ndarray``, ``dtype``);
+any other global (``os.system``, ``builtins.eval``, a class) stops the read before it is looked up.
+Only the known keys are accepted, with the types and ranges above. The archive is read in place (no
+extraction): a damaged or truncated archive, a missing member or a batch that is not CIFAR's is one line
+naming the file, and nothing is written.
+
+``--source`` may be the official URL (the default), another URL, the archive or the folder it extracts
+to. The official archive, or a folder whose every file has its published md5, is recorded as
+``verified``; anything else is used with one line saying so and recorded as unverified.
+
+Training augmentation (He et al. 2016, "Deep Residual Learning for Image Recognition", §4.2): "4 pixels
+are padded on each side, and a 32 x 32 crop is randomly sampled from the padded image or its horizontal
+flip"; evaluation uses the image as it is. `pad_crop_flip` does this for a whole batch on the device
+with one gather (tests/test_source_cifar.py checks it against torchvision's ``pad`` + ``crop`` +
+``hflip``).
+"""
+
+from __future__ import annotations
+
+import io
+import pickle
+import tarfile
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from rich.console import Console
+
+from archbench.data.arrays import SourceArrays
+from archbench.data.download import download
+from archbench.data.files import file_digest
+from archbench.data.packed import say
+from archbench.errors import ArchbenchError
+
+PADDING = 4  # pixels of zeros on each side before the random crop (He et al. 2016, §4.2)
+SIDE = 32
+PIXELS = 3 * SIDE * SIDE
+BATCH_KEYS = frozenset({"data", "labels", "fine_labels", "coarse_labels", "filenames", "batch_label"})
+META_KEYS = frozenset({"label_names", "num_cases_per_batch", "num_vis", "fine_label_names", "coarse_label_names"})
+# What a damaged archive raises while it is listed or read: tarfile's own errors, gzip's (an OSError),
+# a truncated stream (EOFError) and a broken deflate stream.
+DAMAGED_ARCHIVE_ERRORS = (tarfile.TarError, OSError, EOFError, zlib.error)
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One of the two CIFAR data sets: where its archive is, what it holds and which keys carry what."""
+
+    name: str
+    url: str
+    md5: str  # of the archive
+    folder: str  # the archive's top folder
+    train: tuple[str, ...]  # member names of the training batches, in order
+    test: str
+    meta: str
+    member_md5: dict  # member name -> md5 of the extracted file
+    labels: str  # the batch key of the labels trained on
+    label_names: str  # the meta key naming those classes
+    num_classes: int
+    coarse_classes: int = 0  # CIFAR-100's superclasses (0: none)
+
+
+CIFAR10 = Variant(
+    name="cifar10",
+    url="https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
+    md5="c58f30108f718f92721af3b95e74349a",
+    folder="cifar-10-batches-py",
+    train=tuple(f"data_batch_{i}" for i in range(1, 6)),
+    test="test_batch",
+    meta="batches.meta",
+    member_md5={
+        "data_batch_1": "c99cafc152244af753f735de768cd75f",
+        "data_batch_2": "d4bba439e000b95fd0a9bffe97cbabec",
+        "data_batch_3": "54ebc095f3ab1f0389bbae665268c751",
+        "data_batch_4": "634d18415352ddfa80567beed471001a",
+        "data_batch_5": "482c414d41f54cd18b22e5b47cb7c3cb",
+        "test_batch": "40351d587109b95175f43aff81a1287e",
+        "batches.meta": "5ff9c542aee3614f3951f8cda6e48888",
+    },
+    labels="labels",
+    label_names="label_names",
+    num_classes=10,
+)
+CIFAR100 = Variant(
+    name="cifar100",
+    url="https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",
+    md5="eb9058c3a382ffc7106e4002c42a8d85",
+    folder="cifar-100-python",
+    train=("train",),
+    test="test",
+    meta="meta",
+    member_md5={
+        "train": "16019d7e3df5f24257cddd939b257f8d",
+        "test": "f0ef6b0ae62326f3e7ffdfab6717acfc",
+        "meta": "7973b15100ade9c7d40fb424638fde48",
+    },
+    labels="fine_labels",
+    label_names="fine_label_names",
+    num_classes=100,
+    coarse_classes=20,
+)
+VARIANTS = {variant.name: variant for variant in (CIFAR10, CIFAR100)}
+
+
+# ----------------------------------------------------------------------------------------------------
+# getting the archive
+
+
+def load(
+    variant: Variant, source: str | Path | None, root: Path, console: Console | None = None
+) -> tuple[SourceArrays, dict]:
+    """`fetch` and `read` the data set; once it has been read, an unverified source is said in one line (one
+    that cannot be read is only its error)."""
+    path, record = fetch(variant, source, root, console)
+    arrays = read(variant, path)
+    if not record["verified"]:
+        differs = (
+            f"holds {variant.name} files whose md5 is not the published one"
+            if record["kind"] == "folder"
+            else f"has {record['checksum']}, not the official {variant.name} md5:{variant.md5}"
+        )
+        say(console, f"[yellow]unverified:[/] {record['location']} {differs}; using it, recorded as unverified")
+    return arrays, record
+
+
+def fetch(variant: Variant, source: str | Path | None, root: Path, console: Console | None = None) -> tuple[Path, dict]:
+    """The archive or folder to read, and the manifest's ``source`` record for it.
+
+    ``source``: None or a URL (downloaded into ``root``, resumably; the official URL with its md5 checked),
+    a local archive, or a folder holding the extracted batches. The record is ``{kind, location, checksum,
+    verified}``.
+    """
+    text = str(source) if source is not None else variant.url
+    if text.startswith(("http://", "https://")):
+        name = Path(text.split("?")[0]).name or Path(variant.url).name
+        path = download(text, Path(root) / name, md5=variant.md5 if text == variant.url else None, console=console)
+        kind, location = "url", text
+    else:
+        path = Path(text).expanduser()
+        if not path.exists():
+            raise ArchbenchError(f"--source {text} is neither an http(s) URL nor an existing archive or folder")
+        kind, location = ("folder", str(batches_folder(variant, path))) if path.is_dir() else ("file", str(path))
+    if kind == "folder":
+        folder = Path(location)
+        digests = {member: _member_md5(folder / member) for member in variant.member_md5}
+        checksum = "md5:" + ",".join(f"{member}={digest}" for member, digest in sorted(digests.items()))
+        verified = digests == variant.member_md5
+    else:
+        md5 = file_digest(path, "md5")
+        checksum, verified = f"md5:{md5}", md5 == variant.md5
+    return (Path(location) if kind == "folder" else path), {
+        "kind": kind,
+        "location": location,
+        "checksum": checksum,
+        "verified": verified,
+    }
+
+
+def batches_folder(variant: Variant, folder: Path) -> Path:
+    """The folder holding the batches: ``folder`` itself or its ``cifar-10-batches-py``/``cifar-100-python``."""
+    folder = Path(folder)
+    if (folder / variant.meta).is_file():
+        return folder
+    if (folder / variant.folder / variant.meta).is_file():
+        return folder / variant.folder
+    raise ArchbenchError(
+        f"{folder / variant.folder / variant.meta} is missing, so {folder} is not a {variant.name} folder"
+    )
+
+
+def _member_md5(path: Path) -> str | None:
+    return file_digest(path, "md5") if path.is_file() else None
+
+
+# ----------------------------------------------------------------------------------------------------
+# reading
+
+
+def read(variant: Variant, path: Path) -> SourceArrays:
+    """The train and test splits of the archive (or extracted folder) at ``path``; one line naming the file
+    at fault for anything that is not the official format."""
+    path = Path(path)
+    members = _folder_members(variant, path) if path.is_dir() else _archive_members(variant, path)
+    meta = _checked_meta(variant, members[variant.meta])
+    names = meta[variant.label_names]
+    splits = {
+        "train": [_checked_batch(variant, members[m], len(names), meta) for m in variant.train],
+        "test": [_checked_batch(variant, members[variant.test], len(names), meta)],
+    }
+    images = {split: np.concatenate([b.images for b in batches]) for split, batches in splits.items()}
+    labels = {split: np.concatenate([b.labels for b in batches]) for split, batches in splits.items()}
+    extra = {}
+    if variant.coarse_classes:
+        coarse = {split: np.concatenate([b.coarse for b in batches]) for split, batches in splits.items()}
+        extra = {
+            "coarse_classes": meta["coarse_label_names"],
+            "coarse_of_class": _coarse_of_class(variant, path, labels, coarse, len(names)),
+        }
+    return SourceArrays(
+        classes=list(names),
+        train_images=images["train"],
+        train_labels=labels["train"],
+        test_images=images["test"],
+        test_labels=labels["test"],
+        extra=extra,
+    )
+
+
+@dataclass
+class _Member:
+    where: str  # "ARCHIVE:MEMBER" or the file's path, for messages
+    data: bytes
+
+
+def _archive_members(variant: Variant, archive: Path) -> dict[str, _Member]:
+    """The bytes of the archive's batch and meta members (read in place, nothing extracted)."""
+    wanted = {f"{variant.folder}/{name}": name for name in (*variant.train, variant.test, variant.meta)}
+    members: dict[str, _Member] = {}
+    try:
+        with tarfile.open(archive, "r:gz") as tar:
+            for info in tar:
+                name = wanted.get(info.name.removeprefix("./"))
+                if name is None:
+                    continue
+                if not info.isfile():
+                    raise ArchbenchError(f"{archive} holds {info.name} as a link or folder, not a file")
+                with tar.extractfile(info) as f:
+                    members[name] = _Member(f"{archive}:{info.name}", f.read())
+    except DAMAGED_ARCHIVE_ERRORS as e:
+        raise ArchbenchError(f"{archive} is not a readable {variant.name} archive ({_reason(e)})") from None
+    missing = [member for member in wanted if wanted[member] not in members]
+    if missing:
+        raise ArchbenchError(
+            f"{archive} lacks {missing[0]}, so it is not the official {Path(variant.url).name} (or is truncated)"
+        )
+    return members
+
+
+def _folder_members(variant: Variant, folder: Path) -> dict[str, _Member]:
+    members = {}
+    for name in (*variant.train, variant.test, variant.meta):
+        path = folder / name
+        if not path.is_file():
+            raise ArchbenchError(f"{path} is missing, so {folder} is not a complete {variant.name} folder")
+        members[name] = _Member(str(path), path.read_bytes())
+    return members
+
+
+class _ArraysOnly(pickle.Unpickler):
+    """Unpickles plain containers, strings, numbers and numpy arrays; refuses every other global by name.
+
+    ``find_class`` is the only way a pickle reaches a callable, so a file naming anything else (``os.system``,
+    ``builtins.exec``, ``_codecs.encode``, a class) stops here, before it is even imported.
+    """
+
+    def find_class(self, module: str, name: str):
+        allowed = _ARRAY_GLOBALS.get((module, name))
+        if allowed is None:
+            raise pickle.UnpicklingError(f"it names {module}.{name}, which a CIFAR batch never holds")
+        return allowed
+
+
+def _reconstruct():
+    """numpy's array unpickling helper, from where this numpy keeps it (``numpy._core`` since numpy 2)."""
+    core = getattr(np, "_core", None) or np.core
+    return core.multiarray._reconstruct
+
+
+# The official batches were pickled by Python 2 with numpy 1.x, which named the helper numpy.core.multiarray.
+_ARRAY_GLOBALS = {
+    ("numpy.core.multiarray", "_reconstruct"): _reconstruct(),
+    ("numpy._core.multiarray", "_reconstruct"): _reconstruct(),
+    ("numpy", "ndarray"): np.ndarray,
+    ("numpy", "dtype"): np.dtype,
+}
+
+
+def _unpickle(member: _Member, kind: str) -> dict:
+    """The member's dict with string keys; a pickle that is not a plain dict of known keys is refused."""
+    try:
+        # latin1 turns Python 2 str (keys, names, and the array bytes) into str, as numpy expects
+        value = _ArraysOnly(io.BytesIO(member.data), encoding="latin1").load()
+    except Exception as e:  # a malformed pickle can raise almost anything; none of it is ours to show
+        raise ArchbenchError(f"{member.where} is not a CIFAR {kind} ({_reason(e)})") from None
+    if not isinstance(value, dict):
+        raise ArchbenchError(f"{member.where} is not a CIFAR {kind} (it holds a {type(value).__name__}, not a dict)")
+    value = {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in value.items()}
+    known = META_KEYS if kind == "meta file" else BATCH_KEYS
+    unknown = sorted(str(k) for k in value if k not in known)
+    if unknown:
+        raise ArchbenchError(f"{member.where} is not a CIFAR {kind} (it holds the unknown key {unknown[0]!r})")
+    return value
+
+
+def _checked_meta(variant: Variant, member: _Member) -> dict:
+    meta = _unpickle(member, "meta file")
+    keys = [variant.label_names] + (["coarse_label_names"] if variant.coarse_classes else [])
+    expected = [variant.num_classes] + ([variant.coarse_classes] if variant.coarse_classes else [])
+    for key, count in zip(keys, expected):
+        names = meta.get(key)
+        if names is None:
+            raise ArchbenchError(f"{member.where} lacks {key!r}, so it is not the {variant.name} meta file")
+        if not isinstance(names, list) or not all(isinstance(n, str) and n for n in names):
+            raise ArchbenchError(f"{member.where}: {key!r} is not a list of class names")
+        if len(names) != count:
+            raise ArchbenchError(f"{member.where} names {len(names)} classes in {key!r}, not {variant.name}'s {count}")
+        if len(set(names)) != len(names):
+            raise ArchbenchError(f"{member.where} names some classes in {key!r} more than once")
+    return meta
+
+
+@dataclass
+class _Batch:
+    images: np.ndarray  # uint8 N x 32 x 32 x 3
+    labels: np.ndarray  # int64 N
+    coarse: np.ndarray | None
+
+
+def _checked_batch(variant: Variant, member: _Member, num_classes: int, meta: dict) -> _Batch:
+    batch = _unpickle(member, "batch")
+    data = batch.get("data")
+    if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != PIXELS:
+        found = f"{data.dtype} {list(data.shape)}" if isinstance(data, np.ndarray) else type(data).__name__
+        raise ArchbenchError(f"{member.where}: 'data' is {found}, not uint8 N x {PIXELS}")
+    labels = _checked_labels(member, batch, variant.labels, len(data), num_classes)
+    coarse = None
+    if variant.coarse_classes:
+        coarse = _checked_labels(member, batch, "coarse_labels", len(data), variant.coarse_classes)
+    images = data.reshape(-1, 3, SIDE, SIDE).transpose(0, 2, 3, 1)
+    return _Batch(np.ascontiguousarray(images), labels, coarse)
+
+
+def _checked_labels(member: _Member, batch: dict, key: str, count: int, num_classes: int) -> np.ndarray:
+    values = batch.get(key)
+    if values is None:
+        raise ArchbenchError(f"{member.where} lacks {key!r}, so it is not a CIFAR batch of this data set")
+    if not isinstance(values, list | np.ndarray) or not all(isinstance(v, int | np.integer) for v in values):
+        raise ArchbenchError(f"{member.where}: {key!r} is not a list of integer labels")
+    labels = np.asarray(values, dtype=np.int64).reshape(-1)
+    if len(labels) != count:
+        raise ArchbenchError(f"{member.where} holds {count} images but {len(labels)} {key}")
+    outside = np.flatnonzero((labels < 0) | (labels >= num_classes))
+    if len(outside):
+        row = int(outside[0])
+        raise ArchbenchError(f"{member.where}: {key}[{row}] is {labels[row]}, outside the {num_classes} classes")
+    return labels
+
+
+def _coarse_of_class(
+    variant: Variant, path: Path, fine: dict[str, np.ndarray], coarse: dict[str, np.ndarray], num_classes: int
+) -> list[int | None]:
+    """Each fine class's coarse class (None for one no image shows); a fine class seen with two is refused."""
+    pairs = np.unique(np.stack([np.concatenate(list(fine.values())), np.concatenate(list(coarse.values()))]), axis=1)
+    of_class: list[int | None] = [None] * num_classes
+    for f, c in pairs.T.tolist():
+        if of_class[f] is not None:
+            raise ArchbenchError(
+                f"{path} labels fine class {f} with coarse classes {of_class[f]} and {c}: not the {variant.name} data"
+            )
+        of_class[f] = c
+    return of_class
+
+
+# ----------------------------------------------------------------------------------------------------
+# augmentation
+
+
+def pad_crop_flip(
+    x: torch.Tensor, size: int, offsets: torch.Tensor | None = None, flips: torch.Tensor | None = None
+) -> torch.Tensor:
+    """uint8 B x H x W x C -> B x size x size x C: zero-pad by `PADDING`, crop at ``offsets``, flip.
+
+    ``offsets`` are B x 2 integers (top, left) in the padded image, from 0 to H + 2 * PADDING - size;
+    without them every image is cut at the centre (the image itself when size == H). ``flips`` (B
+    booleans) mirror the crop left to right. One gather for the whole batch, on ``x``'s device; the
+    pixels are copied, never interpolated.
+    """
+    batch, height, width, _ = x.shape
+    if offsets is None:  # rounded as torchvision's center_crop rounds
+        centre = [int(round(crop_room(side, size) / 2.0)) for side in (height, width)]
+        offsets = torch.tensor(centre).expand(batch, 2)
+    offsets = offsets.to(x.device)
+    padded = F.pad(x, (0, 0, PADDING, PADDING, PADDING, PADDING))
+    k = torch.arange(size, device=x.device)
+    rows = offsets[:, :1] + k  # B x size
+    cols = offsets[:, 1:] + k
+    if flips is not None:
+        cols = torch.where(flips.to(x.device).view(-1, 1), cols.flip(1), cols)
+    index = torch.arange(batch, device=x.device).view(-1, 1, 1)
+    return padded[index, rows[:, :, None], cols[:, None, :]]
+
+
+def crop_room(height: int, size: int) -> int:
+    """The largest crop offset: a ``size`` crop fits at offsets 0..room of the padded image."""
+    room = height + 2 * PADDING - size
+    if room < 0:
+        raise ArchbenchError(
+            f"a {size}x{size} crop does not fit in {height}-pixel images padded by {PADDING}: "
+            f"use --image-size {height + 2 * PADDING} or less"
+        )
+    return room
+
+
+# ----------------------------------------------------------------------------------------------------
+
+
+def _reason(error: BaseException) -> str:
+    return " ".join(str(error).split()) or type(error).__name__

@@ -1,0 +1,246 @@
+"""Your own images in torchvision's ImageFolder layout, as one square size of RGB arrays.
+
+The layout::
+
+    SOURCE/train/<class>/**/<image>        the training split
+    SOURCE/test/<class>/**/<image>         the test split (or SOURCE/val/...; test/ wins when both exist)
+
+Classes are the sorted names of the class folders of ``train/`` (label i is the i-th), and the images
+are the files torchvision's ``ImageFolder`` takes (its ``find_classes`` and ``make_dataset`` list them,
+with its ``IMG_EXTENSIONS``), so labels match ``torchvision.datasets.ImageFolder`` on the same tree.
+The test split's class folders must be the same names (a test class may be empty: a split need not
+show every class); every training class needs at least one image.
+
+Each image is decoded once and made RGB:
+
+- grayscale (``L``, ``1``) repeats its one channel, a palette image (``P``) takes its palette colours;
+- 16-bit grayscale (PIL modes ``I;16*`` and ``I``, as 16-bit PNGs open) is scaled to 8 bits as
+  ``round(v / 257)`` (65535 -> 255), never clipped at 255;
+- transparency (an alpha channel, or a palette's or PNG's transparent colour) is composited over black,
+  so a transparent pixel is 0, as the zero padding of a crop;
+- CMYK and the other modes PIL can convert go through PIL's ``convert("RGB")``; orientation tags are
+  not applied, as in torchvision's ``ImageFolder``.
+
+It is then resized once to ``S x S`` the way torchvision's ``Resize(S)`` + ``CenterCrop(S)`` does
+(shorter side to S, bilinear with antialiasing, centre crop). ``S`` is ``--image-size``, by default the
+median shorter side of the training images. An unreadable image is one line naming the file; with
+``skip_bad`` it is left out instead (its label with it, so labels stay aligned) and its path recorded in
+``extra["skipped_files"]``.
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from rich.console import Console
+from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
+from torchvision.transforms import InterpolationMode
+from torchvision.transforms import functional as TF
+
+from archbench.data.arrays import SourceArrays
+from archbench.data.files import progress
+from archbench.data.packed import say
+from archbench.data.tinyimagenet import folder_listing_digest
+from archbench.errors import ArchbenchError
+
+TEST_FOLDERS = ("test", "val")  # the first that exists is the test split
+SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I"})
+ALPHA_MODES = frozenset({"RGBA", "RGBa", "LA", "La", "PA"})
+DECODE_WORKERS = os.cpu_count() or 1
+
+
+def read_imagefolder(
+    location: str | None, root: Path, *, image_size: int | None, skip_bad: bool, console: Console | None
+) -> tuple[SourceArrays, dict]:
+    """The reader contract of `archbench.data.sources`: the tree at ``location`` (``--source``, required), and
+    where it came from. There is no official checksum; the recorded one is a digest of the tree's listing
+    (every file's path, size and modification time) and of ``image_size`` when one is asked for."""
+    if location is None:
+        raise ArchbenchError("imagefolder needs --source FOLDER: the folder holding train/ and test/ (or val/)")
+    arrays = read(location, image_size, skip_bad, console)
+    checksum = f"listing-sha256:{folder_listing_digest(Path(location).expanduser())}"
+    if image_size is not None:
+        checksum += f";image-size:{image_size}"
+    origin = {"kind": "folder", "location": str(Path(location).expanduser().resolve()), "checksum": checksum}
+    return arrays, {**origin, "official": None}
+
+
+def read(
+    source: Path | str, image_size: int | None = None, skip_bad: bool = False, console: Console | None = None
+) -> SourceArrays:
+    """The train and test splits of the ImageFolder tree at ``source`` (see the module docstring)."""
+    source = Path(source).expanduser()
+    if not source.is_dir():
+        raise ArchbenchError(f"--source {source} is not a folder: an ImageFolder source is a folder holding train/")
+    train_dir = source / "train"
+    test_dir = next((source / name for name in TEST_FOLDERS if (source / name).is_dir()), None)
+    if not train_dir.is_dir():
+        raise ArchbenchError(f"{train_dir} is missing: an ImageFolder source holds train/<class>/ and test/<class>/")
+    if test_dir is None:
+        raise ArchbenchError(f"{source / 'test'} is missing (and so is {source / 'val'}): the test split needs one")
+    if test_dir.name == "test" and (source / "val").is_dir():
+        say(console, f"using {test_dir} as the test split ({source / 'val'} is not read)")
+    classes = _classes(train_dir)
+    test_classes = _classes(test_dir)
+    if test_classes != classes:
+        only_train, only_test = sorted(set(classes) - set(test_classes)), sorted(set(test_classes) - set(classes))
+        difference = "; ".join(
+            text
+            for text in (
+                f"only {train_dir} has {', '.join(only_train)}" if only_train else "",
+                f"only {test_dir} has {', '.join(only_test)}" if only_test else "",
+            )
+            if text
+        )
+        raise ArchbenchError(
+            f"the train and test class folders differ ({difference}): both splits need the same classes"
+        )
+    index = {name: i for i, name in enumerate(classes)}
+    items = {"train": _items(train_dir, index), "test": _items(test_dir, index)}
+    for split, folder in (("train", train_dir), ("test", test_dir)):
+        if not items[split]:
+            raise ArchbenchError(f"{folder} holds no images ({', '.join(IMG_EXTENSIONS)}): the {split} split is empty")
+    counts = np.bincount([label for _, label in items["train"]], minlength=len(classes))
+    if (empty := np.flatnonzero(counts == 0)).size:
+        raise ArchbenchError(
+            f"the class folder {train_dir / classes[empty[0]]} holds no images, but every class needs training images"
+        )
+    skipped: list[str] = []
+    with ThreadPoolExecutor(max_workers=DECODE_WORKERS) as pool:
+        size_from = "--image-size"
+        if image_size is None:
+            image_size = _median_side(pool, items["train"], source, skip_bad)
+            size_from = "the median shorter side of the training images"
+        say(
+            console,
+            f"reading {sum(map(len, items.values())):,} images from {source}, resized to {image_size}x{image_size}",
+        )
+        arrays = {
+            split: _decode_split(pool, split, items[split], image_size, source, skip_bad, skipped, console)
+            for split in ("train", "test")
+        }
+    for split, folder in (("train", train_dir), ("test", test_dir)):
+        if len(arrays[split][1]) == 0:
+            raise ArchbenchError(f"--skip-bad skipped every image of {folder}, leaving the {split} split empty")
+    kept = np.bincount(arrays["train"][1], minlength=len(classes))
+    if (empty := np.flatnonzero(kept == 0)).size:
+        raise ArchbenchError(
+            f"--skip-bad skipped every image of {train_dir / classes[empty[0]]}, so a run could not learn that class"
+        )
+    if skipped:
+        say(console, f"skipped {len(skipped)} unreadable images (first: {skipped[0]})")
+    return SourceArrays(
+        classes=classes,
+        train_images=arrays["train"][0],
+        train_labels=arrays["train"][1],
+        test_images=arrays["test"][0],
+        test_labels=arrays["test"][1],
+        extra={
+            "image_size": image_size,
+            "image_size_from": size_from,
+            "resize": "shorter side to the image size (bilinear, antialiased), centre crop",
+            "test_folder": test_dir.name,
+            "skipped_files": skipped,
+        },
+    )
+
+
+def _classes(folder: Path) -> list[str]:
+    try:
+        return find_classes(folder)[0]
+    except FileNotFoundError:
+        raise ArchbenchError(f"{folder} holds no class folders: put each class's images in {folder}/<class>/") from None
+
+
+def _items(folder: Path, index: dict[str, int]) -> list[tuple[Path, int]]:
+    return [(Path(path), label) for path, label in make_dataset(folder, index, IMG_EXTENSIONS, allow_empty=True)]
+
+
+def _median_side(pool: ThreadPoolExecutor, items: list[tuple[Path, int]], source: Path, skip_bad: bool) -> int:
+    """The median of the training images' shorter sides (read from their headers)."""
+    sides = []
+    for (path, _), side in zip(items, pool.map(_shorter_side, [path for path, _ in items])):
+        if isinstance(side, str):
+            if not skip_bad:
+                raise _unreadable(path, side)
+            continue  # the decoding pass records it as skipped
+        sides.append(side)
+    if not sides:
+        raise ArchbenchError(f"--skip-bad skipped every image of {source / 'train'}, leaving the train split empty")
+    return max(1, int(round(float(np.median(sides)))))
+
+
+def _shorter_side(path: Path) -> int | str:
+    try:
+        with Image.open(path) as image:
+            return min(image.size)
+    except Exception as e:  # a damaged file can make PIL raise almost anything
+        return _reason(e)
+
+
+def _decode_split(
+    pool: ThreadPoolExecutor,
+    split: str,
+    items: list[tuple[Path, int]],
+    size: int,
+    source: Path,
+    skip_bad: bool,
+    skipped: list[str],
+    console: Console | None,
+) -> tuple[np.ndarray, np.ndarray]:
+    images = np.empty((len(items), size, size, 3), dtype=np.uint8)
+    labels = np.empty(len(items), dtype=np.int64)
+    count = 0
+    with progress(console) as bars:
+        task = bars.add_task(f"decoding {split}", total=len(items))
+        for (path, label), pixels in zip(items, pool.map(lambda p: decode(p, size), [p for p, _ in items])):
+            bars.advance(task)
+            if isinstance(pixels, str):
+                if not skip_bad:
+                    raise _unreadable(path, pixels)
+                skipped.append(path.relative_to(source).as_posix())
+                continue
+            images[count] = pixels
+            labels[count] = label
+            count += 1
+    return images[:count], labels[:count]
+
+
+def decode(path: Path, size: int) -> np.ndarray | str:
+    """The image at ``path`` as uint8 size x size x 3 (see the module docstring), or why it cannot be read."""
+    try:
+        with Image.open(path) as image:
+            image.load()
+            rgb = to_rgb(image)
+    except Exception as e:  # a damaged file can make PIL raise almost anything
+        return _reason(e)
+    resized = TF.resize(rgb, size, interpolation=InterpolationMode.BILINEAR, antialias=True)
+    return np.asarray(TF.center_crop(resized, size), dtype=np.uint8)
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """An 8-bit RGB copy of ``image``: 16-bit values scaled, transparency composited over black."""
+    if image.mode in SIXTEEN_BIT_MODES:
+        values = np.asarray(image).astype(np.float64)
+        return Image.fromarray(np.clip(np.round(values / 257), 0, 255).astype(np.uint8), "L").convert("RGB")
+    if image.mode == "F":
+        raise ValueError("its pixels are 32-bit floats (PIL mode F), which have no fixed 8-bit scale")
+    if image.mode in ALPHA_MODES or "transparency" in image.info:
+        rgba = image.convert("RGBA")
+        black = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
+        return Image.alpha_composite(black, rgba).convert("RGB")
+    return image if image.mode == "RGB" else image.convert("RGB")
+
+
+def _unreadable(path: Path, reason: str) -> ArchbenchError:
+    return ArchbenchError(
+        f"{path} is not a readable image ({reason}): replace it, or rerun with --skip-bad to skip such files"
+    )
+
+
+def _reason(error: BaseException) -> str:
+    return str(error) or type(error).__name__

@@ -1,0 +1,497 @@
+"""The one form every data set takes on disk: packed uint8 arrays and a manifest, verified before use.
+
+Whatever the source (Tiny-ImageNet's JPEG layout, the embedded digits, CIFAR's pickles, an ImageFolder
+tree), `prepare` ends in a folder holding::
+
+    train_images.npy   uint8, N x H x W x 3        test_images.npy   uint8, M x H x W x 3
+    train_labels.npy   int64, N                    test_labels.npy   int64, M
+    manifest.json
+
+The test split is the set a study reports its accuracy on (Tiny-ImageNet's ``val/`` folder, CIFAR's test
+batch, the digits' recorded test share); a holdout split for tuning is carved from train at run time
+(`archbench.data.split`). The manifest records: the data set's name (``dataset``), the classes in label
+order and their readable names, the image shape, counts per split and per class, each array's size,
+shape, dtype and sha256, the per-channel mean and standard deviation of the training split's pixels
+(scaled to [0, 1]; the loader normalises with them), the augmentation the source trains with
+(`archbench.data.loader.AUGMENTATIONS`), where the data came from and whether its archive matched the
+official checksum (``source.verified``), and source-specific facts (``extra``: a licence, a split rule).
+The fingerprint every run records is the hash of the classes, the array checksums, the normalisation and
+the augmentation: equal fingerprints, the same training inputs.
+
+What a run records is what it trained on: before a cache is used (`load_packed`) or reused (`prepare`),
+`verify_cache` checks that
+
+- every array file has the sha256 its manifest records: all bytes are read, once per file per process
+  (a file whose path, inode, size and modification time were verified before is not read again);
+- the manifest's fingerprint is the hash of what it covers (above);
+- the manifest's counts, number of classes and image shape agree with the arrays;
+- every label lies in [0, num_classes), every class has training images, no split is empty, and the
+  images per class are the counts the manifest records (the packer refuses to write such a set too).
+
+Any failure is one line naming the file at fault and the command that rebuilds it. A cache is always
+built in a staging folder beside its place and renamed in when complete (`archbench.data.files.staged`),
+so a reader never sees half of one and a failure leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+from rich.console import Console
+
+from archbench.data.arrays import SourceArrays
+from archbench.data.files import accessing, describe, file_digest, public_path, staged
+from archbench.errors import ArchbenchError
+
+FORMAT_VERSION = 3  # 3: train/test splits, any image shape, dataset name, normalisation, augmentation, verified
+PACKED_DIR = "packed"
+SPLITS = ("train", "test")
+ARRAYS = tuple(f"{split}_{kind}" for split in SPLITS for kind in ("images", "labels"))
+STATS_CHUNK = 4096  # images per pass when summing pixels: bounded memory for any split size
+# A file modified this recently could change again within the same timestamp tick unnoticed, so its
+# verification is not remembered (the same rule git applies to "racily clean" files).
+RECENT_NS = 2_000_000_000
+
+
+@dataclass(frozen=True)
+class PackedData:
+    """A prepared dataset: memory-mapped uint8 images (N x H x W x 3) and int64 labels per split."""
+
+    root: Path
+    manifest: dict
+    train_images: np.ndarray
+    train_labels: np.ndarray
+    test_images: np.ndarray
+    test_labels: np.ndarray
+
+    @property
+    def dataset(self) -> str:
+        return self.manifest["dataset"]
+
+    @property
+    def num_classes(self) -> int:
+        return self.manifest["num_classes"]
+
+    @property
+    def classes(self) -> list[str]:
+        return self.manifest["classes"]
+
+    @property
+    def names(self) -> dict[str, str]:
+        return self.manifest["names"]
+
+    @property
+    def fingerprint(self) -> str:
+        return self.manifest["fingerprint"]
+
+    @property
+    def synthetic(self) -> bool:
+        return self.manifest["synthetic"]
+
+    @property
+    def transform(self) -> dict:
+        """The loader's per-source settings: ``DeviceLoader(images, labels, ..., **data.transform)``."""
+        normalisation = self.manifest["normalisation"]
+        return {
+            "mean": tuple(normalisation["mean"]),
+            "std": tuple(normalisation["std"]),
+            "augmentation": self.manifest["augmentation"],
+        }
+
+
+class DamagedCache(ArchbenchError):
+    """What is wrong with a packed cache, and the file at fault (``outdated``: another format version)."""
+
+    def __init__(self, path: Path, problem: str, outdated: bool = False):
+        super().__init__(f"{public_path(path)} {problem}")
+        self.path = path
+        self.outdated = outdated
+
+
+# ----------------------------------------------------------------------------------------------------
+# writing
+
+
+def channel_statistics(images: np.ndarray) -> tuple[list[float], list[float]]:
+    """Per-channel mean and (population) standard deviation of uint8 N x H x W x 3 pixels, scaled to [0, 1].
+
+    Sums are exact integers (int64), read in chunks, so the result does not depend on the split's size
+    or order and a memory-mapped split is never loaded whole.
+    """
+    total = np.zeros(3, dtype=np.int64)
+    squares = np.zeros(3, dtype=np.int64)
+    for start in range(0, len(images), STATS_CHUNK):
+        chunk = np.asarray(images[start : start + STATS_CHUNK]).reshape(-1, 3).astype(np.int64)
+        total += chunk.sum(axis=0)
+        squares += (chunk * chunk).sum(axis=0)
+    pixels = len(images) * int(np.prod(images.shape[1:3]))
+    mean = total / pixels
+    variance = squares / pixels - mean * mean
+    return (mean / 255).tolist(), (np.sqrt(np.maximum(variance, 0.0)) / 255).tolist()
+
+
+def write_manifest(
+    packed: Path,
+    *,
+    dataset: str,
+    classes: list[str],
+    names: dict[str, str],
+    class_order: str,
+    source: dict,
+    augmentation: str,
+    extra: dict | None = None,
+    repairs: dict | None = None,
+    synthetic_params: dict | None = None,
+) -> dict:
+    """Write manifest.json for the four arrays already in ``packed`` and check the result (`verify_cache`,
+    short of re-hashing the files just hashed); return the manifest.
+
+    ``source`` is ``{kind, location, checksum, verified}``; ``repairs`` the packer's counts of skipped,
+    resized and converted images (none by default).
+    """
+    arrays = {name: _array_record(packed / f"{name}.npy") for name in ARRAYS}
+    labels = {split: np.load(packed / f"{split}_labels.npy") for split in SPLITS}
+    train_images = np.load(packed / "train_images.npy", mmap_mode="r")
+    mean, std = channel_statistics(train_images)
+    normalisation = {"mean": mean, "std": std, "of": "the training split's pixels, scaled to [0, 1]"}
+    repairs = {"skipped_files": [], "resized_files": [], "converted_to_rgb": 0, **(repairs or {})}
+    manifest = {
+        "format_version": FORMAT_VERSION,
+        "dataset": dataset,
+        "num_classes": len(classes),
+        "classes": list(classes),
+        "class_order": class_order,
+        "names": names,
+        "image_shape": list(train_images.shape[1:]),
+        "splits": {split: {"count": int(len(labels[split]))} for split in SPLITS},
+        "class_counts": {split: np.bincount(labels[split], minlength=len(classes)).tolist() for split in SPLITS},
+        "arrays": arrays,
+        "normalisation": normalisation,
+        "augmentation": augmentation,
+        "source": source,
+        "fingerprint": _fingerprint(classes, arrays, normalisation, augmentation),
+        "skipped": len(repairs["skipped_files"]),
+        "skipped_files": repairs["skipped_files"],
+        "resized": len(repairs["resized_files"]),
+        "resized_files": repairs["resized_files"],
+        "converted_to_rgb": repairs["converted_to_rgb"],
+        "synthetic": synthetic_params is not None,
+        "synthetic_params": synthetic_params,
+        "extra": extra or {},
+        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    del train_images
+    (packed / "manifest.json").write_text(json.dumps(manifest, indent=1), encoding="utf-8")
+    verify_cache(packed, hash_files=False)
+    return manifest
+
+
+def pack_arrays(
+    arrays: SourceArrays,
+    packed: Path,
+    *,
+    dataset: str,
+    source: dict,
+    augmentation: str,
+    class_order: str = "as the source numbers its labels",
+    console: Console | None = None,
+) -> dict:
+    """Write a source's in-memory splits as a packed cache at ``packed`` (built beside it, renamed in when
+    complete) and return its manifest; a split or class the checks refuse leaves nothing behind."""
+    _refuse_bad_arrays(arrays, dataset)
+    say(console, f"packing {len(arrays.train_labels):,} train and {len(arrays.test_labels):,} test images of {dataset}")
+    with staged(Path(packed), "building") as staging:
+        for split in SPLITS:
+            np.save(staging / f"{split}_images.npy", np.ascontiguousarray(getattr(arrays, f"{split}_images")))
+            np.save(staging / f"{split}_labels.npy", np.asarray(getattr(arrays, f"{split}_labels"), dtype=np.int64))
+        try:
+            manifest = write_manifest(
+                staging,
+                dataset=dataset,
+                classes=arrays.classes,
+                names=arrays.names or {c: c for c in arrays.classes},
+                class_order=class_order,
+                source=source,
+                augmentation=augmentation,
+                extra=arrays.extra,
+            )
+        except DamagedCache as e:  # e.g. a split empty or a class without training images
+            raise ArchbenchError(f"the {dataset} data cannot be packed: {e.message}") from None
+    return manifest
+
+
+def _refuse_bad_arrays(arrays: SourceArrays, dataset: str) -> None:
+    """Shapes and dtypes a source must hand over; anything else is a mistake in the source module."""
+    for split in SPLITS:
+        images, labels = getattr(arrays, f"{split}_images"), getattr(arrays, f"{split}_labels")
+        if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
+            raise ArchbenchError(
+                f"the {dataset} {split} images are {images.dtype} {list(images.shape)}, not uint8 N x H x W x 3"
+            )
+        if len(images) != len(labels):
+            raise ArchbenchError(f"the {dataset} {split} split has {len(images)} images but {len(labels)} labels")
+    flat = np.flatnonzero(np.asarray(channel_statistics(arrays.train_images)[1]) == 0)
+    if len(arrays.train_images) and len(flat):
+        raise ArchbenchError(
+            f"the {dataset} training images are all alike in channel {int(flat[0])}, so they cannot be normalised"
+        )
+    if arrays.train_images.shape[1:] != arrays.test_images.shape[1:]:
+        raise ArchbenchError(
+            f"the {dataset} train images are {list(arrays.train_images.shape[1:])} but the test images "
+            f"{list(arrays.test_images.shape[1:])}: both splits need one shape"
+        )
+
+
+def _array_record(path: Path) -> dict:
+    array = np.load(path, mmap_mode="r")
+    return {
+        "file": path.name,
+        "shape": list(array.shape),
+        "dtype": str(array.dtype),
+        "bytes": path.stat().st_size,
+        "sha256": file_digest(path, "sha256"),
+    }
+
+
+def _fingerprint(classes: list[str], arrays: dict, normalisation: dict, augmentation: str) -> str:
+    """Content fingerprint: the class order, the packed bytes and how they are fed to a model, independent of
+    where they came from."""
+    content = {
+        "classes": classes,
+        "arrays": {name: record["sha256"] for name, record in sorted(arrays.items())},
+        "normalisation": {"mean": normalisation["mean"], "std": normalisation["std"]},
+        "augmentation": augmentation,
+    }
+    return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
+
+
+# ----------------------------------------------------------------------------------------------------
+# checking
+
+
+def verify_cache(packed: Path, hash_files: bool = True) -> tuple[dict, dict[str, np.ndarray]]:
+    """The manifest and memory-mapped arrays of the cache in ``packed``, after every check in the module
+    docstring; the first check that fails raises `DamagedCache` naming the file at fault."""
+    manifest = _read_manifest(packed)
+    arrays = {name: _checked_array(packed, manifest["arrays"][name], hash_files) for name in ARRAYS}
+    for split in SPLITS:
+        _check_split(packed, manifest, split, arrays[f"{split}_images"], arrays[f"{split}_labels"])
+    return manifest, arrays
+
+
+def check_cache(packed: Path) -> tuple[dict | None, str | None]:
+    """(manifest, None) for a cache that passes `verify_cache`, else (None, what is wrong)."""
+    try:
+        return verify_cache(packed)[0], None
+    except DamagedCache as e:
+        return None, e.message
+    except OSError as e:
+        return None, f"cannot read {e.filename or packed} ({describe(e)})"
+
+
+def reusable_cache(packed: Path, checksum: str | None, skip_bad: bool, console: Console | None) -> dict | None:
+    """The cache's manifest if it is intact, built from ``checksum`` (any source if None) and allowed."""
+    if not (packed / "manifest.json").exists():
+        return None
+    manifest, problem = check_cache(packed)
+    if manifest is None:
+        say(console, f"the packed cache in {packed} cannot be reused ({problem}); rebuilding it")
+        return None
+    if checksum is not None and manifest["source"]["checksum"] != checksum:
+        say(console, f"the packed cache in {packed} was built from another source; rebuilding it")
+        return None
+    if manifest["skipped"] and not skip_bad:
+        return None  # rebuilding stops at the first bad file and names it
+    say(console, f"reusing the packed cache in {packed}")
+    return manifest
+
+
+def _read_manifest(packed: Path) -> dict:
+    """manifest.json, checked against itself: structure, fingerprint, classes and counts."""
+    path = packed / "manifest.json"
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise DamagedCache(path, "is missing") from None
+    except ValueError as e:  # includes bytes that are not UTF-8
+        raise DamagedCache(path, f"is not valid JSON ({e})") from None
+    if not isinstance(manifest, dict) or "format_version" not in manifest:
+        raise DamagedCache(path, "is not an archbench manifest")
+    if manifest["format_version"] != FORMAT_VERSION:
+        problem = f"is format {manifest['format_version']}, and this archbench reads format {FORMAT_VERSION}"
+        raise DamagedCache(path, problem, outdated=True)
+    try:
+        problem = _manifest_problem(manifest)
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        problem = f"has unexpected content ({type(e).__name__}: {e})"
+    if problem is not None:
+        raise DamagedCache(path, problem)
+    return manifest
+
+
+def _manifest_problem(manifest: dict) -> str | None:
+    classes, arrays = manifest["classes"], manifest["arrays"]
+    if sorted(arrays) != sorted(ARRAYS) or any(arrays[name]["file"] != f"{name}.npy" for name in ARRAYS):
+        return f"lists the arrays {sorted(arrays)} instead of {list(ARRAYS)}"
+    recomputed = _fingerprint(classes, arrays, manifest["normalisation"], manifest["augmentation"])
+    if manifest["fingerprint"] != recomputed:
+        return (
+            f"records the fingerprint {manifest['fingerprint']}, but its classes, checksums, normalisation and "
+            f"augmentation give {recomputed}"
+        )
+    if not all(isinstance(c, str) for c in classes) or len(set(classes)) != len(classes):
+        return "lists classes that are not distinct names"
+    if manifest["num_classes"] != len(classes):
+        return f"records {manifest['num_classes']} classes but lists {len(classes)}"
+    shape = manifest["image_shape"]
+    if len(shape) != 3 or shape[2] != 3 or not all(isinstance(n, int) and n > 0 for n in shape):
+        return f"records images of shape {shape}, not H x W x 3"
+    for split in SPLITS:
+        if arrays[f"{split}_images"]["shape"][1:] != shape:
+            return f"records images of shape {shape}, but {split}_images.npy of {arrays[f'{split}_images']['shape']}"
+    if not all(s > 0 for s in manifest["normalisation"]["std"]) or len(manifest["normalisation"]["mean"]) != 3:
+        return f"records the normalisation {manifest['normalisation']}, not a mean and a positive std per channel"
+    for split in SPLITS:
+        counts, total = manifest["class_counts"][split], manifest["splits"][split]["count"]
+        if len(counts) != len(classes) or sum(counts) != total:
+            return f"records {total} {split} images but per-class counts {counts} for {len(classes)} classes"
+    if bool(manifest["synthetic"]) != (manifest["synthetic_params"] is not None):
+        return f"says synthetic is {manifest['synthetic']}, but its synthetic_params disagree"
+    return None
+
+
+def _checked_array(packed: Path, record: dict, hash_files: bool) -> np.ndarray:
+    """One array file, memory-mapped, after its size, header and (with ``hash_files``) sha256 match ``record``."""
+    path = packed / record["file"]
+    if not path.is_file():
+        raise DamagedCache(path, "is missing")
+    size = path.stat().st_size
+    if size != record["bytes"]:
+        raise DamagedCache(path, f"has {size:,} bytes, but manifest.json records {record['bytes']:,}")
+    try:
+        array = np.load(path, mmap_mode="r")
+    except ValueError as e:
+        raise DamagedCache(path, f"is not a readable .npy array ({e})") from None
+    if list(array.shape) != record["shape"] or str(array.dtype) != record["dtype"]:
+        recorded = f"{record['dtype']} {record['shape']}"
+        raise DamagedCache(path, f"holds {array.dtype} {list(array.shape)}, but manifest.json records {recorded}")
+    if hash_files and not _has_sha256(path, record["sha256"]):
+        raise DamagedCache(path, "does not match the sha256 recorded in manifest.json")
+    return array
+
+
+_VERIFIED: set[tuple] = set()  # (path, device, inode, size, mtime_ns, sha256) of files verified in this process
+
+
+def _has_sha256(path: Path, sha256: str) -> bool:
+    """Whether the file's bytes hash to ``sha256``; remembered for the process while the file is unchanged."""
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns, sha256)
+    if key in _VERIFIED:
+        return True
+    if file_digest(path, "sha256") != sha256:
+        return False
+    if time.time_ns() - stat.st_mtime_ns > RECENT_NS:
+        _VERIFIED.add(key)
+    return True
+
+
+def _check_split(packed: Path, manifest: dict, split: str, images: np.ndarray, labels: np.ndarray) -> None:
+    """Shapes and counts against the manifest; labels in range; no empty split; every class trained."""
+    classes, count = manifest["classes"], manifest["splits"][split]["count"]
+    images_path, labels_path = packed / f"{split}_images.npy", packed / f"{split}_labels.npy"
+    if images.dtype != np.uint8 or images.ndim != 4 or list(images.shape[1:]) != manifest["image_shape"]:
+        height, width, _ = manifest["image_shape"]
+        expected = f"uint8 N x {height} x {width} x 3"
+        raise DamagedCache(images_path, f"holds {images.dtype} {list(images.shape)}, not {expected}")
+    if labels.dtype != np.int64 or labels.ndim != 1:
+        raise DamagedCache(labels_path, f"holds {labels.dtype} {list(labels.shape)}, not int64 N")
+    if len(images) != count or len(labels) != count:
+        raise DamagedCache(
+            packed / "manifest.json",
+            f"records {count:,} {split} images, but {images_path.name} holds {len(images):,} "
+            f"and {labels_path.name} {len(labels):,}",
+        )
+    if count == 0:
+        raise DamagedCache(labels_path, f"holds no labels: the {split} split is empty")
+    labels = np.asarray(labels)
+    outside = np.flatnonzero((labels < 0) | (labels >= len(classes)))
+    if len(outside):
+        row = int(outside[0])
+        n = len(classes)
+        raise DamagedCache(labels_path, f"holds the label {labels[row]} at row {row}, outside the {n} classes [0, {n})")
+    counts = np.bincount(labels, minlength=len(classes))
+    if split == "train" and (empty := np.flatnonzero(counts == 0)).size:
+        raise DamagedCache(labels_path, f"has no image of class {classes[empty[0]]}, so a run could not learn it")
+    recorded = manifest["class_counts"][split]
+    if counts.tolist() != recorded:
+        c = next(c for c in range(len(classes)) if counts[c] != recorded[c])
+        raise DamagedCache(
+            packed / "manifest.json",
+            f"records {recorded[c]:,} {split} images of class {classes[c]}, but {labels_path.name} holds {counts[c]:,}",
+        )
+
+
+# ----------------------------------------------------------------------------------------------------
+# loading
+
+
+def packed_dir(root: Path) -> Path:
+    """The folder holding manifest.json: ``root/packed`` for a prepared root, or ``root`` itself."""
+    root = Path(root)
+    return root if (root / "manifest.json").exists() else root / PACKED_DIR
+
+
+def load_packed(root: Path | str) -> PackedData:
+    """Memory-map a prepared dataset (``archbench data prepare DATASET --root ROOT``) after `verify_cache`.
+
+    Verifying reads every byte once per process (about a second for Tiny-ImageNet's train split); the
+    images are then memory-mapped, not read.
+    """
+    root = Path(root)
+    with accessing(root):
+        if root.exists() and not root.is_dir():
+            raise ArchbenchError(f"{root} is a file, not a folder of prepared data (see `archbench data prepare`)")
+        packed = packed_dir(root)
+        if not (packed / "manifest.json").exists():
+            raise ArchbenchError(
+                f"no prepared data in {root}: run `archbench data prepare [DATASET] --root {root}` to prepare a data "
+                "set there, or pass --data digits (real handwritten digits, offline) or --data synthetic"
+            )
+        try:
+            manifest, arrays = verify_cache(packed)
+        except DamagedCache as e:
+            command = f"archbench data prepare{_dataset_argument(packed)} --root {_prepared_root(root, packed)}"
+            rebuild = f"rebuild it with `{command}`"
+            if e.outdated:
+                raise ArchbenchError(
+                    f"the packed data in {packed} was made by another archbench version ({e.message}): {rebuild}"
+                ) from None
+            raise ArchbenchError(f"damaged packed data: {e.message}; {rebuild}") from None
+    return PackedData(root=root, manifest=manifest, **arrays)
+
+
+def _dataset_argument(packed: Path) -> str:
+    """`` DATASET`` for the rebuild command when a (possibly damaged) manifest still names one other than the
+    default, else nothing."""
+    try:
+        dataset = json.loads((packed / "manifest.json").read_text(encoding="utf-8")).get("dataset")
+    except (OSError, ValueError, AttributeError):
+        return ""
+    return f" {dataset}" if isinstance(dataset, str) and dataset not in ("tiny-imagenet", "synthetic") else ""
+
+
+def _prepared_root(root: Path, packed: Path) -> Path:
+    """The --root that `prepare` rebuilds ``packed`` under."""
+    return packed.parent if packed == root and packed.name == PACKED_DIR else root
+
+
+def say(console: Console | None, message: str) -> None:
+    if console is not None:
+        console.print(message, highlight=False, soft_wrap=True)

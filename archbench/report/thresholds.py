@@ -1,0 +1,34 @@
+"""Times to a test-accuracy threshold, with failures counted: a seed that never reached a threshold (it
+diverged, or the epochs ran out) has an infinite time to it, as AlgoPerf counts it, never a dropped seed."""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+
+
+def main_threshold(selected: pd.DataFrame, thresholds: list[float]) -> float | None:
+    """The highest threshold that at least half of the groups reach in most of their seeds (so a time to it
+    means something for most models); the lowest threshold when none is; None without thresholds."""
+    if not thresholds:
+        return None
+    labels = sorted(selected["label"].unique())
+    for t in sorted(thresholds, reverse=True):
+        reached = 0
+        for label in labels:
+            rows = selected[selected["label"] == label]
+            hits = sum(r.get(t) is not None for r in rows["epochs_to_threshold"])
+            reached += hits * 2 > len(rows)
+        if reached * 2 >= len(labels):
+            return t
+    return min(thresholds)
+
+
+def epochs_to(rows: pd.DataFrame, t: float) -> dict[int, float]:
+    """{seed: epochs to threshold `t`}, infinite for a seed that never reached it (diverged or too slow)."""
+    out = {}
+    for r in rows.itertuples():
+        e = r.epochs_to_threshold.get(t)
+        out[int(r.seed)] = math.inf if e is None else float(e)
+    return out
