@@ -23,7 +23,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
-from typer.core import TyperGroup
+from typer.core import TyperArgument, TyperCommand, TyperGroup
 
 import archbench
 from archbench.config import (
@@ -70,6 +70,26 @@ class OneLineErrors(TyperGroup):
         return code
 
 
+class _NamedArgument(TyperArgument):
+    """An argument shown in the help by its metavar alone (``MODEL...``), not with Typer's Python type."""
+
+    def display_type_rich(self, ctx) -> None:
+        return None
+
+    def _rich_display_name(self) -> str:
+        return self.display_name_raw + ("..." if self.nargs != 1 else "")
+
+
+class NamedArguments(TyperCommand):
+    """Typer's command, its arguments that have a metavar shown by it (``MODEL...``, not ``MODEL <list[str]>``)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        for param in self.params:
+            if type(param) is TyperArgument and param.metavar:
+                param.__class__ = _NamedArgument
+
+
 def _version(value: bool) -> None:
     if value:
         console.print(f"archbench {archbench.__version__}", highlight=False)
@@ -78,7 +98,8 @@ def _version(value: bool) -> None:
 
 app = typer.Typer(
     cls=OneLineErrors,
-    help="Compare ResNet-18, plain-18 and VGG11/16 (with and without BN) under one training loop.",
+    help="Compare ResNet-18, plain-18, VGG11/16 (with and without BN) and your own networks under one training loop, "
+    "on Tiny-ImageNet, CIFAR, the digits or your own images.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     rich_markup_mode=None,  # click's help: wrapped to the terminal, never cut with "…"
@@ -93,7 +114,8 @@ def _main(
         typer.Option("--version", "-V", help="Show the version and exit.", callback=_version, is_eager=True),
     ] = False,
 ) -> None:
-    """Compare ResNet-18, plain-18 and VGG11/16 (with and without BN) under one training loop."""
+    """Compare ResNet-18, plain-18, VGG11/16 (with and without BN) and your own networks under one training loop,
+    on Tiny-ImageNet, CIFAR, the digits or your own images."""
 
 
 # The names `archbench data prepare` takes: archbench.data.sources.SOURCES, in its order (tests/test_data_sources.py
@@ -388,13 +410,19 @@ RunsOption = Annotated[Path, typer.Option("--runs", help="Folder of run records.
 # ------------------------------------------------------------------------------------------ commands
 
 
+# The output classes `list` counts parameters and FLOPs at: archbench.models.builders.DEFAULT_NUM_CLASSES
+# (tests/test_cli_surface.py checks they agree; written here so that `list` answers without importing torch).
+LISTED_CLASSES = 200
+
+
 @app.command("list", short_help="The model catalogue.")
 @friendly_errors
 def list_cmd(
     registry: RegistryOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the rows as JSON (null GFLOPs: not counted).")] = False,
 ) -> None:
-    """Show the model catalogue: parameters, FLOPs at 224x224, depth, residual and BN (cached after the first call)."""
+    """Show the model catalogue: parameters and FLOPs at 224x224 (at the output classes the caption states; a run
+    builds the classifier for its data's classes), depth, residual and BN (cached after the first call)."""
     import json
     import math
 
@@ -408,7 +436,8 @@ def list_cmd(
     described = console.width >= 120  # else the descriptions follow the table, each on its own line
     table = Table(
         title="archbench models",
-        caption="GFLOPs: fvcore at 224x224, eval mode; fvcore counts one fused multiply-add as one flop. "
+        caption=f"Parameters and GFLOPs at {LISTED_CLASSES} output classes (a run builds the classifier for its "
+        "data's classes). GFLOPs: fvcore at 224x224, eval mode; fvcore counts one fused multiply-add as one flop. "
         "Depth: conv and linear layers on the longest input-to-output path.",
     )
     table.add_column("name", style="bold", no_wrap=True)
@@ -468,9 +497,15 @@ def tune(request: TuneRequest) -> None:
 
 
 # Each command's line in `archbench --help` (its docstring is the first paragraph of its own --help).
-app.command("run", short_help="Train models and record their runs.")(request_command(RunRequest, run, study=True))
-app.command("tune", short_help="Tune each model's learning rate.")(request_command(TuneRequest, tune, study=True))
-app.command("bench", short_help="Training and inference images/s.")(request_command(BenchRequest, bench))
+app.command("run", cls=NamedArguments, short_help="Train models and record their runs.")(
+    request_command(RunRequest, run, study=True)
+)
+app.command("tune", cls=NamedArguments, short_help="Tune each model's learning rate.")(
+    request_command(TuneRequest, tune, study=True)
+)
+app.command("bench", cls=NamedArguments, short_help="Training and inference images/s.")(
+    request_command(BenchRequest, bench)
+)
 
 
 @app.command(short_help="Write REPORT.md from the recorded runs.")
@@ -555,7 +590,7 @@ def status(
         show_status(runs, console=console)
 
 
-@data_app.command("prepare", short_help="Download, verify and pack a data set.")
+@data_app.command("prepare", cls=NamedArguments, short_help="Download, verify and pack a data set.")
 @friendly_errors
 def data_prepare(
     dataset: Annotated[
@@ -568,6 +603,7 @@ def data_prepare(
             help="Where the data and its packed cache live (default: data for tiny-imagenet, data/DATASET for "
             "the others; `--data DATASET` finds it there).",
             show_default=False,
+            metavar="DIR",
         ),
     ] = None,
     source: Annotated[
@@ -576,6 +612,7 @@ def data_prepare(
             help="URL, local archive or file, or folder (default: the official archive; digits: scikit-learn's copy; "
             "imagefolder: required).",
             show_default=False,
+            metavar="URL|FILE|DIR",
         ),
     ] = None,
     image_size: Annotated[
@@ -584,6 +621,7 @@ def data_prepare(
             help="imagefolder: resize every image to N x N once (default: the training images' median shorter side).",
             min=1,
             show_default=False,
+            metavar="N",
         ),
     ] = None,
     skip_bad: Annotated[
@@ -597,14 +635,19 @@ def data_prepare(
     _print_manifest(manifest)
 
 
+SYNTH_ROOT = Path("data/synthetic")
+
+
 @data_app.command("synth", short_help="Make a synthetic data set.")
 @friendly_errors
 def data_synth(
-    root: Annotated[Path, typer.Option(help="Folder to write the synthetic dataset into.")] = Path("data/synthetic"),
-    classes: Annotated[int, typer.Option(help="Number of classes.")] = 10,
-    train_per_class: Annotated[int, typer.Option(help="Training images per class.")] = 100,
-    test_per_class: Annotated[int, typer.Option(help="Test images per class (the layout's val/ folder).")] = 20,
-    seed: Annotated[int, typer.Option(help="Generator seed (same seed, same files).")] = 0,
+    root: Annotated[Path, typer.Option(help="Folder to write the synthetic set into.", metavar="DIR")] = SYNTH_ROOT,
+    classes: Annotated[int, typer.Option(help="Number of classes.", metavar="N")] = 10,
+    train_per_class: Annotated[int, typer.Option(help="Training images per class.", metavar="N")] = 100,
+    test_per_class: Annotated[
+        int, typer.Option(help="Test images per class (the layout's val/ folder).", metavar="N")
+    ] = 20,
+    seed: Annotated[int, typer.Option(help="Generator seed (same seed, same files).", metavar="N")] = 0,
 ) -> None:
     """Write a synthetic dataset in the exact Tiny-ImageNet layout, then pack it like the real one."""
     from archbench.data.synthetic import make_synthetic

@@ -215,7 +215,12 @@ class RunRequest:
         None, "Label smoothing of the training loss (default: the preset's, 0).", min=0, max=1
     )
     clip_grad_norm: float | None = option(None, "Clip the global gradient norm (0: off; default: the preset's).", min=0)
-    image_size: int | None = option(None, "Training crop size S (images upscaled to S*256/224 first).", min=16)
+    image_size: int | None = option(
+        None,
+        "Training crop size S, made as the data's augmentation makes it (Tiny-ImageNet, digits, ImageFolder: "
+        "upscaled to S*256/224 first; CIFAR: padded by 4, so S <= 40; default: the preset's).",
+        min=16,
+    )
     seeds: list[int] = option(
         help="Seed; repeat for several runs per model.", flags=("--seed",), default_factory=lambda: [0]
     )

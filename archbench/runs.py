@@ -243,6 +243,7 @@ def _atomic_write(path: Path, write) -> None:
             write(f)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it 0600; give it the mode open() would
         os.replace(tmp, path)
     except BaseException as e:
         if tmp is not None:
@@ -250,6 +251,19 @@ def _atomic_write(path: Path, write) -> None:
         if isinstance(e, OSError):
             raise ArchbenchError(f"cannot write {path}: {e.strerror or e}") from None
         raise
+
+
+def _umask() -> int:
+    """The process umask, read from /proc where the system has it (setting it to read it is not thread-safe)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def write_text(path: Path, text: str) -> None:

@@ -6,7 +6,8 @@ the loop already reads (no extra host-device sync):
 
 - per logged step (every `archbench.train.LOG_EVERY` steps): `train/loss` and `train/accuracy` (the means over
   the epoch so far), `train/images_per_s` and `train/lr`;
-- per epoch (x axis: the epoch): every numeric column of metrics.csv under `epoch/`;
+- per epoch: every numeric column of metrics.csv under `epoch/`, at the optimiser step that ends the epoch
+  (one x axis for every tag, and the one `purge_step` counts in);
 - when the run ends: the early per-layer gradient diagnostics of gradnorms.csv under `gradients/<layer>/`
   (x axis: the optimiser step).
 
@@ -46,13 +47,14 @@ class TensorBoard(Reporter):
         self.inner, self.writer_type = inner, SummaryWriter
         self.writer = None
         self.global_step = 0
+        self.steps_per_epoch = 0
 
     def start(self, label, epochs, steps_per_epoch, done_steps, run_path=None):
         super().start(label, epochs, steps_per_epoch, done_steps, run_path)
         self._close_writer()
         if run_path is not None:
             self.writer = self.writer_type(log_dir=str(Path(run_path) / FOLDER), purge_step=done_steps or None)
-        self.global_step = done_steps
+        self.global_step, self.steps_per_epoch = done_steps, steps_per_epoch
         self.inner.start(label, epochs, steps_per_epoch, done_steps, run_path)
 
     def step(self, advance, epoch, loss, acc, images_per_s, lr=None):
@@ -68,7 +70,7 @@ class TensorBoard(Reporter):
         if self.writer is not None:
             for name, value in row.items():
                 if name not in ("epoch", "schema_version") and isinstance(value, int | float) and value is not True:
-                    self.writer.add_scalar(f"epoch/{name}", value, row["epoch"])
+                    self.writer.add_scalar(f"epoch/{name}", value, row["epoch"] * self.steps_per_epoch)
             self.writer.flush()
         self.inner.epoch(label, row)
 

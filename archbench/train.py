@@ -34,7 +34,7 @@ from archbench import distributed, flops, runs
 from archbench.cluster import submit_runs
 from archbench.config import STEP_FACTOR, STEP_MILESTONES, Recipe, RunConfig, RunRequest, parse_lr, resolve_config
 from archbench.data import resolve
-from archbench.data.loader import DeviceLoader
+from archbench.data.loader import DeviceLoader, augmentation_named
 from archbench.data.split import Holdout, holdout
 from archbench.devices import (
     PRECISIONS,
@@ -646,6 +646,8 @@ def plan_runs(request: RunRequest, data, split: Holdout | None, device: torch.de
         )
         if tuned is not None:
             tuned.check_recipe(base)  # a rate tuned at another image size or recipe does not carry over
+        # the data's augmentation must fit a crop of this size (CIFAR's pad-crop: at most 40 on 32-pixel images)
+        augmentation_named(data.manifest["augmentation"]).room(base.image_size, data.manifest["image_shape"][0])
         if base.global_batch_size > train_size:
             raise ArchbenchError(
                 f"a global batch of {base.global_batch_size} is larger than the {train_size} training "

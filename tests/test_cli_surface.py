@@ -40,6 +40,21 @@ def test_help_shows_the_choices_from_where_they_are_defined():
     assert "--cluster <slurm|local>" in text
 
 
+@pytest.mark.parametrize("command", [["run"], ["tune"], ["bench"], ["data", "prepare"], ["data", "synth"]])
+def test_help_names_values_by_what_they_are_not_by_their_python_type(command):
+    text = runner.invoke(app, [*command, "--help"], env={"COLUMNS": "200"}).output
+    for placeholder in ("<str>", "<path>", "<int>", "<float>", "<list[str]>", "<int range>"):
+        assert placeholder not in text, placeholder
+    expected = {
+        "run": ["MODEL...  "],
+        "tune": ["MODEL...  "],
+        "bench": ["MODEL...  "],
+        "prepare": ["DATASET  ", "--root DIR ", "--source URL|FILE|DIR ", "--image-size N "],
+        "synth": ["--root DIR ", "--classes N ", "--seed N "],
+    }[command[-1]]
+    assert all(f"  {shown}" in text for shown in expected), text
+
+
 def test_the_precision_choices_are_the_ones_the_loop_knows():
     from archbench.devices import PRECISIONS
 
@@ -139,3 +154,19 @@ def test_the_licence_file_matches_the_declared_licence_and_the_metadata_is_compl
     assert not any(c.startswith("License ::") for c in project["classifiers"])  # PEP 639: the SPDX field alone
     extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
     assert any(dep.startswith("tensorboard") for dep in extras["tensorboard"])
+
+
+def test_list_says_its_counts_are_at_the_class_count_it_builds(tiny_registry, tmp_path, monkeypatch):
+    from archbench.cli import LISTED_CLASSES
+    from archbench.flops import count_parameters
+    from archbench.models.builders import DEFAULT_NUM_CLASSES
+    from archbench.registry import load_registry
+
+    assert LISTED_CLASSES == DEFAULT_NUM_CLASSES
+    monkeypatch.setenv("ARCHBENCH_CACHE", str(tmp_path / "cache"))
+    result = runner.invoke(app, ["list", "--registry", str(tiny_registry)], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert f"Parameters and GFLOPs at {LISTED_CLASSES} output classes" in " ".join(result.output.split())
+    entry = load_registry(tiny_registry)["tiny_resnet"]
+    shown = f"{count_parameters(entry.build(num_classes=LISTED_CLASSES)):,}"
+    assert any(line.split()[:2] == ["tiny_resnet", shown] for line in result.output.replace("│", " ").splitlines())

@@ -7,6 +7,7 @@ from __future__ import annotations
 import gzip
 import json
 import shutil
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -175,7 +176,7 @@ def test_a_name_finds_the_set_prepared_at_its_default_root(tmp_path, monkeypatch
     assert not (tmp_path / "data" / PACKED_DIR).exists()  # never in Tiny-ImageNet's place
     assert sources.default_root("tiny-imagenet") == Path("data")
     assert sources.default_root("cifar10") == Path("data/cifar10")
-    assert resolve("digits").root != Path("data/digits")  # the built-in copy, not this one
+    assert resolve("digits").root == Path("data/digits")  # the set prepared there, not the built-in copy
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -210,14 +211,20 @@ def test_an_identical_copy_is_verified(tmp_path):
     assert manifest["source"]["verified"] is True
 
 
+def _three_fours(lines: list[str]) -> list[str]:
+    fours = [i for i, line in enumerate(lines) if line.endswith(",4")]
+    return [line for i, line in enumerate(lines) if i not in fours[3:]]
+
+
 @pytest.mark.parametrize(
     ("change", "expected"),
     [
         (lambda lines: [*lines[:9], "1,2,3", *lines[10:]], "row 10 of {path} is not 64 pixel values 0-16"),
         (lambda lines: [lines[0].replace("0,", "17,", 1), *lines[1:]], "row 1 of {path} is not 64 pixel values"),
-        (lambda lines: [line for line in lines if not line.endswith(",7")], "{path} has fewer than 5 images of"),
+        (lambda lines: [line for line in lines if not line.endswith(",7")], "{path} has 0 images of the digit 7"),
+        (_three_fours, "{path} has 3 images of the digit 4, fewer than 5: too few"),
     ],
-    ids=["short row", "value out of range", "missing class"],
+    ids=["short row", "value out of range", "missing class", "few of one class"],
 )
 def test_a_bad_digits_file_is_one_line_naming_it_and_writes_nothing(tmp_path, change, expected):
     source = _copy_of_the_digits(tmp_path, change)
@@ -248,6 +255,21 @@ def test_packing_arrays_of_the_wrong_kind_is_refused_and_writes_nothing(tmp_path
     with pytest.raises(ArchbenchError, match="the toy training images are all alike in channel 0"):
         pack_arrays(flat, tmp_path / "p", dataset="toy", source={}, augmentation="upscale-crop")
     assert not (tmp_path / "p").exists() and list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("split", ["train", "test"])
+def test_an_empty_split_is_one_line_naming_the_input_with_no_numpy_warning(tmp_path, split):
+    images = np.random.default_rng(0).integers(0, 256, (4, 8, 8, 3), dtype=np.uint8)
+    labels = np.array([0, 0, 1, 1])
+    splits = {"train": (images, labels), "test": (images, labels), split: (images[:0], labels[:0])}
+    empty = SourceArrays(["a", "b"], *splits["train"], *splits["test"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "invalid value encountered in divide" on the way
+        with pytest.raises(ArchbenchError) as info:
+            source = {"location": "/in/toy.tar"}
+            pack_arrays(empty, tmp_path / "p", dataset="toy", source=source, augmentation="upscale-crop")
+    assert str(info.value) == f"the toy {split} split read from /in/toy.tar is empty: it holds no images"
+    assert list(tmp_path.iterdir()) == []
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -368,3 +390,18 @@ def test_a_run_on_digits_end_to_end(tiny_registry, cache, tmp_path):
     data = resolve("digits")
     assert recorded["name"] == "digits" and recorded["fingerprint"] == data.fingerprint
     assert recorded["train_size"] == 1442 and recorded["test_size"] == 355 and recorded["num_classes"] == 10
+
+
+def test_a_file_placed_by_hand_where_a_download_goes_is_never_deleted(tmp_path, monkeypatch):
+    from archbench.data import download as downloads
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("nothing is fetched over a file already there")
+
+    monkeypatch.setattr(downloads, "_fetch_into", no_network)
+    dest = tmp_path / "cifar-10-python.tar.gz"
+    dest.write_bytes(b"my own copy")
+    with pytest.raises(ArchbenchError) as info:
+        downloads.download("https://example.org/cifar-10-python.tar.gz", dest, md5="0" * 32)
+    assert "\n" not in str(info.value) and f"pass --source {dest}" in str(info.value)
+    assert dest.read_bytes() == b"my own copy"

@@ -4,18 +4,21 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import stat
 import statistics
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
 from archbench import runs
 from archbench.cli import app
-from archbench.config import DataIdentity, Recipe, RunConfig
+from archbench.config import BENCH_DIR, GPU_RESULTS_FILE, LATENCY_FILE, DataIdentity, Recipe, RunConfig
 from archbench.errors import ArchbenchError
-from archbench.report import write_report
+from archbench.report import write_report, write_table
 from archbench.runs import epochs_to_threshold
 from archbench.tuning import FORMAT_VERSION as TUNING_FORMAT
 from archbench.tuning import Trial, choose
@@ -408,9 +411,9 @@ def test_means_over_seeds_come_with_t_intervals(study):
     assert conv["epochs to 30%"] == interval(to_30, ".1f", "1 epoch")
     assert conv["epochs to 40%"] == interval(to_40, ".1f")
     plain = row_for(section(text, "## 6. Convergence"), "resnet18_plain")
-    assert plain["epochs to 40%"] == "∞ (0/2 reached)"  # never reached: infinite time, never a dropped seed
+    assert plain["epochs to 40%"] == "∞ (0/2)"  # never reached: infinite time, never a dropped seed
     vgg_conv = row_for(section(text, "## 6. Convergence"), "vgg11")
-    assert vgg_conv["epochs to 30%"] == "∞ (1/2 reached; those: 4.0 (n=1, no interval))"  # seed 1 diverged
+    assert vgg_conv["epochs to 30%"] == "∞ (1/2)"  # seed 1 diverged
 
     architectures = section(text, "## 4. Architectures")
     assert row_for(architectures, "resnet18")["peak memory (MB)"] == interval([500.0, 530.0], ",.0f")
@@ -432,7 +435,7 @@ def test_time_to_result_at_the_main_threshold(study):
     resnet = rows[("resnet18", "30%")]  # epochs 2 and 2
     assert resnet["device-hours"] == interval([2.5 / 3600, 2.5 / 3600], ".3g")
     vgg = rows[("vgg11", "30%")]  # seed 0 at epoch 4; seed 1 diverged: never, so infinite time
-    assert vgg["seeds reached"] == "1/2" and vgg["epochs"] == "∞ (1/2 reached; those: 4.0 (n=1, no interval))"
+    assert vgg["seeds reached"] == "1/2" and vgg["epochs"] == vgg["training seconds"] == vgg["images"] == "∞ (1/2)"
     assert "GPU-hours on GPU runs" in convergence
 
 
@@ -448,7 +451,7 @@ def test_early_gradients_are_read_scale_free(study):
     assert row["first / last, step 0"] == f"{at0[0] / at0[1]:.3g} (n=1, no interval)"
     assert row["first, steps 1-2"] == f"{later[0]:.3g} (n=1, no interval)"
     assert row["first / last, steps 1-2"] == f"{later[0] / later[1]:.3g} (n=1, no interval)"
-    assert row["steps"] == "3"
+    assert "steps" not in row  # the window is the one named in the headers, whatever each run recorded
     assert row["first layer"] == "conv1" and row["last layer"] == "fc"
     assert "5 groups" in early and "‖g‖/‖w‖" in early
     assert "Layers with no gradient at all at step 0: resnet18 (2)" in early
@@ -524,7 +527,7 @@ def test_a_model_without_a_completed_run_shows_with_its_status(tmp_path):
     row = row_for(section(text, "## 5. Accuracy"), "vgg11")
     assert row["status"] == "seed 0 diverged"
     assert row["final test acc (%)"] == "—"
-    assert row_for(section(text, "## 6. Convergence"), "vgg11")["epochs to 30%"] == "∞ (0/1 reached)"
+    assert row_for(section(text, "## 6. Convergence"), "vgg11")["epochs to 30%"] == "∞ (0/1)"
     assert row_for(section(text, "## 1. Summary"), "vgg11")["completed"] == "0/1"
     discussion = section(text, "## 9. Discussion")
     assert "counted as never reaching any threshold: vgg11 seed 0 (step 3)" in discussion
@@ -566,8 +569,8 @@ def test_discussion_is_one_sentence_per_claims_row(tmp_path):
         assert f"{len(rows)} rows of REPORT-claims.csv (family `{family}`)" in discussion
     # the fixture's plain nets lose ‖g‖/‖w‖ by 0.7 per layer towards the input (a factor 0.7^17 over 18
     # layers: vanishing); the residual ones by 0.95 (0.95^20 = 0.36: within a factor of 10, balanced)
-    assert "resnet18_plain: gradients vanishing (step 0)" in discussion
-    assert "resnet18: gradients balanced (step 0)" in discussion
+    assert "resnet18_plain: log10 ratio below 0, gradients vanishing by its 95% interval (step 0)" in discussion
+    assert "resnet18: log10 ratio below 0, gradients balanced by its 95% interval (step 0)" in discussion
     assert "one seed only" in discussion and "vgg11" in discussion
     assert "changes" not in discussion and "seeds per model would" not in text
 
@@ -721,3 +724,114 @@ def test_no_runs_is_one_line_from_the_cli(tmp_path, make):
     assert len(lines) == 1
     assert f"no runs found under {runs}/" in lines[0]
     assert not (tmp_path / "R.md").exists()
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027])
+def test_report_tables_and_run_records_get_the_mode_open_would_give_under_the_umask(tmp_path, umask):
+    old = os.umask(umask)
+    try:
+        runs.write_json(tmp_path / "summary.json", {"a": 1})
+        write_table(tmp_path / "REPORT-claims.csv", pd.DataFrame({"a": [1]}))
+    finally:
+        os.umask(old)
+    for name in ("summary.json", "REPORT-claims.csv"):  # not mkstemp's 0600
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o666 & ~umask
+
+
+def test_the_regenerate_command_names_the_report_when_it_is_not_the_default_and_rewrites_it(tmp_path, monkeypatch):
+    project = tmp_path / "project"
+    for seed in range(2):
+        write_run(project / "runs", "resnet18", seed, [0.3, 0.4 + 0.01 * seed])
+    files = {  # where the CLI looks by default: in the runs folder's project
+        "benchmarks": project / LATENCY_FILE,
+        "bench_results": project / BENCH_DIR,
+        "gpu_results": project / GPU_RESULTS_FILE,
+    }
+    write_report(project / "runs", project / "REPORT.md", **files)  # the CLI's defaults: nothing to name
+    assert "Regenerate with `archbench report` (from" in unwrap((project / "REPORT.md").read_text(encoding="utf-8"))
+    elsewhere = tmp_path / "elsewhere"
+    first = write_report(project / "runs", elsewhere / "R.md", **files)
+    command = next(ln for ln in unwrap(first.read_text(encoding="utf-8")).splitlines() if "Regenerate with" in ln)
+    command = command.split("`")[1]
+    assert command == "archbench report --runs ../project/runs --report R.md"  # default benchmark paths omitted
+    before = first.read_text(encoding="utf-8")
+    first.unlink()
+    monkeypatch.chdir(elsewhere)  # run as the report says: from its folder
+    result = CliRunner().invoke(app, command.split()[1:])
+    assert result.exit_code == 0, result.output
+    assert first.read_text(encoding="utf-8") == before
+
+
+def test_a_model_keeps_its_colour_in_every_figure_and_arms_differ_by_line_style():
+    from archbench.report.figures import _styles, once_per_model
+
+    every = ["resnet18", "resnet18 (tuned lr)", "resnet18_plain", "vgg11", "vgg11 (tuned lr)"]
+    styles = _styles(every)
+    assert styles["resnet18"]["color"] == styles["resnet18 (tuned lr)"]["color"]
+    assert styles["resnet18"]["marker"] == styles["resnet18 (tuned lr)"]["marker"]
+    assert (styles["resnet18"]["linestyle"], styles["resnet18 (tuned lr)"]["linestyle"]) == ("-", "--")
+    assert len({str(styles[m]["color"]) for m in ("resnet18", "resnet18_plain", "vgg11")}) == 3
+    # a figure that shows only some models (e.g. learning-rate sensitivity) keeps their colours
+    assert _styles(["vgg11"], every)["vgg11"]["color"] == styles["vgg11"]["color"]
+    # step 0 is the same in every arm: drawn once per architecture
+    assert once_per_model(every) == ["resnet18", "resnet18_plain", "vgg11"]
+    assert once_per_model(["vgg11 (tuned lr)"]) == ["vgg11 (tuned lr)"]
+
+
+def test_an_accuracy_band_near_zero_is_clipped_at_zero(tmp_path, monkeypatch):
+    import matplotlib.axes
+
+    from archbench.report import figures
+
+    bands = []
+    original = matplotlib.axes.Axes.fill_between
+
+    def record(self, x, low, high, **kw):
+        bands.append((self.get_ylabel() or "", np.asarray(low), np.asarray(high)))
+        return original(self, x, low, high, **kw)
+
+    monkeypatch.setattr(matplotlib.axes.Axes, "fill_between", record)
+    curves = pd.DataFrame(
+        [
+            {
+                "label": "vgg11",
+                "arm": "registry default rates",
+                "seed": s,
+                "epoch": e,
+                "test_acc": acc,
+                "train_loss": 2.3,
+            }
+            for s, acc in enumerate((0.0, 0.0, 0.03))  # mean 1%, a t band of ± 3.7 points
+            for e in (1, 2)
+        ]
+    )
+    figures.plot_training_curves(curves, ["vgg11"], tmp_path / "curves.png")
+    accuracy = [low for _, low, _ in bands if len(low) and low.max() < 50]
+    assert accuracy and all(low.min() >= 0.0 for low in accuracy)
+
+
+def test_the_accuracy_cost_figure_says_completed_of_total_per_model(tmp_path, monkeypatch):
+    import matplotlib.axes
+
+    from archbench.report import figures
+
+    labels = []
+    original = matplotlib.axes.Axes.errorbar
+
+    def record(self, *args, **kw):
+        labels.append(kw.get("label"))
+        return original(self, *args, **kw)
+
+    monkeypatch.setattr(matplotlib.axes.Axes, "errorbar", record)
+    results = pd.DataFrame(
+        {
+            "label": ["vgg11"] * 3,
+            "status": ["completed", "completed", "diverged"],
+            "final_test_acc": [0.5, 0.52, math.nan],
+            "parameters": [1e6] * 3,
+            "gflops_224": [1.0] * 3,
+            "train_seconds": [10.0] * 3,
+        }
+    )
+    figures.plot_accuracy_vs_cost(results, ["vgg11"], tmp_path / "cost.png")
+    assert set(labels) == {"vgg11 (2/3 completed)"}

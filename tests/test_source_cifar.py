@@ -589,3 +589,48 @@ def test_bad_archive_leaves_nothing_and_keeps_a_good_cache(tmp_path):
         prepare("cifar10", tmp_path / "data", str(bad))
     assert sorted((p.name, p.read_bytes()) for p in (tmp_path / "data").rglob("*") if p.is_file()) == before
     assert manifest["source"]["location"] == str(good)
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["run"],  # the default preset's 224 crop
+        ["run", "--preset", "cifar", "--image-size", "48"],
+        ["tune", "--lr", "0.1"],
+    ],
+)
+def test_a_crop_too_large_for_cifar_is_refused_before_any_run_folder(command, tiny_registry, tmp_path):
+    from typer.testing import CliRunner
+
+    from archbench.cli import app
+
+    _prepared(CIFAR10, tmp_path)
+    out = tmp_path / "runs"
+    args = [*command, "tiny_resnet", "--registry", str(tiny_registry), "--data", str(tmp_path / "data")]
+    args += ["--epochs", "1", "--device", "cpu", "--out", str(out), "--quiet"]
+    result = CliRunner().invoke(app, args, env={"COLUMNS": "400"})
+    assert result.exit_code == 2, result.output
+    assert len(result.output.strip().splitlines()) == 1 and "--image-size 40 or less" in result.output
+    assert not out.exists() or not [p for p in out.rglob("*") if p.is_file()]
+    assert not list(tmp_path.rglob("config.json")) and not list(tmp_path.rglob("tuning*.json"))
+
+
+def test_an_empty_test_batch_is_named_by_its_member(tmp_path):
+    members = cifar10_members(test=0)
+    archive = write_archive(tmp_path / "cifar-10-python.tar.gz", CIFAR10, members)
+    with pytest.raises(ArchbenchError) as info:
+        read(CIFAR10, archive)
+    assert str(info.value) == f"{archive}:cifar-10-batches-py/test_batch holds no images: the test split is empty"
+
+
+def test_prepare_without_a_source_reuses_the_cache_before_any_read_or_download(cifar10_archive, tmp_path, monkeypatch):
+    from archbench.data.sources import prepare
+
+    made = prepare("cifar10", tmp_path / "data", str(cifar10_archive))
+
+    def no_read(*args, **kwargs):
+        raise AssertionError("an intact cache of the data set needs no download or read")
+
+    monkeypatch.setattr(cifar, "download", no_read)
+    monkeypatch.setattr(cifar, "read", no_read)
+    assert prepare("cifar10", tmp_path / "data") == made

@@ -63,7 +63,7 @@ def test_labels_and_pixels_match_torchvision_imagefolder(tree):
         expected = np.stack([np.asarray(image) for image, _ in reference])
         np.testing.assert_array_equal(getattr(arrays, f"{split}_images"), expected)
     assert arrays.train_images.shape == (8, 24, 24, 3) and arrays.test_images.shape == (4, 24, 24, 3)
-    assert arrays.extra["test_folder"] == "val" and arrays.extra["skipped_files"] == []
+    assert arrays.extra["test_folder"] == "val" and arrays.repairs["skipped_files"] == []
 
 
 def test_default_size_is_the_median_shorter_side_of_the_training_images(tree):
@@ -199,7 +199,7 @@ def test_skip_bad_keeps_labels_aligned_and_records_the_files(tmp_path):
     (root / "train" / "b" / "0.png").write_bytes(b"broken")
     (root / "test" / "c" / "2.png").write_bytes(b"broken")
     arrays = read(root, image_size=6, skip_bad=True)
-    assert arrays.extra["skipped_files"] == ["train/a/1.png", "train/b/0.png", "test/c/2.png"]
+    assert arrays.repairs["skipped_files"] == ["train/a/1.png", "train/b/0.png", "test/c/2.png"]
     assert arrays.train_labels.tolist() == [0, 0, 1, 1, 2, 2, 2]
     assert arrays.test_labels.tolist() == [0, 0, 0, 1, 1, 1, 2, 2]
     for split in ("train", "test"):
@@ -260,9 +260,24 @@ def test_bad_tree_leaves_nothing_and_keeps_a_good_cache(tree, tmp_path):
         prepare("imagefolder", tmp_path / "data", str(tree), image_size=8)
     assert not (tmp_path / "data").exists()
     manifest = prepare("imagefolder", tmp_path / "data", str(tree), image_size=8, skip_bad=True)
-    assert manifest["extra"]["skipped_files"] == ["val/cat/a.png"] and manifest["splits"]["test"]["count"] == 3
+    assert manifest["skipped"] == 1 and manifest["skipped_files"] == ["val/cat/a.png"]
+    assert manifest["splits"]["test"]["count"] == 3
     before = sorted((p.name, p.read_bytes()) for p in (tmp_path / "data").rglob("*") if p.is_file())
     (tree / "val" / "dog").rename(tree / "val" / "wolf")
     with pytest.raises(ArchbenchError, match="wolf"):
         prepare("imagefolder", tmp_path / "data", str(tree), image_size=8, skip_bad=True)
     assert sorted((p.name, p.read_bytes()) for p in (tmp_path / "data").rglob("*") if p.is_file()) == before
+
+
+def test_skipped_images_are_counted_in_the_ready_line_and_the_cache_is_not_reused_without_skip_bad(tree, tmp_path):
+    from typer.testing import CliRunner
+
+    from archbench.cli import app
+
+    (tree / "train" / "dog" / "b.png").write_bytes(b"broken")
+    args = ["data", "prepare", "imagefolder", "--source", str(tree), "--root", str(tmp_path / "data")]
+    result = CliRunner().invoke(app, [*args, "--image-size", "8", "--skip-bad"], env={"COLUMNS": "400"})
+    assert result.exit_code == 0, result.output
+    assert result.output.strip().splitlines()[-1].endswith("; 1 skipped")
+    result = CliRunner().invoke(app, [*args, "--image-size", "8"], env={"COLUMNS": "400"})
+    assert result.exit_code != 0 and "b.png is not a readable image" in result.output

@@ -7,19 +7,23 @@ import math
 import pytest
 from scipy import stats as scipy_stats
 
-from archbench.report.claims import BALANCED, EXPLODING, VANISHING, direction
+from archbench.report.claims import BALANCED, EXPLODING, UNDETERMINED, VANISHING, direction
 from archbench.report.stats import (
     ONE_SAMPLE,
     PAIRED,
     PERMUTATION,
+    RANK_SUM,
     SIGN_FLIP,
+    SIGNED_RANK,
     WELCH,
     compare,
+    compare_times,
+    finite,
     holm,
     one_sample,
     t_interval,
 )
-from archbench.report.text import ci, p_text
+from archbench.report.text import ci, geometric_ci, p_text
 
 T975_DF2 = 4.302652729749464  # Student's t, 97.5% quantile, 2 degrees of freedom
 
@@ -96,11 +100,41 @@ def test_holm_on_a_hand_computed_family():
     assert all(a >= r for a, r in zip(adjusted, raw) if not math.isnan(r))
 
 
-def test_gradient_direction_is_named_by_the_log_ratio():
-    assert direction(math.log10(0.05)) == VANISHING  # the first layer's ‖g‖/‖w‖ 20x below the last's
-    assert direction(math.log10(176)) == EXPLODING  # 176x above: plain-34 at step 0
-    assert direction(math.log10(0.342)) == BALANCED and direction(math.log10(2.0)) == BALANCED
-    assert direction(float("nan")) == "not measured"
+def test_gradient_direction_is_named_by_the_95_percent_interval_of_the_log_ratio():
+    log = math.log10
+    assert direction([log(0.05), log(0.049), log(0.051)]) == VANISHING  # 20x below the last's, every seed
+    assert direction([log(176), log(170), log(180)]) == EXPLODING  # 176x above: plain-34 at step 0
+    assert direction([log(0.342), log(0.35), log(0.33)]) == BALANCED
+    # a mean beyond a factor of 10 whose interval reaches inside it is not named vanishing or exploding
+    assert direction([-1.3, -0.2, -2.5]) == UNDETERMINED and direction([1.5, 0.9, 1.2]) == UNDETERMINED
+    assert direction([-1.3]) == UNDETERMINED  # one seed: no interval
+    assert direction([float("nan")]) == "not measured"
+
+
+def test_finite_drops_infinities_as_compare_promises():
+    assert finite([1.0, math.inf, -math.inf, float("nan"), None, 2]) == [1.0, 2.0]
+    assert t_interval([1.0, 2.0, math.inf]).n == 2
+
+
+def test_a_seed_one_side_lacks_is_dropped_and_the_rest_still_pair():
+    a, b = {0: 0.50, 1: 0.60, 2: 0.70}, {0: 0.45, 1: 0.56}
+    c = compare(a, b)
+    assert c.test == PAIRED and c.n_a == c.n_b == 2 and c.dropped == ((2,), ())
+    assert c.p == pytest.approx(scipy_stats.ttest_rel([0.50, 0.60], [0.45, 0.56]).pvalue)
+    assert compare(a, {0: 0.45, 3: 0.56}).test == WELCH  # one shared seed: nothing to pair
+
+
+def test_times_with_a_never_reached_seed_use_exact_rank_tests_with_infinity_ranked_last():
+    a, b = {0: 2.0, 1: 2.0, 2: 3.0}, {0: 4.0, 1: 4.0, 2: math.inf}
+    c = compare_times(a, b)
+    assert c.test == SIGNED_RANK and math.isinf(c.mean_b) and c.mean_a == pytest.approx(7 / 3)
+    # the oracle: scipy's exact signed-rank test with ∞ replaced by any time beyond every finite one
+    assert c.p == pytest.approx(scipy_stats.wilcoxon([2, 2, 3], [4, 4, 99], method="exact").pvalue)
+    unpaired = compare_times(a, {5: 4.0, 6: 4.0, 7: math.inf})
+    expected = scipy_stats.mannwhitneyu([2, 2, 3], [4, 4, 99], method="exact").pvalue
+    assert unpaired.test == RANK_SUM and unpaired.p == pytest.approx(expected)
+    both = compare_times({0: math.inf, 1: 3.0}, {0: math.inf, 1: 3.0})  # ∞ against ∞ is a tie, not NaN
+    assert both.p == 1.0
 
 
 def test_p_values_never_round_across_the_threshold():
@@ -117,3 +151,11 @@ def test_every_seed_equal_is_said_never_a_zero_width_interval():
         == "52.00 (all 3 seeds equal, resolution 0.5 points)"
     )
     assert "± 0.00" not in ci([0.52, 0.52], ".2f", 100.0)
+
+
+def test_a_ratio_over_seeds_is_the_geometric_mean_the_claims_test():
+    # first/last ratios 0.1, 1 and 10: the mean log10 the claims test is 0, i.e. a ratio of 1 (the
+    # arithmetic mean, 3.7, would read as towards exploding)
+    half = T975_DF2 * 1.0 / math.sqrt(3)  # the t half-width of log10 values -1, 0, 1
+    assert geometric_ci([0.1, 1.0, 10.0], ".3g") == f"1 ×/÷ {10**half:.3g} (n=3)"
+    assert geometric_ci([0.5], ".3g") == "0.5 (n=1, no interval)"

@@ -24,3 +24,5 @@ class SourceArrays:
     test_labels: np.ndarray
     names: dict[str, str] = field(default_factory=dict)  # class identifier -> readable name, where the source has one
     extra: dict = field(default_factory=dict)  # source-specific facts recorded in the manifest (e.g. coarse labels)
+    # images left out or changed on the way, as `write_manifest` takes them (e.g. {"skipped_files": [...]})
+    repairs: dict = field(default_factory=dict)

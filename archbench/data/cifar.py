@@ -207,6 +207,17 @@ def read(variant: Variant, path: Path) -> SourceArrays:
     }
     images = {split: np.concatenate([b.images for b in batches]) for split, batches in splits.items()}
     labels = {split: np.concatenate([b.labels for b in batches]) for split, batches in splits.items()}
+    batch_members = {"train": variant.train, "test": [variant.test]}
+    for split in splits:
+        if not len(labels[split]):
+            where = ", ".join(members[m].where for m in batch_members[split])
+            raise ArchbenchError(
+                f"{where} hold{'s' if len(batch_members[split]) == 1 else ''} no images: the {split} split is empty"
+            )
+    if (untrained := np.flatnonzero(np.bincount(labels["train"], minlength=len(names)) == 0)).size:
+        raise ArchbenchError(
+            f"{path}: the training batches hold no image of class {names[untrained[0]]}, so a run could not learn it"
+        )
     extra = {}
     if variant.coarse_classes:
         coarse = {split: np.concatenate([b.coarse for b in batches]) for split, batches in splits.items()}

@@ -143,10 +143,11 @@ def _parse(content: bytes, path: Path) -> tuple[np.ndarray, np.ndarray]:
         raise ArchbenchError(f"{path} holds no images, so it is not the digits CSV")
     table = np.array(values, dtype=np.int64)
     labels = table[:, -1]
-    missing = sorted(set(range(10)) - set(labels.tolist()))
-    if missing or np.bincount(labels, minlength=10).min() < TEST_EVERY:
+    counts = np.bincount(labels, minlength=10)
+    if counts.min() < TEST_EVERY:
+        fewest = int(counts.argmin())
         raise ArchbenchError(
-            f"{path} has fewer than {TEST_EVERY} images of the digit {missing[0] if missing else '?'}, "
+            f"{path} has {counts[fewest]} images of the digit {fewest}, fewer than {TEST_EVERY}: "
             "too few for a train and a test split"
         )
     return table[:, :-1], labels

@@ -42,15 +42,20 @@ def download(
 ) -> Path:
     """Fetch ``url`` to ``dest``, resuming ``dest.partial`` if a previous run left one.
 
-    A ``dest`` that already exists is reused when it matches ``md5`` (or when no md5 is known). A wrong
-    checksum deletes the partial file, since resuming from bad bytes could never succeed, and raises.
+    A ``dest`` that already exists is reused when it matches ``md5`` (or when no md5 is known); one with
+    another md5 was put there by hand (downloads are verified before renaming), so it is left alone and
+    refused in one line. A wrong checksum of the download deletes the partial file, since resuming from bad
+    bytes could never succeed, and raises.
     """
     dest = Path(dest)
     if dest.exists():
-        if md5 is None or file_digest(dest, "md5") == md5:
+        actual = file_digest(dest, "md5") if md5 is not None else None
+        if actual == md5:
             return dest
-        with writing(dest):
-            dest.unlink()  # only a file put there by hand can get here: downloads are verified before renaming
+        raise ArchbenchError(
+            f"{dest} is already there with md5 {actual}, not the official {md5}: to use it as it is (recorded as "
+            f"unverified), pass --source {dest}; to download the official file, move it away first"
+        )
     partial = partial_path(dest)
     with writing(partial):
         dest.parent.mkdir(parents=True, exist_ok=True)

@@ -25,7 +25,7 @@ It is then resized once to ``S x S`` the way torchvision's ``Resize(S)`` + ``Cen
 (shorter side to S, bilinear with antialiasing, centre crop). ``S`` is ``--image-size``, by default the
 median shorter side of the training images. An unreadable image is one line naming the file; with
 ``skip_bad`` it is left out instead (its label with it, so labels stay aligned) and its path recorded in
-``extra["skipped_files"]``.
+``repairs["skipped_files"]`` (the manifest's ``skipped`` and ``skipped_files``).
 """
 
 from __future__ import annotations
@@ -144,8 +144,8 @@ def read(
             "image_size_from": size_from,
             "resize": "shorter side to the image size (bilinear, antialiased), centre crop",
             "test_folder": test_dir.name,
-            "skipped_files": skipped,
         },
+        repairs={"skipped_files": skipped},
     )
 
 

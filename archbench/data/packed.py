@@ -204,7 +204,7 @@ def pack_arrays(
 ) -> dict:
     """Write a source's in-memory splits as a packed cache at ``packed`` (built beside it, renamed in when
     complete) and return its manifest; a split or class the checks refuse leaves nothing behind."""
-    _refuse_bad_arrays(arrays, dataset)
+    _refuse_bad_arrays(arrays, dataset, source.get("location"))
     say(console, f"packing {len(arrays.train_labels):,} train and {len(arrays.test_labels):,} test images of {dataset}")
     with staged(Path(packed), "building") as staging:
         for split in SPLITS:
@@ -220,14 +220,17 @@ def pack_arrays(
                 source=source,
                 augmentation=augmentation,
                 extra=arrays.extra,
+                repairs=arrays.repairs,
             )
         except DamagedCache as e:  # e.g. a split empty or a class without training images
             raise ArchbenchError(f"the {dataset} data cannot be packed: {e.message}") from None
     return manifest
 
 
-def _refuse_bad_arrays(arrays: SourceArrays, dataset: str) -> None:
-    """Shapes and dtypes a source must hand over; anything else is a mistake in the source module."""
+def _refuse_bad_arrays(arrays: SourceArrays, dataset: str, location: str | None = None) -> None:
+    """Shapes and dtypes a source must hand over (anything else is a mistake in the source module), and no
+    empty split: checked here, before any statistics, naming the input (``location``) rather than a cache."""
+    read_from = f" read from {location}" if location else ""
     for split in SPLITS:
         images, labels = getattr(arrays, f"{split}_images"), getattr(arrays, f"{split}_labels")
         if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
@@ -236,8 +239,10 @@ def _refuse_bad_arrays(arrays: SourceArrays, dataset: str) -> None:
             )
         if len(images) != len(labels):
             raise ArchbenchError(f"the {dataset} {split} split has {len(images)} images but {len(labels)} labels")
+        if not len(images):
+            raise ArchbenchError(f"the {dataset} {split} split{read_from} is empty: it holds no images")
     flat = np.flatnonzero(np.asarray(channel_statistics(arrays.train_images)[1]) == 0)
-    if len(arrays.train_images) and len(flat):
+    if len(flat):
         raise ArchbenchError(
             f"the {dataset} training images are all alike in channel {int(flat[0])}, so they cannot be normalised"
         )

@@ -23,6 +23,7 @@ them offline on first use into the archbench cache (`resolve`), as it does the s
 from __future__ import annotations
 
 import importlib
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -158,6 +159,12 @@ def prepare_arrays(
     root = Path(root)
     require_folder(root, "--root")
     with accessing(root):
+        packed = root / PACKED_DIR
+        checked = location is None and image_size is None and _packed_dataset(packed) == name
+        if checked:
+            # no source named: an intact cache of this data set is the answer, before any read or download
+            if (manifest := reusable_cache(packed, None, skip_bad, console)) is not None:
+                return manifest
         arrays, origin = spec.read(location, root, image_size=image_size, skip_bad=skip_bad, console=console)
         official = origin.pop("official", None)
         verified = origin.pop("verified", official is not None and origin["checksum"] == official)
@@ -168,28 +175,35 @@ def prepare_arrays(
                 f"{official}; using it, recorded as unverified",
             )
         info = {**origin, "verified": verified}
-        packed = root / PACKED_DIR
-        manifest = reusable_cache(packed, info["checksum"], skip_bad, console)
+        manifest = None if checked else reusable_cache(packed, info["checksum"], skip_bad, console)
         if manifest is not None and manifest["dataset"] == name:
             return manifest
         return pack_arrays(arrays, packed, dataset=name, source=info, augmentation=spec.augmentation, console=console)
 
 
+def _packed_dataset(packed: Path) -> str | None:
+    """The data set a packed cache's manifest names (None where there is no readable manifest)."""
+    try:
+        return json.loads((packed / "manifest.json").read_text(encoding="utf-8")).get("dataset")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
 def resolve(spec: str | Path = SYNTHETIC, console: Console | None = None) -> PackedData:
-    """``--data``: a built-in name (the digits, the default synthetic set: built offline on first use and
-    cached), a data set's name (prepared into its `default_root`), or a prepared folder. Either way the data
-    is verified against its manifest before it is returned."""
+    """``--data``: a data set's name (the set prepared into its `default_root`, else for a built-in name such
+    as the digits the copy built offline on first use and cached), the default synthetic set, or a prepared
+    folder. Either way the data is verified against its manifest before it is returned."""
     text = str(spec)
     if text == SYNTHETIC:
         from archbench.data.synthetic import default_synthetic
 
         return load_packed(default_synthetic(console))
-    if text in SOURCES and SOURCES[text].builtin is not None:
-        return load_packed(SOURCES[text].builtin(console))
-    if text in SOURCES and not Path(text).exists():
+    if text in SOURCES and (SOURCES[text].builtin is not None or not Path(text).exists()):
         root = default_root(text)
-        if (root / PACKED_DIR / "manifest.json").exists():
+        if (root / PACKED_DIR / "manifest.json").exists():  # prepared here by the user: theirs comes first
             return load_packed(root)
+        if SOURCES[text].builtin is not None:
+            return load_packed(SOURCES[text].builtin(console))
         raise ArchbenchError(
             f"--data {text}: {text} must be prepared first: run `archbench data prepare {text}` (into {root}; "
             f"or with --root DIR, then pass --data DIR); built in, offline: {', '.join(builtin_names())}"

@@ -32,6 +32,7 @@ from archbench.report.sections import (
     figures_section,
     header_section,
     methods_section,
+    notes_section,
     provenance_section,
     run_records_section,
 )
@@ -40,9 +41,15 @@ from archbench.report.study import FigureFiles, Inputs, Study, load_study
 from archbench.report.summary import summary_section
 from archbench.report.text import wrap_prose
 
+
+def _summary_then_notes(study: Study) -> str:
+    """The first screen, then the notes on the records and the regenerate command (kept off the first screen)."""
+    return f"{summary_section(study)}\n\n{notes_section(study)}"
+
+
 # (title, section): each section returns its markdown without the heading, or None to leave itself out.
 SECTIONS = (
-    ("Summary", summary_section),
+    ("Summary", _summary_then_notes),
     ("Methods", methods_section),
     ("Provenance", provenance_section),
     ("Architectures", architectures_section),
@@ -75,17 +82,18 @@ def write_table(path: Path, table) -> None:
     records.write_text(path, table.to_csv(index=False, float_format="%.6g", lineterminator="\n"))
 
 
-def _command(out: Path, labels: dict[str, str]) -> str:
-    """`archbench report` with every option that differs from its default (paths relative to the report)."""
+def _command(runs_dir: Path, paths: dict[str, Path], labels: dict[str, str]) -> str:
+    """`archbench report` as run from the report's folder, with every option whose path differs from its
+    default (RUNS_DIR there; the others in the runs folder's project, as the CLI defaults them)."""
+    project = Path(runs_dir).resolve().parent
     defaults = {
-        "--runs": RUNS_DIR.as_posix(),
-        "--benchmarks": LATENCY_FILE.as_posix(),
-        "--bench-results": BENCH_DIR.as_posix(),
-        "--gpu-results": GPU_RESULTS_FILE.as_posix(),
+        "--report": project / REPORT_FILE,
+        "--benchmarks": project / LATENCY_FILE,
+        "--bench-results": project / BENCH_DIR,
+        "--gpu-results": project / GPU_RESULTS_FILE,
     }
-    options = [f"{flag} {labels[flag]}" for flag in defaults if labels[flag] != defaults[flag]]
-    if out.name != REPORT_FILE.name:
-        options.insert(1 if labels["--runs"] != defaults["--runs"] else 0, f"--out {out.name}")
+    options = [f"--runs {labels['--runs']}"] if labels["--runs"] != RUNS_DIR.as_posix() else []
+    options += [f"{flag} {labels[flag]}" for flag, default in defaults.items() if paths[flag].resolve() != default]
     return " ".join(["archbench report", *options])
 
 
@@ -105,12 +113,14 @@ def write_report(
     def relative(path: Path) -> str:
         return _relative(Path(path), base)
 
-    labels = {
-        "--runs": relative(runs_dir),
-        "--benchmarks": relative(benchmarks),
-        "--bench-results": relative(bench_results),
-        "--gpu-results": relative(gpu_results),
+    paths = {
+        "--runs": Path(runs_dir),
+        "--report": out,
+        "--benchmarks": Path(benchmarks),
+        "--bench-results": Path(bench_results),
+        "--gpu-results": Path(gpu_results),
     }
+    labels = {flag: relative(path) for flag, path in paths.items()}
     inputs = Inputs(
         runs_dir=Path(runs_dir),
         latency=Path(benchmarks),
@@ -120,7 +130,7 @@ def write_report(
         latency_label=labels["--benchmarks"],
         bench_label=labels["--bench-results"],
         gpu_label=labels["--gpu-results"],
-        command=_command(out, labels),
+        command=_command(Path(runs_dir), paths, labels),
         relative=relative,
     )
     files = FigureFiles(
@@ -151,6 +161,6 @@ def write_report(
     figures.plot_gradient_size_by_depth(study.gradients.by_depth, study.labels, window, base / files.gradients)
     figures.plot_cosine_by_depth(study.gradients.by_depth, study.labels, window, base / files.cosines)
     if study.sensitivity is not None:
-        figures.plot_lr_sensitivity(study.sensitivity, base / files.lr_sensitivity)
+        figures.plot_lr_sensitivity(study.sensitivity, base / files.lr_sensitivity, study.labels)
     out.write_text(render(study), encoding="utf-8", newline="\n")
     return out

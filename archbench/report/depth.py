@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, NamedTuple
 import pandas as pd
 
 from archbench import references
-from archbench.report.text import md, pct
+from archbench.report.text import accuracy_resolution, md, pct
 
 if TYPE_CHECKING:
     from archbench.report.study import Study
@@ -79,8 +79,8 @@ def _group_table(group: DepthGroup, counted: pd.DataFrame, family: str | None) -
                     "model": label,
                     "depth": str(depth),
                     "residual": "yes" if residual else "no",
-                    "final test acc (%)": pct(acc),
-                    "test error (%)": pct(_error(acc)),
+                    "final test acc (%)": pct(acc, accuracy_resolution(counted)),
+                    "test error (%)": pct(_error(acc), accuracy_resolution(counted)),
                 }
             )
     refs, _, _ = reference_rows(family)

@@ -14,7 +14,18 @@ import pandas as pd
 
 from archbench import references
 from archbench.config import RUNS_DIR
-from archbench.report.claims import ACCURACY, DEPTH, FAMILIES, GRADIENT, RESOLVED, TIME
+from archbench.report.claims import (
+    ACCURACY,
+    BALANCED,
+    DEPTH,
+    EXPLODING,
+    FAMILIES,
+    GRADIENT,
+    RESOLVED,
+    TIME,
+    UNDETERMINED,
+    VANISHING,
+)
 from archbench.report.gradient_measures import EARLY, STEP0
 from archbench.report.sensitivity import Sensitivity, tuneability
 from archbench.report.study import TUNED, Study
@@ -24,7 +35,7 @@ from archbench.tuning import CHOSEN
 FAMILY_TITLES = {
     ACCURACY: "Accuracy (final-epoch test accuracy, points)",
     DEPTH: "Depth (final-epoch test accuracy, points)",
-    TIME: "Time to the main threshold (epochs; a seed that never reached it enters at the budget + 1)",
+    TIME: "Time to the main threshold (epochs; a seed that never reached it is ∞, ranked above every time)",
     GRADIENT[STEP0]: "Gradients at step 0 (before any update: independent of the learning rate)",
     GRADIENT[EARLY]: "Gradients over the early window (depends on the learning rate)",
 }
@@ -34,17 +45,29 @@ def _number(x: float, digits: int = 2) -> str:
     return "—" if x is None or not math.isfinite(x) else f"{x:.{digits}f}"
 
 
+def mean_text(mean: float, of: str) -> str:
+    """A claim's mean with how many seeds of how many entered it; ∞ when a seed never arrived."""
+    share = f" ({of})" if isinstance(of, str) and of else ""
+    return f"∞{share}" if mean == math.inf else f"{_number(mean)}{share}"
+
+
+def constant_text(row) -> str:
+    """ "every seed: +d" when every paired difference was the same d (empty otherwise)."""
+    d = row.constant_difference
+    return f"every seed: {d:+.2f}" if isinstance(d, float) and math.isfinite(d) else ""
+
+
 def _tested(row) -> str:
     if not row.test:
         return row.note or "not tested"
-    constant = "" if not math.isfinite(row.constant_difference) else f"every seed: {row.constant_difference:+.2f}; "
+    constant = f"{constant_text(row)}; " if constant_text(row) else ""
     adjusted = f"{p_text(row.p)}, Holm-adjusted {p_text(row.p_adjusted)}"
     if row.model_b:
         return f"{constant}{row.test}, n = {row.n_a} vs {row.n_b}, {adjusted}"
     return f"{constant}{row.test} against 0, n = {row.n_a}, {adjusted}"
 
 
-def _outcome(row) -> str:
+def outcome(row) -> str:
     """The verdict in words: which side is ahead when resolved (for times, fewer epochs is ahead)."""
     if row.verdict != RESOLVED:
         return row.verdict
@@ -52,25 +75,39 @@ def _outcome(row) -> str:
         return f"{RESOLVED}: below 0" if row.difference < 0 else f"{RESOLVED}: above 0"
     higher = row.model_a if row.difference > 0 else row.model_b
     lower = row.model_b if row.difference > 0 else row.model_a
-    if row.family == TIME:
-        return f"{RESOLVED}: {lower} reaches it sooner"
+    if row.family == TIME:  # by ranks: a negative rank statistic puts model_a's times lower
+        return f"{RESOLVED}: {row.model_a if row.statistic < 0 else row.model_b} reaches it sooner"
     if row.family in (GRADIENT[STEP0], GRADIENT[EARLY]):
         return f"{RESOLVED}: {lower} is closer to balance"
     return f"{RESOLVED}: {higher} higher"
 
 
+def _named(claim: str) -> str:
+    """The direction a gradient claim names (`claims.direction`)."""
+    return next((d for d in (VANISHING, EXPLODING, BALANCED, UNDETERMINED) if f"gradients {d} " in claim), "")
+
+
+EXPECTED = {  # what each named direction at step 0 says of He et al. 2016 and of Yang et al. 2019
+    BALANCED: ("in line with", "not shown here"),
+    EXPLODING: ("against", "in line with"),
+    VANISHING: ("against", "against"),
+    UNDETERMINED: ("neither confirmed nor contradicted by", "neither confirmed nor contradicted by"),
+}
+
+
 def expectation(kinds: pd.DataFrame, row) -> str:
-    """What the literature expects of a model's step-0 gradients, and whether this row agrees."""
-    if row.family != GRADIENT[STEP0] or row.model_b or row.model_a not in kinds.index:
+    """What the literature expects of a plain net with BN at step 0, and whether this row's direction (named
+    by its 95% interval) agrees: balanced is in line with He et al.; exploding is against He et al. and in
+    line with Yang et al.; vanishing is against both."""
+    if row.family != GRADIENT[STEP0] or row.model_b:
         return ""
-    k = kinds.loc[row.model_a]
-    if bool(k["residual"]) or not bool(k["batch_norm"]):
+    mine = kinds[kinds["name_label"] == row.model_a]
+    if mine.empty or bool(mine["residual"].iloc[0]) or not bool(mine["batch_norm"].iloc[0]):
         return ""
-    resolved = row.verdict == RESOLVED
-    vanishing = resolved and row.mean_a < 0 and "vanishing" in row.claim
-    exploding = resolved and row.mean_a > 0 and "exploding" in row.claim
-    he = "against" if vanishing else "in line with"
-    yang = "in line with" if exploding else "not shown here, against or short of"
+    named = _named(row.claim)
+    if named not in EXPECTED:
+        return ""
+    he, yang = EXPECTED[named]
     return (
         f" Expected for a plain net with BN: {references.HE_2016_GRADIENTS} ({he} this row); "
         f"{references.YANG_2019_GRADIENTS} ({yang} this row)."
@@ -80,13 +117,13 @@ def expectation(kinds: pd.DataFrame, row) -> str:
 def claim_sentence(row, kinds: pd.DataFrame) -> str:
     """One claims row as a sentence."""
     if row.model_b:
-        numbers = f"{row.model_a} {_number(row.mean_a)} vs {row.model_b} {_number(row.mean_b)}"
+        numbers = f"{row.model_a} {mean_text(row.mean_a, row.of_a)} vs {row.model_b} {mean_text(row.mean_b, row.of_b)}"
         diff = f", difference {row.difference:+.2f}" if math.isfinite(row.difference) else ""
     else:
         numbers = f"mean {row.metric} {_number(row.mean_a)}"
         diff = ""
     note = f" ({row.note})" if row.note and row.test else ""
-    return f"{row.claim} [{row.arm}]: {numbers}{diff}; {_tested(row)} → {_outcome(row)}{note}.{expectation(kinds, row)}"
+    return f"{row.claim} [{row.arm}]: {numbers}{diff}; {_tested(row)} → {outcome(row)}{note}.{expectation(kinds, row)}"
 
 
 def _caveats(study: Study) -> list[str]:

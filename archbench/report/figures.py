@@ -18,6 +18,7 @@ from matplotlib.figure import Figure
 
 from archbench.report.gradient_measures import COSINE, EARLY, STEP0, column
 from archbench.report.sensitivity import Sensitivity
+from archbench.report.study import TUNED_TAG
 
 DPI = 100
 PNG_METADATA = {"Software": None}
@@ -27,24 +28,43 @@ SHORTCUT_NOTE = "open circles: 1x1 shortcut projections"
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "h", "*", "p")
 
 
-def _styles(labels: list[str], by_model: bool = False) -> dict[str, dict]:
-    """A colour and a marker per label (with `by_model`, per model: the label without its arm tag, for
-    figures with one panel per arm), never two alike: tab20's colours and twelve markers, paired so that
-    consecutive entries differ in both."""
+ARM_LINES = {"": "-", TUNED_TAG: "--"}  # the registry-default arm solid, tuned dashed, a rate set by --lr dotted
+
+
+def _styles(labels: list[str], every: list[str] | None = None) -> dict[str, dict]:
+    """Per label: a colour and a marker of its model (the label without its arm tag), the same in every
+    figure and never two models alike (tab20's colours and twelve markers, paired so that consecutive models
+    differ in both); the arm told apart by the line style (`ARM_LINES`) and, for markers alone, by an open
+    marker off the registry-default arm. Colours are dealt over the models of `every` (all the report's
+    labels; default `labels`), so a model keeps its colour in a figure that shows only some."""
     tab20 = matplotlib.colormaps["tab20"]
     palette = [tab20(2 * i) for i in range(10)] + [tab20(2 * i + 1) for i in range(10)]  # tab10's, then lighter
-    key = _model if by_model else str
-    names = sorted({key(label) for label in labels})
+    names = sorted({_model(label) for label in [*labels, *(every or [])]})
     style = {m: dict(color=palette[i % 20], marker=MARKERS[i % len(MARKERS)]) for i, m in enumerate(names)}
-    return {label: style[key(label)] for label in labels}
+    return {
+        label: {
+            **style[_model(label)],
+            "linestyle": ARM_LINES.get(_arm_tag(label), ":"),
+            "fill": "full" if not _arm_tag(label) else "none",
+        }
+        for label in labels
+    }
+
+
+def _arm_tag(label: str) -> str:
+    return label[len(_model(label)) :]
 
 
 def _model(label: str) -> str:
     return label.split(" (")[0]
 
 
-def _colours(labels: list[str]) -> dict[str, tuple]:
-    return {label: style["color"] for label, style in _styles(labels).items()}
+def once_per_model(labels: list[str]) -> list[str]:
+    """One label per model: its registry-default arm's when it has one (for what every arm shares, e.g. step 0)."""
+    out: dict[str, str] = {}
+    for label in sorted(labels, key=lambda x: (bool(_arm_tag(x)), x)):
+        out.setdefault(_model(label), label)
+    return sorted(out.values())
 
 
 def _legend_outside(fig: Figure, axes) -> None:
@@ -93,7 +113,7 @@ def plot_training_curves(curves: pd.DataFrame, labels: list[str], path: Path) ->
 
     `curves` has columns label, arm, seed, epoch, test_acc (fraction), train_loss: one row per run and epoch.
     """
-    styles = _styles(labels, by_model=True)
+    styles = _styles(labels)
     arms = sorted(curves["arm"].unique(), key=lambda a: (a != "registry default rates", a)) if len(curves) else []
     with matplotlib.style.context("default"):
         fig = Figure(figsize=(12, 3.6 * max(1, len(arms)) + 0.4), dpi=DPI, layout="constrained")
@@ -113,9 +133,18 @@ def plot_training_curves(curves: pd.DataFrame, labels: list[str], path: Path) ->
                     epochs, mean, half = (np.array(x) for x in zip(*stats))
                     style = styles[label]
                     ax.plot(
-                        epochs, mean, color=style["color"], marker=style["marker"], markersize=4, label=_model(label)
+                        epochs,
+                        mean,
+                        color=style["color"],
+                        marker=style["marker"],
+                        linestyle=style["linestyle"],
+                        markersize=4,
+                        label=_model(label),
                     )
-                    ax.fill_between(epochs, mean - half, mean + half, color=style["color"], alpha=0.15, linewidth=0)
+                    low, high = mean - half, mean + half
+                    if key == "test_acc":  # an accuracy band stays within 0-100%
+                        low, high = np.clip(low, 0.0, 100.0), np.clip(high, 0.0, 100.0)
+                    ax.fill_between(epochs, low, high, color=style["color"], alpha=0.15, linewidth=0)
             acc_ax.set(xlabel="epoch", ylabel="test accuracy (%)", title=f"Test accuracy, {arm}")
             loss_ax.set(xlabel="epoch", ylabel="train loss", title=f"Train loss, {arm}")
             for ax in (acc_ax, loss_ax):
@@ -141,7 +170,8 @@ def plot_accuracy_vs_cost(results: pd.DataFrame, labels: list[str], path: Path) 
         for ax, (key, xlabel, name) in zip(axes, panels):
             points = []
             for label in labels:
-                rows = results[(results["label"] == label) & (results["status"] == "completed")]
+                every = results[results["label"] == label]
+                rows = every[every["status"] == "completed"]
                 x = rows[key].astype(float)
                 x = x[np.isfinite(x) & (x > 0)]
                 if rows.empty or x.empty:
@@ -154,10 +184,11 @@ def plot_accuracy_vs_cost(results: pd.DataFrame, labels: list[str], path: Path) 
                     yerr=[half],
                     color=style["color"],
                     marker=style["marker"],
+                    fillstyle=style["fill"],
                     markersize=6,
                     capsize=3,
                     linestyle="none",
-                    label=label,
+                    label=f"{label} ({len(rows)}/{len(every)} completed)",
                 )
                 points.append((float(x.mean()), mean))
             if not points:
@@ -205,7 +236,14 @@ def plot_performance_profile(results: pd.DataFrame, labels: list[str], threshold
             fraction = [(r <= tau).mean() for tau in taus]
             style = styles[label]
             reached = int(np.isfinite(r).sum())
-            ax.step(taus, fraction, where="post", color=style["color"], label=f"{label} ({reached}/{r.size} reached)")
+            ax.step(
+                taus,
+                fraction,
+                where="post",
+                color=style["color"],
+                linestyle=style["linestyle"],
+                label=f"{label} ({reached}/{r.size} reached)",
+            )
             ax.plot(taus[::40], fraction[::40], linestyle="none", color=style["color"], marker=style["marker"])
         ax.set_xscale("log")
         ax.set_ylim(-0.02, 1.02)
@@ -219,10 +257,9 @@ def plot_performance_profile(results: pd.DataFrame, labels: list[str], threshold
         return _save(fig, path)
 
 
-def _depth_lines(ax, by_depth: pd.DataFrame, labels: list[str], measure: str, positive: bool) -> bool:
+def _depth_lines(ax, by_depth: pd.DataFrame, labels: list[str], measure: str, positive: bool, every=None) -> bool:
     """One line per label of `measure` against layer index; shortcut projections get open circles."""
-    styles = _styles(labels)
-    colours = _colours(labels)
+    styles = _styles(labels, every)
     drawn = False
     for label in labels:
         rows = by_depth[by_depth["label"] == label].sort_values("layer_index")
@@ -234,7 +271,13 @@ def _depth_lines(ax, by_depth: pd.DataFrame, labels: list[str], measure: str, po
             continue
         style = styles[label]
         ax.plot(
-            rows["layer_index"], rows[measure], color=style["color"], marker=style["marker"], markersize=4, label=label
+            rows["layer_index"],
+            rows[measure],
+            color=style["color"],
+            marker=style["marker"],
+            linestyle=style["linestyle"],
+            markersize=4,
+            label=label,
         )
         shortcuts = rows[rows["layer"].astype(str).str.contains("downsample")]
         ax.plot(
@@ -244,7 +287,7 @@ def _depth_lines(ax, by_depth: pd.DataFrame, labels: list[str], measure: str, po
             marker="o",
             markersize=8,
             markerfacecolor="none",
-            markeredgecolor=colours[label],
+            markeredgecolor=style["color"],
         )
         drawn = True
     if drawn:
@@ -262,8 +305,12 @@ def plot_gradient_size_by_depth(by_depth: pd.DataFrame, labels: list[str], windo
     with matplotlib.style.context("default"):
         fig = Figure(figsize=(12, 4.5), dpi=DPI, layout="constrained")
         axes = fig.subplots(1, 2, sharey=True)
-        for ax, window_key, title in ((axes[0], STEP0, "step 0 (initialisation)"), (axes[1], EARLY, window)):
-            if _depth_lines(ax, by_depth, labels, column("grad_to_weight", window_key), positive=True):
+        panels = (  # step 0 precedes any update: drawn once per architecture, whatever the arm
+            (axes[0], STEP0, "step 0 (initialisation, every arm)", once_per_model(labels)),
+            (axes[1], EARLY, window, labels),
+        )
+        for ax, window_key, title, drawn in panels:
+            if _depth_lines(ax, by_depth, drawn, column("grad_to_weight", window_key), positive=True, every=labels):
                 ax.set_yscale("log")
                 ax.set(xlabel="weight layer", title=f"‖g‖/‖w‖ by depth, {title}, mean over seeds")
             else:
@@ -292,12 +339,13 @@ def plot_cosine_by_depth(by_depth: pd.DataFrame, labels: list[str], window: str,
         return _save(fig, path)
 
 
-def plot_lr_sensitivity(sensitivity: Sensitivity, path: Path) -> Path:
+def plot_lr_sensitivity(sensitivity: Sensitivity, path: Path, every: list[str] | None = None) -> Path:
     """Validation accuracy (%) against learning rate (log x), one line per model; the chosen rate starred,
-    the default rate in an open square, rates that scored nothing (a seed diverged) as x at 0."""
+    the default rate in an open square, rates that scored nothing (a seed diverged) as x at 0. `every`: the
+    report's labels, so each model keeps its colour (`_styles`)."""
     labels = [m.model for m in sensitivity.models]
-    colours = _colours(labels)
-    styles = _styles(labels)
+    styles = _styles(labels, every)
+    colours = {label: style["color"] for label, style in styles.items()}
     with matplotlib.style.context("default"):
         fig = Figure(figsize=(8, 4.5), dpi=DPI, layout="constrained")
         ax = fig.subplots()

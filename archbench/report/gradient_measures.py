@@ -17,7 +17,7 @@ RUN_KEYS = ["label", "model", "seed", "run_id"]
 SIZES = ("grad_to_weight", "grad_rms", "grad_norm")  # gradient size, scale-free first
 COSINE = "cosine_to_previous"
 SYMBOLS = {"grad_to_weight": "‖g‖/‖w‖", "grad_rms": "‖g‖/√n", "grad_norm": "‖g‖", COSINE: "cosine"}
-STEP0, EARLY = "step0", "early"  # column suffixes: at step 0; mean over the recorded steps from 1 on
+STEP0, EARLY = "step0", "early"  # column suffixes: at step 0; mean over steps 1 to EARLY_STEPS
 DEPTH_BINS = 5  # the by-depth tables group each model's weight layers into fifths, first to last
 EARLY_STEPS = 10  # the early window: optimiser steps 1 to EARLY_STEPS
 

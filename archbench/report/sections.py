@@ -24,6 +24,7 @@ from archbench.report.load import schema_notes
 from archbench.report.speed import bench_part, gpu_part, latency_cell, latency_part
 from archbench.report.stats import finite
 from archbench.report.study import Study, thresholds_of
+from archbench.report.summary import CHANCE_RULE, resolution
 from archbench.report.text import (
     DASH,
     INTERVAL_RULE,
@@ -31,8 +32,10 @@ from archbench.report.text import (
     ci,
     counts,
     epochs_cell,
+    geometric_ci,
     join,
     md,
+    never_cell,
     pct,
     seeds_text,
     status_note,
@@ -45,7 +48,7 @@ VALIDATION = HOLDOUT  # a summary's `selected_on` (TEST: no holdout)
 
 
 def header_section(study: Study) -> str:
-    listed, inputs = study.listed, study.inputs
+    listed = study.listed
     lines = ["# archbench report", ""]
     synthetic = listed[listed["synthetic"]]
     if len(synthetic):
@@ -55,6 +58,13 @@ def header_section(study: Study) -> str:
             "runs end to end, nothing about how these architectures compare.",
             "",
         ]
+    return "\n".join(lines).rstrip()
+
+
+def notes_section(study: Study) -> str:
+    """What follows the summary: notes on the data and records, and how to regenerate the report."""
+    listed, inputs = study.listed, study.inputs
+    lines = []
     fingerprints = unique(listed["fingerprint"])
     if len(fingerprints) > 1:
         lines += [
@@ -72,7 +82,7 @@ def header_section(study: Study) -> str:
     for note in schema_notes():
         lines += [f"> **Older run records:** {note}.", ""]
     lines += [
-        f"Regenerate with `{inputs.command}` (from this file's folder); every number below is read from the run "
+        f"Regenerate with `{inputs.command}` (from this file's folder); every number here is read from the run "
         f"records under `{inputs.runs_label}/`. Every test is a row of REPORT-claims.csv; every run that counts "
         "is a row of REPORT-results.csv.",
     ]
@@ -95,12 +105,14 @@ def methods_section(study: Study) -> str:
             "`archbench tune`. A tuned group whose runs are identical to the default-rate runs is shown once.",
             "Gradients: per run, the first weight layer's ‖g‖/‖w‖ over the last's. Its log10 below 0 means the "
             f"early layers get relatively smaller updates (towards vanishing), above 0 larger (towards "
-            f"exploding); a mean |log10| of {FAR:g} or more (a factor of 10) is named vanishing or exploding, less "
-            "is named balanced, and the sign is tested. Step 0 is the primary measure (independent of the rate); "
+            f"exploding). What is tested is the sign (mean log10 against 0). The name comes from the 95% interval "
+            f"of the mean log10: vanishing when the whole interval is at or below -{FAR:g} (a factor of 10), "
+            f"exploding when at or above {FAR:g}, balanced when inside (-{FAR:g}, {FAR:g}), else undetermined. "
+            "Step 0 is the primary measure (before any update: independent of the rate and the arm, so tested "
+            "once per architecture); "
             f"the early window is {early_window(study.gradients.steps)}, the same optimiser steps for every model, "
             "and there only pairs trained at the same rate are compared.",
-            "A model whose final test accuracy interval reaches down to chance (1 / classes) is marked "
-            '"did not learn".',
+            CHANCE_RULE,
         ]
     )
 
@@ -239,14 +251,15 @@ def _chosen_on(group: pd.DataFrame) -> str:
     return ", ".join(f"{sides.get(s, s)}: {int((group['selected_on'] == s).sum())} seed(s)" for s in found)
 
 
-def _val_chosen_cell(group: pd.DataFrame) -> str:
+def _val_chosen_cell(group: pd.DataFrame, res: str) -> str:
     on_val = group[group["selected_on"] == VALIDATION]
-    return pct(on_val["test_acc_at_best_epoch"]) if len(on_val) else f"{DASH} (no holdout split)"
+    return pct(on_val["test_acc_at_best_epoch"], res) if len(on_val) else f"{DASH} (no holdout split)"
 
 
 def accuracy_section(study: Study) -> str:
     runs, counted = study.runs, study.counted
     chosen = runs[runs["selected"]]
+    res = resolution(study)  # what "all n seeds equal" is equal to within, as on the first screen
     rows = []
     for label, group in counted.groupby("label", sort=True):
         rows.append(
@@ -255,10 +268,10 @@ def accuracy_section(study: Study) -> str:
                 "n": str(len(group)),
                 "status": status_note(chosen[chosen["label"] == label], group),
                 "final train acc (%)": pct(group["final_train_acc"]),
-                "final test acc (%)": pct(group["final_test_acc"]),
+                "final test acc (%)": pct(group["final_test_acc"], res),
                 "best epoch chosen on": _chosen_on(group),
-                "test acc at holdout-chosen epoch (%)": _val_chosen_cell(group),
-                "best test acc, test-selected (%)": pct(group["best_test_acc"]),
+                "test acc at holdout-chosen epoch (%)": _val_chosen_cell(group, res),
+                "best test acc, test-selected (%)": pct(group["best_test_acc"], res),
                 "best epoch": epochs_cell(group["best_epoch"]),
                 "epochs run": counts(group["epochs_completed"]),
             }
@@ -323,12 +336,9 @@ def _reached(group: pd.DataFrame, t: float, key: str = "epochs_to_threshold") ->
 
 def _threshold_cell(group: pd.DataFrame, t: float) -> str:
     """Mean ± interval over the seeds when all reached `t`; else ∞ (a seed that never reached it takes
-    infinite time), with reached/total and the reached seeds' mean beside it."""
+    infinite time) with reached/total."""
     reached = _reached(group, t)
-    if not reached:
-        return f"∞ (0/{len(group)} reached)"
-    cell = epochs_cell(reached)
-    return cell if len(reached) == len(group) else f"∞ ({len(reached)}/{len(group)} reached; those: {cell})"
+    return epochs_cell(reached) if len(reached) == len(group) else never_cell(len(reached), len(group))
 
 
 def _device_hours(group: pd.DataFrame, t: float) -> list[float]:
@@ -344,15 +354,17 @@ def _time_to_result(counted: pd.DataFrame, thresholds: list[float]) -> pd.DataFr
     for label, group in counted.groupby("label", sort=True):
         for t in thresholds:
             reached = _reached(group, t)
+            every = len(reached) == len(group)
+            never = never_cell(len(reached), len(group))
             rows.append(
                 {
                     "model": label,
                     "threshold": threshold_label(t),
                     "seeds reached": f"{len(reached)}/{len(group)}",
                     "epochs": _threshold_cell(group, t),
-                    "training seconds": ci(_reached(group, t, "seconds_to_threshold"), ".1f") if reached else DASH,
-                    "device-hours": ci(_device_hours(group, t), ".3g") if reached else DASH,
-                    "images": ci(_reached(group, t, "images_to_threshold"), ",.0f") if reached else DASH,
+                    "training seconds": ci(_reached(group, t, "seconds_to_threshold"), ".1f") if every else never,
+                    "device-hours": ci(_device_hours(group, t), ".3g") if every else never,
+                    "images": ci(_reached(group, t, "images_to_threshold"), ",.0f") if every else never,
                     "device": "; ".join(sorted({f"{r.device_name} x{r.world_size}" for r in group.itertuples()})),
                 }
             )
@@ -373,12 +385,12 @@ def convergence_section(study: Study) -> str:
         [
             md(pd.DataFrame(rows)),
             "Epochs until the test accuracy first reaches each threshold, over every chosen seed (diverged ones "
-            "included): mean ± 95% interval when every seed reached it; ∞ when one did not (AlgoPerf counts a run "
-            "that never reaches the target as infinite time), with how many reached it and their mean.",
+            "included): mean ± 95% interval when every seed reached it; ∞ (reached/total) when one did not "
+            "(AlgoPerf counts a run that never reaches the target as infinite time; no mean of the others is given).",
             "Time to result at the main threshold (after AlgoPerf: the training cost of reaching it; evaluation "
             "and compilation excluded): training seconds until the epoch that first reached it, device-hours = "
             "those seconds x processes / 3600 (GPU-hours on GPU runs; the device column says which hardware), and "
-            "the training images seen by then; mean ± 95% interval over the seeds that reached it:",
+            "the training images seen by then; mean ± 95% interval when every seed reached it, else ∞ (reached/total):",
             md(_time_to_result(counted, [] if study.main_threshold is None else [study.main_threshold])),
             f'> Reference claim, from {claim.source}: "{claim.quote}". It does not say which accuracy counts '
             "as converged, so its epochs are not directly comparable to a threshold column.\n>\n"
@@ -414,15 +426,14 @@ def _size_rows(per_run: pd.DataFrame, window: str) -> pd.DataFrame:
             {
                 "model": label,
                 "n": str(len(g)),
-                "steps": ", ".join(unique(g["steps"])),
                 "first layer": ", ".join(unique(g["first_layer"])),
                 "last layer": ", ".join(unique(g["last_layer"])),
                 "first, step 0": ci(g[f"first_{column(g2w, STEP0)}"], ".3g"),
                 "last, step 0": ci(g[f"last_{column(g2w, STEP0)}"], ".3g"),
-                "first / last, step 0": ci(g[f"ratio_{STEP0}"], ".3g"),
+                "first / last, step 0": geometric_ci(g[f"ratio_{STEP0}"], ".3g"),
                 f"first, {window}": ci(g[f"first_{column(g2w, EARLY)}"], ".3g"),
                 f"last, {window}": ci(g[f"last_{column(g2w, EARLY)}"], ".3g"),
-                f"first / last, {window}": ci(g[f"ratio_{EARLY}"], ".3g"),
+                f"first / last, {window}": geometric_ci(g[f"ratio_{EARLY}"], ".3g"),
             }
         )
     return pd.DataFrame(rows)
@@ -478,10 +489,12 @@ def early_training_section(study: Study) -> str:
         "Gradient size, scale-free: ‖g‖/‖w‖ per weight tensor (the gradient's L2 norm over the weight's, the "
         "relative update scale LARS uses), which compares layers of different sizes where the raw ‖g‖ does "
         f'not. Step 0 is the gradient at initialisation, before any update; "{window}" is the mean over those '
-        'optimiser steps, the same for every model ("steps": how many each run recorded, step 0 included). '
-        "First and last: the first and the last weight layer in forward order; first / last is computed per "
-        "run, then averaged over seeds. Well below 1: the first layer's relative gradient is smaller than the "
-        "last's (towards vanishing); well above 1: larger (towards exploding); near 1: about as large.",
+        "optimiser steps, the same for every model, whatever number of steps a run recorded (the claims use "
+        "these same steps). First and last: the first and the last weight layer in forward order; first / last "
+        "is computed per run, then its geometric mean is taken over seeds (10 to the mean log10, the quantity "
+        "the claims test) ×/÷ the factor of its 95% interval. Well below 1: the first layer's relative "
+        "gradient is smaller than the last's (towards vanishing); well above 1: larger (towards exploding); "
+        "near 1: about as large.",
         md(_size_rows(grads.per_run, window)),
         f"‖g‖/‖w‖ by depth: each model's weight layers, in forward order, split into {DEPTH_BINS} groups of "
         "(nearly) equal count; per run, each layer is averaged over the steps and then over the layers of its "

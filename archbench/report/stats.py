@@ -1,15 +1,18 @@
 """Statistics over seeds: confidence intervals, tests of a difference, and Holm's adjustment per family.
 
 Every mean the report prints comes with a 95% confidence interval from Student's t over the seeds
-(`t_interval`). Every difference is tested once (`compare`, `one_sample`): a paired t-test when both
-sides ran the same seeds (a seed fixes the initialisation and the data order, so seeds pair up), Welch's
-t-test otherwise; when every seed shows the same difference the t statistic is undefined and the exact
-sign-flip test decides (with n seeds its smallest p is 2 / 2^n: 0.25 at 3 seeds, so it resolves nothing
-below 6). The p-values of one family of claims are adjusted together (`holm`).
+(`t_interval`). Every difference is tested once (`compare`, `one_sample`): a paired t-test on the seeds both
+sides ran (a seed fixes the initialisation and the data order, so seeds pair up; a seed only one side ran is
+dropped and named, `Comparison.dropped`), Welch's t-test only when fewer than two seeds are shared; when
+every seed shows the same difference the t statistic is undefined and the exact sign-flip test decides
+(with n seeds its smallest p is 2 / 2^n: 0.25 at 3 seeds, so it resolves nothing below 6). Times to a
+threshold, where a run that never arrived is ∞, are compared by exact rank tests (`compare_times`). The
+p-values of one family of claims are adjusted together (`holm`).
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 import warnings
 from dataclasses import dataclass
@@ -21,11 +24,12 @@ CONFIDENCE = 0.95  # of every interval
 ALPHA = 0.05  # a claim is resolved when its Holm-adjusted p < ALPHA (two-sided)
 PAIRED, WELCH, ONE_SAMPLE = "paired t", "Welch t", "one-sample t"
 SIGN_FLIP, PERMUTATION = "exact sign-flip", "exact permutation"
+SIGNED_RANK, RANK_SUM = "exact signed-rank", "exact rank-sum"  # for times, where a run that never arrived is ∞
 
 
 def finite(values) -> list[float]:
-    """The values that are numbers (None and NaN dropped), as floats."""
-    return [float(v) for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    """The values that are finite numbers (None, NaN and ±inf dropped), as floats."""
+    return [float(v) for v in values if v is not None and math.isfinite(float(v))]
 
 
 def _no_spread(values: list[float]) -> bool:
@@ -71,6 +75,7 @@ class Comparison:
     sd_b: float
     statistic: float = math.nan  # t for the t-tests; the (constant) mean difference for the exact tests
     constant: float | None = None
+    dropped: tuple[tuple[int, ...], tuple[int, ...]] = ((), ())  # seeds of a, of b left out of a paired test
 
     @property
     def difference(self) -> float:
@@ -95,13 +100,19 @@ def sign_flip_p(n: int, difference: float) -> float:
 def compare(a: dict[int, float], b: dict[int, float]) -> Comparison:
     """Test a difference of means between two models, each given as {seed: value}.
 
-    Paired t-test when both ran the same seeds; when every per-seed difference is the same d (the t
-    statistic is undefined), the exact sign-flip test (`sign_flip_p`), never Welch. Welch's t-test for
-    different seeds; when neither side varies, the exact permutation test (two of the C(n_a + n_b, n_a)
-    splits are as extreme). Non-finite values are dropped with their seed first.
+    Paired t-test on the seeds both ran when they share at least two (the others dropped, named in
+    `dropped`, the means over the shared seeds); when every per-seed difference is the same d (the t
+    statistic is undefined), the exact sign-flip test (`sign_flip_p`), never Welch. Welch's t-test when
+    fewer than two seeds are shared; when neither side varies, the exact permutation test (two of the
+    C(n_a + n_b, n_a) splits are as extreme). Non-finite values are dropped with their seed first.
     """
     a = {s: float(v) for s, v in a.items() if finite([v])}
     b = {s: float(v) for s, v in b.items() if finite([v])}
+    shared = a.keys() & b.keys()
+    dropped: tuple[tuple[int, ...], tuple[int, ...]] = ((), ())
+    if len(shared) >= 2 and a.keys() != b.keys():
+        dropped = (tuple(sorted(a.keys() - shared)), tuple(sorted(b.keys() - shared)))
+        a, b = {s: a[s] for s in shared}, {s: b[s] for s in shared}
     va, vb = [a[s] for s in sorted(a)], [b[s] for s in sorted(b)]
     mean_a = float(np.mean(va)) if va else math.nan
     mean_b = float(np.mean(vb)) if vb else math.nan
@@ -115,15 +126,69 @@ def compare(a: dict[int, float], b: dict[int, float]) -> Comparison:
             differences = [x - y for x, y in zip(va, vb)]
             if _no_spread(differences):
                 d = float(np.mean(differences))
-                return Comparison(*sides, SIGN_FLIP, sign_flip_p(len(va), d), *spreads, d, d)
+                return Comparison(*sides, SIGN_FLIP, sign_flip_p(len(va), d), *spreads, d, d, dropped)
             result = scipy_stats.ttest_rel(va, vb)
-            return Comparison(*sides, PAIRED, float(result.pvalue), *spreads, float(result.statistic))
+            return Comparison(*sides, PAIRED, float(result.pvalue), *spreads, float(result.statistic), None, dropped)
         if _no_spread(va) and _no_spread(vb):
             d = mean_a - mean_b
             p = 1.0 if d == 0 else min(1.0, 2.0 / math.comb(len(va) + len(vb), len(va)))
             return Comparison(*sides, PERMUTATION, p, *spreads, d, d)
         result = scipy_stats.ttest_ind(va, vb, equal_var=False)
     return Comparison(*sides, WELCH, float(result.pvalue), *spreads, float(result.statistic))
+
+
+def _exact_two_sided(observed: float, statistics: np.ndarray) -> float:
+    return float(np.mean(np.abs(statistics) >= abs(observed) - 1e-9))
+
+
+def _mean(values: list[float]) -> float:
+    return float(np.mean(values)) if values else math.nan  # ∞ when a value is ∞
+
+
+def _spread(values: list[float]) -> float:
+    return _sd(values) if all(math.isfinite(v) for v in values) else math.nan
+
+
+MOST_SEEDS = 16  # exact enumeration up to 2^16 sign patterns; beyond, the normal approximation of the same statistic
+
+
+def compare_times(a: dict[int, float], b: dict[int, float]) -> Comparison:
+    """Test times to a threshold (fewer is sooner) where a run that never reached it is ∞: a lower bound,
+    not a value, so it ranks above every finite time and no mean is taken of it (the mean is then ∞).
+
+    On the seeds both ran (at least two; the others dropped and named): the exact Wilcoxon signed-rank test
+    over all 2^n sign patterns of the ranked |differences| (ties average their ranks; a zero difference,
+    ∞ against ∞ included, is left out). Fewer shared seeds: the exact rank-sum test over all splits. The
+    statistic is the signed-rank sum (or the rank sum of a minus its expectation)."""
+    a = {s: float(v) for s, v in a.items() if v is not None and not math.isnan(float(v))}
+    b = {s: float(v) for s, v in b.items() if v is not None and not math.isnan(float(v))}
+    shared = sorted(a.keys() & b.keys())
+    if len(shared) >= 2:
+        dropped = (tuple(sorted(a.keys() - set(shared))), tuple(sorted(b.keys() - set(shared))))
+        va, vb = [a[s] for s in shared], [b[s] for s in shared]
+        sides = (_mean(va), _mean(vb), len(va), len(vb))
+        diffs = [0.0 if x == y else x - y for x, y in zip(va, vb)]
+        constant = diffs[0] if len(set(diffs)) == 1 and math.isfinite(diffs[0]) else None
+        nonzero = np.array([d for d in diffs if d != 0])
+        if not len(nonzero):
+            return Comparison(*sides, SIGNED_RANK, 1.0, _spread(va), _spread(vb), 0.0, constant, dropped)
+        ranks = scipy_stats.rankdata(np.abs(nonzero))
+        observed = float(np.sum(np.sign(nonzero) * ranks))
+        if len(ranks) <= MOST_SEEDS:
+            patterns = np.array(list(itertools.product((-1.0, 1.0), repeat=len(ranks))))
+            p = _exact_two_sided(observed, patterns @ ranks)
+        else:
+            p = float(2 * scipy_stats.norm.sf(abs(observed) / math.sqrt(float(np.sum(ranks**2)))))
+        return Comparison(*sides, SIGNED_RANK, p, _spread(va), _spread(vb), observed, constant, dropped)
+    va, vb = [a[s] for s in sorted(a)], [b[s] for s in sorted(b)]
+    sides = (_mean(va), _mean(vb), len(va), len(vb))
+    if len(va) < 2 or len(vb) < 2:
+        return Comparison(*sides, None, math.nan, _spread(va), _spread(vb))
+    ranks = scipy_stats.rankdata(va + vb)
+    centre = len(va) * (len(ranks) + 1) / 2
+    observed = float(np.sum(ranks[: len(va)]) - centre)
+    splits = np.array([ranks[list(c)].sum() for c in itertools.combinations(range(len(ranks)), len(va))]) - centre
+    return Comparison(*sides, RANK_SUM, _exact_two_sided(observed, splits), _spread(va), _spread(vb), observed)
 
 
 def one_sample(values: dict[int, float]) -> Comparison:

@@ -5,19 +5,26 @@ depth, BN against no BN, ResNet against VGG), each a row of REPORT-claims.csv. A
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
-from archbench.report.claims import ACCURACY, QUESTION, RESOLVED
+from archbench.report.claims import (
+    ACCURACY,
+    BALANCED,
+    EXPLODING,
+    FAMILIES,
+    QUESTION,
+    RESOLVED,
+    UNDETERMINED,
+    VANISHING,
+)
 from archbench.report.comparisons import BN, RESIDUAL, RESNET_VGG
+from archbench.report.discussion import constant_text, outcome
 from archbench.report.stats import t_interval
-from archbench.report.text import DASH, join, md, p_text, pct, threshold_label
+from archbench.report.study import SHARED, Study
+from archbench.report.text import DASH, accuracy_resolution, join, md, never_cell, p_text, pct, threshold_label
 from archbench.report.thresholds import epochs_to
-
-if TYPE_CHECKING:
-    from archbench.report.study import Study
 
 MOST = 0.5  # clipping that bound on more than this fraction of a model's steps is warned about
 
@@ -30,24 +37,38 @@ def chance(study: Study) -> float | None:
 
 def resolution(study: Study) -> str:
     """One test image's worth of accuracy, in points: the resolution of every accuracy."""
-    sizes = {int(s) for s in study.counted["test_size"].dropna()}
-    return f"{100 / sizes.pop():.2g} points" if len(sizes) == 1 else ""
+    return accuracy_resolution(study.counted)
 
 
-def did_not_learn(values, chance_level: float | None) -> bool:
-    """The 95% interval of the final test accuracy reaches down to chance (one seed: at or below chance)."""
+NEAR_CHANCE = 2.0  # an accuracy interval wholly below this many times chance is marked "did not learn"
+CHANCE_RULE = (
+    f"A model whose final test accuracy interval lies wholly below {NEAR_CHANCE:g} × chance (1 / classes) is "
+    'marked "did not learn"; one whose interval includes chance (and reaches higher) "not distinguishable from '
+    'chance". A single seed (no interval) is marked "did not learn" when below that bound.'
+)
+
+
+def chance_flag(values, chance_level: float | None) -> str:
+    """`CHANCE_RULE` on the final test accuracies (fractions) of one model: "did not learn", "not
+    distinguishable from chance (c%)" or ""."""
     interval = t_interval(values)
     if chance_level is None or interval.n == 0:
-        return False
+        return ""
     if interval.n == 1 or not math.isfinite(interval.half_width):
-        return interval.mean <= chance_level
-    return interval.mean - interval.half_width <= chance_level
+        return "did not learn" if interval.mean < NEAR_CHANCE * chance_level else ""
+    low, high = interval.mean - interval.half_width, interval.mean + interval.half_width
+    if high < NEAR_CHANCE * chance_level:
+        return "did not learn"
+    if low <= chance_level:
+        return f"not distinguishable from chance ({100 * chance_level:.3g}%)"
+    return ""
 
 
 def clip_fractions(study: Study) -> dict[str, float]:
-    """Per group, the mean over its counted runs of the fraction of steps whose gradient clipping bound."""
+    """Per group, the mean over its chosen runs (diverged ones too: their steps were taken) of the fraction
+    of steps whose gradient clipping bound."""
     out = {}
-    for label, rows in study.counted.groupby("label", sort=True):
+    for label, rows in study.chosen.groupby("label", sort=True):
         values = rows["clip_fraction"].dropna()
         out[label] = float(values.mean()) if len(values) else math.nan
     return out
@@ -76,7 +97,7 @@ def clipping_warning(study: Study) -> list[str]:
 
 
 def _time_cell(rows: pd.DataFrame, t: float | None, key: str) -> str:
-    """Mean time to `t` over the seeds; ∞ when a seed never reached it (the reached ones' mean beside it)."""
+    """Mean time to `t` over the seeds; ∞ (reached/total) when a seed never reached it."""
     if t is None:
         return DASH
     if key == "epochs":
@@ -87,9 +108,13 @@ def _time_cell(rows: pd.DataFrame, t: float | None, key: str) -> str:
     digits = ".1f"
     if len(reached) == len(values) and values:
         return format(float(np.mean(values)), digits)
-    if not reached:
-        return f"∞ (0/{len(values)})"
-    return f"∞ ({len(reached)}/{len(values)}; those {format(float(np.mean(reached)), digits)})"
+    return never_cell(len(reached), len(values))
+
+
+def _of_runs(values: pd.Series) -> str:
+    """ " (k/n)" when only k of the n runs recorded the value (empty when all did)."""
+    k = int(values.notna().sum())
+    return "" if k == len(values) else f" ({k}/{len(values)})"
 
 
 def model_rows(study: Study) -> pd.DataFrame:
@@ -100,8 +125,8 @@ def model_rows(study: Study) -> pd.DataFrame:
         mine, done = chosen[chosen["label"] == label], counted[counted["label"] == label]
         completed = int((mine["status"] == "completed").sum())
         acc = pct(done["final_test_acc"], res) if completed else DASH
-        if completed and did_not_learn(done["final_test_acc"], level):
-            acc += " did not learn"
+        flag = chance_flag(done["final_test_acc"], level) if completed else ""
+        acc += f" {flag}" if flag else ""
         lrs = "/".join(f"{x:g}" for x in sorted(set(mine["lr"])))
         f = fractions.get(label, math.nan)
         rows.append(
@@ -112,7 +137,7 @@ def model_rows(study: Study) -> pd.DataFrame:
                 "final test acc (%)": acc,
                 f"epochs to {DASH if t is None else threshold_label(t)}": _time_cell(mine, t, "epochs"),
                 "train s to it": _time_cell(mine, t, "seconds"),
-                "clipped steps": DASH if not math.isfinite(f) else f"{100 * f:.0f}%",
+                "clipped steps": DASH if not math.isfinite(f) else f"{100 * f:.0f}%{_of_runs(mine['clip_fraction'])}",
             }
         )
     return pd.DataFrame(rows)
@@ -120,22 +145,25 @@ def model_rows(study: Study) -> pd.DataFrame:
 
 def _pair_text(row) -> str:
     if not row.test:
-        return f"{row.model_a} vs {row.model_b}: not tested ({row.note or 'too few seeds'})"
+        why = "; ".join(x for x in (f"n = {row.n_a} vs {row.n_b}" if row.n_a or row.n_b else "", row.note) if x)
+        return f"{row.model_a} vs {row.model_b}: not tested ({why or 'too few seeds'})"
     if row.verdict == RESOLVED:
         outcome = f"{row.model_a if row.difference > 0 else row.model_b} higher"
     else:
         outcome = "not resolved"
     flag = " [rates differ]" if "rates differ" in str(row.note) else ""
-    return f"{row.model_a} vs {row.model_b} {row.difference:+.2f} pts, {outcome} (Holm {p_text(row.p_adjusted)}){flag}"
+    constant = f", {constant_text(row)}" if constant_text(row) else ""
+    return (
+        f"{row.model_a} vs {row.model_b} {row.difference:+.2f} pts{constant}, {outcome} "
+        f"(Holm {p_text(row.p_adjusted)}){flag}"
+    )
 
 
-def verdict_lines(study: Study) -> list[str]:
-    claims = study.claims
-    if claims is None or claims.empty:
-        return ["- No claim could be tested (too few groups or seeds)."]
+def accuracy_lines(claims: pd.DataFrame) -> list[str]:
+    """The accuracy family's verdicts, one line per question and arm."""
     accuracy = claims[claims["family"] == ACCURACY]
     lines = []
-    for arm in sorted(accuracy["arm"].unique(), key=lambda a: (a != "registry default rates", a)):
+    for arm in sorted(accuracy["arm"].unique(), key=lambda a: (a != SHARED, a)):
         rows = accuracy[accuracy["arm"] == arm]
         for kind in (RESIDUAL, BN, RESNET_VGG):
             mine = rows[rows["claim"].str.startswith(QUESTION[kind] + ":")]
@@ -150,8 +178,41 @@ def verdict_lines(study: Study) -> list[str]:
     return lines
 
 
+def _resolved_text(row, arms: bool) -> str:
+    arm = f" [{row.arm}]" if arms else ""
+    said = outcome(row).removeprefix(f"{RESOLVED}: ")
+    if row.model_b:
+        return f"{row.model_a} vs {row.model_b}{arm}: {said} (Holm {p_text(row.p_adjusted)})"
+    named = next((d for d in (VANISHING, EXPLODING, BALANCED, UNDETERMINED) if f"gradients {d} " in row.claim), "")
+    return f"{row.model_a}{arm}: {said}, {named} by its interval (Holm {p_text(row.p_adjusted)})"
+
+
+def family_line(family: str, rows: pd.DataFrame) -> str:
+    """One family: how many of its rows resolved, and each resolved verdict."""
+    resolved = rows[rows["verdict"] == RESOLVED]
+    arms = rows["arm"].nunique() > 1
+    head = f"- **{family}**: {len(resolved)} of {len(rows)} rows resolved"
+    texts = [] if family == ACCURACY else [_resolved_text(r, arms) for r in resolved.itertuples()]  # lines below
+    return head + (": " + "; ".join(texts) + "." if texts else ".")
+
+
+def verdict_lines(study: Study) -> list[str]:
+    claims = study.claims
+    if claims is None or claims.empty:
+        return ["- No claim could be tested (too few groups or seeds)."]
+    lines = []
+    for family in FAMILIES:
+        rows = claims[claims["family"] == family]
+        if rows.empty:
+            continue
+        lines.append(family_line(family, rows))
+        if family == ACCURACY:
+            lines += [f"  - {line[2:]}" for line in accuracy_lines(claims)]
+    return lines
+
+
 def summary_section(study: Study) -> str:
-    t, level, claims = study.main_threshold, chance(study), study.claims
+    t, level = study.main_threshold, chance(study)
     datasets = ", ".join(sorted({str(d) for d in study.counted["dataset"]}))
     classes = "?" if level is None else f"{round(1 / level)}"
     head = (
@@ -159,14 +220,12 @@ def summary_section(study: Study) -> str:
         f"{len(study.kinds)} groups, {len(study.chosen)} runs (one per group and seed). Main threshold: "
         f"{DASH if t is None else threshold_label(t)} test accuracy (the highest that most groups reach)."
     )
-    n_claims = 0 if claims is None else len(claims)
-    resolved = 0 if claims is None else int((claims["verdict"] == RESOLVED).sum())
     parts = [
         head,
-        *clipping_warning(study),
         md(model_rows(study)),
-        f"Verdicts on final test accuracy (Holm-adjusted within the accuracy family; {resolved} of all "
-        f"{n_claims} rows of REPORT-claims.csv resolved; details in the discussion):",
-        "\n".join(verdict_lines(study)),
+        "Verdicts, family by family (Holm-adjusted within each family of REPORT-claims.csv; details in the "
+        "discussion):",
+        "\n".join(verdict_lines(study)).strip(),
+        *clipping_warning(study),
     ]
     return "\n\n".join(parts)

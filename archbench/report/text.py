@@ -7,7 +7,18 @@ import textwrap
 
 import pandas as pd
 
-from archbench.report.stats import ALPHA, CONFIDENCE, PAIRED, PERMUTATION, SIGN_FLIP, WELCH, finite, t_interval
+from archbench.report.stats import (
+    ALPHA,
+    CONFIDENCE,
+    PAIRED,
+    PERMUTATION,
+    RANK_SUM,
+    SIGN_FLIP,
+    SIGNED_RANK,
+    WELCH,
+    finite,
+    t_interval,
+)
 
 DASH = "—"
 NO_INTERVAL = "n=1, no interval"
@@ -23,7 +34,12 @@ TEST_RULES = (
     "differences (a seed fixes the initialisation and the data order, so seeds pair up). When every seed "
     f"shows the same difference d the t statistic is undefined: the {SIGN_FLIP} test decides (p = 2 / 2^n, "
     'exact; 0.25 with 3 seeds, so it resolves nothing below 6 seeds), and the claim says "every seed: +d". '
-    f"Different seeds: {WELCH} (unequal variances), or the {PERMUTATION} test when neither side varies.",
+    "A seed only one side completed is dropped from a paired test and named in the claim's note (with "
+    "completed/total per side); "
+    f"fewer than two shared seeds: {WELCH} (unequal variances), or the {PERMUTATION} test when neither side "
+    "varies. Times to a threshold, where a seed that never reached it is ∞ (a lower bound, not a value), are "
+    f"compared by ranks, ∞ above every time: the {SIGNED_RANK} test (Wilcoxon) on shared seeds, else the "
+    f"{RANK_SUM} test; a mean with an ∞ is printed ∞ (reached/total) and no difference is given.",
     "Claims come in families (accuracy, depth, time-to-threshold, gradient-step0, gradient-early); within "
     "each family the p-values are adjusted with Holm's step-down procedure (Holm 1979), which holds the "
     f"chance of any false claim in the family below {ALPHA:g}. A claim is resolved only when its adjusted "
@@ -32,6 +48,11 @@ TEST_RULES = (
     "not itself tested), and no number of seeds needed is given: power computed from the observed effect "
     "adds nothing to its p-value (Hoenig & Heisey 2001).",
 )
+
+
+def never_cell(reached: int, total: int) -> str:
+    """A mean over seeds of which some never arrived: infinite, with how many of how many arrived."""
+    return f"∞ ({reached}/{total})"
 
 
 def md(frame: pd.DataFrame) -> str:
@@ -52,6 +73,27 @@ def ci(values, fmt: str, scale: float = 1.0, seeds: int | None = None, resolutio
         return f"{mean} (all {interval.n} seeds equal{', resolution ' + resolution if resolution else ''})"
     half = format(scale * interval.half_width, fmt)
     return f"{mean} ± {half}" if seeds == interval.n else f"{mean} ± {half} (n={interval.n})"
+
+
+def geometric_ci(values, fmt: str) -> str:
+    """For ratios: the geometric mean over seeds (10 to the mean log10, as the claims test it) ×/÷ the factor
+    of its 95% t interval on the log scale, e.g. '0.342 ×/÷ 1.9 (n=3)'; positive finite values only."""
+    logs = [math.log10(v) for v in finite(values) if v > 0]
+    interval = t_interval(logs)
+    if interval.n == 0:
+        return DASH
+    mean = format(10**interval.mean, fmt)
+    if interval.n == 1:
+        return f"{mean} ({NO_INTERVAL})"
+    if interval.half_width == 0:
+        return f"{mean} (all {interval.n} seeds equal)"
+    return f"{mean} ×/÷ {format(10**interval.half_width, '.3g')} (n={interval.n})"
+
+
+def accuracy_resolution(runs: pd.DataFrame) -> str:
+    """One test image's worth of accuracy, in points, when every run has the same test set size (else "")."""
+    sizes = {int(s) for s in runs["test_size"].dropna()}
+    return f"{100 / sizes.pop():.2g} points" if len(sizes) == 1 else ""
 
 
 def pct(values, resolution: str = "") -> str:
