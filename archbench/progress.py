@@ -194,6 +194,8 @@ def results_table(results: list[dict]) -> Table:
         title="archbench run",
         box=box.SIMPLE,
         caption="final accuracies; ≥t: first epoch with test accuracy ≥ t (— never)",
+        pad_edge=False,
+        collapse_padding=True,  # one space between columns: a row fits 80 columns without cutting a cell
     )
     table.add_column("model", no_wrap=True)
     table.add_column("status", no_wrap=True)

@@ -92,3 +92,23 @@ def test_a_run_on_100_classes_records_top5_each_epoch(tiny_registry, tmp_path):
     (summary,) = run_models(tiny_run_request(tiny_registry, data, tmp_path / "runs", epochs=1))
     rows = list(csv.DictReader(open(tmp_path / "runs" / "tiny_resnet" / summary["run_id"] / "metrics.csv")))
     assert len(rows) == 1 and float(rows[0]["test_acc"]) <= float(rows[0]["test_top5"]) <= 1
+
+
+def test_the_closing_table_fits_80_columns_without_cutting_a_cell():
+    from archbench.progress import results_table
+
+    summary = {
+        "model": "resnet34_plain",
+        "seed": 12,
+        "status": "interrupted",
+        "final_train_acc": 0.8123,
+        "final_test_acc": 0.9567,
+        "epochs_to_threshold": {"0.5": 1, "0.8": 2, "0.9": None},
+        "mean_train_images_per_s": 12345.6,
+        "wall_seconds": 12345.0,
+    }
+    console = Console(record=True, width=80)
+    console.print(results_table([summary]))
+    text = console.export_text()
+    assert "…" not in text
+    assert all(cell in text for cell in ("resnet34_plain s12", "interrupted", "81.2%", "95.7%", "12346", "12345s"))
