@@ -223,7 +223,21 @@ def _read_run(run_dir: Path) -> dict | None:
     thresholds = sorted(float(t) for t in cfg("thresholds"))
     on_holdout = _split_record(config) is not None
     metrics = _read_csv(run_dir / METRICS, METRICS_COLUMNS)
-    summary_path = run_dir / SUMMARY
+    summary = _read_summary(run_dir / SUMMARY, metrics, thresholds, on_holdout)
+    if summary["status"] == "interrupted" and not summary["epochs_completed"]:
+        return None
+    return {
+        **_config_fields(config, cfg, run_dir, thresholds, on_holdout),
+        **_summary_fields(summary, metrics),
+        "recipe_key": recipe_key(config),
+        "config_hash": config.get("config_hash"),
+        "dataset": _dataset(config),
+    }
+
+
+def _read_summary(summary_path: Path, metrics: pd.DataFrame, thresholds: list[float], on_holdout: bool) -> dict:
+    """summary.json, checked, with its per-threshold maps typed; rebuilt from metrics.csv when the run has
+    none yet (an interrupted run)."""
     if summary_path.exists():
         summary = _current_summary(_read_json(summary_path))
         for key in SUMMARY_READ:
@@ -234,24 +248,24 @@ def _read_run(run_dir: Path) -> dict | None:
             )
     else:
         summary = _summary_from_metrics(metrics, thresholds, on_holdout)
-    if summary["status"] == "interrupted" and not summary["epochs_completed"]:
-        return None
-    summary = {
+    return {
         **summary,
         "epochs_to_threshold": _per_threshold(summary, summary_path, "epochs_to_threshold", int),
         "seconds_to_threshold": _per_threshold(summary, summary_path, "seconds_to_threshold", float),
         "images_to_threshold": _per_threshold(summary, summary_path, "images_to_threshold", int),
     }
-    gflops = summary.get("gflops") or {}
+
+
+def _config_fields(config: dict, cfg, run_dir: Path, thresholds: list[float], on_holdout: bool) -> dict:
+    """The row's fields that config.json records: what the run was asked to be and where it ran."""
+    config_path = run_dir / CONFIG
     entry = cfg("entry")
     return {
         "model": str(cfg("model")),
         "seed": int(cfg("seed")),
         "run_id": str(cfg("run_id")),
         "path": str(run_dir),
-        "status": summary["status"],
         "started_at": _utc(cfg("provenance", "started_at"), config_path),
-        "finished_at": summary.get("finished_at"),
         "tuning_trial": bool(cfg("tuning_trial")),
         "holdout": on_holdout,
         "preset": cfg("preset"),
@@ -289,6 +303,15 @@ def _read_run(run_dir: Path) -> dict | None:
         "cuda": cfg("provenance", "cuda"),
         "device_name": cfg("provenance", "device_name"),
         "python": cfg("provenance", "python"),
+    }
+
+
+def _summary_fields(summary: dict, metrics: pd.DataFrame) -> dict:
+    """The row's fields that summary.json and metrics.csv record: how the run ended and what it reached."""
+    gflops = summary.get("gflops") or {}
+    return {
+        "status": summary["status"],
+        "finished_at": summary.get("finished_at"),
         "diverged_at_step": summary.get("diverged_at_step"),
         "epochs_completed": int(summary["epochs_completed"] or 0),
         "final_train_acc": _num(summary["final_train_acc"]),
@@ -308,10 +331,7 @@ def _read_run(run_dir: Path) -> dict | None:
         "compile_seconds": _num(summary.get("compile_seconds")),
         "train_seconds": _num(summary.get("train_seconds")),
         "clip_fraction": _clip_fraction(metrics),
-        "recipe_key": recipe_key(config),
         "numbers_key": numbers_key(metrics),
-        "config_hash": config.get("config_hash"),
-        "dataset": _dataset(config),
     }
 
 
