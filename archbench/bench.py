@@ -6,9 +6,12 @@ keeps the previous model's fragments, cuDNN and torch.compile keep its autotunin
 ``python -m archbench.bench`` process, which writes its numbers to a JSON file and exits; the process id
 it ran in is recorded.
 
-In that process, for the model at the requested batch:
-- train, model-only: forward + backward + SGD step on one fixed batch already on the device;
-- train, end-to-end: the same step fed by the real DeviceLoader (upscale, random crop, flip, normalise);
+In that process the model and what trains it are built as the training loop builds them
+(`archbench.train.build_training`, from the run config `bench_config` resolves: the default preset's
+recipe and optimiser, with the kernel training uses on this device, recorded as `sgd`), and at the
+requested batch:
+- train, model-only: the loop's step (`archbench.train.optimiser_step`) on one fixed batch on the device;
+- train, end-to-end: the same step fed by the loop's training loader (upscale, random crop, flip, normalise);
 - inference, model-only and end-to-end: forward passes in eval mode under inference_mode; the end-to-end
   stream is the evaluation transform (centre crop, no flip) over full batches only, so that every timed
   batch has the one shape a compiled forward was compiled for (the evaluation loader's near-equal
@@ -18,16 +21,16 @@ Each number is the median of `ROUNDS` interleaved windows of `--steps` steps, ea
 end-to-end / model-only is the input pipeline's efficiency (1.0: it costs nothing). On CUDA a window is
 timed by two CUDA events with one synchronise at its end; on the CPU, where every op has finished when
 it returns, by the wall clock. With --compile the first step of each mode (compilation included) is
-timed and reported apart, never inside a window; the model is compiled by the training loop's own
-`archbench.devices.compile_model` (one static shape, dynamo's cache reset, a recompile-limit hit an error)
+timed and reported apart, never inside a window; the model is compiled as the loop compiles it
+(`archbench.devices.compile_model`: one static shape, dynamo's cache reset, a recompile-limit hit an error)
 with its backend (`archbench.config.compile_backend`).
 
-Beside the headline numbers, in windows of their own: the step split into forward (with the loss),
-backward and optimiser (events between the phases on CUDA, the wall clock on the CPU), and memory:
+Beside the headline numbers, in windows of their own: the step split into its three phases,
+`archbench.train.forward_loss`, `backward` and `update` (events between the phases on CUDA, the wall
+clock on the CPU), and memory:
 the bytes of weights, gradients and optimiser state (from the tensors), the bytes autograd saves for
 backward in one step (the activations), and the peak (CUDA: max_memory_allocated over one step after
-reset_peak_memory_stats; CPU: the peak resident set of the measuring process, ru_maxrss). The step uses
-the SGD kernel training uses on this device (`archbench.devices.sgd_implementation`).
+reset_peak_memory_stats; CPU: the peak resident set of the measuring process, ru_maxrss).
 
 Out of memory, a model is measured again in a new process at half the batch, down to 1 (as timm's
 benchmark does); the batch that ran is recorded beside the one asked for. Results go to the `--out`
@@ -54,34 +57,30 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from rich import box
 from rich.console import Console
 from rich.table import Table
 
 import archbench
-from archbench import runs
+from archbench import runs, train
 from archbench.bench_results import GPU_SCRIPT_BENCH, MB, latest_bench_results, newest  # noqa: F401
-from archbench.config import BENCH_DIR, BenchRequest, compile_backend
+from archbench.config import BENCH_DIR, BenchRequest, RunConfig, RunRequest, resolve_config
 from archbench.data import resolve
 from archbench.data.loader import DeviceLoader
 from archbench.devices import (
-    PRECISIONS,
-    autocast_factory,
-    compile_model,
-    make_sgd,
-    memory_format,
+    optimizer_kernel,
     process_peak_rss_bytes,
     reset_peak_memory,
     resolve_channels_last,
     resolve_device,
     resolve_precision,
-    sgd_implementation,
+    seed_everything,
     synchronize,
 )
+from archbench.distributed import DistContext
 from archbench.errors import ArchbenchError
 from archbench.provenance import provenance, utc_now
-from archbench.registry import build_model, get_entry
+from archbench.registry import get_entry
 
 ROUNDS = 3
 WARMUP_STEPS = 3
@@ -117,67 +116,75 @@ class Clock:
 # ------------------------------------------------------------------------------------------ one model
 
 
+STEP = 0  # the step number the loop's recorders see: with gradnorm_steps 0 (`bench_config`), a steady step
+
+
+def bench_config(name: str, request: BenchRequest, data, device: torch.device) -> RunConfig:
+    """The run config the training loop resolves for `name` at the bench's batch, size, precision, memory
+    format and compilation: the default preset's recipe (its optimiser, with the kernel training uses on this
+    device), and no early gradient diagnostics, so that every step is a steady one."""
+    precision = resolve_precision(request.precision, device)
+    run = RunRequest(
+        models=[name],
+        batch_size=request.batch_size,
+        image_size=request.image_size,
+        compile=request.compile,
+        gradnorm_steps=0,
+        registry=request.registry,
+    )
+    return resolve_config(
+        run,
+        get_entry(name, registry=request.registry),
+        0,
+        data,
+        device=device.type,
+        precision=precision,
+        channels_last=resolve_channels_last(request.channels_last, device),
+        optimizer_kernel=optimizer_kernel(device, precision),
+    )
+
+
+def bench_data(data, num_classes: int):
+    """The data as the bench trains on it: the labels folded into the model's `num_classes` outputs (which
+    the bench sets, whatever the data's classes), and no test split, which the bench never reads (its
+    inference stream is the training images under the evaluation transform) and which would hold memory."""
+    return dataclasses.replace(
+        data,
+        train_labels=data.train_labels % num_classes,
+        test_images=data.test_images[:0],
+        test_labels=data.test_labels[:0],
+    )
+
+
 class Subject:
-    """One model with what trains it, the way `archbench.train` builds them, and its batches."""
+    """One model with what trains it, built as `archbench.train` builds them (`bench_config`,
+    `train.build_training`), and its batches."""
 
     def __init__(self, name: str, request: BenchRequest, data, device: torch.device):
         self.device, self.clock = device, Clock(device)
-        self.precision = resolve_precision(request.precision, device)
-        self.channels_last = resolve_channels_last(request.channels_last, device)
-        self.autocast = autocast_factory(device, self.precision)
-        self.num_classes = request.num_classes
-        torch.manual_seed(0)
-        model = build_model(name, registry=request.registry, num_classes=request.num_classes)
-        self.model = model.to(device, memory_format=memory_format(self.channels_last))
-        self.compile_backend = compile_backend() if request.compile else None
-        self.forward_module = compile_model(self.model, self.compile_backend) if request.compile else self.model
-        self.sgd = sgd_implementation(device, self.precision)
-        self.optimizer = make_sgd(
-            self.model.parameters(), lr=1e-3, momentum=0.9, weight_decay=5e-4, nesterov=False, implementation=self.sgd
+        self.config = bench_config(name, request, data, device)
+        seed_everything(self.config.seed, self.config.deterministic)
+        model = get_entry(name, registry=request.registry).build(num_classes=request.num_classes)
+        self.training = train.build_training(
+            model, self.config, bench_data(data, request.num_classes), None, device, DistContext()
         )
-        self.scaler = torch.amp.GradScaler(device.type, enabled=self.precision == "fp16")
-        self.loader = DeviceLoader(  # the training loader: full batches only, in the training dtype and layout
-            data.train_images,
-            data.train_labels,
-            batch_size=request.batch_size,
-            image_size=request.image_size,
-            train=True,
-            device=device,
-            seed=0,
-            channels_last=self.channels_last,
-            dtype=PRECISIONS[self.precision] or torch.float32,
-            **data.transform,
-        )
+        self.loader = self.training.train_loader  # full batches only, in the training dtype and layout
         self.fixed = next(iter(self.loader))
         # the evaluation transform over the same images, in the training loader's full batches: an
         # evaluation loader's split of the data into near-equal batches would change the shape mid-window
         self.eval_loader = self.loader.as_evaluation()
 
-    # The training step in three phases, as `archbench.train.optimiser_step` takes it.
-    def forward(self, batch) -> torch.Tensor:
-        x, y = batch
-        with self.autocast():
-            return F.cross_entropy(self.forward_module(x), y % self.num_classes)
-
-    def backward(self, loss: torch.Tensor) -> None:
-        self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
-
-    def update(self) -> None:
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-
     def train_step(self, batch) -> None:
-        self.backward(self.forward(batch))
-        self.update()
+        """The training loop's step, whose three phases `breakdown` times one by one."""
+        train.optimiser_step(self.training, *batch, STEP)
 
     def infer_step(self, batch) -> None:
-        with torch.inference_mode(), self.autocast():
-            self.forward_module(batch[0])
+        with torch.inference_mode(), self.training.autocast():
+            self.training.forward(batch[0])
 
     def set_mode(self, mode: str) -> None:
         """ "train" or "inference": the model's mode."""
-        self.model.train(mode == "train")
+        self.training.model.train(mode == "train")
 
     @staticmethod
     def epochs(loader: DeviceLoader):
@@ -213,9 +220,10 @@ class Subject:
         return images / self.clock.seconds(start, end)
 
     def breakdown(self, steps: int) -> dict:
-        """Mean seconds per training step of forward (with the loss), backward (with zero_grad) and the
-        optimiser, on the fixed batch; `step_s` is the whole window's time per step, so the phases' sum
-        falls short of it only by the loop between steps."""
+        """Mean seconds per training step, on the fixed batch, of the loop step's phases: `train.forward_loss`,
+        `train.backward` (zero_grad to clipping) and `train.update` (the optimiser and the schedule);
+        `step_s` is the whole window's time per step, so the phases' sum falls short of it only by the loop
+        between steps."""
         for _ in range(WARMUP_STEPS):
             self.train_step(self.fixed)
         synchronize(self.device)
@@ -223,11 +231,11 @@ class Subject:
         window_start = self.clock.mark()
         for _ in range(steps):
             start = self.clock.mark()
-            loss = self.forward(self.fixed)
+            _, loss = train.forward_loss(self.training, *self.fixed)
             forward_done = self.clock.mark()
-            self.backward(loss)
+            train.backward(self.training, loss, STEP)
             backward_done = self.clock.mark()
-            self.update()
+            train.update(self.training)
             marks.append((start, forward_done, backward_done, self.clock.mark()))
         window_end = self.clock.mark()
         self.clock.finish(window_end)
@@ -242,8 +250,8 @@ class Subject:
 
     def memory(self) -> dict:
         """Weights, gradients, optimiser state and activations in bytes, and the peak of one step."""
-        params = list(self.model.parameters())
-        state = [t for s in self.optimizer.state.values() for t in s.values() if torch.is_tensor(t)]
+        params = list(self.training.model.parameters())
+        state = [t for s in self.training.optimizer.state.values() for t in s.values() if torch.is_tensor(t)]
         out = {
             "weights_bytes": tensor_bytes(params),
             "gradient_bytes": tensor_bytes(p.grad for p in params if p.grad is not None),
@@ -269,7 +277,7 @@ class Subject:
     def saved_activation_bytes(self) -> int:
         """Bytes of the tensors autograd keeps for backward in one training step of the uncompiled model
         (each storage once; the weights, which it also keeps, are counted as weights)."""
-        weights = {p.untyped_storage().data_ptr() for p in self.model.parameters()}
+        weights = {p.untyped_storage().data_ptr() for p in self.training.model.parameters()}
         saved: dict[int, int] = {}
 
         def pack(t: torch.Tensor) -> torch.Tensor:
@@ -278,11 +286,11 @@ class Subject:
                 saved[storage.data_ptr()] = storage.nbytes()
             return t
 
-        x, y = self.fixed
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), self.autocast():
-            loss = F.cross_entropy(self.model(x), y % self.num_classes)
+        uncompiled = dataclasses.replace(self.training, forward=self.training.model)
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            _, loss = train.forward_loss(uncompiled, *self.fixed)
         loss.backward()
-        self.optimizer.zero_grad(set_to_none=True)
+        self.training.optimizer.zero_grad(set_to_none=True)
         return sum(saved.values())
 
 
@@ -299,7 +307,6 @@ def simulated_oom(batch_size: int) -> None:
 def measure(name: str, request: BenchRequest) -> dict:
     """Every number of one model at `request.batch_size`, in this process (see the module's docstring)."""
     device = resolve_device(request.device)
-    torch.backends.cudnn.benchmark = True  # as in training
     subject = Subject(name, request, resolve(request.data), device)
     simulated_oom(request.batch_size)
     first, results = {}, {}
@@ -318,18 +325,18 @@ def measure(name: str, request: BenchRequest) -> dict:
     return {
         "model": name,
         "device": device.type,
-        "precision": subject.precision,
-        "channels_last": subject.channels_last,
-        "memory_format": memory_format_name(subject.channels_last),
+        "precision": subject.config.precision,
+        "channels_last": subject.config.channels_last,
+        "memory_format": memory_format_name(subject.config.channels_last),
         "compile": request.compile,
-        "compile_backend": subject.compile_backend,
+        "compile_backend": subject.config.compile_backend,
         "compile_seconds": first if request.compile else None,
         "image_size": request.image_size,
         "batch_size": request.batch_size,
         "steps": request.steps,
         "warmup_steps": WARMUP_STEPS,
         "rounds": ROUNDS,
-        "sgd": subject.sgd,
+        "sgd": subject.config.optimizer_kernel,
         **results,
         "breakdown": breakdown,
         "memory": subject.memory(),  # last: on the CPU the peak resident set covers everything above

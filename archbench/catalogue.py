@@ -5,9 +5,10 @@ building and tracing the model, tens of seconds for the shipped registry. The co
 entry's TOML file, the code that builds and counts it, and the installed torch, torchvision and fvcore,
 so each entry's row is cached in ``$ARCHBENCH_CACHE/catalogue/`` (default ``~/.cache/archbench``) under
 the sha256 of all of those: archbench's model code (``archbench/models/``, ``registry.py``, ``flops.py``
-and this file) and, for a ``python`` entry, the ``.py`` files beside its target file (or the module file
-it names). When every entry is cached, nothing is built and torch is not imported. A file that changed is
-read and checked in full again, so a broken file is reported as ever.
+and this file) and, for a ``python`` entry, its code (`python_code`: its target file and the ``.py``
+files beside it, or the module file it names; the sha256 of that code is the ``source_sha256`` a run
+records of the entry). When every entry is cached, nothing is built and torch is not imported. A file
+that changed is read and checked in full again, so a broken file is reported as ever.
 """
 
 from __future__ import annotations
@@ -111,17 +112,14 @@ def cache_key(file: Path, code: list[bytes]) -> str | None:
         raw = file.read_bytes()
         data = tomllib.loads(raw.decode("utf-8"))
         target = data.get("args", {}).get("target") if data.get("builder") == "python" else None
-        parts = [raw, *code, *(_target_sources(target, file.parent) if target else [])]
+        parts = [raw, *code, *(python_code(target, file.parent) if target else [])]
     except (OSError, ValueError, AttributeError, ImportError):  # TOMLDecodeError and UnicodeDecodeError included
         return None
-    digest = hashlib.sha256()
-    for part in parts:
-        digest.update(hashlib.sha256(part).digest())
-    return digest.hexdigest()
+    return _sha256(parts)
 
 
 def cache_folder() -> Path:
-    from archbench.data.synthetic import cache_dir
+    from archbench.data.files import cache_dir
 
     return cache_dir() / "catalogue"
 
@@ -175,6 +173,11 @@ def _archbench_code() -> bytes:
     return b"".join(hashlib.sha256(f.read_bytes()).digest() for f in files)
 
 
+def _sha256(parts: list[bytes]) -> str:
+    """One sha256 of several byte strings (of each one's sha256, so that no two lists share it)."""
+    return hashlib.sha256(b"".join(hashlib.sha256(part).digest() for part in parts)).hexdigest()
+
+
 def _versions() -> list[bytes]:
     found = []
     for package in COUNTING_PACKAGES:
@@ -185,9 +188,15 @@ def _versions() -> list[bytes]:
     return found
 
 
-def _target_sources(target: str, folder: Path) -> list[bytes]:
-    """A python entry's code: every .py file beside a target file (it may import them), or the file of
-    a target module (found without running it, though its parent packages are imported)."""
+def python_code_sha256(target: str, folder: Path) -> str:
+    """The sha256 of a python entry's code (`python_code`): what a run records as its ``source_sha256``, so
+    that a change to any file the target may import makes it another model."""
+    return _sha256(python_code(target, folder))
+
+
+def python_code(target: str, folder: Path) -> list[bytes]:
+    """A python entry's code: a target file and every .py file beside it, by name (it may import them), or
+    the file of a target module (found without running it, though its parent packages are imported)."""
     where = target.rpartition(":")[0]
     if where.endswith(".py"):
         beside = (folder / where).parent

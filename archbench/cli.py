@@ -156,7 +156,7 @@ def friendly_errors(fn):
 def _parameter(f: dataclasses.Field, hint) -> inspect.Parameter:
     """A request field as a Typer parameter: its type, help, flags, choices and limits from the field's metadata."""
     meta = f.metadata
-    extra = {k: v for k, v in meta.items() if k not in ("help", "flags", "argument", "choices")}
+    extra = {k: v for k, v in meta.items() if k not in ("help", "flags", "argument", "choices", "recipe")}
     if meta.get("choices"):  # shown in the help and checked while parsing, before anything is imported
         extra["metavar"] = f"<{'|'.join(meta['choices'])}>"
         extra["callback"] = _one_of(f.name, meta["choices"])
@@ -168,8 +168,8 @@ def _parameter(f: dataclasses.Field, hint) -> inspect.Parameter:
         default = None
         hint = Optional[hint]  # noqa: UP045 (Typer reads typing.Optional)
     else:
-        has_default = f.default is not dataclasses.MISSING
-        default = f.default if has_default and not isinstance(f.default, list) else None
+        factory = f.default_factory is not dataclasses.MISSING  # a repeatable option's default list (--seed: [0])
+        default = f.default_factory() if factory else f.default
         show = default is not None and not isinstance(default, bool)
         marker = typer.Option(*meta["flags"], help=meta["help"], show_default=show, **extra)
         if default is None:
@@ -472,7 +472,7 @@ def list_cmd(
 def run(request: RunRequest) -> None:
     """Train MODELs with the shared loop and record metrics, gradient norms and provenance."""
     request.check()  # before torch is imported: a bad choice or a missing tuning file answers at once
-    from archbench.train import run_models
+    from archbench.study import run_models
 
     results = run_models(request, console=console)
     if any(r["status"] != "completed" for r in results):
@@ -508,42 +508,22 @@ app.command("bench", cls=NamedArguments, short_help="Training and inference imag
 )
 
 
+def _project_path(help: str, default: str, metavar: str = "FILE"):
+    """A `report` option naming a file or folder that defaults to `default` in the runs folder's project."""
+    return Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option(help=f"{help} Default: RUNS/../{default}.", metavar=metavar, show_default=False),
+    ]
+
+
 @app.command(short_help="Write REPORT.md from the recorded runs.")
 @friendly_errors
 def report(
     runs: RunsOption = RUNS_DIR,
-    report: Annotated[
-        Optional[Path],  # noqa: UP045
-        typer.Option(
-            help=f"Markdown file to write; figures go beside it. Default: RUNS/../{REPORT_FILE}.",
-            metavar="FILE",
-            show_default=False,
-        ),
-    ] = None,
-    benchmarks: Annotated[
-        Optional[Path],  # noqa: UP045
-        typer.Option(
-            help=f"pytest-benchmark JSON of forward latency. Default: RUNS/../{LATENCY_FILE}.",
-            metavar="FILE",
-            show_default=False,
-        ),
-    ] = None,
-    bench_results: Annotated[
-        Optional[Path],  # noqa: UP045
-        typer.Option(
-            help=f"Folder of `archbench bench` result files. Default: RUNS/../{BENCH_DIR}.",
-            metavar="DIR",
-            show_default=False,
-        ),
-    ] = None,
-    gpu_results: Annotated[
-        Optional[Path],  # noqa: UP045
-        typer.Option(
-            help=f"gpu-results.json of benchmarks/gpu.sh. Default: RUNS/../{GPU_RESULTS_FILE}.",
-            metavar="FILE",
-            show_default=False,
-        ),
-    ] = None,
+    report: _project_path("Markdown file to write; figures go beside it.", REPORT_FILE) = None,
+    benchmarks: _project_path("pytest-benchmark JSON of forward latency.", LATENCY_FILE) = None,
+    bench_results: _project_path("Folder of `archbench bench` result files.", BENCH_DIR, "DIR") = None,
+    gpu_results: _project_path("gpu-results.json of benchmarks/gpu.sh.", GPU_RESULTS_FILE) = None,
 ) -> None:
     """Regenerate REPORT.md (tables, figures, discussion) from the recorded runs.
 

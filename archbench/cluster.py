@@ -1,16 +1,17 @@
 """`archbench run ... --launcher submitit`: every (model, seed) of a study as a cluster job of its own.
 
-Each job runs the ordinary `archbench run MODEL --seed S ...` command of its (model, seed), built by
-`archbench.launch` like a --gpus sweep's, so it writes the ordinary run record into the shared --out
-folder: resuming, skipping finished runs and the records themselves are the training loop's, not this
-module's. Several jobs go to SLURM as one job array (`executor.batch()`).
+Each job runs the job file of its (model, seed) in a child process, as a --gpus sweep does
+(`archbench.launch`), so it writes the ordinary run record into the shared --out folder: resuming,
+skipping finished runs and the records themselves are the training loop's, not this module's. The job
+files lie under --out/.submitit, where every node reads them. Several jobs go to SLURM as one job array
+(`executor.batch()`). With --wait, each job's bar is drawn from its run folder, and its child's output shown.
 
 Preemption and time limits: SLURM signals a job (USR2) 90 s before its time limit, and before a
 preemption where the cluster sets SlurmctldParameters=preempt_send_user_signal. submitit then calls the
 job's `checkpoint()`, which hands back the same job, and requeues it; the requeued job runs the same
-command again, which resumes the run from its last epoch checkpoint (at most one epoch is redone). The
-`archbench run` process itself ignores that signal and SIGTERM, so it is stopped by this job's wrapper
-alone, after submitit has recorded the requeue. A job that times out more than `MAX_TIMEOUTS` times is
+job file again, which resumes the run from its last epoch checkpoint (at most one epoch is redone). The
+child process itself ignores that signal and SIGTERM, so it is stopped by this job's wrapper alone,
+after submitit has recorded the requeue. A job that times out more than `MAX_TIMEOUTS` times is
 left stopped: rerun the same `archbench run` command to continue it.
 
 GPUs: with --gpus-per-job N > 1 the job is one SLURM task that starts `torchrun --standalone
@@ -26,13 +27,11 @@ starts at once, so it is for trying a setup and for tests; a one-machine sweep i
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import io
 import os
 import re
 import signal
-import subprocess
-import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,11 +40,10 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import Progress
 
-from archbench import launch, runs
+from archbench import launch
 from archbench.config import CLUSTERS, LAUNCHERS, RunRequest
 from archbench.errors import DIVERGED_EXIT, ArchbenchError
 from archbench.progress import job_progress, results_table
-from archbench.provenance import utc_now
 
 MAX_TIMEOUTS = 10  # requeues after reaching the time limit (preemptions do not count)
 LOG_FOLDER = ".submitit"  # under --out: submitit's pickles and each job's stdout and stderr
@@ -60,28 +58,29 @@ INSTALL = "pip install 'archbench[slurm]'"
 
 @dataclass
 class TrainingJob:
-    """What one cluster job runs: the `archbench run` command of one (model, seed), as a callable submitit
+    """What one cluster job runs: the child of one job file (`archbench.launch`), as a callable submitit
     pickles. `checkpoint` makes it requeueable (submitit calls it on preemption and near the time limit):
-    the requeued job runs the same command, which resumes the run."""
+    the requeued job runs the same job file, which resumes the run."""
 
     label: str
-    model: str
-    seed: int
-    out: str
     command: list[str]
     env: dict[str, str]
-    started_at: str | None = None  # when the job first ran (kept across requeues)
+    opened: str  # where the child names its run folder
+    log: str  # the child's output alone, which --wait shows (submitit's lines are in the job's own log)
 
     def __call__(self) -> dict | None:
-        """Run the command; the run's summary (its run id is in the output), or None if none was recorded."""
-        self.started_at = self.started_at or utc_now()
-        code, output = run_command(self.command, {**os.environ, **self.env})
+        """Run the child, its output passed on to this job's log and to `log`; the summary of its run, or None
+        if none was recorded."""
+        with open(self.log, "a", encoding="utf-8") as log:
+
+            def show(line: str) -> None:
+                print(line, flush=True)
+                print(line, file=log, flush=True)
+
+            code, last = launch.run_child(self.command, {**os.environ, **self.env}, show, preexec_fn=ignore_stop)
         if code not in (0, DIVERGED_EXIT):  # a divergence is a result, which its record says
-            last = next((line for line in reversed(output) if line.strip()), "")
-            raise RuntimeError(f"`archbench run` exited with code {code}: {last.strip()}")
-        return launch.recorded_summary(Path(self.out), self.model, "\n".join(output)) or newest_summary(
-            Path(self.out), self.model, self.seed, self.started_at
-        )
+            raise RuntimeError(f"the run exited with code {code}: {last}")
+        return launch.recorded_summary(Path(self.opened))
 
     def checkpoint(self, *args, **kwargs):
         from submitit.helpers import DelayedSubmission
@@ -94,50 +93,13 @@ def preemption_signal() -> int:
     return getattr(signal, "SIG" + os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2"))
 
 
-def _ignore_stop_signals() -> None:
-    # SLURM signals every process of a job step, before a preemption or the time limit (USR2) and when it
-    # stops the job (TERM). The run leaves the decision to this job's wrapper, which requeues the job first.
+def ignore_stop() -> None:
+    """In the child: SLURM signals every process of a job step, before a preemption or the time limit (USR2)
+    and when it stops the job (TERM). The run leaves the decision to this job's wrapper, which requeues the
+    job first and then kills it (its run resumes from the checkpoint of its last epoch, which like every
+    record file is replaced atomically)."""
     for signum in (preemption_signal(), signal.SIGTERM):
         signal.signal(signum, signal.SIG_IGN)
-
-
-def run_command(command: list[str], env: dict[str, str]) -> tuple[int, list[str]]:
-    """Run `command`, passing its output on (to this job's log) and keeping it. If this wrapper exits first
-    (submitit's requeue exits through here), the command is killed: its run resumes from the checkpoint
-    of its last epoch, which like every record file is replaced atomically."""
-    proc = subprocess.Popen(
-        command,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        bufsize=1,
-        preexec_fn=_ignore_stop_signals,
-    )
-    output = []
-    try:
-        for line in proc.stdout:
-            sys.stdout.write(line)
-            sys.stdout.flush()
-            output.append(line.rstrip("\n"))
-        return proc.wait(), output
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-
-
-def newest_summary(out: Path, model: str, seed: int, since: str) -> dict | None:
-    """The summary of (model, seed) recorded at or after `since`, else the newest one (a skipped run)."""
-    found = []
-    for path in (out / model).glob(f"*/{runs.SUMMARY}"):
-        try:
-            if runs.read_json(path.parent / runs.CONFIG).get("seed") == seed:
-                found.append(runs.read_json(path))
-        except (OSError, ValueError, AttributeError):
-            continue
-    fresh = [s for s in found if s.get("finished_at", "") >= since]
-    return max(fresh or found, key=lambda s: s.get("finished_at", ""), default=None)
 
 
 # ------------------------------------------------------------------------------------------ checks
@@ -217,22 +179,17 @@ def shared_folder_warning(out: Path) -> str | None:
 
 @dataclass
 class Submitted:
-    """A submitted job, with where its log is and how far its log has been read."""
+    """A submitted job: where its child names its run folder, its child's log and how far it has been shown."""
 
     job: object  # a submitit Job
     label: str
-    model: str
+    opened: Path
+    log: Path
     log_offset: int = 0
-    epochs: tuple[int, int] | None = None
-    resumed: bool = False
 
     @property
     def job_id(self) -> str:
         return str(self.job.job_id)
-
-    @property
-    def log(self) -> Path:
-        return Path(self.job.paths.stdout)
 
 
 def job_environment(request: RunRequest) -> dict[str, str]:
@@ -240,36 +197,6 @@ def job_environment(request: RunRequest) -> dict[str, str]:
     if request.cluster == "slurm" and "OMP_NUM_THREADS" not in os.environ:
         env["OMP_NUM_THREADS"] = str(max(1, request.cpus_per_job // max(1, request.gpus_per_job)))
     return env
-
-
-def job_command(job: launch.Job, request: RunRequest) -> list[str]:
-    """The job's `archbench run` command; under torchrun when the job has more than one GPU."""
-    command = job.command(request.device)
-    if request.gpus_per_job > 1:  # [python, -m, archbench, run, ...] -> [python, -m, torch.distributed.run, ...]
-        command = [
-            command[0],
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            "--nproc-per-node",
-            str(request.gpus_per_job),
-            *command[1:],
-        ]
-    return command
-
-
-def absolute(request: RunRequest) -> RunRequest:
-    """`request` with its paths made absolute: a job may start in another folder than this command."""
-    paths = {
-        f.name: value.resolve()
-        for f in dataclasses.fields(request)
-        if isinstance(value := getattr(request, f.name), Path)
-    }
-    from archbench.data.sources import builtin_names
-
-    if request.data not in (None, *builtin_names()) and Path(request.data).exists():
-        paths["data"] = str(Path(request.data).resolve())
-    return dataclasses.replace(request, **paths)
 
 
 def make_executor(request: RunRequest, folder: Path):
@@ -314,7 +241,7 @@ def sbatch_error(text: str) -> str:
     return "; ".join(errors) if errors else lines[0] if lines else "no reason given"
 
 
-def submit(jobs: list[launch.Job], request: RunRequest, console: Console) -> list[Submitted]:
+def submit(jobs: list[RunRequest], request: RunRequest, console: Console) -> list[Submitted]:
     """Submit every job (a job array on SLURM) and print their ids; returns them as submitted."""
     check_request(request)
     if request.cluster == "slurm" and (problem := shared_folder_warning(request.out)):
@@ -331,34 +258,27 @@ def submit(jobs: list[launch.Job], request: RunRequest, console: Console) -> lis
             highlight=False,
             soft_wrap=True,
         )
-    request = absolute(request)
+    folder = request.out.resolve() / LOG_FOLDER  # a job may start in another folder than this command
     try:
-        request.out.mkdir(parents=True, exist_ok=True)
+        folder.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise ArchbenchError(f"cannot make the --out folder {request.out}: {e.strerror or e}") from None
-    folder = request.out / LOG_FOLDER
     executor = make_executor(request, folder)
     env = job_environment(request)
+    job_files = Path(tempfile.mkdtemp(prefix="jobs-", dir=folder))  # read on whichever node runs the job
     callables = []
-    for job in jobs:
-        job = dataclasses.replace(job, request=absolute(job.request))
-        callables.append(
-            TrainingJob(
-                label=job.label,
-                model=job.model,
-                seed=job.seed,
-                out=str(job.request.out),
-                command=job_command(job, request),
-                env=env,
-            )
-        )
+    for index, job in enumerate(jobs):
+        job_file = launch.write_job(job, job_files / f"{index}.json", request.device)
+        command = launch.job_command(job_file, request.gpus_per_job)
+        opened, log = launch.opened_file(job_file), job_file.with_suffix(".log")
+        callables.append(TrainingJob(launch.label(job), command, env, str(opened), str(log)))
     submitted = []
     stderr = io.StringIO()  # submitit prints sbatch's whole error output: the one line below says it
     errors = _submitit().core.utils
     try:
         with contextlib.redirect_stderr(stderr), executor.batch():
             for fn in callables:
-                submitted.append(Submitted(executor.submit(fn), fn.label, fn.model))
+                submitted.append(Submitted(executor.submit(fn), fn.label, Path(fn.opened), Path(fn.log)))
     except (errors.FailedJobError, errors.FailedSubmissionError, OSError) as e:  # sbatch refused, or is missing
         reason = sbatch_error(str(e) or stderr.getvalue())
         raise ArchbenchError(f"{request.cluster} refused the jobs: {reason}") from None
@@ -382,7 +302,7 @@ def submit(jobs: list[launch.Job], request: RunRequest, console: Console) -> lis
 
 
 def read_new_lines(s: Submitted) -> list[str]:
-    """The complete lines the job's log gained since the last call."""
+    """The complete lines the child's log gained since the last call."""
     try:
         with open(s.log, "rb") as f:
             f.seek(s.log_offset)
@@ -395,8 +315,8 @@ def read_new_lines(s: Submitted) -> list[str]:
 
 
 def wait(submitted: list[Submitted], request: RunRequest, console: Console) -> list[dict]:
-    """Show every job's progress (from the epoch lines of its log) until all have ended; returns the
-    summaries of their runs, in the order submitted, as `archbench run` does."""
+    """Show every job's progress (from its run folder) and log until all have ended; returns the summaries of
+    their runs, in the order submitted, as `archbench run` does."""
     progress = job_progress(console)
     tasks = {
         s.job_id: progress.add_task(f"{s.label} [dim]{s.job_id}[/]", total=None, state="queued") for s in submitted
@@ -440,18 +360,12 @@ def wait(submitted: list[Submitted], request: RunRequest, console: Console) -> l
 
 
 def follow(s: Submitted, progress: Progress, task) -> None:
+    """Show the lines the child's log gained, and draw its bar from its run folder (its state before then)."""
     for line in read_new_lines(s):
-        if not line.startswith(f"{s.model} s"):  # the run's own lines (epochs, resume, end), not its tables
-            continue
-        if match := launch.EPOCH_LINE.search(line):
-            s.epochs = (int(match[1]), int(match[2]))
-        s.resumed = s.resumed or "resuming after step" in line
-        progress.console.print(f"[dim]{s.job_id}[/] {escape(line)}", highlight=False, soft_wrap=True)
-    state = "resumed" if s.resumed else "running" if s.log_offset else str(getattr(s.job, "state", "")).lower()
-    if s.epochs:
-        progress.update(task, completed=s.epochs[0], total=s.epochs[1], state=state)
-    else:
-        progress.update(task, state=state or "queued")
+        if line.strip():
+            progress.console.print(f"[dim]{s.job_id}[/] {escape(line)}", highlight=False, soft_wrap=True)
+    if not launch.show_job(progress, task, s.opened):
+        progress.update(task, state=str(getattr(s.job, "state", "")).lower() or "queued")
 
 
 def outcome(s: Submitted) -> tuple[dict | None, str | None]:
@@ -474,10 +388,10 @@ def failure_reason(text: str) -> str:
     return lines[0] if lines else "no reason given"
 
 
-def submit_runs(jobs: list[launch.Job], request: RunRequest, console: Console | None = None) -> list[dict]:
+def submit_runs(jobs: list[RunRequest], request: RunRequest, console: Console | None = None) -> list[dict]:
     """`archbench run --launcher submitit`: submit `jobs` (every model x seed; `archbench tune`: every trial)
     as cluster jobs and print their ids. With --wait, show their progress and return their runs' summaries
-    like `archbench.train.run_models`; without, return [] at once."""
+    like `archbench.study.run_models`; without, return [] at once."""
     console = console or Console()
     submitted = submit(jobs, request, console)
     if not request.wait:

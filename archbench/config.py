@@ -29,15 +29,17 @@ def option(
     argument: bool = False,
     default_factory: Any = None,
     choices: tuple[str, ...] | None = None,
+    recipe: bool = False,
     **limits,
 ) -> Any:
     """A request field that is also a command-line option (or, with `argument`, the positional argument).
 
     `flags` are the option's names (default: ``--field-name``; a second name is an alias); `choices` are the
     values it accepts (checked when the command line is parsed, before anything is imported or read);
-    `limits` are Typer's (min, max, envvar).
+    `recipe`: the field overrides the recipe field of its name (`RunRequest.recipe`); `limits` are Typer's (min,
+    max, envvar), also checked on a request built in Python (`check_limits`).
     """
-    metadata = {"help": help, "flags": flags, "argument": argument, "choices": choices, **limits}
+    metadata = {"help": help, "flags": flags, "argument": argument, "choices": choices, "recipe": recipe, **limits}
     if default_factory is not None:
         return field(default_factory=default_factory, metadata=metadata)
     return field(default=default, metadata=metadata)
@@ -92,22 +94,35 @@ def registry_option():
 # ------------------------------------------------------------------------------------------ recipes
 
 
+def recipe_field(default: Any = dataclasses.MISSING, *, rate: bool = False, report: str | None = None) -> Any:
+    """A recipe field. `rate`: it changes what a learning rate means, so a rate tuned under one value does not
+    carry over to another (`RATE_FIELDS`); `report`: its column in the report's recipe table."""
+    return field(default=default, metadata={"rate": rate, "report": report})
+
+
 @dataclass(frozen=True)
 class Recipe:
     """One optimisation recipe for every model; `lr` is for a global batch of `batch_size`."""
 
-    epochs: int
-    batch_size: int
-    lr: float
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    nesterov: bool = False
-    schedule: str = "cosine"  # one of SCHEDULES, after `warmup_epochs` of linear warm-up
-    warmup_epochs: float = 2.0
-    label_smoothing: float = 0.0
-    clip_grad_norm: float | None = None  # clip the global gradient norm to this (None: never)
+    epochs: int = recipe_field()
+    batch_size: int = recipe_field()
+    lr: float = recipe_field()
+    optimizer: str = recipe_field("sgd", rate=True, report="optimizer")  # one of OPTIMIZERS
+    momentum: float | None = recipe_field(0.9, rate=True)  # SGD's (None under AdamW, whose betas are torch's)
+    weight_decay: float = recipe_field(5e-4, rate=True)
+    nesterov: bool = recipe_field(False, rate=True)
+    schedule: str = recipe_field("cosine", rate=True, report="schedule")  # one of SCHEDULES, after the warm-up
+    warmup_epochs: float = recipe_field(2.0, rate=True)  # linear warm-up
+    label_smoothing: float = recipe_field(0.0, rate=True)
+    clip_grad_norm: float | None = recipe_field(None, rate=True, report="grad clip")  # global norm (None: never)
 
 
+OPTIMIZERS = ("sgd", "adamw")
+# What --optimizer adamw takes where --lr and --weight-decay are not given: torch.optim.AdamW's own defaults
+# (lr=1e-3, weight_decay=1e-2), not the presets', which are SGD's; the rate as it stands, neither scaled to the
+# batch nor by a registry entry's lr_scale (both SGD's). AdamW has no momentum (its betas, torch's default
+# (0.9, 0.999), play that part).
+ADAMW_DEFAULTS = {"lr": 1e-3, "weight_decay": 1e-2, "momentum": None}
 SCHEDULES = ("cosine", "constant", "step")
 # The step schedule: the rate times STEP_FACTOR at each of these fractions of all training steps (He et al.
 # 2016, §4.2: divided by 10 at 32k and 48k of 64k iterations).
@@ -169,10 +184,12 @@ PRESETS = {
 
 # Where the commands read and write by default, relative to the working folder.
 RUNS_DIR = Path("runs")
+TUNING_FILE = "tuning.json"  # what `archbench tune` writes into the runs folder, and `--lr tuned` reads
 REPORT_FILE = Path("REPORT.md")
 LATENCY_FILE = Path("benchmarks/forward_latency.json")  # pytest-benchmark JSON of forward latency
 BENCH_DIR = Path("benchmarks/results")  # `archbench bench` result files
 GPU_RESULTS_FILE = Path("benchmarks/gpu/gpu-results.json")  # written by benchmarks/gpu.sh
+SEED_MAX = 2**32 - 1  # numpy's seeds are 32-bit (np.random.seed)
 
 
 @dataclass
@@ -191,11 +208,19 @@ class RunRequest:
         "(e.g. 'cifar10'), or a built-in set: 'digits' (real handwritten digits, offline) or 'synthetic'. "
         "Default: the preset's.",
     )
-    epochs: int | None = option(None, "Override the preset's epochs.", min=1)
+    epochs: int | None = option(None, "Override the preset's epochs.", min=1, recipe=True)
     batch_size: int | None = option(
         None,
         "Per-process batch size (overrides the preset; the preset's lr scales linearly with the global batch).",
         min=1,
+        recipe=True,
+    )
+    optimizer: str | None = option(
+        None,
+        "sgd (every preset's, with momentum 0.9) or adamw (torch.optim.AdamW, decoupled weight decay; without "
+        "--lr or --weight-decay, torch's defaults: lr 1e-3, weight decay 1e-2).",
+        choices=OPTIMIZERS,
+        recipe=True,
     )
     lr: str | None = option(
         None,
@@ -203,18 +228,23 @@ class RunRequest:
         "from the tuning file (see --tuning).",
     )
     tuning: Path | None = option(
-        None, "Tuning file written by `archbench tune` that --lr tuned reads (default: RUNS/tuning.json)."
+        None, f"Tuning file written by `archbench tune` that --lr tuned reads (default: RUNS/{TUNING_FILE})."
     )
-    weight_decay: float | None = option(None, "Override the preset's weight decay.", min=0)
-    warmup_epochs: float | None = option(None, "Override the preset's linear warm-up, in epochs.", min=0)
-    schedule: str | None = option(None, "Learning-rate schedule after warm-up.", choices=SCHEDULES)
+    weight_decay: float | None = option(None, "Override the preset's weight decay.", min=0, recipe=True)
+    warmup_epochs: float | None = option(None, "Override the preset's linear warm-up, in epochs.", min=0, recipe=True)
+    schedule: str | None = option(None, "Learning-rate schedule after warm-up.", choices=SCHEDULES, recipe=True)
     nesterov: bool | None = option(
-        None, "Nesterov momentum (default: the preset's, off).", flags=("--nesterov/--no-nesterov",)
+        None,
+        "Nesterov momentum, SGD only (default: the preset's, off).",
+        flags=("--nesterov/--no-nesterov",),
+        recipe=True,
     )
     label_smoothing: float | None = option(
-        None, "Label smoothing of the training loss (default: the preset's, 0).", min=0, max=1
+        None, "Label smoothing of the training loss (default: the preset's, 0).", min=0, max=1, recipe=True
     )
-    clip_grad_norm: float | None = option(None, "Clip the global gradient norm (0: off; default: the preset's).", min=0)
+    clip_grad_norm: float | None = option(
+        None, "Clip the global gradient norm (0: off; default: the preset's).", min=0, recipe=True
+    )
     image_size: int | None = option(
         None,
         "Training crop size S, made as the data's augmentation makes it (Tiny-ImageNet, digits, ImageFolder: "
@@ -222,7 +252,11 @@ class RunRequest:
         min=16,
     )
     seeds: list[int] = option(
-        help="Seed; repeat for several runs per model.", flags=("--seed",), default_factory=lambda: [0]
+        help="Seed; repeat for several runs per model.",
+        flags=("--seed",),
+        default_factory=lambda: [0],
+        min=0,
+        max=SEED_MAX,
     )
     holdout_per_class: int = option(
         0,
@@ -230,7 +264,9 @@ class RunRequest:
         "then chosen on it, never on the test set.",
         min=0,
     )
-    split_seed: int = option(0, "Seed of the validation split alone (the same split for every model and seed).")
+    split_seed: int = option(
+        0, "Seed of the validation split alone (the same split for every model and seed).", min=0, max=SEED_MAX
+    )
     thresholds: list[float] | None = option(
         None, "Test-accuracy threshold, a fraction in (0, 1]; repeatable.", flags=("--threshold",), min=0, max=1
     )
@@ -280,25 +316,22 @@ class RunRequest:
     @property
     def tuning_file(self) -> Path:
         """The tuning file `--lr tuned` reads (and `archbench tune` writes)."""
-        return self.tuning or self.out / "tuning.json"
+        return self.tuning or self.out / TUNING_FILE
 
     def check(self) -> None:
-        """Every check that needs neither torch nor the data: choices, the rate, the tuning file `--lr tuned`
-        reads. `archbench run` and `tune` make them before importing anything heavy."""
+        """Every check that needs neither torch nor the data: limits, choices, the rate, the tuning file `--lr
+        tuned` reads. `archbench run` and `tune` make them before importing anything heavy."""
         import re
 
-        self.recipe()  # the preset and the schedule
+        check_limits(self)
+        self.recipe()  # the preset, the schedule and the optimiser
         lr = parse_lr(self.lr)
         if not re.fullmatch(DEVICE_PATTERN, self.device):
             raise ArchbenchError(f"unknown device '{self.device}'; use auto, cpu, cuda or cuda:N.")
-        for name, value, allowed in (
-            ("precision", self.precision, PRECISION_CHOICES),
-            ("launcher", self.launcher, (None, *LAUNCHERS)),
-            ("cluster", self.cluster, CLUSTERS),
-        ):
-            if value not in allowed:
-                use = " or ".join(a for a in allowed if a)
-                raise ArchbenchError(f"unknown {name} '{value}'; use {use}.")
+        for f in cli_fields(type(self)):  # the choices each option declares
+            value, allowed = getattr(self, f.name), f.metadata["choices"]
+            if allowed and value is not None and value not in allowed:
+                raise ArchbenchError(f"unknown {f.name} '{value}'; use {' or '.join(allowed)}.")
         if self.tensorboard:
             from archbench.tensorboard import require_tensorboard
 
@@ -315,26 +348,37 @@ class RunRequest:
         return PRESETS[self.preset]
 
     def recipe(self) -> Recipe:
-        """The preset's recipe with this request's overrides (the lr before scaling to the batch)."""
+        """The preset's recipe with this request's overrides (the lr before scaling to the batch); AdamW's
+        defaults where it replaces the preset's SGD."""
         overrides = {
-            name: getattr(self, name)
-            for name in (
-                "epochs",
-                "batch_size",
-                "weight_decay",
-                "warmup_epochs",
-                "schedule",
-                "nesterov",
-                "label_smoothing",
-            )
-            if getattr(self, name) is not None
+            f.name: getattr(self, f.name)
+            for f in dataclasses.fields(self)
+            if f.metadata.get("recipe") and getattr(self, f.name) is not None
         }
         if self.clip_grad_norm is not None:  # 0 turns the preset's clipping off
             overrides["clip_grad_norm"] = self.clip_grad_norm or None
-        recipe = replace(self.preset_spec.recipe, **overrides)
+        preset = self.preset_spec.recipe
+        if overrides.get("optimizer", preset.optimizer) == "adamw" and preset.optimizer != "adamw":
+            overrides = {**ADAMW_DEFAULTS, **overrides}
+        recipe = replace(preset, **overrides)
         if recipe.schedule not in SCHEDULES:
             raise ArchbenchError(f"unknown schedule '{recipe.schedule}'; use {' or '.join(SCHEDULES)}.")
+        if recipe.optimizer == "adamw" and (recipe.nesterov or recipe.momentum):
+            raise ArchbenchError(
+                "AdamW takes no momentum or Nesterov (its betas are torch's); drop --nesterov, or use --optimizer sgd."
+            )
         return recipe
+
+
+def check_limits(request) -> None:
+    """The limits (min, max) of every option, on a request built in Python as the command line checks them."""
+    for f in cli_fields(type(request)):
+        low, high = f.metadata.get("min"), f.metadata.get("max")
+        value = getattr(request, f.name)
+        for v in value if isinstance(value, list) else [value]:
+            if v is not None and ((low is not None and v < low) or (high is not None and v > high)):
+                bounds = f"at least {low}" if high is None else f"from {low} to {high}"
+                raise ArchbenchError(f"{flag(f)} {v} is out of range; use a value {bounds}.")
 
 
 TUNE_EPOCH_FRACTION = 0.25  # a tuning trial trains this share of the preset's epochs (at least one)
@@ -360,7 +404,7 @@ class TuneRequest(RunRequest):
     epochs: int | None = option(
         None, f"Epochs per trial (default: {TUNE_EPOCH_FRACTION:g} of the preset's, at least one).", min=1
     )
-    tuning: Path | None = option(None, "Where to write the tuning file (default: RUNS/tuning.json).")
+    tuning: Path | None = option(None, f"Where to write the tuning file (default: RUNS/{TUNING_FILE}).")
 
 
 @dataclass
@@ -423,6 +467,11 @@ class DataIdentity:
         )
 
 
+def how_it_ran() -> Any:
+    """A RunConfig field that says how or where a run was carried out, not what it is (`MACHINE_KEYS`)."""
+    return field(metadata={"machine": True})
+
+
 @dataclass(frozen=True)
 class RunConfig:
     """Everything that determines a run's numbers. `recipe.lr` is the rate the run uses."""
@@ -433,21 +482,23 @@ class RunConfig:
     recipe: Recipe
     global_batch_size: int
     lr_source: str
-    image_size: int
+    image_size: int = field(metadata={"rate": True})  # a rate tuned at one size does not carry over (Recipe's `rate`)
     seed: int
     thresholds: tuple[float, ...]
     gradnorm_steps: int
     validation: dict | None  # the held-out split: per_class, seed, size and the fingerprint of its indices
     tuning_trial: bool
-    optimizer: str  # the SGD kernel: "fused" or "foreach"
-    device: str
-    precision: str
-    compile: bool
-    compile_backend: str | None  # torch.compile's backend when compiled
-    channels_last: bool
-    deterministic: bool
-    sync_bn: bool
-    world_size: int
+    # How and where the run was carried out (`how_it_ran`): a tuning trial recorded on another machine is the
+    # same trial.
+    optimizer_kernel: str = how_it_ran()  # torch's kernel: "fused" or "foreach" (records before it: `optimizer`)
+    device: str = how_it_ran()
+    precision: str = how_it_ran()
+    compile: bool = how_it_ran()
+    compile_backend: str | None = how_it_ran()  # torch.compile's backend when compiled
+    channels_last: bool = how_it_ran()
+    deterministic: bool = how_it_ran()
+    sync_bn: bool = how_it_ran()
+    world_size: int = how_it_ran()
     data: DataIdentity
 
     def to_json(self) -> dict:
@@ -457,6 +508,57 @@ class RunConfig:
         del out["global_batch_size"], out["lr_source"]
         out["thresholds"] = list(self.thresholds)
         return out
+
+
+# The fields a learning rate is only meaningful with: a run that differs in one cannot use a tuned rate.
+RATE_FIELDS = tuple(
+    f.name for f in (*dataclasses.fields(RunConfig), *dataclasses.fields(Recipe)) if f.metadata.get("rate")
+)
+
+
+# ------------------------------------------------------------------------------------------ identity
+
+# What config.json records about the record itself, not the run.
+RECORD_KEYS = ("run_id", "provenance", "config_hash", "schema_version")
+# The registry entry's notes: its builder and arguments identify the architecture.
+ENTRY_NOTES = ("description", "toml_sha256")
+# How and where a run was carried out. The global batch is the batch times the processes.
+MACHINE_KEYS = tuple(f.name for f in dataclasses.fields(RunConfig) if f.metadata.get("machine"))
+MACHINE_RECIPE_KEYS = ("global_batch_size",)
+# Fields added to the recipe since runs were first recorded, with the value an older record ran with; and
+# fields renamed, by their first name. A run's identity is written in the first form, so a run recorded
+# before a change keeps its config hash.
+ADDED_RECIPE_FIELDS = {"optimizer": "sgd"}
+RENAMED = {"optimizer": "optimizer_kernel"}  # the SGD kernel, before the optimiser could be other than SGD
+FIRST_NAMES = {new: old for old, new in RENAMED.items()}
+
+
+def upgrade_config(config: dict) -> dict:
+    """A config.json dict, of any version, in today's form: the fields renamed since under today's names, the
+    recipe fields added since with the value the run had (no `recipe.optimizer`: SGD). Read config.json through
+    it, and a record of any version reads as one written today."""
+    config = {RENAMED.get(key, key): value for key, value in config.items()}
+    if isinstance(config.get("recipe"), dict):
+        config["recipe"] = {**ADDED_RECIPE_FIELDS, **config["recipe"]}
+    return config
+
+
+def run_identity(config: dict, *, machine: bool = True) -> dict:
+    """What makes a recorded run (a config.json dict, of any version) this run: everything but the record's
+    bookkeeping and the registry entry's notes; without `machine`, not how or where it ran either (what finds
+    a tuning trial again). In the first form of each field (`ADDED_RECIPE_FIELDS`, `RENAMED`)."""
+    config = upgrade_config(config)
+    dropped = RECORD_KEYS if machine else (*RECORD_KEYS, *MACHINE_KEYS)
+    identity = {key: value for key, value in config.items() if key not in dropped}
+    identity["entry"] = {k: v for k, v in config.get("entry", {}).items() if k not in ENTRY_NOTES}
+    if "recipe" in identity:
+        identity["recipe"] = {
+            key: value
+            for key, value in identity["recipe"].items()
+            if (key not in ADDED_RECIPE_FIELDS or value != ADDED_RECIPE_FIELDS[key])
+            and (machine or key not in MACHINE_RECIPE_KEYS)
+        }
+    return {FIRST_NAMES.get(key, key): value for key, value in identity.items()}
 
 
 def compile_backend() -> str:
@@ -483,6 +585,11 @@ class TunedRate:
     source: str  # how the file says it was chosen, for lr_source
 
 
+# The largest rate an optimiser step can apply: float32's largest number, the dtype of every parameter (mixed
+# precision keeps float32 parameters); a larger one cannot even be converted for the first update.
+LARGEST_LR = float.fromhex("0x1.fffffep+127")
+
+
 def parse_lr(text: str | None) -> float | str | None:
     """`--lr`: a positive number, or 'tuned'."""
     if text is None or text == "tuned":
@@ -500,7 +607,8 @@ def resolve_lr(
     request: RunRequest, lr_scale: float | None, global_batch: int, tuned: TunedRate | None = None
 ) -> tuple[float, str]:
     """The learning rate and where it came from: `--lr` as given; with `--lr tuned` the tuning file's rate for
-    this model; else the preset's. Rates are scaled linearly to the global batch that runs (Goyal et al.
+    this model; else the preset's, or the default of an optimiser other than the preset's (`ADAMW_DEFAULTS`,
+    unscaled). Rates are scaled linearly to the global batch that runs (Goyal et al.
     2017); the preset's also by the registry entry's `lr_scale`."""
     lr = parse_lr(request.lr)
     if lr == "tuned":
@@ -513,12 +621,23 @@ def resolve_lr(
         return scaled, f"tuned ({tuned.source}{extra})"
     if lr is not None:
         return lr, "--lr"
+    recipe = request.recipe()
+    if recipe.optimizer != request.preset_spec.recipe.optimizer:  # the optimiser's own default, as it stands
+        return recipe.lr, f"torch {recipe.optimizer} default"
     preset = request.preset_spec.recipe
     lr = preset.lr * global_batch / preset.batch_size
     source = "preset" if global_batch == preset.batch_size else f"preset, scaled to batch {global_batch}"
     if lr_scale is not None:
         lr, source = lr * lr_scale, f"{source} x registry lr_scale {lr_scale:g}"
     return lr, source
+
+
+def lr_origin(lr_source) -> str | None:
+    """Which of `resolve_lr`'s sources a recorded `lr_source` names: "tuned" (a tuning file's rate), "--lr", or
+    "default" (the preset's, or another optimiser's own); None for a record without one."""
+    if not isinstance(lr_source, str):
+        return None
+    return "tuned" if lr_source.startswith("tuned") else "--lr" if lr_source == "--lr" else "default"
 
 
 def resolve_config(
@@ -530,7 +649,7 @@ def resolve_config(
     device: str,
     precision: str,
     channels_last: bool,
-    optimizer: str,
+    optimizer_kernel: str,
     world_size: int = 1,
     validation: dict | None = None,
     tuned: TunedRate | None = None,
@@ -542,6 +661,11 @@ def resolve_config(
     lr, lr_source = resolve_lr(request, entry.lr_scale, global_batch, tuned)
     if not (math.isfinite(lr) and lr > 0):
         raise ArchbenchError(f"the learning rate must be a positive finite number, not {lr:g}.")
+    if lr > LARGEST_LR:
+        raise ArchbenchError(
+            f"the learning rate {lr:g} ({lr_source}) cannot be represented in the float32 the optimiser updates "
+            f"parameters in (at most {LARGEST_LR:g}); choose a smaller rate."
+        )
     return RunConfig(
         model=entry.name,
         entry=entry.identity(),
@@ -555,7 +679,7 @@ def resolve_config(
         gradnorm_steps=preset.gradnorm_steps if request.gradnorm_steps is None else request.gradnorm_steps,
         validation=validation,
         tuning_trial=request.tuning_trial,
-        optimizer=optimizer,
+        optimizer_kernel=optimizer_kernel,
         device=device,
         precision=precision,
         compile=request.compile,

@@ -107,31 +107,40 @@ def set_rng_state(state: dict, device: torch.device) -> None:
     random.setstate((version, tuple(internal), gauss))
 
 
-def sgd_implementation(device: torch.device, precision: str) -> str:
-    """The fastest correct SGD kernel for this device, chosen once per run and recorded in config.json.
+def optimizer_kernel(device: torch.device, precision: str) -> str:
+    """The fastest correct optimiser kernel for this device, chosen once per run and recorded in config.json.
 
     On CUDA the fused kernel: one launch for every parameter, and the GradScaler hands it the overflow
     flag on the device instead of reading it back every step. Under fp16 the foreach kernel instead, so
     the steps the scaler skips for overflow in the first iterations take the path every PyTorch version
     has tested. Elsewhere foreach (a few multi-tensor ops instead of a Python loop over parameters).
+    SGD and AdamW have both kernels.
     """
     if device.type == "cuda" and precision != "fp16":
         return "fused"
     return "foreach"
 
 
-def make_sgd(
-    params, *, lr: float, momentum: float, weight_decay: float, nesterov: bool, implementation: str
-) -> torch.optim.SGD:
-    return torch.optim.SGD(
-        params,
-        lr=lr,
-        momentum=momentum,
-        weight_decay=weight_decay,
-        nesterov=nesterov,
-        foreach=implementation == "foreach",
-        fused=implementation == "fused",
-    )
+def make_optimizer(
+    params,
+    *,
+    optimizer: str = "sgd",
+    lr: float,
+    momentum: float | None,
+    weight_decay: float,
+    nesterov: bool,
+    kernel: str,
+) -> torch.optim.Optimizer:
+    """The recipe's optimiser (`archbench.config.OPTIMIZERS`) with `kernel`: SGD with momentum, or AdamW (weight
+    decay decoupled from the gradient step, Loshchilov & Hutter 2019; betas and eps torch's defaults)."""
+    kernels = {"foreach": kernel == "foreach", "fused": kernel == "fused"}
+    if optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, **kernels)
+    if optimizer == "sgd":
+        return torch.optim.SGD(
+            params, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov, **kernels
+        )
+    raise ValueError(f"unknown optimiser {optimizer!r}")  # requests are checked against OPTIMIZERS before this
 
 
 # ------------------------------------------------------------------------------------------ memory
@@ -173,6 +182,24 @@ def process_peak_rss_bytes() -> int | None:
     except (ImportError, OSError):
         return None
     return peak if sys.platform == "darwin" else peak * 1024
+
+
+def available_memory(device: torch.device) -> int | None:
+    """Bytes a run could still allocate on `device`: CUDA's free memory, or the host's MemAvailable (Linux;
+    elsewhere the free physical pages); None where neither can be read."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
 
 
 # ------------------------------------------------------------------------------------------ determinism

@@ -31,9 +31,12 @@ def epoch_line(label: str, row: dict, epochs: int) -> str:
 
 
 def finish_line(label: str, summary: dict) -> str:
+    """A run's last line. A diverged run ends at a step whose training loss, or whose evaluation's loss or
+    accuracy, was non-finite: the summary records the step alone, so the line names both."""
     status, run = summary["status"], f"(run {summary['run_id']})"
     if status == "diverged":
-        return f"{label}: [red]diverged[/] at step {summary['diverged_at_step']} (non-finite loss) {run}"
+        step = summary["diverged_at_step"]
+        return f"{label}: [red]diverged[/] at step {step} (a loss or accuracy went non-finite) {run}"
     if summary["best_epoch"] is None:
         return f"{label}: {status}, no epoch finished, {summary['wall_seconds']:.0f}s {run}"
     if summary.get("selected_on") == "holdout":

@@ -29,8 +29,6 @@ class ReproductionAccuracy:
 class ConvergenceClaim:
     """An epochs-to-converge statement, quoted as the source words it (no threshold is given)."""
 
-    resnet_epochs: int
-    vgg_epochs: int
     quote: str
     source: str
 
@@ -53,8 +51,6 @@ REPRODUCTION = ReproductionAccuracy(
 )
 
 CONVERGENCE = ConvergenceClaim(
-    resnet_epochs=30,
-    vgg_epochs=40,
     quote="ResNet converges in fewer epochs than VGG11/VGG16 (about 30 vs 40)",
     source=PROJECT_BRIEF,
 )
@@ -134,10 +130,6 @@ HE_2016_TABLE2: tuple[DepthError, ...] = (
 # with skip connections the decorrelation is sublinear.
 BALDUZZI_2017 = 'Balduzzi et al. 2017, "The Shattered Gradients Problem" (ICML)'
 
-# The reference reproduction's reading of early training (the project brief): residual connections make
-# early training easier, and avoid early noisy gradients.
-NOISY_GRADIENTS_CLAIM = "residual connections avoid early noisy gradients"
-
 # How a throughput benchmark is trusted (`archbench bench` follows both): users of timm's benchmark
 # reported that models measured one after another in one process change each other's numbers (allocator
 # fragmentation), so each model is measured in a process of its own (huggingface/pytorch-image-models
@@ -169,11 +161,3 @@ HE_2016_GRADIENTS = (
 )
 YANG_2019 = 'Yang et al. 2019, "A Mean Field Theory of Batch Normalization" (ICLR)'
 YANG_2019_GRADIENTS = f"{YANG_2019}: in plain deep nets BN makes gradients explode with depth at initialisation"
-
-# Holm 1979, "A simple sequentially rejective multiple test procedure" (Scand. J. Statistics): the
-# adjustment applied within each family of claims.
-HOLM_1979 = 'Holm 1979, "A simple sequentially rejective multiple test procedure"'
-# Dolan & Moré 2002, "Benchmarking optimization software with performance profiles" (AlgoPerf's scoring):
-# per method, the fraction of runs that reach the target within τ times the best time; a run that never
-# reaches it counts as infinite time.
-DOLAN_MORE_2002 = 'Dolan & Moré 2002, "Benchmarking optimization software with performance profiles"'

@@ -42,6 +42,7 @@ except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
 from archbench.catalogue import catalogue, registry_files, resolve_registry_dir  # noqa: F401 (catalogue: re-exported)
+from archbench.devices import available_memory
 from archbench.errors import ArchbenchError
 from archbench.models import BUILDERS, ArgumentError, ModelTraits, read_traits
 from archbench.models.builders import check_type, describe
@@ -115,7 +116,8 @@ class Entry:
 
     def identity(self) -> dict:
         """Which model a run trained, as portable JSON: no path of this machine, the TOML file's sha256,
-        and for a ``python`` entry its ``target`` and the sha256 of the source file that defines it."""
+        and for a ``python`` entry its ``target`` and the sha256 of its code (the files it may import too,
+        `archbench.catalogue.python_code`), so that a change to any of them is another model."""
         try:
             source = BUILDERS[self.builder].source(self.args, self.path.parent)
         except ArgumentError as e:
@@ -143,7 +145,9 @@ class Entry:
 def check_forward(entry: Entry, image_size: int, num_classes: int) -> None:
     """Raise one ArchbenchError line naming the entry's file unless its model, built for ``num_classes``,
     maps ``image_size`` x ``image_size`` RGB images to one row of ``num_classes`` logits per image: in
-    training mode (a batch of 2, as batch norm needs) and in eval mode (a batch of 1).
+    training mode (a batch of 2, as batch norm needs) and in eval mode (a batch of 1); and unless it can
+    learn: it has trainable parameters, its training-mode output requires grad (the loss reaches a
+    parameter), and its backward pass runs.
 
     Runs on the meta device: no memory, no arithmetic. Where the model cannot be built or run there (an
     op without a meta kernel, sizes read from values), it is decided on a real CPU build. The global RNG
@@ -157,27 +161,86 @@ def check_forward(entry: Entry, image_size: int, num_classes: int) -> None:
             model = entry.build(num_classes=num_classes)
             problem, _ = _forward_problem(model, image_size, num_classes, torch.device("cpu"))
     if problem is not None:
-        _fail(entry.path, "args", f"builds a model that cannot run on {image_size}x{image_size} input: {problem}")
+        _fail(entry.path, "args", f"builds a model that {problem}")
 
 
 def _forward_problem(
     model: nn.Module, image_size: int, num_classes: int, device: torch.device
 ) -> tuple[str | None, Exception | None]:
-    """What is wrong with the model's forward pass at this size (None if nothing), and the exception."""
+    """What is wrong with the model's forward and backward passes at this size (None if nothing), and the
+    exception. Training mode runs with autograd, then a backward pass to every trainable parameter."""
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    if not trainable:
+        return "cannot learn: it has no trainable parameters (none requires grad); make some trainable", None
+    cannot_run = f"cannot run on {image_size}x{image_size} input"
     for training, batch in ((True, 2), (False, 1)):
         mode = "training" if training else "eval"
         model.train(training)
         try:
-            with torch.no_grad():
+            with torch.set_grad_enabled(training):
                 out = model(torch.zeros(batch, 3, image_size, image_size, device=device))
         except Exception as e:  # whatever the model raises is a problem with this entry at this size
-            return f"{describe(e)} (in {mode} mode)", e
+            return f"{cannot_run}: {describe(e)} (in {mode} mode)", e
         if not isinstance(out, torch.Tensor):
-            return f"in {mode} mode it returns {type(out).__name__}, not a tensor of logits", None
+            return f"{cannot_run}: in {mode} mode it returns {type(out).__name__}, not a tensor of logits", None
         if tuple(out.shape) != (batch, num_classes):
             shape, want = tuple(out.shape), (batch, num_classes)
-            return f"in {mode} mode its output for {batch} image(s) has shape {shape}, not {want}", None
+            return f"{cannot_run}: in {mode} mode its output for {batch} image(s) has shape {shape}, not {want}", None
+        if training and not out.requires_grad:
+            return (
+                "cannot learn: its output in training mode does not require grad, so the loss reaches no "
+                "parameter; compute it without torch.no_grad or detach",
+                None,
+            )
+        if training:  # the backward pass, as far as the parameters (some may be unused)
+            try:
+                torch.autograd.grad(out.float().sum(), trainable, allow_unused=True)
+            except Exception as e:
+                return f"{cannot_run}: its backward pass fails: {describe(e)}", e
     return None, None
+
+
+def training_memory(entry: Entry, image_size: int, num_classes: int, batch_size: int, dtype: torch.dtype) -> int | None:
+    """Bytes one training step needs at least: every layer's output in training mode at ``dtype`` (what
+    backward keeps; an in-place layer's output is its input, counted once), plus the parameters, their
+    gradients and momentum in fp32. Counted by a forward pass on the meta device; None where the model
+    cannot run there (no estimate is better than a slow one)."""
+    sizes = []
+
+    def count(module: nn.Module, args: tuple, out) -> None:
+        if isinstance(out, torch.Tensor) and not any(out is arg for arg in args):
+            sizes.append(out.numel())
+
+    with torch.random.fork_rng(devices=[]):
+        model = entry.build_on_meta(num_classes=num_classes)
+        if any(p.device.type != "meta" for p in model.parameters()):  # built for real: no cheap estimate
+            return None
+        leaves = [m for m in model.modules() if next(m.children(), None) is None]
+        hooks = [m.register_forward_hook(count) for m in leaves]
+        try:
+            with torch.no_grad():
+                model.train()(torch.zeros(batch_size, 3, image_size, image_size, device="meta"))
+        except Exception:  # an op without a meta kernel, say: check_forward has judged the model
+            return None
+        finally:
+            for hook in hooks:
+                hook.remove()
+    return sum(sizes) * dtype.itemsize + 3 * 4 * sum(p.numel() for p in model.parameters())
+
+
+def check_memory(
+    entry: Entry, image_size: int, num_classes: int, batch_size: int, device: torch.device, dtype: torch.dtype
+) -> None:
+    """Raise one ArchbenchError line unless one training step of the entry at this size and batch
+    (`training_memory`) fits in the memory `device` has available now."""
+    available = available_memory(device)
+    needed = None if available is None else training_memory(entry, image_size, num_classes, batch_size, dtype)
+    if needed is not None and needed > available:
+        raise ArchbenchError(
+            f"--image-size {image_size} needs at least {needed / 2**20:,.1f} MiB for one training step of "
+            f"{entry.name} at a batch of {batch_size}, more than the {available / 2**20:,.1f} MiB available on "
+            f"{device}: lower --image-size or --batch-size."
+        )
 
 
 def _meta_only(error: Exception) -> bool:

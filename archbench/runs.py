@@ -6,8 +6,13 @@ clipping.csv (one `ClipRow` per early step: the global gradient norm before clip
 clipping bound) and summary.json (a `Summary`), all tracked by git, and checkpoint.pt (never tracked).
 The dataclasses below are the schema: the training loop writes through `write_record`, the report reads
 the columns they define, and the tests build their fixtures with the same writer, so a column exists in
-one place. Every file carries `SCHEMA_VERSION` (a `schema_version` column or key); the report reads
-older versions, filling what they lack as missing.
+one place. Every file carries `SCHEMA_VERSION` (a `schema_version` key in the JSON files, a
+`schema_version` column, the same in every row, in the CSVs: pandas and spreadsheets read it as one more
+column); the report reads older versions, filling what they lack (`ADDED_IN`) as missing. Readers (the
+report, `archbench status`) hold the files to each other (`check_record`): a schema version this archbench
+cannot read, a config.json that no longer hashes to its `config_hash` (edited after the run), or a summary.json
+that does not sum up its metrics.csv or belongs to another config marks the run damaged, and a non-finite loss
+or accuracy in metrics.csv is divergence, whatever the summary says (`non_finite_epoch`).
 
 Names: the "holdout" is the split carved from the training set (`--holdout-per-class`) on which tuning
 and model selection are done; the "test" split is the study's test set, never used for a choice except
@@ -31,7 +36,6 @@ import hashlib
 import io
 import json
 import os
-import re
 import secrets
 import tempfile
 from dataclasses import asdict, dataclass
@@ -40,6 +44,7 @@ from typing import Any
 
 import numpy as np
 
+from archbench.config import run_identity
 from archbench.errors import ArchbenchError
 
 CHECKPOINT = "checkpoint.pt"
@@ -47,16 +52,15 @@ CONFIG, METRICS, GRADNORMS, SUMMARY = "config.json", "metrics.csv", "gradnorms.c
 CLIPPING = "clipping.csv"
 # Version of the run-record schema below. 1: no version recorded, `val_*` names for the holdout, no
 # clipping record. 2: `holdout_*` names, `clip_fraction` and `test_top5` per epoch, clipping.csv.
-SCHEMA_VERSION = 2
+# 3: summary.json records the `config_hash` of the run it sums up.
+SCHEMA_VERSION = 3
 # Columns and keys renamed since version 1 (old name -> new name); readers of older records map them.
 RENAMED = {"val_loss": "holdout_loss", "val_acc": "holdout_acc", "best_val_acc": "best_holdout_acc"}
-# Columns added since version 1: a record of an older version may lack these (and only these).
-ADDED = ("clip_fraction", "test_top5", "schema_version")
+# Columns and keys added in each version: a record of an older version lacks these (and only these).
+ADDED_IN = {2: ("clip_fraction", "test_top5", "schema_version"), 3: ("config_hash",)}
 HOLDOUT, TEST = "holdout", "test"  # a summary's `selected_on`
 STATUSES = ("completed", "diverged", "interrupted")
 UNFINISHED = (None, "interrupted")
-# A run's id: its UTC start time, seed, the first hex digits of its config hash and a random tag (`new_run_id`).
-RUN_ID = re.compile(r"\b(\d{8}-\d{6}-s\d+-[0-9a-f]{6}-[0-9a-f]{4})\b")
 
 
 # ------------------------------------------------------------------------------------------ schema
@@ -141,6 +145,7 @@ class Summary:
     wall_seconds: float
     synthetic: bool
     finished_at: str
+    config_hash: str | None = None  # config.json's, checked against it (None: recorded before version 3)
     schema_version: int = SCHEMA_VERSION
 
 
@@ -171,11 +176,9 @@ def time_to_threshold(history: list[EpochMetrics], thresholds) -> tuple[dict, di
     return seconds, images
 
 
-def outcome(history: list[EpochMetrics], thresholds, on_holdout: bool) -> dict:
-    """The summary fields that the epoch history alone decides: what the loop writes into summary.json,
-    and what the report reads from metrics.csv for a run stopped before it wrote one."""
+def selection(history: list[EpochMetrics], on_holdout: bool) -> dict:
+    """The summary fields that say how far a run got and which epoch it chose, from its epoch history."""
     best = choose_epoch(history, on_holdout)
-    seconds_to, images_to = time_to_threshold(history, thresholds)
     last = history[-1] if history else None
     return {
         "epochs_completed": len(history),
@@ -186,6 +189,15 @@ def outcome(history: list[EpochMetrics], thresholds, on_holdout: bool) -> dict:
         "selected_on": HOLDOUT if on_holdout else TEST,
         "best_holdout_acc": history[best].holdout_acc if on_holdout and best is not None else None,
         "test_acc_at_best_epoch": None if best is None else history[best].test_acc,
+    }
+
+
+def outcome(history: list[EpochMetrics], thresholds, on_holdout: bool) -> dict:
+    """The summary fields that the epoch history alone decides: what the loop writes into summary.json,
+    and what the report reads from metrics.csv for a run stopped before it wrote one."""
+    seconds_to, images_to = time_to_threshold(history, thresholds)
+    return {
+        **selection(history, on_holdout),
         "epochs_to_threshold": epochs_to_threshold([row.test_acc for row in history], thresholds),
         "seconds_to_threshold": seconds_to,
         "images_to_threshold": images_to,
@@ -193,6 +205,167 @@ def outcome(history: list[EpochMetrics], thresholds, on_holdout: bool) -> dict:
 
 
 OUTCOME_FIELDS = tuple(outcome([], (), on_holdout=False))
+
+
+# ------------------------------------------------------------------------------------------ reading
+
+
+def added_since(version: int) -> set[str]:
+    """The columns and keys a record of schema `version` lacks: those added in a later version."""
+    return {name for added, names in ADDED_IN.items() if added > version for name in names}
+
+
+def current_summary(summary: dict) -> dict:
+    """summary.json in this version's names: keys renamed since an older version mapped, and an older
+    `selected_on` "val" (the holdout) read as "holdout"."""
+    summary = {RENAMED.get(k, k) if RENAMED.get(k) not in summary else k: v for k, v in summary.items()}
+    if summary.get("selected_on") == "val":
+        summary["selected_on"] = HOLDOUT
+    return summary
+
+
+def holdout_record(config: dict) -> dict | None:
+    """config.json's record of the holdout split (key "holdout"; "validation" in older records), or None."""
+    return config.get("holdout", config.get("validation"))
+
+
+# The metrics.csv columns that are finite in every epoch of a run that did not diverge (the holdout's only
+# where the run holds one out).
+FINITE = ("train_loss", "train_acc", "test_loss", "test_acc")
+FINITE_HOLDOUT = ("holdout_loss", "holdout_acc")
+
+
+def non_finite_epoch(history: list[EpochMetrics], holdout: bool) -> int | None:
+    """The first epoch with a non-finite (or missing) loss or accuracy: the run diverged there, whatever its
+    summary says; None when every value is finite."""
+    columns = FINITE + FINITE_HOLDOUT if holdout else FINITE
+    for row in history:
+        if not all(_finite(getattr(row, c)) for c in columns):
+            return int(row.epoch)
+    return None
+
+
+def _finite(value) -> bool:
+    return value is not None and np.isfinite(float(value))
+
+
+class DamagedRecord(ArchbenchError):
+    """A run whose record files cannot be read or do not agree: `file` names the file at fault and the message
+    says why in one line, the same in `archbench status` and the report (which leave the run out)."""
+
+    def __init__(self, file: str, reason: str):
+        super().__init__(reason)
+        self.file = file
+
+
+def read_record(path: Path) -> dict:
+    """One of a run's JSON files (config.json, summary.json) as a dict; `DamagedRecord` when it is missing or
+    unreadable."""
+    if not path.exists():
+        raise DamagedRecord(path.name, f"{path.name} is missing")
+    try:
+        value = read_json(path)
+    except (OSError, ValueError, UnicodeDecodeError):
+        raise DamagedRecord(path.name, f"{path.name} is not valid JSON") from None
+    if not isinstance(value, dict):
+        raise DamagedRecord(path.name, f"{path.name} does not hold a JSON object")
+    return value
+
+
+def schema_version(value) -> int | None:
+    """A recorded `schema_version` as an int (absent: 1, the version that recorded none), or None when it is no
+    version (not a whole number, or below 1)."""
+    if value is None:
+        return 1
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    return value if type(value) is int and value >= 1 else None
+
+
+def version_problem(recorded: list[tuple[str, Any]]) -> tuple[str, str] | None:
+    """The file at fault and why, when the `(file, schema_version)` pairs of one run's files cannot be read
+    together: a value that is no version, one newer than this archbench's, or files of different versions."""
+    versions: dict[int, str] = {}
+    for name, value in recorded:
+        version = schema_version(value)
+        if version is None:
+            return name, f"{name} has schema_version {value!r}, which is no schema version"
+        if version > SCHEMA_VERSION:
+            return name, (
+                f"{name} is of schema version {version}, written by a newer archbench (this one reads up to "
+                f"{SCHEMA_VERSION}); upgrade archbench"
+            )
+        versions.setdefault(version, name)
+    if len(versions) > 1:
+        said = ", ".join(f"{name} {version}" for version, name in versions.items())
+        return list(versions.values())[-1], f"the run's files differ in schema version ({said})"
+    return None
+
+
+def check_record(config: dict, summary: dict | None, history: list[EpochMetrics]) -> None:
+    """Raise `DamagedRecord` unless one run's config.json, summary.json (current names; None: not written yet)
+    and metrics.csv `history` can be read together: one known schema version, a config.json that still hashes
+    to the `config_hash` it records, and a summary that sums up both (`disagreement`)."""
+    recorded = [(CONFIG, config.get("schema_version"))]
+    recorded += [(SUMMARY, summary.get("schema_version"))] if summary else []
+    recorded += [(METRICS, version) for version in dict.fromkeys(row.schema_version for row in history)]
+    if problem := version_problem(recorded):
+        raise DamagedRecord(*problem)
+    if (computed := config_hash(config)) != config.get("config_hash"):
+        raise DamagedRecord(
+            CONFIG,
+            f"config.json does not match its recorded hash {config.get('config_hash')} (it hashes to {computed}): "
+            "edited after the run",
+        )
+    if reason := epochs_disagreement(summary or {}, history, config):
+        raise DamagedRecord(SUMMARY if summary else METRICS, reason)
+    if summary and (reason := disagreement(summary, history, computed)):
+        raise DamagedRecord(SUMMARY, reason)
+
+
+def epochs_disagreement(summary: dict, history: list[EpochMetrics], config: dict) -> str | None:
+    """Why a run's epochs in metrics.csv do not fit config.json's `recipe.epochs` (a completed run has them all,
+    no run more), in one line; None when they do."""
+    planned, done = (config.get("recipe") or {}).get("epochs"), len(history)
+    if isinstance(planned, int) and done > planned:
+        return f"metrics.csv holds {done} epochs, more than config.json's recipe.epochs {planned}"
+    if summary.get("status") == "completed" and not _same(done, planned):
+        return f"summary.json says completed after {done} epochs, config.json's recipe.epochs is {planned}"
+    return None
+
+
+def disagreement(summary: dict, history: list[EpochMetrics], config_hash: str | None) -> str | None:
+    """Why summary.json (in current names) does not sum up metrics.csv's `history` or belong to the config
+    whose hash is `config_hash`, in one line; None when it does. Compared: the config hash (which a summary of
+    version 3 on must record); the epochs, the final and best accuracies and the chosen epoch, on the split the
+    summary says it selected on. A history with a non-finite value (a diverged run) is compared on its epochs
+    alone."""
+    version, recorded_hash = schema_version(summary.get("schema_version")), summary.get("config_hash")
+    if recorded_hash is None and version is not None and version >= 3:
+        return f"summary.json (schema version {version}) records no config_hash"
+    if recorded_hash is not None and recorded_hash != config_hash:
+        return f"summary.json belongs to config hash {recorded_hash}, config.json is {config_hash}"
+    on_holdout = summary.get("selected_on") == HOLDOUT
+    if non_finite_epoch(history, on_holdout) is not None:
+        expected = {"epochs_completed": len(history)}
+    else:
+        expected = selection(history, on_holdout)
+    for key, value in expected.items():
+        if not _same(summary.get(key), value):
+            return f"summary.json has {key} {summary.get(key)}, metrics.csv gives {value}"
+    return None
+
+
+def _same(recorded, derived) -> bool:
+    """One value as summary.json recorded it and as metrics.csv gives it (numbers to 1e-9, NaN equal to NaN;
+    a value that is no number where a number is due differs)."""
+    if recorded is None or derived is None or isinstance(derived, str):
+        return recorded == derived
+    try:
+        a, b = float(recorded), float(derived)
+    except (TypeError, ValueError):
+        return False
+    return (np.isnan(a) and np.isnan(b)) or bool(np.isclose(a, b, rtol=1e-9, atol=0.0))
 
 
 def columns(row_type) -> tuple[str, ...]:
@@ -204,6 +377,37 @@ GRADNORM_COLUMNS = columns(GradNormRow)
 CLIPPING_COLUMNS = columns(ClipRow)
 GRADNORM_TEXT_COLUMNS = ("layer", "kind")
 TIMING_COLUMNS = ("epoch_seconds", "train_images_per_s", "train_seconds")  # differ between identical runs
+
+
+def read_metrics(path: Path, needed: tuple[str, ...] | None = ("epoch",)) -> list[EpochMetrics]:
+    """metrics.csv's rows (none: no file), numbers as floats, in this version's names: an older version's renamed
+    columns mapped, the columns it lacks None. A file without the columns `needed` (None: every column of its
+    schema version, `lacking`) raises `DamagedRecord`."""
+    if not path.exists():
+        return []
+    with open(path, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        reader.fieldnames = [RENAMED.get(name, name) for name in reader.fieldnames or ()]
+        rows = [EpochMetrics(**{c: _number(row.get(c)) for c in METRICS_COLUMNS}) for row in reader]
+    version = schema_version(rows[0].schema_version) if rows else SCHEMA_VERSION
+    missing = (
+        lacking(reader.fieldnames, METRICS_COLUMNS, version)
+        if needed is None
+        else sorted(set(needed) - set(reader.fieldnames))
+    )
+    if missing and (rows or needed is not None):
+        raise DamagedRecord(path.name, f"{path.name} lacks the column(s) {', '.join(missing)}")
+    return rows
+
+
+def lacking(header, columns: tuple[str, ...], version: int | None) -> list[str]:
+    """The `columns` a CSV of schema `version` holds that `header` lacks (an older version lacks those added
+    since; a version that is no version is checked as the first)."""
+    return [c for c in columns if c not in header and c not in added_since(version or 1)]
+
+
+def _number(text: str | None) -> float | None:
+    return None if text is None or text == "" else float(text)
 
 
 def write_record(
@@ -224,11 +428,9 @@ def write_record(
 
 
 def config_hash(config: dict) -> str:
-    """A stable hash of everything that determines a run's numbers: not where or when it ran, nor the
-    registry entry's description or comments (its builder and arguments identify the architecture)."""
-    keyed = {k: v for k, v in config.items() if k not in ("run_id", "provenance", "config_hash", "schema_version")}
-    keyed["entry"] = {k: v for k, v in keyed.get("entry", {}).items() if k not in ("description", "toml_sha256")}
-    blob = json.dumps(keyed, sort_keys=True, default=str).encode()
+    """A stable hash of the run's identity (`archbench.config.run_identity`): everything that determines its
+    numbers, not where or when it ran; the same for a record written before a field was added or renamed."""
+    blob = json.dumps(run_identity(config), sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
@@ -284,15 +486,6 @@ def write_csv(path: Path, fieldnames: tuple[str, ...], rows: list[dict]) -> None
     writer.writeheader()
     writer.writerows(rows)
     write_text(path, text.getvalue())
-
-
-def __getattr__(name: str):
-    """`runs.torch`, imported on first use: the report reads run records without importing torch."""
-    if name == "torch":
-        import torch
-
-        return torch
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def save_checkpoint(path: Path, state: dict) -> None:

@@ -14,8 +14,10 @@ Each row shows the run's learning rate and its arm: `default` (the preset's rate
 `--lr` (a rate given on the command line) or `trial` (a tuning trial), so two runs of one model and seed
 are told apart; the end of the run id (hash and random part) names the folder.
 
-A damaged record (unreadable JSON, a metrics.csv without the columns this table needs) becomes a row
-saying which file is damaged, and every other run is still shown.
+A damaged record (a missing or unreadable file, a metrics.csv without a column of its schema version, or
+files that disagree: `archbench.runs.check_record`) becomes a row saying which file is damaged, the reason
+under the table (the line the report names it with), and every other run is still shown. A run whose metrics.csv
+holds a non-finite loss or accuracy is diverged at that epoch, whatever its summary says.
 """
 
 from __future__ import annotations
@@ -34,15 +36,12 @@ from rich.table import Table
 from rich.text import Text
 
 from archbench import runs
+from archbench.config import lr_origin, upgrade_config
 from archbench.errors import ArchbenchError
 from archbench.progress import pct
 
 # The metrics.csv columns (runs.METRICS_COLUMNS) this table reads.
 NEEDED = ("epoch", "test_acc", "epoch_seconds", "train_images_per_s")
-
-
-class Damaged(Exception):
-    """A record file of a run cannot be read; the message names the file."""
 
 
 @dataclass
@@ -51,6 +50,8 @@ class RunStatus:
     run_id: str
     seed: int | None = None
     status: str = ""  # running, interrupted, completed, diverged, or "damaged: <file>"
+    reason: str | None = None  # why a record is damaged, where more than its file can be said
+    diverged_at_epoch: int | None = None  # the first epoch metrics.csv records a non-finite value
     tuning: bool = False
     lr: float | None = None  # the rate the run trains at
     arm: str | None = None  # default, tuned, --lr or trial (see `arm_of`)
@@ -75,11 +76,7 @@ def arm_of(lr_source: object, tuning: bool) -> str | None:
     `archbench.config.resolve_lr`): a tuning trial, a tuned rate, a rate given with --lr, or the preset's."""
     if tuning:
         return "trial"
-    if not isinstance(lr_source, str):
-        return None
-    if lr_source.startswith("tuned"):
-        return "tuned"
-    return "--lr" if lr_source == "--lr" else "default"
+    return lr_origin(lr_source)
 
 
 def is_locked(run_dir: Path) -> bool:
@@ -106,35 +103,24 @@ def is_locked(run_dir: Path) -> bool:
         os.close(fd)
 
 
-def _json(path: Path) -> dict:
+def _metrics(path: Path) -> list[runs.EpochMetrics]:
+    """metrics.csv's rows (none yet: no file), in this version's names, with every column of its schema version
+    and a value in each of the columns `NEEDED`."""
     try:
-        value = runs.read_json(path)
-    except (OSError, ValueError, UnicodeDecodeError):
-        raise Damaged(path.name) from None
-    if not isinstance(value, dict):
-        raise Damaged(path.name)
-    return value
-
-
-def _metrics(path: Path) -> list[dict]:
-    """metrics.csv's rows as floats (none yet: no file); the columns `NEEDED` must be there."""
-    if not path.exists():
-        return []
-    try:
-        with open(path, newline="", encoding="utf-8") as f:
-            reader = csv.DictReader(f)
-            if not set(NEEDED) <= set(reader.fieldnames or ()):
-                raise Damaged(path.name)
-            return [{c: float(row[c]) for c in NEEDED} for row in reader]
+        rows = runs.read_metrics(path, needed=None)
     except (OSError, ValueError, TypeError, UnicodeDecodeError, csv.Error):
-        raise Damaged(path.name) from None
+        raise runs.DamagedRecord(path.name, f"{path.name} is not a readable CSV") from None
+    if any(getattr(row, c) is None for row in rows for c in NEEDED):
+        raise runs.DamagedRecord(path.name, f"{path.name} has an empty value in a column of {', '.join(NEEDED)}")
+    return rows
 
 
 def run_status(run_dir: Path) -> RunStatus:
-    """One run folder's row; a damaged record gives a row whose status names the damaged file."""
+    """One run folder's row; a damaged record gives a row whose status names the damaged file and whose reason
+    says why (as the report names it: `archbench.runs.check_record`)."""
     row = RunStatus(model=run_dir.parent.name, run_id=run_dir.name)
     try:
-        config = _json(run_dir / runs.CONFIG)
+        config = upgrade_config(runs.read_record(run_dir / runs.CONFIG))
         row.model = str(config.get("model", row.model))
         row.seed = config.get("seed")
         row.tuning = config.get("tuning_trial") is True or config.get("tuning") is True
@@ -142,27 +128,34 @@ def run_status(run_dir: Path) -> RunStatus:
             row.epochs_total = int(config["recipe"]["epochs"])
             row.lr = float(config["recipe"]["lr"])
         except (KeyError, TypeError, ValueError):
-            raise Damaged(runs.CONFIG) from None
+            raise runs.DamagedRecord(runs.CONFIG, "config.json lacks a numeric recipe.epochs or recipe.lr") from None
         row.arm = arm_of(config["recipe"].get("lr_source"), row.tuning)
-        summary = _json(run_dir / runs.SUMMARY) if (run_dir / runs.SUMMARY).exists() else {}
+        summary_path = run_dir / runs.SUMMARY
+        summary = runs.current_summary(runs.read_record(summary_path)) if summary_path.exists() else {}
         metrics = _metrics(run_dir / runs.METRICS)
-    except Damaged as e:
-        row.status = f"damaged: {e}"
+        running = is_locked(run_dir)
+        if not running:
+            runs.check_record(config, summary, metrics)
+    except runs.DamagedRecord as e:
+        row.status, row.reason = f"damaged: {e.file}", str(e)
         return row
 
     recorded = summary.get("status")
-    if is_locked(run_dir):
+    row.diverged_at_epoch = runs.non_finite_epoch(metrics, runs.holdout_record(config) is not None)
+    if running:
         row.status = "running"
+    elif row.diverged_at_epoch is not None:
+        row.status = "diverged"
     elif recorded in runs.UNFINISHED:
         row.status = "interrupted"
     else:
         row.status = str(recorded)
     row.epochs_done = len(metrics)
     if metrics:
-        accuracies = [m["test_acc"] for m in metrics]
+        accuracies = [m.test_acc for m in metrics]
         row.last_test_acc, row.best_test_acc = accuracies[-1], max(accuracies)
-        row.images_per_s = metrics[-1]["train_images_per_s"]
-        row.seconds = math.fsum(m["epoch_seconds"] for m in metrics)
+        row.images_per_s = metrics[-1].train_images_per_s
+        row.seconds = math.fsum(m.epoch_seconds for m in metrics)
     if row.status == "running" and metrics and row.epochs_total is not None:
         row.seconds_left = row.seconds / len(metrics) * max(row.epochs_total - len(metrics), 0)
     return row
@@ -212,6 +205,17 @@ def short_id(run_id: str) -> str:
     return "-".join(parts[-2:]) if len(parts) >= 5 else run_id
 
 
+def status_text(row: RunStatus) -> str:
+    """The status as the table shows it: a run that went non-finite with the epoch where it did."""
+    if row.status == "diverged" and row.diverged_at_epoch is not None:
+        return f"diverged (epoch {row.diverged_at_epoch})"
+    return row.status
+
+
+def _name(row: RunStatus) -> str:
+    return row.model if row.seed is None else f"{row.model} s{row.seed}"
+
+
 STYLES = {"running": "cyan", "completed": "green", "diverged": "red", "interrupted": "yellow"}
 CAPTIONS = {
     "arm": "arm: default (the preset's rate), tuned, --lr or (tuning) trial",
@@ -232,8 +236,8 @@ def status_table(rows: list[RunStatus], title: str, width: int | None = None) ->
     left = [r.seconds_left for r in rows if r.seconds_left is not None]
     running = any(r.status == "running" for r in rows)
     cells = {
-        "model": [r.model if r.seed is None else f"{r.model} s{r.seed}" for r in rows],
-        "status": [Text(r.status, style="bold red" if r.damaged else STYLES.get(r.status, "")) for r in rows],
+        "model": [_name(r) for r in rows],
+        "status": [Text(status_text(r), style="bold red" if r.damaged else STYLES.get(r.status, "")) for r in rows],
         "arm": [Text(r.arm or "—", style="magenta" if r.tuning else "") for r in rows],
         "lr": ["—" if r.lr is None else f"{r.lr:.3g}" for r in rows],
         "epochs": ["—" if r.damaged else f"{r.epochs_done}/{r.epochs_total}" for r in rows],
@@ -313,7 +317,8 @@ def status_view(rows: list[RunStatus], runs_dir: Path, width: int):
     from rich.console import Group
 
     table = status_table(rows, title=f"archbench status: {runs_dir}", width=width)
-    return Group(table, Text(counts_line(rows)))
+    reasons = [f"{_name(r)} {short_id(r.run_id)}: {r.reason}" for r in rows if r.reason]
+    return Group(table, Text(counts_line(rows)), *(Text(line, style="red") for line in reasons))
 
 
 def status_json(runs_dir: Path) -> list[dict]:

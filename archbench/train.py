@@ -1,8 +1,8 @@
 """The one training loop every model in the study goes through.
 
-`run_models` checks everything it can before any run folder exists (`plan_runs`: names, options, the
-data, every model's forward pass at the requested size, the output folder), then trains each model and
-seed with `train_one`, which reads top to bottom: open the run folder, build the model and what trains
+`archbench.study` checks everything it can before any run folder exists (`plan_runs`: names, options,
+the data, every model's forward pass at the requested size, the output folder), then trains each model
+and seed with `train_one`, which reads top to bottom: open the run folder, build the model and what trains
 it (`build_training`), resume from a checkpoint if there is one (`resume`), then for each epoch train
 (`train_epoch`, one `optimiser_step` per batch), evaluate on the test split and, when the run holds one
 out, on the validation split (`evaluate`), write the run record (`write_run_record`) and an atomic
@@ -21,50 +21,40 @@ import functools
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from rich.console import Console
 from torch import nn
 
 from archbench import distributed, flops, runs
-from archbench.cluster import submit_runs
-from archbench.config import STEP_FACTOR, STEP_MILESTONES, Recipe, RunConfig, RunRequest, parse_lr, resolve_config
-from archbench.data import resolve
-from archbench.data.loader import DeviceLoader, augmentation_named
-from archbench.data.split import Holdout, holdout
+from archbench.config import STEP_FACTOR, STEP_MILESTONES, Recipe, RunConfig, RunRequest
+from archbench.data.loader import DeviceLoader
+from archbench.data.split import Holdout
 from archbench.devices import (
     PRECISIONS,
     autocast_factory,
     compile_model,
     make_deterministic,
-    make_sgd,
+    make_optimizer,
     memory_format,
     needs_deterministic_pooling,
     peak_memory,
     reset_peak_memory,
-    resolve_channels_last,
-    resolve_device,
-    resolve_precision,
     rng_state,
     seed_everything,
     set_rng_state,
-    sgd_implementation,
     synchronize,
 )
 from archbench.distributed import DistContext
 from archbench.errors import ArchbenchError
 from archbench.gradients import GradientRecorder
-from archbench.launch import jobs_of, run_on_gpus
-from archbench.progress import Bars, LogLines, Reporter, results_table
+from archbench.progress import Reporter
 from archbench.provenance import provenance, utc_now
-from archbench.registry import Entry, check_forward, get_entry
+from archbench.registry import Entry
 from archbench.runs import EpochMetrics, Summary
-from archbench.tensorboard import TensorBoard
-from archbench.tuning import read_tuning
 
 LOG_EVERY = 25  # steps between progress reads (each is one host-device sync)
 NEVER = torch.iinfo(torch.long).max  # "no non-finite loss yet"
@@ -127,7 +117,7 @@ class EpochResult:
 
 @dataclass(frozen=True)
 class Plan:
-    """One run `run_models` will train: checked, with its config resolved, before any folder exists."""
+    """One run `archbench.study` will train: checked, with its config resolved, before any folder exists."""
 
     entry: Entry
     config: RunConfig
@@ -225,13 +215,14 @@ def build_training(
     if split is not None:
         train_images, train_labels = train_images[split.train], train_labels[split.train]
     train_loader = loader(train_images, train_labels, train=True)
-    optimizer = make_sgd(
+    optimizer = make_optimizer(
         model.parameters(),
+        optimizer=recipe.optimizer,
         lr=recipe.lr,
         momentum=recipe.momentum,
         weight_decay=recipe.weight_decay,
         nesterov=recipe.nesterov,
-        implementation=config.optimizer,
+        kernel=config.optimizer_kernel,
     )
     forward = model
     if dist.enabled:  # BN buffers are synchronised once per epoch (`broadcast_buffers`), not every step
@@ -271,14 +262,14 @@ def resume(run_path: Path, t: Training, device: torch.device, dist: DistContext)
         )
     if ckpt is None:
         return RunState(history=[])
+    check_same_run(ckpt, run_path)
     try:
         t.model.load_state_dict(ckpt["model"])
         t.optimizer.load_state_dict(ckpt["optimizer"])
         t.scheduler.load_state_dict(ckpt["scheduler"])
         t.scaler.load_state_dict(ckpt["scaler"])
         t.gradients.load_state_dict(ckpt["gradients"])
-        if "clipping" in ckpt:  # a checkpoint from before clipping was recorded resumes without its early rows
-            t.clipping.load_state_dict(ckpt["clipping"])
+        t.clipping.load_state_dict(ckpt["clipping"])  # every checkpoint that carries its run's identity has it
         history = [EpochMetrics(**row) for row in ckpt["history"]]
         set_rng_state(ckpt["rng"][dist.rank], device)
         state = RunState(
@@ -301,15 +292,54 @@ def resume(run_path: Path, t: Training, device: torch.device, dist: DistContext)
     return state
 
 
+def checkpoint_owner(run_path: Path) -> dict:
+    """Which run a checkpoint belongs to: the config hash and the data fingerprint of the run's config.json.
+    Every checkpoint carries it, and `resume` continues only a checkpoint of its own run."""
+    config = runs.read_json(run_path / runs.CONFIG)
+    return {"config_hash": config["config_hash"], "data_fingerprint": config["data"]["fingerprint"]}
+
+
+def check_same_run(ckpt: dict, run_path: Path) -> None:
+    """Refuse, in one line, the checkpoint of another run (another seed, rate or data; copied in by hand) and
+    one that does not say whose it is (saved before checkpoints carried their run's identity, or with it
+    deleted): its history could be any run's."""
+    ours = checkpoint_owner(run_path)
+    if not isinstance(ckpt, dict) or not ours.keys() <= ckpt.keys():
+        raise ArchbenchError(
+            f"the checkpoint in run {run_path.name} carries no run identity (older archbench, or edited): "
+            "rerun with --fresh to start the run over."
+        )
+    theirs = {key: ckpt.get(key) for key in ours}
+    if theirs == ours:
+        return
+    data = theirs["data_fingerprint"] != ours["data_fingerprint"]
+    raise ArchbenchError(
+        f"the checkpoint in run {run_path.name} belongs to another run (config hash {theirs['config_hash']}"
+        f"{', other data' if data else ''}; this run's is {ours['config_hash']}): "
+        "rerun with --fresh to start the run over."
+    )
+
+
 def optimiser_step(
     t: Training, x: torch.Tensor, y: torch.Tensor, step: int
 ) -> tuple[torch.Tensor, torch.Tensor, float]:
-    """Forward, backward, the early gradient diagnostics (before clipping), clipping (recorded by
-    `ClipRecorder`), the SGD step and the schedule. Returns the logits, the detached loss and the learning
-    rate this step used."""
+    """One training step (the `step`-th of the run) in its three phases, which `archbench.bench` times one
+    by one. Returns the logits, the detached loss and the learning rate this step used."""
+    logits, loss = forward_loss(t, x, y)
+    backward(t, loss, step)
+    return logits, loss.detach(), update(t)
+
+
+def forward_loss(t: Training, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The step's first phase: the logits and the training loss (with the recipe's label smoothing)."""
     with t.autocast():
         logits = t.forward(x)
-        loss = F.cross_entropy(logits, y, label_smoothing=t.recipe.label_smoothing)
+        return logits, F.cross_entropy(logits, y, label_smoothing=t.recipe.label_smoothing)
+
+
+def backward(t: Training, loss: torch.Tensor, step: int) -> None:
+    """The step's second phase: the gradients (scaled under fp16), the early gradient diagnostics of step
+    `step` (before clipping) and clipping (recorded by `ClipRecorder`)."""
     t.optimizer.zero_grad(set_to_none=True)
     t.scaler.scale(loss).backward()
     record = t.gradients.wants(step)
@@ -318,11 +348,16 @@ def optimiser_step(
     if record:
         t.gradients.record(step)
     t.clipping.step(t.model, step)
+
+
+def update(t: Training) -> float:
+    """The step's last phase: the optimiser step (which the fp16 scaler skips on non-finite gradients) and
+    the schedule. Returns the learning rate the step used."""
     t.scaler.step(t.optimizer)
     t.scaler.update()
     lr = t.optimizer.param_groups[0]["lr"]  # a Python float: no sync
     t.scheduler.step()
-    return logits, loss.detach(), lr
+    return lr
 
 
 def train_epoch(
@@ -415,9 +450,16 @@ def evaluate(model: nn.Module, loader: DeviceLoader, autocast, dist: DistContext
     return loss_sum / count, correct / count, correct5 / count if top5 else None
 
 
+def finite(*evaluations: tuple[float, float, float | None] | None) -> bool:
+    """Whether every number of these evaluations is finite (None: no such split or metric). A non-finite
+    one ends the run as diverged, as a non-finite training loss does."""
+    return all(math.isfinite(v) for e in evaluations if e is not None for v in e if v is not None)
+
+
 def summarise(
     config: RunConfig,
     run_id: str,
+    config_hash: str,
     state: RunState,
     status: str,
     diverged_at: int | None,
@@ -430,6 +472,7 @@ def summarise(
     memory = peak_memory(device)
     return Summary(
         run_id=run_id,
+        config_hash=config_hash,
         model=config.model,
         seed=config.seed,
         status=status,
@@ -467,6 +510,7 @@ def save_checkpoint(run_path: Path, t: Training, state: RunState, wall: float, r
             "wall_seconds": wall,
             "compile_seconds": state.compile_seconds,
             "rng": rng,  # every rank's, so every rank resumes its own stream
+            **checkpoint_owner(run_path),  # config_hash and data_fingerprint: `resume` continues only its own run
         },
     )
 
@@ -540,6 +584,7 @@ def train_one(
         torch.manual_seed(config.seed + 7919 * dist.rank)
     t = build_training(model, config, data, split, device, dist)
     state = resume(run_path, t, device, dist)
+    config_hash = checkpoint_owner(run_path)["config_hash"]
     reset_peak_memory(device)
 
     reporter.start(label, config.recipe.epochs, len(t.train_loader), state.step, run_path=run_path)
@@ -559,14 +604,17 @@ def train_one(
         dist.broadcast_buffers(t.model)  # every rank evaluates rank 0's BN statistics: the checkpointed model
         test = evaluate(t.model, t.test_loader, t.autocast, dist)
         val = None if t.val_loader is None else evaluate(t.model, t.val_loader, t.autocast, dist)
+        if not finite(test, val):  # diverged at the step whose update made the evaluation non-finite
+            status, diverged_at = "diverged", state.step - 1
+            break
         state.history.append(epoch_row(epoch, result, state.images_seen, test, val, time.perf_counter() - epoch_start))
         reporter.epoch(label, asdict(state.history[-1]))
         wall = state.wall_before + time.perf_counter() - started
-        interim = summarise(config, run_id, state, "interrupted", None, size, device, wall)
+        interim = summarise(config, run_id, config_hash, state, "interrupted", None, size, device, wall)
         record_epoch(run_path, t, state, interim, device, dist)
 
     wall = state.wall_before + time.perf_counter() - started
-    summary = summarise(config, run_id, state, status, diverged_at, size, device, wall)
+    summary = summarise(config, run_id, config_hash, state, status, diverged_at, size, device, wall)
     if dist.is_main:
         write_run_record(run_path, state, t, summary)
         if not request.keep_checkpoint:  # the run is final: nothing left to resume
@@ -579,7 +627,8 @@ def train_one(
 
 def open_run(plan: Plan, request: RunRequest, device: torch.device, dist: DistContext):
     """Rank 0 picks (or reopens) the run folder and the others follow it: the open run (rank 0's), its path
-    and id, and its summary when it is already finished (then there is nothing to train)."""
+    and id, and its summary when it is already finished (then there is nothing to train), held to its record
+    (`finished_summary`): a damaged one is refused in one line, before anything is written."""
     # No path of this machine: the entry is recorded by name and TOML hash, the data by name and fingerprint,
     # so a run folder copied elsewhere means the same there.
     record = {**plan.config.to_json(), "provenance": provenance(device)}
@@ -588,8 +637,29 @@ def open_run(plan: Plan, request: RunRequest, device: torch.device, dist: DistCo
     run_path = Path(run_path)
     summary = None
     if finished:
-        summary = dist.broadcast(runs.read_json(run_path / runs.SUMMARY) if dist.is_main else None)
+        summary, damage = dist.broadcast(finished_summary(run_path) if dist.is_main else None)
+        if damage:
+            raise ArchbenchError(f"run {run_path.name} is damaged ({damage}): rerun with --fresh to train it anew.")
     return run, run_path, run_id, summary
+
+
+def finished_summary(run_path: Path) -> tuple[dict, str | None]:
+    """A finished run's summary.json held to its metrics.csv and config.json as `archbench status` and the
+    report hold it: diverged when metrics.csv has a non-finite value (`runs.non_finite_epoch`), whatever the
+    summary says; and why the record is damaged (`runs.check_record`, or a metrics.csv that cannot be read),
+    None when it is not."""
+    config = runs.read_json(run_path / runs.CONFIG)
+    summary = runs.current_summary(runs.read_json(run_path / runs.SUMMARY))
+    try:
+        history = runs.read_metrics(run_path / runs.METRICS)
+        runs.check_record(config, summary, history)
+    except runs.DamagedRecord as e:
+        return summary, e.message
+    except ValueError as e:
+        return summary, f"{runs.METRICS} cannot be read: {e}"
+    if runs.non_finite_epoch(history, runs.holdout_record(config) is not None) is not None:
+        summary["status"] = "diverged"
+    return summary, None
 
 
 def record_epoch(
@@ -615,120 +685,3 @@ def recompile_limit_is_an_error(label: str):
             f"torch.compile hit its recompile limit on {label} (the step saw too many shapes); "
             "rerun without --compile and report it."
         ) from None
-
-
-def plan_runs(request: RunRequest, data, split: Holdout | None, device: torch.device, world_size: int) -> list[Plan]:
-    """Every (model, seed) run of `request`, checked before anything is created: the options, the rates,
-    the batch against the training split, and each model's forward pass at the requested size."""
-    precision = resolve_precision(request.precision, device)
-    channels_last = resolve_channels_last(request.channels_last, device)
-    if request.compile and request.sync_bn and world_size > 1:
-        raise ArchbenchError(
-            "--sync-bn with --compile: SyncBatchNorm breaks torch.compile's graph; use one or the other."
-        )
-    tuned = read_tuning(request.tuning_file, data) if request.lr == "tuned" else None
-    train_size = len(split.train) if split is not None else len(data.train_labels)
-    plans = []
-    for name in request.models:
-        entry = get_entry(name, registry=request.registry)
-        base = resolve_config(
-            request,
-            entry,
-            request.seeds[0],
-            data,
-            device=device.type,
-            precision=precision,
-            channels_last=channels_last,
-            optimizer=sgd_implementation(device, precision),
-            world_size=world_size,
-            validation=None if split is None else split.record(),
-            tuned=None if tuned is None else tuned.rate_for(name),
-        )
-        if tuned is not None:
-            tuned.check_recipe(base)  # a rate tuned at another image size or recipe does not carry over
-        # the data's augmentation must fit a crop of this size (CIFAR's pad-crop: at most 40 on 32-pixel images)
-        augmentation_named(data.manifest["augmentation"]).room(base.image_size, data.manifest["image_shape"][0])
-        if base.global_batch_size > train_size:
-            raise ArchbenchError(
-                f"a global batch of {base.global_batch_size} is larger than the {train_size} training "
-                "images: lower --batch-size."
-            )
-        check_forward(entry, base.image_size, data.num_classes)
-        plans += [Plan(entry, replace(base, seed=seed)) for seed in request.seeds]
-    return plans
-
-
-def ensure_writable(folder: Path) -> None:
-    """Create `folder` if needed and prove a file can be written there, or say in one line why not."""
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / f".archbench-write-test-{time.time_ns()}"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as e:
-        raise ArchbenchError(f"cannot write run records to {folder}: {e.strerror or e}") from None
-
-
-def study_data(request: RunRequest, console: Console):
-    """The verified data of a request and its validation split (None without one)."""
-    data = resolve(request.data or request.preset_spec.data, console=console)
-    split = (
-        holdout(data.train_labels, request.holdout_per_class, request.split_seed) if request.holdout_per_class else None
-    )
-    return data, split
-
-
-def run_models(request: RunRequest, console: Console | None = None) -> list[dict]:
-    """`archbench run`: every model x seed of `request`; see `run_requests`."""
-    return run_requests([request], console)
-
-
-def run_requests(requests: list[RunRequest], console: Console | None = None) -> list[dict]:
-    """Every model x seed of every request through `train_one`, one after another in this process (or as
-    jobs: one per GPU with --gpus, one per cluster job with --launcher). `archbench tune` passes one
-    request per learning rate; they share the device, the data and the validation split.
-
-    Everything that can fail is checked before the first run folder is made (`plan_runs`). A model that
-    diverges is recorded as such and the next one still runs.
-    """
-    console = console or Console()
-    first = requests[0]
-    for request in requests:
-        request.recipe()  # an unknown preset or schedule fails here, before anything is built
-        parse_lr(request.lr)
-        for name in request.models:
-            get_entry(name, registry=request.registry)
-    if first.launcher or first.gpus:
-        # Each job plans again where it runs; planning here too means a request that cannot work fails
-        # now, in one line, instead of in every queued job.
-        data, split = study_data(first, console)
-        world_size = first.gpus_per_job if first.launcher else 1
-        for request in requests:
-            plan_runs(request, data, split, torch.device("cpu"), max(1, world_size))
-        if first.launcher:
-            return submit_runs(jobs_of(requests), first, console)
-        return run_on_gpus(jobs_of(requests), first.gpus, first.out, console)
-
-    dist = distributed.from_environment(first.device)
-    device = resolve_device(first.device, dist.local_rank if dist.enabled else None)
-    data, split = study_data(first, console)
-    plans = [
-        (request, plan) for request in requests for plan in plan_runs(request, data, split, device, dist.world_size)
-    ]
-    if dist.is_main:
-        ensure_writable(first.out)
-    reporter = Reporter() if not dist.is_main else LogLines(console) if first.quiet else Bars(console)
-    if first.tensorboard and dist.is_main:
-        reporter = TensorBoard(reporter)
-    results = []
-    try:
-        for request, plan in plans:
-            results.append(train_one(plan, request, data, split, device, dist, reporter))
-    except KeyboardInterrupt:  # Ctrl-C: the note says what the run in progress has saved
-        raise KeyboardInterrupt(reporter.interrupted_note()) from None
-    finally:
-        reporter.close()
-        distributed.shutdown()
-    if dist.is_main:
-        console.print(results_table(results))
-    return results

@@ -15,7 +15,6 @@ Under torchrun every rank trains, and rank 0 alone reads the trials and writes t
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import json
 import math
@@ -29,14 +28,23 @@ from rich.table import Table
 import archbench
 from archbench import runs
 from archbench.cluster import check_request
-from archbench.config import TUNE_EPOCH_FRACTION, TUNE_GRID, TUNE_VAL_PER_CLASS, RunRequest, TuneRequest
+from archbench.config import (
+    TUNE_EPOCH_FRACTION,
+    TUNE_GRID,
+    TUNE_VAL_PER_CLASS,
+    RunRequest,
+    TuneRequest,
+    resolve_config,
+    run_identity,
+)
 from archbench.data import resolve
 from archbench.data.split import Holdout, holdout
 from archbench.errors import ArchbenchError
 from archbench.provenance import utc_now
-from archbench.registry import get_entry
+from archbench.registry import Entry, get_entry
 from archbench.status import is_locked
-from archbench.train import run_requests
+from archbench.study import run_requests
+from archbench.train import finished_summary
 from archbench.tuning import CHOSEN, Trial, existing_tuning, grid_edge, write_tuning
 
 
@@ -134,41 +142,26 @@ def _plain(value):
 
 
 def trial_identity(config: dict) -> dict:
-    """What makes a recorded run this trial, from its config.json: model, seed, rate, recipe, image size,
-    architecture, data and validation split (not the machine, device or precision it ran with)."""
-    recipe = {k: v for k, v in (config.get("recipe") or {}).items() if k not in ("lr_source", "global_batch_size")}
-    entry = {k: v for k, v in (config.get("entry") or {}).items() if k not in ("description", "toml_sha256")}
-    return {
-        "model": config.get("model"),
-        "seed": config.get("seed"),
-        "preset": config.get("preset"),
-        "image_size": config.get("image_size"),
-        "tuning_trial": config.get("tuning_trial"),
-        "recipe": recipe,
-        "entry": entry,
-        "data": (config.get("data") or {}).get("fingerprint"),
-        "validation": config.get("validation"),
-    }
+    """What makes a recorded run this trial, from its config.json: the run's identity without the machine it ran
+    on (`archbench.config.run_identity`), so a trial finished on one node is found from another."""
+    return run_identity(config, machine=False)
 
 
-def expected_identity(trial: RunRequest, model: str, seed: int, entry: dict, data, validation: dict) -> dict:
-    """`trial_identity` of the run this trial of `model` and `seed` will record (`entry`: its registry identity)."""
-    recipe = {**planned_recipe(trial), "lr": float(trial.lr)}
-    return _plain(
-        trial_identity(
-            {
-                "model": model,
-                "seed": seed,
-                "preset": recipe.pop("preset"),
-                "image_size": recipe.pop("image_size"),
-                "tuning_trial": True,
-                "recipe": recipe,
-                "entry": entry,
-                "data": {"fingerprint": data.fingerprint},
-                "validation": validation,
-            }
-        )
+def expected_identity(trial: RunRequest, entry: Entry, seed: int, data, validation: dict) -> dict:
+    """`trial_identity` of the run this trial of `entry` and `seed` will record: its config as the run will
+    resolve it. The machine is no part of the identity, so the one named here is any."""
+    config = resolve_config(
+        trial,
+        entry,
+        seed,
+        data,
+        device="cpu",
+        precision="fp32",
+        channels_last=False,
+        optimizer_kernel="foreach",
+        validation=validation,
     )
+    return _plain(trial_identity(config.to_json()))
 
 
 def trial_state(folder: Path, wanted: dict) -> tuple[dict | None, bool]:
@@ -197,9 +190,9 @@ def launch_trials(
     all trials once every one is recorded as finished, else None (after saying how to collect them)."""
     check_request(request)
     trials = [(trial, model, seed) for trial in requests for model in trial.models for seed in trial.seeds]
-    entries = {model: get_entry(model, registry=request.registry).identity() for model in request.models}
+    entries = {model: get_entry(model, registry=request.registry) for model in request.models}
     validation = split.record()
-    wanted = [expected_identity(t, m, s, entries[m], data, validation) for t, m, s in trials]
+    wanted = [expected_identity(t, entries[m], s, data, validation) for t, m, s in trials]
     folders = [trial.out / model for trial, model, _ in trials]
     states = [trial_state(folder, identity) for folder, identity in zip(folders, wanted)]
     todo = [t for t, (summary, running) in zip(trials, states) if summary is None and not running]
@@ -221,23 +214,27 @@ def launch_trials(
 
 
 def read_trial(summary: dict, out: Path) -> tuple[Trial, dict]:
-    """A finished trial's scores, from its run record, and its config.json."""
+    """A finished trial's scores, from its run record held together as `archbench run` holds a finished run
+    (`archbench.train.finished_summary`: a non-finite value is a diverged rate, a damaged record is refused
+    in one line), and its config.json."""
     run_dir = out / summary["model"] / summary["run_id"]
     config = runs.read_json(run_dir / runs.CONFIG)
+    summary, damage = finished_summary(run_dir)
+    if damage:
+        raise ArchbenchError(
+            f"tuning trial {run_dir.name} of {summary['model']} is damaged ({damage}): rerun it with --fresh."
+        )
     epoch = summary["best_epoch"] if summary["status"] == "completed" else None
-    row = None
-    if epoch is not None:
-        with open(run_dir / runs.METRICS, encoding="utf-8") as f:
-            row = list(csv.DictReader(f))[epoch - 1]
+    row = None if epoch is None else runs.read_metrics(run_dir / runs.METRICS)[epoch - 1]
     trial = Trial(
         model=summary["model"],
         lr=float(config["recipe"]["lr"]),
         seed=summary["seed"],
         run_id=summary["run_id"],
         status=summary["status"],
-        val_acc=None if row is None else float(row["holdout_acc"]),
-        val_loss=None if row is None else float(row["holdout_loss"]),
-        test_acc=None if row is None else float(row["test_acc"]),
+        val_acc=None if row is None else row.holdout_acc,
+        val_loss=None if row is None else row.holdout_loss,
+        test_acc=None if row is None else row.test_acc,
     )
     return trial, config
 

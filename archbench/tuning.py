@@ -7,42 +7,72 @@ model whose every trial diverged, is written down as such and no rate is chosen 
 then says so rather than guess.
 
 The file names what its rates are tied to: the data (its fingerprint), the validation split, the
-trials' recipe (`recipe`: preset, image size, batch, epochs, momentum, weight decay, Nesterov,
-schedule, warm-up, label smoothing, clipping, precision), each model's registry TOML hash and global
-batch, and the code that trained the trials (git commit, dirty state, torch version). `--lr tuned`
-refuses it on other data, and for a run whose recipe differs in a field that changes what a rate means
-(`RATE_FIELDS`; a different batch is fine: the rate is scaled to it). A second `archbench tune` into the
+trials' recipe (`recipe`: preset, image size, precision and every recipe field but the rate), each
+model's registry TOML hash, the hash of its code (a python entry's `source_sha256`) and global batch,
+and the code that trained the trials (git commit, dirty state, torch version). `--lr tuned` refuses it
+on other data, for a model whose registry entry or code has changed since, and for a run whose recipe
+differs in a field that changes what a rate means (`archbench.config.RATE_FIELDS`; a different batch is
+fine: the rate is scaled to it). A file is read only if every field its readers use has its JSON type
+(`FILE_FIELDS`, `MODEL_FIELDS`), and a rate is trusted only where it is a positive number the file says
+was tried. A second `archbench tune` into the
 same file keeps the models it does not tune, provided it runs on the same data, split and recipe
 (`STUDY_FIELDS`: the tuning budget too); otherwise it is refused, so one file is one study.
 """
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
 
 from archbench import runs
-from archbench.config import TunedRate
+from archbench.config import RATE_FIELDS, TunedRate, upgrade_config
 from archbench.errors import ArchbenchError
 
 FORMAT_VERSION = 1
 CHOSEN, TIE, ALL_DIVERGED = "chosen", "tie", "all diverged"
-# The recipe fields a rate is only meaningful with: a run that differs in one cannot use the tuned rate.
-RATE_FIELDS = (
-    "image_size",
-    "momentum",
-    "weight_decay",
-    "nesterov",
-    "schedule",
-    "warmup_epochs",
-    "label_smoothing",
-    "clip_grad_norm",
-)
 # What every model of one tuning file shares: the above and the tuning budget (epochs per trial).
 STUDY_FIELDS = (*RATE_FIELDS, "epochs")
 RULE = (
     "highest validation accuracy (mean over seeds), ties broken by lower validation loss; diverged rates score nothing"
+)
+STATUSES = (CHOSEN, TIE, ALL_DIVERGED)
+ABSENT = type(None)
+JSON_NAMES = {dict: "an object", list: "a list", str: "a string", int: "an integer", float: "a number"}
+# The fields the readers of a tuning file rely on, with their JSON types (ABSENT: an older file may lack it,
+# float: any number); "[]" names every item of a list. FILE_FIELDS are the file's, MODEL_FIELDS each model's.
+FILE_FIELDS = {
+    "data": dict,
+    "data.fingerprint": str,
+    "validation": dict,
+    "validation.per_class": int,
+    "epochs": int,
+    "global_batch_size": int,
+    "recipe": (dict, ABSENT),
+    "trials": (list, ABSENT),
+    "trials[]": dict,
+    "models": dict,
+}
+MODEL_FIELDS = {
+    "status": str,
+    "lr": (float, ABSENT),
+    "tied": list,
+    "tied[]": float,
+    "grid": list,
+    "grid[]": dict,
+    "grid[].lr": float,
+    "global_batch_size": (int, ABSENT),
+    "registry_toml_sha256": (list, ABSENT),
+    "registry_toml_sha256[]": str,
+    "source_sha256": (list, ABSENT),
+    "source_sha256[]": str,
+}
+# What a tuned rate belongs to besides the recipe: the hashes of the model's registry entry, as the tuning file
+# and a run's entry identity name them, and what each is of.
+ENTRY_HASHES = (
+    ("registry_toml_sha256", "toml_sha256", "registry entry", "TOML"),
+    ("source_sha256", "source_sha256", "code", "source"),
 )
 
 
@@ -104,17 +134,18 @@ def grid_edge(choice: dict) -> tuple[str, list[float]] | None:
 
 
 def recipe_record(config: dict) -> dict:
-    """The recipe a trial ran with, from its config.json: what the tuning file records as `recipe`."""
-    recipe = config["recipe"]
-    return {
-        "preset": config["preset"],
-        "image_size": config["image_size"],
-        "epochs": recipe["epochs"],
-        "batch_size": recipe["batch_size"],
-        "global_batch_size": recipe["global_batch_size"],
-        **{name: recipe[name] for name in RATE_FIELDS if name != "image_size"},
-        "precision": config["precision"],
-    }
+    """The recipe a trial ran with, from its config.json (of any version): what the tuning file records as
+    `recipe`, every recipe field but the rate itself."""
+    config = upgrade_config(config)
+    recipe = {name: value for name, value in config["recipe"].items() if name not in ("lr", "lr_source")}
+    return {"preset": config["preset"], "image_size": config["image_size"], **recipe, "precision": config["precision"]}
+
+
+def recorded_recipe(content: dict) -> dict | None:
+    """A tuning file's `recipe` in today's form (a file from before a recipe field was added: its value then),
+    or None when the file records none."""
+    recorded = content.get("recipe")
+    return upgrade_config({"recipe": recorded})["recipe"] if isinstance(recorded, dict) else None
 
 
 def _differences(recorded: dict, wanted: dict, fields: tuple[str, ...], now: str) -> str:
@@ -152,7 +183,7 @@ def write_tuning(
         models[model] = {
             **choose([t for t in trials if t.model == model]),
             "global_batch_size": own[0]["recipe"]["global_batch_size"],
-            "registry_toml_sha256": sorted({c["entry"].get("toml_sha256") or "" for c in own}),
+            **{key: sorted({c["entry"].get(field) or "" for c in own}) for key, field, _, _ in ENTRY_HASHES},
             "provenance": {**provenance, **code},
         }
     listed = [vars(t) for t in trials]
@@ -186,13 +217,71 @@ def _load(path: Path, remedy: str = "rerun `archbench tune`") -> dict:
         ) from None
     except (OSError, ValueError) as e:
         raise ArchbenchError(f"cannot read the tuning file {path} ({e}); {remedy}.") from None
-    if (
-        not isinstance(content, dict)
-        or content.get("format_version") != FORMAT_VERSION
-        or not isinstance(content.get("models"), dict)
-    ):
+    if not isinstance(content, dict) or content.get("format_version") != FORMAT_VERSION:
         raise ArchbenchError(f"{path} is not an archbench tuning file (format {FORMAT_VERSION}); {remedy}.")
+    if problem := _problem(content):
+        raise ArchbenchError(f"the tuning file {path} is damaged: {problem}; {remedy}.")
     return content
+
+
+def _problem(content: dict) -> str | None:
+    """What is wrong with a tuning file's fields (`FILE_FIELDS`, and each model's `MODEL_FIELDS` and status),
+    in words; None when nothing is."""
+    if problem := _type_problem(content, FILE_FIELDS):
+        return problem
+    for model, choice in content["models"].items():
+        if problem := _type_problem(choice, MODEL_FIELDS, f"models.{model}") or _status_problem(choice, model):
+            return problem
+    return None
+
+
+def _type_problem(content, fields: dict, name: str = "") -> str | None:
+    """The first field of `fields` that `content` lacks or holds with another JSON type, in words; None
+    when there is none. A field below one that is absent (where allowed) is not looked for."""
+    if not isinstance(content, dict):
+        return f"{name} is {_shown(content)}, not an object"
+    for field, kinds in fields.items():
+        kinds = kinds if isinstance(kinds, tuple) else (kinds,)
+        for where, value in _values(content, field, name):
+            if value is None and ABSENT not in kinds:
+                return f"{where} is missing"
+            if not _is(value, kinds):
+                return f"{where} is {_shown(value)}, not {' or '.join(JSON_NAMES[k] for k in kinds if k is not ABSENT)}"
+    return None
+
+
+def _status_problem(choice: dict, model: str) -> str | None:
+    """Whether a model's status is one `rate_for` knows, in words where it is not."""
+    if choice["status"] not in STATUSES:
+        return f"models.{model}.status is {_shown(choice['status'])}, not one of {', '.join(STATUSES)}"
+    return None
+
+
+def _values(content: dict, field: str, name: str):
+    """Each (name, value) that `field` ("grid[].lr": the lr of every item of grid) names in `content`."""
+    head, _, rest = field.partition(".")
+    key = head.removesuffix("[]")
+    where = f"{name}.{key}" if name else key
+    value = content.get(key)
+    pairs = [(f"{where}[{i}]", item) for i, item in enumerate(value or [])] if head.endswith("[]") else [(where, value)]
+    for where, value in pairs:
+        if not rest:
+            yield where, value
+        elif isinstance(value, dict):  # else its own check has failed, or it may be absent
+            yield from _values(value, rest, where)
+
+
+def _is(value, kinds: tuple) -> bool:
+    """Whether a JSON value is of one of `kinds`: an integer is a number (float) too, true and false are neither."""
+    if isinstance(value, bool):
+        return False
+    return isinstance(value, kinds) or (float in kinds and isinstance(value, int))
+
+
+def _shown(value) -> str:
+    """A JSON value in a message: itself when short, else its type."""
+    text = json.dumps(value)
+    return text if len(text) <= 24 else JSON_NAMES[type(value)]
 
 
 def existing_tuning(path: Path, *, data: dict, validation: dict, recipe: dict) -> dict | None:
@@ -204,12 +293,12 @@ def existing_tuning(path: Path, *, data: dict, validation: dict, recipe: dict) -
         return None
     other_file = "write this tuning to another file with --tuning OTHER_FILE"
     content = _load(path, remedy=f"move it away, or {other_file}")
-    recorded = content.get("recipe")
-    if content.get("data", {}).get("fingerprint") != data["fingerprint"]:
+    recorded = recorded_recipe(content)
+    if content["data"]["fingerprint"] != data["fingerprint"]:
         problem = "other data"
     elif content.get("validation") != validation:
         problem = "another validation split"
-    elif not isinstance(recorded, dict):
+    elif recorded is None:
         problem = "a recipe it does not record (an older tuning file)"
     elif differ := _differences(recorded, recipe, STUDY_FIELDS, "this tuning:"):
         problem = f"another recipe ({differ})"
@@ -242,25 +331,51 @@ class Tuning:
             raise ArchbenchError(
                 f"every rate tried for {model} in {self.path} diverged: tune a lower range (--lr), or pass --lr."
             )
+        tried = {g["lr"] for g in choice["grid"]}
+        lr = choice["lr"]
+        if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0 and lr in tried):
+            raise ArchbenchError(
+                f"the tuning file {self.path} gives {model} the rate {lr}, which is not a positive rate it "
+                "tried: the file is damaged; rerun `archbench tune`, or pass --lr."
+            )
         grid = len(choice["grid"])
         source = (
             f"{self.path.name}: best of {grid} rates on {self.content['validation']['per_class']} validation "
             f"images per class, {self.content['epochs']} epochs"
         )
         batch = choice.get("global_batch_size", self.content["global_batch_size"])
-        return TunedRate(lr=float(choice["lr"]), global_batch=int(batch), source=source)
+        return TunedRate(lr=float(lr), global_batch=int(batch), source=source)
+
+    def check_entry(self, model: str, toml_sha256: str, source_sha256: str | None = None) -> None:
+        """Refuse a model whose registry TOML or, for a python entry, whose code (by their hashes) is not the
+        one its rate was tuned with: the rate belongs to that architecture."""
+        for (key, _, what, label), now in zip(ENTRY_HASHES, (toml_sha256, source_sha256)):
+            if now is None:  # a builder without code of its own
+                continue
+            recorded = [h for h in self.content["models"][model].get(key) or [] if h]
+            if not recorded:
+                raise ArchbenchError(
+                    f"the tuning file {self.path} does not record which {what} {model} was tuned with (an "
+                    "older file): rerun `archbench tune` with --tuning NEW_FILE, or pass --lr."
+                )
+            if recorded != [now]:
+                raise ArchbenchError(
+                    f"{model}'s {what} has changed since {self.path} was tuned ({label} sha256 "
+                    f"{', '.join(h[:12] for h in recorded)} then, {now[:12]} now): tune it again, or pass --lr."
+                )
 
     def check_recipe(self, config) -> None:
-        """Refuse a run (a `RunConfig`) whose recipe differs from the trials' in a field that changes what a
-        rate means (`RATE_FIELDS`); its batch may differ (the rate is scaled), and so may its precision."""
-        recorded = self.content.get("recipe")
-        if not isinstance(recorded, dict):
+        """Refuse a run (a `RunConfig`) whose model's registry entry has changed since it was tuned, or whose
+        recipe differs from the trials' in a field that changes what a rate means (`RATE_FIELDS`); its batch
+        may differ (the rate is scaled), and so may its precision."""
+        self.check_entry(config.model, config.entry.get("toml_sha256"), config.entry.get("source_sha256"))
+        recorded = recorded_recipe(self.content)
+        if recorded is None:
             raise ArchbenchError(
                 f"the tuning file {self.path} does not record the recipe its rates were tuned with (an older "
                 "file): rerun `archbench tune` with --tuning NEW_FILE (finished trials are not run again)."
             )
-        run = {"image_size": config.image_size, **{f: getattr(config.recipe, f) for f in RATE_FIELDS[1:]}}
-        if differ := _differences(recorded, run, RATE_FIELDS, "this run:"):
+        if differ := _differences(recorded, recipe_record(config.to_json()), RATE_FIELDS, "this run:"):
             raise ArchbenchError(
                 f"the rates in {self.path} were tuned with {differ}: they do not carry over to this run; "
                 "tune with this run's recipe, or pass --lr."
@@ -271,7 +386,7 @@ def read_tuning(path: Path, data) -> Tuning:
     """The tuning file at `path`, which must have been made on `data`."""
     path = Path(path)
     content = _load(path)
-    fingerprint = content.get("data", {}).get("fingerprint")
+    fingerprint = content["data"]["fingerprint"]
     if fingerprint != data.fingerprint:
         raise ArchbenchError(
             f"the tuning file {path} was made on other data (fingerprint {str(fingerprint)[:12]}, "

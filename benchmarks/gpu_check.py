@@ -16,14 +16,15 @@ pictures, no JPEG round trip).
 
 `loop MODEL` (each model in its own process, so allocator state and dynamo caches never carry over):
 
-1. The real training loop, end to end: `archbench.train.run_models` (compiled, bf16, channels_last, 224 on a
+1. The real training loop, end to end: `archbench.study.run_models` (compiled, bf16, channels_last, 224 on a
    GPU). Epoch 1 holds the compilation; the loop's images/s is the median over the later (steady) epochs,
    with their spread. The run record is written after every epoch, so a step cut short keeps its epochs.
 2. In the same process, with the loop's own `Training` (its compiled step, no recompilation): rounds of
    `ROUND_STEPS` optimiser steps on batches the loader made once and kept on the device (model only),
    alternating with rounds of as many steps fed by the loader (the same step, batches made as it goes);
    medians and spreads of both, and of their per-round ratio.
-3. The batch transform against the training forward on one batch (seconds of each, their ratio).
+3. The batch transform against the step's first phase, the training forward with its loss
+   (`archbench.train.forward_loss`), on one batch (seconds of each, their ratio).
 
 After each part `<WORK>/<MODEL>.json` is rewritten with everything measured so far.
 `collect` reads any subset of the steps' files (a missing or failed step is named, never a traceback).
@@ -299,7 +300,7 @@ def loop_numbers(run_folder: Path) -> dict:
 def measure_loop(model: str, data: str, out: Path, settings: dict) -> dict:
     import torch
 
-    from archbench import train
+    from archbench import study, train
     from archbench.config import RunRequest
     from archbench.data.loader import transform_batch
 
@@ -337,7 +338,7 @@ def measure_loop(model: str, data: str, out: Path, settings: dict) -> dict:
 
     train.build_training = keep
     try:
-        (summary,) = train.run_models(request)
+        (summary,) = study.run_models(request)
     finally:
         train.build_training = build_training
     result.update(loop_numbers(out / "runs" / model / summary["run_id"]))
@@ -375,15 +376,14 @@ def measure_loop(model: str, data: str, out: Path, settings: dict) -> dict:
     result["end_to_end_over_model_only"] = loop / statistics.median(model_only) if loop else None
     write_json(path, result)
 
-    # 3. the batch transform against the training forward, on one batch
-    x, _ = kept[0]
+    # 3. the batch transform against the training forward with its loss, on one batch
+    x, y = kept[0]
     plan = loader.epoch_plan()  # the first batch's draw: the gather of its images and the transform
     indices, offsets, flips = (None if v is None else v[: loader.batch_size] for v in plan)
     how = {"mean": loader.mean, "std": loader.std, "augmentation": loader.augmentation}
 
     def forward():
-        with t.autocast():
-            t.forward(x)
+        train.forward_loss(t, x, y)
 
     def transform():
         transform_batch(

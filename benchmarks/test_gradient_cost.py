@@ -32,7 +32,8 @@ from archbench.data import resolve
 from archbench.distributed import DistContext
 from archbench.gradients import GradientRecorder
 from archbench.registry import get_entry
-from archbench.train import build_training, optimiser_step, plan_runs
+from archbench.study import plan_runs
+from archbench.train import build_training, optimiser_step
 
 MODEL = "vgg16_bn"
 ROUNDS = 2

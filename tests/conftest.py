@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -58,6 +59,27 @@ def tiny_registry(tmp_path_factory) -> Path:
     for name, text in TINY_MODELS.items():
         (folder / f"{name}.toml").write_text(text.lstrip())
     return folder
+
+
+TINY_SET = {"classes": 3, "train_per_class": 4, "val_per_class": 2, "seed": 0}  # the data tests' smallest set
+
+
+@pytest.fixture(scope="session")
+def tiny_root(tmp_path_factory) -> Path:
+    """The smallest synthetic set (`TINY_SET`), prepared once: tests that change files work on copies."""
+    from archbench.data.synthetic import make_synthetic
+
+    root = tmp_path_factory.mktemp("tiny")
+    make_synthetic(root, **TINY_SET)
+    return root
+
+
+@pytest.fixture
+def layout(tiny_root, tmp_path) -> Path:
+    """A private copy of the smallest set's JPEG layout, for tests that damage it."""
+    from archbench.data.synthetic import LAYOUT_DIR
+
+    return Path(shutil.copytree(tiny_root / LAYOUT_DIR, tmp_path / "src"))
 
 
 @pytest.fixture(scope="session")

@@ -20,14 +20,17 @@ from test_report import table_rows
 from torch._dynamo.utils import counters
 from typer.testing import CliRunner
 
-from archbench import bench
+from archbench import bench, train
 from archbench.cli import app
-from archbench.config import BenchRequest
-from archbench.devices import compile_model, sgd_implementation
+from archbench.config import BenchRequest, RunRequest
+from archbench.data import resolve
+from archbench.devices import compile_model, optimizer_kernel, seed_everything
+from archbench.distributed import DistContext
 from archbench.errors import ArchbenchError
 from archbench.registry import build_model
 from archbench.report.load import load_bench_results
 from archbench.report.speed import bench_part
+from archbench.study import plan_runs
 
 runner = CliRunner()
 TORCH = torch.__version__.split("+")[0]
@@ -91,7 +94,7 @@ def test_each_model_is_measured_in_a_process_of_its_own_and_written_as_promised(
     assert written["provenance"]["torch"] == torch.__version__ and written["provenance"]["device_name"]
     for row in rows.values():
         assert row["provenance"]["torch"] == torch.__version__
-        assert row["sgd"] == sgd_implementation(torch.device("cpu"), "fp32")
+        assert row["sgd"] == optimizer_kernel(torch.device("cpu"), "fp32")
         assert (row["batch_size"], row["requested_batch_size"], row["oom_batch_sizes"]) == (8, 8, [])
         for mode in ("train", "inference"):
             assert row[mode]["model_only"] > 0 and row[mode]["end_to_end"] > 0
@@ -127,28 +130,46 @@ def test_the_breakdown_splits_a_training_step_and_memory_is_counted(tiny_registr
 
 
 class Sleeper(bench.Subject):
-    """A step whose phases take known times: sleeps of 10, 20 and 5 ms."""
+    """A subject with no model: the loop's phases it times are replaced by sleeps."""
 
     def __init__(self):
         self.device = torch.device("cpu")
         self.clock = bench.Clock(self.device)
-        self.fixed = (None, None)
-
-    def forward(self, batch):
-        time.sleep(0.010)
-
-    def backward(self, loss):
-        time.sleep(0.020)
-
-    def update(self):
-        time.sleep(0.005)
+        self.training, self.fixed = None, (None, None)
 
 
-def test_each_phase_is_timed_where_it_runs():
+def test_each_phase_is_timed_where_it_runs_and_is_the_loops_own(monkeypatch):
+    # The loop's phases sleep 10, 20 and 5 ms: a bench that ran a step of its own would not sleep at all.
+    def sleeping(seconds, result=None):
+        return lambda *args: time.sleep(seconds) or result
+
+    monkeypatch.setattr(train, "forward_loss", sleeping(0.010, (None, torch.zeros(()))))
+    monkeypatch.setattr(train, "backward", sleeping(0.020))
+    monkeypatch.setattr(train, "update", sleeping(0.005, 0.0))
     parts = Sleeper().breakdown(steps=3)
     # A sleep lasts at least as long as asked: a phase shorter than its sleep was timed around the wrong code.
     assert parts["forward_s"] >= 0.010 and parts["backward_s"] >= 0.020 and parts["optimizer_s"] >= 0.005
     assert parts["forward_s"] + parts["backward_s"] + parts["optimizer_s"] <= parts["step_s"]
+
+
+def test_the_benchs_step_is_the_loops_bit_for_bit(tiny_registry, tiny_data, tmp_path):
+    """Five steps on one batch through the bench (its warm-up steps, then two of its timed phases) and
+    through the loop's own planning and `train.optimiser_step` leave the same weights: the same model, recipe,
+    optimiser, loss and step."""
+    cpu, data = torch.device("cpu"), resolve(str(tiny_data))
+    subject = bench.Subject("tiny_resnet", request(tiny_registry, tiny_data, tmp_path), data, cpu)
+    x, y = subject.fixed
+    subject.breakdown(steps=2)  # WARMUP_STEPS train_step calls, then the three phases twice
+
+    run = RunRequest(models=["tiny_resnet"], batch_size=8, image_size=32, channels_last=False, registry=tiny_registry)
+    (plan,) = plan_runs(run, data, None, cpu, 1)
+    seed_everything(plan.config.seed, plan.config.deterministic)
+    t = train.build_training(plan.entry.build(num_classes=4), plan.config, data, None, cpu, DistContext())
+    for step in range(bench.WARMUP_STEPS + 2):
+        train.optimiser_step(t, x, y, step)
+    assert subject.training.recipe == t.recipe
+    bench_weights, loop_weights = subject.training.model.state_dict(), t.model.state_dict()
+    assert all(torch.equal(bench_weights[k], loop_weights[k]) for k in loop_weights)
 
 
 def test_out_of_memory_halves_the_batch_and_records_the_one_that_ran(tiny_registry, tiny_data, tmp_path, monkeypatch):
@@ -272,7 +293,7 @@ def test_the_bench_compiles_as_the_loop_does_one_graph_per_mode(tiny_registry, t
         backends.append(backend)
         return compile_model(forward, backend)
 
-    monkeypatch.setattr(bench, "compile_model", recording)
+    monkeypatch.setattr(train, "compile_model", recording)
     counters.clear()
     row = bench.measure("tiny_resnet", request(tiny_registry, tiny_data, tmp_path, batch_size=20, compile=True))
     assert backends == ["eager"] and row["compile_backend"] == "eager"

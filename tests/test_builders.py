@@ -1,7 +1,6 @@
 """The torchvision and python builders end to end (read, build, check_forward at the training size, count,
 identity) and every way an entry can be wrong: one ArchbenchError line naming the TOML file and key."""
 
-import hashlib
 import json
 import math
 import warnings
@@ -12,6 +11,7 @@ import torch
 import torchvision
 from typer.testing import CliRunner
 
+from archbench.catalogue import python_code_sha256
 from archbench.cli import app
 from archbench.errors import ArchbenchError
 from archbench.flops import count_gflops, count_parameters
@@ -202,7 +202,7 @@ def test_python_file_end_to_end(tmp_path):
 
     identity = entry.identity()
     assert identity["target"] == "mynet.py:make_net" and identity["args"] == {"target": "mynet.py:make_net", "width": 4}
-    assert identity["source_sha256"] == hashlib.sha256(source.read_bytes()).hexdigest()
+    assert identity["source_sha256"] == python_code_sha256("mynet.py:make_net", tmp_path)
     assert str(tmp_path) not in json.dumps(identity)
     source.write_text(NET_PY.replace("width: int = 8", "width: int = 8, extra: int = 0"))
     assert get_entry("mine", tmp_path).identity()["source_sha256"] != identity["source_sha256"]  # says which code
@@ -231,7 +231,7 @@ def test_python_module_on_the_path_and_a_class_target(tmp_path, monkeypatch):
     package = tmp_path / "site" / "archbench_test_nets"
     package.mkdir(parents=True)
     write(package, "__init__.py", "")
-    module = write(package, "models.py", NET_PY + NET_CLASS)
+    write(package, "models.py", NET_PY + NET_CLASS)
     monkeypatch.syspath_prepend(str(tmp_path / "site"))
     write(tmp_path, "function.toml", NET_TOML.replace("mynet.py:make_net", "archbench_test_nets.models:make_net"))
     write(tmp_path, "cls.toml", python_entry('target = "archbench_test_nets.models:Net"\nwidth = 6'))
@@ -240,7 +240,7 @@ def test_python_module_on_the_path_and_a_class_target(tmp_path, monkeypatch):
     assert cls.build()(torch.zeros(1, 3, 32, 32)).shape == (1, 200)  # OFFSET is on the CPU
     assert function.build(num_classes=10)[-1].out_features == 10
     check_forward(cls, 32, 200)
-    digest = hashlib.sha256(module.read_bytes()).hexdigest()
+    digest = python_code_sha256("archbench_test_nets.models:Net", tmp_path)
     assert function.identity()["source_sha256"] == cls.identity()["source_sha256"] == digest
 
 

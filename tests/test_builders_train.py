@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 
 import torchvision
 
+from archbench.catalogue import python_code_sha256
 from archbench.config import RunRequest
-from archbench.train import run_models
+from archbench.study import run_models
 
 MOBILENET = (
     'description = "MobileNetV3-Small, torchvision\'s"\nbuilder = "torchvision"\n[args]\nname = "mobilenet_v3_small"\n'
@@ -54,6 +54,6 @@ def test_one_epoch_of_a_torchvision_model_and_a_users_network(tiny_data, tmp_pat
     reference = torchvision.models.mobilenet_v3_small(num_classes=4)  # the data's four classes
     assert summaries[0]["parameters"] == sum(p.numel() for p in reference.parameters())
     assert mine["entry"]["target"] == "mynet.py:make_net" and mine["entry"]["args"]["width"] == 6
-    assert mine["entry"]["source_sha256"] == hashlib.sha256((registry / "mynet.py").read_bytes()).hexdigest()
+    assert mine["entry"]["source_sha256"] == python_code_sha256("mynet.py:make_net", registry)
     assert (mine["entry"]["residual"], mine["entry"]["batch_norm"], mine["entry"]["depth"]) == (False, True, 2)
     assert summaries[1]["parameters"] == 3 * 6 * 9 + 6 + 2 * 6 + 6 * 4 + 4

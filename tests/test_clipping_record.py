@@ -10,7 +10,7 @@ from pathlib import Path
 from conftest import tiny_run_request
 
 from archbench import runs
-from archbench.train import run_models
+from archbench.study import run_models
 
 
 def read_rows(path: Path) -> list[dict]:

@@ -21,7 +21,7 @@ from archbench import cluster, launch
 from archbench.cli import app
 from archbench.config import RunRequest
 from archbench.errors import ArchbenchError
-from archbench.train import run_requests
+from archbench.study import run_requests
 
 try:
     import submitit
@@ -83,7 +83,8 @@ def test_two_jobs_run_to_completion_into_one_folder(tiny_registry, tiny_data, tm
         if line.strip().startswith("tiny_") and ": job " in line
     ]
     assert len(jobs) == 2 and all(j.isdigit() for j in jobs)  # the job ids are printed
-    assert "tiny_plain s0 epoch 2/2" in text  # the jobs' progress, from their logs
+    assert "tiny_plain s0 epoch 2/2" in text  # the children's output, shown
+    assert "submitit" not in text.replace(f"{tmp_path}/.submitit", "")  # without submitit's own log lines
 
 
 @needs_submitit
@@ -257,10 +258,14 @@ def test_slurm_gets_one_job_array_with_the_requested_resources(tiny_registry, ti
     delayed = submitit.core.utils.DelayedSubmission.load(pickles[1])
     job = delayed.function
     command = job.command
-    assert command[:7] == [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m"]
-    assert command[7:12] == ["archbench", "run", "tiny_resnet", "--seed", "1"]
-    assert "--runs" in command and command[command.index("--runs") + 1] == str(out.resolve())
-    assert not {"--launcher", "--cluster", "--partition", "--wait", "--time-limit"} & set(command)
+    assert command[:6] == [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+    assert command[6:8] == ["-m", "archbench.study"]
+    job_file = json.loads(Path(command[8]).read_text())  # the request, not a command line
+    assert job_file["opened"] == job.opened and Path(job.opened).parent == Path(command[8]).parent
+    sent = job_file["request"]
+    assert (sent["models"], sent["seeds"], sent["out"]) == (["tiny_resnet"], [1], str(out.resolve()))
+    assert (sent["launcher"], sent["gpus"], sent["wait"], sent["quiet"]) == (None, None, False, True)
+    assert Path(command[8]).is_relative_to(out.resolve() / cluster.LOG_FOLDER)  # where every node reads it
     # Requeueable: on preemption submitit resubmits what checkpoint() returns, the same job.
     again = job.checkpoint()
     assert isinstance(again, submitit.helpers.DelayedSubmission) and again.function is job

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from archbench.config import RunRequest
-from archbench.train import run_models
+from archbench.study import run_models
 
 
 @pytest.mark.slow

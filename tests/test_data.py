@@ -5,13 +5,13 @@ Everything runs on a synthetic set of 3 classes x (4 train + 2 val) images writt
 
 from __future__ import annotations
 
-import shutil
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import TINY_SET as TINY
 from PIL import Image
 from torchvision import transforms as T
 from torchvision.transforms.v2 import functional as TF
@@ -20,8 +20,8 @@ from typer.testing import CliRunner
 from archbench.cli import app
 from archbench.data import resolve, synthetic
 from archbench.data.loader import (
+    AUGMENTATIONS,
     DeviceLoader,
-    centre_offset,
     epoch_generator,
     transform_batch,
     upscaled_size,
@@ -30,25 +30,10 @@ from archbench.data.synthetic import LAYOUT_DIR, class_name, make_synthetic, wni
 from archbench.data.tinyimagenet import PACKED_DIR, decode_image, load_packed, prepare
 from archbench.errors import ArchbenchError
 
-TINY = {"classes": 3, "train_per_class": 4, "val_per_class": 2, "seed": 0}
 # A normalisation for the transform tests (ImageNet's; the tolerances below are in its units): the loader takes
 # each data set's own from its manifest.
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 NORM = {"mean": MEAN, "std": STD}
-
-
-@pytest.fixture(scope="module")
-def tiny_root(tmp_path_factory) -> Path:
-    """A prepared tiny synthetic set; tests that change files work on copies (see `layout`)."""
-    root = tmp_path_factory.mktemp("tiny")
-    make_synthetic(root, **TINY)
-    return root
-
-
-@pytest.fixture
-def layout(tiny_root, tmp_path) -> Path:
-    """A private copy of the tiny set's JPEG layout, for tests that damage it."""
-    return Path(shutil.copytree(tiny_root / LAYOUT_DIR, tmp_path / "src"))
 
 
 def _leftovers(folder: Path) -> list[str]:
@@ -348,10 +333,11 @@ def test_eval_transform_matches_resize_and_centre_crop(tiny_root):
     reference = torch.stack([pipeline(image.permute(2, 0, 1).float() / 255) for image in images])
     ours = transform_batch(images, size, **NORM)
     assert (ours - reference).abs().max().item() < TENSOR_TOLERANCE
-    assert centre_offset(64) == 4  # (73 - 64) / 2 = 4.5 rounds half to even, as torchvision's center_crop does
+    # (73 - 64) / 2 = 4.5 rounds half to even, as torchvision's center_crop does
+    assert AUGMENTATIONS["upscale-crop-flip"].centre(size, 64) == 4
 
 
-# PIL resamples 8-bit images in fixed point and rounds its output to whole grey levels: the README promises at
+# PIL resamples 8-bit images in fixed point and rounds its output to whole grey levels: docs/data.md promises at
 # most one grey level of difference (measured: 1.0001 levels at most, the excess being float rounding; 0.3
 # on average). Differences are compared in grey levels, i.e. times 255 * std of their channel.
 PIL_MAX_LEVELS = 1.001
@@ -425,7 +411,7 @@ def test_training_batches_are_all_full_and_no_image_repeats_within_an_epoch():
     batches = _epoch(loader, 0)
     assert len(loader) == len(batches) == 2 and [len(y) for _, y in batches] == [8, 8]  # one static shape
     seen = torch.cat([y for _, y in batches]).tolist()
-    assert len(set(seen)) == len(seen) == loader.num_samples == 16
+    assert len(set(seen)) == len(seen) == 16
     # the 7 left over wait for another epoch's shuffle: over a few epochs every image is drawn
     drawn = set()
     for epoch in range(8):
@@ -474,7 +460,7 @@ def test_rank_shards_are_disjoint_full_and_step_together(n, world_size, batch_si
     shards = [torch.cat([y for _, y in _epoch(loader, 1)]).tolist() for loader in loaders]
     everything = sum(shards, [])
     assert len(set(everything)) == len(everything) == (n // (batch_size * world_size)) * batch_size * world_size
-    assert [len(s) for s in shards] == [loader.num_samples for loader in loaders]
+    assert [len(s) for s in shards] == [len(everything) // world_size] * world_size
     assert len({len(loader) for loader in loaders}) == 1
     for loader in loaders:
         assert {len(y) for _, y in loader} == {batch_size}

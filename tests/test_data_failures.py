@@ -17,6 +17,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from conftest import TINY_SET as TINY
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -26,21 +27,6 @@ from archbench.data.download import extract_zip
 from archbench.data.synthetic import LAYOUT_DIR, make_synthetic, wnid
 from archbench.data.tinyimagenet import EXTRACTED_DIR, PACKED_DIR, load_packed, prepare
 from archbench.errors import ArchbenchError
-
-TINY = {"classes": 3, "train_per_class": 4, "val_per_class": 2, "seed": 0}
-
-
-@pytest.fixture(scope="module")
-def tiny_root(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("tiny-failures")
-    make_synthetic(root, **TINY)
-    return root
-
-
-@pytest.fixture
-def layout(tiny_root, tmp_path) -> Path:
-    """A private copy of the tiny set's JPEG layout."""
-    return Path(shutil.copytree(tiny_root / LAYOUT_DIR, tmp_path / "src"))
 
 
 @pytest.fixture

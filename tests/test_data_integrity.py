@@ -15,21 +15,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import TINY_SET as TINY
 
 from archbench.data import packed as packing
 from archbench.data import resolve, synthetic, tinyimagenet
-from archbench.data.synthetic import LAYOUT_DIR, make_synthetic, wnid
+from archbench.data.packed import FORMAT_VERSION
+from archbench.data.synthetic import LAYOUT_DIR, wnid
 from archbench.data.tinyimagenet import ARRAYS, PACKED_DIR, check_cache, load_packed, prepare
 from archbench.errors import ArchbenchError
-
-TINY = {"classes": 3, "train_per_class": 4, "val_per_class": 2, "seed": 0}
-
-
-@pytest.fixture(scope="module")
-def tiny_root(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("tiny-integrity")
-    make_synthetic(root, **TINY)
-    return root
 
 
 @pytest.fixture
@@ -87,9 +80,7 @@ def _rewrite(packed: Path, arrays: dict[str, np.ndarray], **changes) -> None:
         np.save(packed / f"{name}.npy", array)
         manifest["arrays"][name] = packing._array_record(packed / f"{name}.npy")
     manifest.update(changes)
-    manifest["fingerprint"] = packing._fingerprint(
-        manifest["classes"], manifest["arrays"], manifest["normalisation"], manifest["augmentation"]
-    )
+    manifest["fingerprint"] = packing.fingerprint(manifest)
     (packed / "manifest.json").write_text(json.dumps(manifest, indent=1))
 
 
@@ -115,36 +106,40 @@ def test_check_cache_reports_the_same_damage(root):
 # the manifest against itself and against the arrays
 
 
-# field -> (where it is, the text just before the character changed, the file the message must name)
+# field -> (where it is, the text just before the character changed)
 MANIFEST_EDITS = {
-    "the fingerprint": ('"fingerprint"', '"fingerprint": "', "manifest.json"),
-    "an array's sha256": ('"train_labels": {', '"sha256": "', "manifest.json"),
-    "a class wnid": ('"classes"', '"n9900000', "manifest.json"),
-    "num_classes": ('"num_classes"', '"num_classes": ', "manifest.json"),
-    "a split count": ('"splits"', '"count": 1', "manifest.json"),
-    "a class count": ('"class_counts"', "[\n   ", "manifest.json"),
-    "an array's size": ('"test_images": {', '"bytes": ', "test_images.npy"),
-    "an array's shape": ('"train_images": {', '"shape": [\n    ', "train_images.npy"),
-    "an array's dtype": ('"train_images": {', '"dtype": "uint', "train_images.npy"),
-    "the image shape": ('"image_shape"', '"image_shape": [\n  ', "manifest.json"),
-    "the synthetic flag": ('"synthetic": ', '"synthetic": ', "manifest.json"),
-    "the normalisation": ('"normalisation"', '"mean": [\n   0.', "manifest.json"),
-    "the augmentation": ('"augmentation"', '"augmentation": "', "manifest.json"),
+    "the fingerprint": ('"fingerprint"', '"fingerprint": "'),
+    "an array's sha256": ('"train_labels": {', '"sha256": "'),
+    "a class wnid": ('"classes"', '"n9900000'),
+    "num_classes": ('"num_classes"', '"num_classes": '),
+    "a split count": ('"splits"', '"count": 1'),
+    "a class count": ('"class_counts"', "[\n   "),
+    "an array's size": ('"test_images": {', '"bytes": '),
+    "an array's shape": ('"train_images": {', '"shape": [\n    '),
+    "an array's dtype": ('"train_images": {', '"dtype": "uint'),
+    "the image shape": ('"image_shape"', '"image_shape": [\n  '),
+    "the synthetic flag": ('"synthetic": ', '"synthetic": '),
+    "the normalisation": ('"normalisation"', '"mean": [\n   0.'),
+    "the augmentation": ('"augmentation"', '"augmentation": "'),
+    "the data set's name": ('"dataset"', '"dataset": "'),
+    "a class's readable name": ('"names"', '": "'),
+    "a synthetic parameter": ('"synthetic_params"', '"seed": '),
+    "the class order": ('"class_order"', '"class_order": "'),
+    "the count of skipped images": ('"skipped"', '"skipped": '),
+    "the count of converted images": ('"converted_to_rgb"', '"converted_to_rgb": '),
 }
 
 
 @pytest.mark.parametrize("field", list(MANIFEST_EDITS))
 def test_one_changed_manifest_byte_is_refused(root, field):
-    after, prefix, culprit = MANIFEST_EDITS[field]
-    _change_one_character(root / PACKED_DIR, after, prefix)
+    _change_one_character(root / PACKED_DIR, *MANIFEST_EDITS[field])
     message = _refused(root)
-    assert f"damaged packed data: {root / PACKED_DIR / culprit} " in message
+    assert f"damaged packed data: {root / PACKED_DIR / 'manifest.json'} " in message
 
 
 def test_synthetic_flag_that_disagrees_with_its_parameters_is_refused(root):
+    _rewrite(root / PACKED_DIR, {}, synthetic=False)
     path = root / PACKED_DIR / "manifest.json"
-    manifest = json.loads(path.read_text())
-    path.write_text(json.dumps({**manifest, "synthetic": False}, indent=1))
     assert f"{path} says synthetic is False, but its synthetic_params disagree" in _refused(root)
 
 
@@ -153,8 +148,7 @@ def test_fingerprint_mismatch_says_both_values(tiny_root, root):
     changed = ("1" if fingerprint[0] == "0" else "0") + fingerprint[1:]
     _edit_manifest(root / PACKED_DIR, fingerprint, changed)
     message = _refused(root)
-    covered = "classes, checksums, normalisation and augmentation"
-    assert f"records the fingerprint {changed}, but its {covered} give {fingerprint}" in message
+    assert f"records the fingerprint {changed}, but its fields give {fingerprint}: it was edited" in message
 
 
 def test_manifest_that_is_not_json_or_not_utf8(root):
@@ -164,10 +158,10 @@ def test_manifest_that_is_not_json_or_not_utf8(root):
 
 
 def test_other_format_version_is_named_as_such(root):
-    _edit_manifest(root / PACKED_DIR, '"format_version": 3', '"format_version": 2')
+    _edit_manifest(root / PACKED_DIR, f'"format_version": {FORMAT_VERSION}', '"format_version": 2')
     message = _refused(root)
     assert "made by another archbench version" in message
-    assert "manifest.json is format 2, and this archbench reads format 3" in message
+    assert f"manifest.json is format 2, and this archbench reads format {FORMAT_VERSION}" in message
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -323,7 +317,7 @@ def test_damaged_default_synthetic_set_is_regenerated(monkeypatch, tmp_path, dam
     if damage == "flip a byte":
         _flip_byte(packed / "train_images.npy", offset=-2000)
     else:
-        _edit_manifest(packed, '"format_version": 3', '"format_version": 2')
+        _edit_manifest(packed, f'"format_version": {FORMAT_VERSION}', '"format_version": 2')
     assert check_cache(packed)[0] is None
     again = resolve("synthetic")
     assert again.root == first.root and again.fingerprint == first.fingerprint

@@ -27,6 +27,7 @@ from archbench.data.packed import PACKED_DIR, channel_statistics, check_cache, l
 from archbench.errors import ArchbenchError
 
 runner = CliRunner()
+TOY_SOURCE = {"kind": "file", "location": "/in/toy.tar", "checksum": "md5:0", "verified": False}
 
 
 @pytest.fixture(scope="module")
@@ -106,7 +107,7 @@ def test_a_changed_normalisation_is_refused(digits_root, tmp_path):
     manifest = json.loads(path.read_text())
     manifest["normalisation"]["std"][0] *= 2
     path.write_text(json.dumps(manifest, indent=1))
-    with pytest.raises(ArchbenchError, match="records the fingerprint .* normalisation and augmentation give"):
+    with pytest.raises(ArchbenchError, match="records the fingerprint .*, but its fields give .*: it was edited"):
         load_packed(root)
 
 
@@ -245,15 +246,16 @@ def test_a_truncated_gzip_is_one_line_naming_it(tmp_path):
 def test_packing_arrays_of_the_wrong_kind_is_refused_and_writes_nothing(tmp_path):
     images = np.random.default_rng(0).integers(0, 256, (4, 8, 8, 3), dtype=np.uint8)
     labels = np.array([0, 0, 1, 1])
+    toy = {"dataset": "toy", "source": TOY_SOURCE, "augmentation": "upscale-crop"}
     wrong = SourceArrays(["a", "b"], images.astype(np.float32), labels, images, labels)
     with pytest.raises(ArchbenchError, match="the toy train images are float32"):
-        pack_arrays(wrong, tmp_path / "p", dataset="toy", source={}, augmentation="upscale-crop")
+        pack_arrays(wrong, tmp_path / "p", **toy)
     one_class = SourceArrays(["a", "b"], images, np.zeros(4, np.int64), images, labels)
     with pytest.raises(ArchbenchError, match="the toy data cannot be packed: .*has no image of class b"):
-        pack_arrays(one_class, tmp_path / "p", dataset="toy", source={}, augmentation="upscale-crop")
+        pack_arrays(one_class, tmp_path / "p", **toy)
     flat = SourceArrays(["a", "b"], np.full_like(images, 7), labels, images, labels)
     with pytest.raises(ArchbenchError, match="the toy training images are all alike in channel 0"):
-        pack_arrays(flat, tmp_path / "p", dataset="toy", source={}, augmentation="upscale-crop")
+        pack_arrays(flat, tmp_path / "p", **toy)
     assert not (tmp_path / "p").exists() and list(tmp_path.iterdir()) == []
 
 
@@ -266,8 +268,7 @@ def test_an_empty_split_is_one_line_naming_the_input_with_no_numpy_warning(tmp_p
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no "invalid value encountered in divide" on the way
         with pytest.raises(ArchbenchError) as info:
-            source = {"location": "/in/toy.tar"}
-            pack_arrays(empty, tmp_path / "p", dataset="toy", source=source, augmentation="upscale-crop")
+            pack_arrays(empty, tmp_path / "p", dataset="toy", source=TOY_SOURCE, augmentation="upscale-crop")
     assert str(info.value) == f"the toy {split} split read from /in/toy.tar is empty: it holds no images"
     assert list(tmp_path.iterdir()) == []
 

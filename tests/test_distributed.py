@@ -21,7 +21,7 @@ from archbench import distributed, launch
 from archbench.config import RunRequest
 from archbench.errors import ArchbenchError
 from archbench.runs import TIMING_COLUMNS
-from archbench.train import run_models
+from archbench.study import run_models
 
 TRAIN_SIZE = 4 * 24  # tiny_data: 4 classes x 24 images
 
@@ -322,8 +322,9 @@ def test_gpus_runs_each_job_on_one_gpu_and_queues_the_rest(tiny_registry, tiny_d
     class RecordedPopen(real_popen):
         def __init__(self, args, env, **kwargs):
             super().__init__(args, env=env, **kwargs)
+            sent = json.loads(Path(args[-1]).read_text())["request"]  # the job file
             self.record = {
-                "job": (args[args.index("run") + 1], int(args[args.index("--seed") + 1])),
+                "job": (*sent["models"], *sent["seeds"]),
                 "gpu": env["CUDA_VISIBLE_DEVICES"],
                 "start": time.monotonic(),
             }
@@ -384,9 +385,10 @@ def test_gpus_refuses_a_gpu_this_machine_lacks(tiny_registry, tiny_data, tmp_pat
         )
 
 
-def test_child_command_carries_the_request():
+def test_the_job_file_carries_the_request(tmp_path):
     req = RunRequest(
-        models=["a"],
+        models=["a", "vgg11"],
+        seeds=[1, 2],
         data="synthetic",
         preset="smoke",
         epochs=3,
@@ -396,11 +398,11 @@ def test_child_command_carries_the_request():
         out=Path("runs"),
         gpus="0",
     )
-    args = launch.child_args(req, "vgg11", 2, "cuda")
-    text = " ".join(args)
-    assert "run vgg11 --seed 2 --device cuda --quiet" in text
-    assert "--epochs 3" in text and "--threshold 0.2 --threshold 0.4" in text and "--compile" in text
-    assert "--no-channels-last" in text and "--gpus" not in text and "--runs runs" in text
+    job_file = launch.write_job(launch.jobs_of([req])[-1], tmp_path / "job.json", "cuda")
+    assert launch.job_command(job_file) == [sys.executable, "-m", "archbench.study", str(job_file)]
+    sent = RunRequest(**json.loads(job_file.read_text())["request"])
+    expected = {"models": ["vgg11"], "seeds": [2], "device": "cuda", "gpus": None, "quiet": True}
+    assert sent == RunRequest(**{**vars(req), **expected, "out": Path("runs").resolve()})  # any folder reads it
 
 
 def test_gpu_ids_index_the_gpus_this_process_sees(monkeypatch):

@@ -11,10 +11,9 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from archbench import runs
 from archbench.cli import app
 from archbench.config import RunRequest
-from archbench.train import run_models
+from archbench.study import run_models
 
 runner = CliRunner()
 
@@ -161,7 +160,7 @@ def test_a_full_disk_while_checkpointing_is_one_line_and_leaves_no_temporary(
     def full(f, *args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(runs.torch, "save", full)
+    monkeypatch.setattr(torch, "save", full)
     out = tmp_path / "runs"
     code, output = invoke(*run_args(tiny_registry, tiny_data, out))
     errors = [line for line in output.splitlines() if line.startswith("error:")]

@@ -32,18 +32,19 @@ from archbench.devices import (
     DeterministicAdaptiveAvgPool2d,
     compile_model,
     make_deterministic,
-    make_sgd,
+    make_optimizer,
     needs_deterministic_pooling,
+    optimizer_kernel,
     rng_state,
     set_rng_state,
-    sgd_implementation,
 )
 from archbench.distributed import DistContext
 from archbench.errors import ArchbenchError
 from archbench.registry import get_entry, list_models
 from archbench.report.load import load_gpu_results
 from archbench.report.speed import gpu_part
-from archbench.train import build_training, plan_runs, run_models
+from archbench.study import plan_runs, run_models
+from archbench.train import build_training
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -119,8 +120,8 @@ def test_deterministic_mode_trains_a_step_of_every_registry_model():
             for p in model.parameters():  # a cheap, finite initialisation: the step is what is tested
                 nn.init.normal_(p, std=0.02)
             assert not [m for m in model.modules() if type(m) is nn.AdaptiveAvgPool2d], name
-            optimizer = make_sgd(
-                model.parameters(), lr=0.01, momentum=0.9, weight_decay=0, nesterov=False, implementation="foreach"
+            optimizer = make_optimizer(
+                model.parameters(), lr=0.01, momentum=0.9, weight_decay=0, nesterov=False, kernel="foreach"
             )
             loss = F.cross_entropy(model(torch.randn(2, 3, 32, 32)), torch.tensor([1, 2]))
             loss.backward()
@@ -164,20 +165,20 @@ def test_build_training_swaps_the_pools_when_the_guard_says_so(tiny_registry, ti
     ],
 )
 def test_the_sgd_kernel_choice(device, precision, expected):
-    assert sgd_implementation(torch.device(device), precision) == expected
+    assert optimizer_kernel(torch.device(device), precision) == expected
 
 
 def test_the_sgd_kernel_is_the_one_recorded(tiny_registry, tiny_data, tmp_path):
     (summary,) = run_models(tiny_request(tiny_registry, tiny_data, tmp_path, epochs=1))
     config = json.loads((tmp_path / "tiny_resnet" / summary["run_id"] / "config.json").read_text())
-    assert config["optimizer"] == "foreach"
+    assert config["optimizer_kernel"] == "foreach"
     params = [nn.Parameter(torch.zeros(3))]
     assert (
-        make_sgd(params, lr=0.1, momentum=0.9, weight_decay=0, nesterov=False, implementation="fused").defaults["fused"]
+        make_optimizer(params, lr=0.1, momentum=0.9, weight_decay=0, nesterov=False, kernel="fused").defaults["fused"]
         is True
     )
     assert (
-        make_sgd(params, lr=0.1, momentum=0.9, weight_decay=0, nesterov=False, implementation="foreach").defaults[
+        make_optimizer(params, lr=0.1, momentum=0.9, weight_decay=0, nesterov=False, kernel="foreach").defaults[
             "foreach"
         ]
         is True

@@ -1,5 +1,5 @@
 """What a run shows while it trains: the bar before its first measurement, a resumed run's announcement in
-both modes, and top-5 accuracy for data sets of 100 classes or more."""
+both modes, a diverged run's closing line, and top-5 accuracy for data sets of 100 classes or more."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import torch
 from rich.console import Console
 
 from archbench.distributed import DistContext
-from archbench.progress import Bars, LogLines
+from archbench.progress import Bars, LogLines, finish_line
 from archbench.train import TOP5_CLASSES, evaluate
 
 
@@ -43,6 +43,13 @@ def test_a_resumed_run_is_announced_in_both_modes(reporter_type):
     finally:
         reporter.close()
     assert "vgg11 s1: 4 epochs x 10 steps (resuming after step 20, epoch 2)" in console.export_text()
+
+
+def test_a_diverged_run_is_said_to_have_gone_non_finite_in_training_or_in_evaluation():
+    """The loop ends a run as diverged on a non-finite training loss and on a non-finite evaluation loss or
+    accuracy, and records the step alone: the line claims neither cause over the other."""
+    line = finish_line("vgg11 s0", {"status": "diverged", "diverged_at_step": 8, "run_id": "r1"})
+    assert line == "vgg11 s0: [red]diverged[/] at step 8 (a loss or accuracy went non-finite) (run r1)"
 
 
 # ------------------------------------------------------------------------------------------ top-5
@@ -85,7 +92,7 @@ def test_a_run_on_100_classes_records_top5_each_epoch(tiny_registry, tmp_path):
     from conftest import tiny_run_request
 
     from archbench.data.synthetic import make_synthetic
-    from archbench.train import run_models
+    from archbench.study import run_models
 
     data = tmp_path / "data"
     make_synthetic(root=data, classes=TOP5_CLASSES, train_per_class=2, val_per_class=1, seed=0)

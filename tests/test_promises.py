@@ -1,4 +1,4 @@
-"""README promises of the training loop and the device choices, each against an outside oracle.
+"""Documented promises of the training loop and the device choices, each against an outside oracle.
 
 - gradient norms are recorded before clipping: a second, plain implementation of the first steps (torch's
   SGD and clip_grad_norm_, the warm-up and cosine written out by hand) recomputes every gradnorms.csv
@@ -32,11 +32,12 @@ from archbench.cli import app
 from archbench.config import PRESETS
 from archbench.data import resolve
 from archbench.data.loader import DeviceLoader
-from archbench.devices import resolve_channels_last, resolve_device, resolve_precision, sgd_implementation
+from archbench.devices import optimizer_kernel, resolve_channels_last, resolve_device, resolve_precision
 from archbench.distributed import GlooSyncBatchNorm, convert_sync_batchnorm
 from archbench.errors import DIVERGED_EXIT
 from archbench.registry import build_model
-from archbench.train import lr_lambda, plan_runs, run_models
+from archbench.study import plan_runs, run_models
+from archbench.train import lr_lambda
 
 runner = CliRunner()
 CUDA = torch.device("cuda", 0)
@@ -345,8 +346,9 @@ def test_divergence_is_recorded_at_the_step_it_happened_and_exits_3(failing_regi
 
 @pytest.fixture
 def a_gpu(monkeypatch):
-    """torch.cuda says a GPU is there; the test sets whether it supports bf16 with `a_gpu(bf16)`."""
+    """torch.cuda says a GPU with 80 GiB free is there; the test sets whether it supports bf16 with `a_gpu(bf16)`."""
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda *args: (80 << 30, 80 << 30))
 
     def set_bf16(supported: bool) -> None:
         monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: supported)
@@ -386,16 +388,16 @@ def test_a_cuda_run_resolves_precision_memory_format_and_sgd_kernel(
     a_gpu(bf16)
     req = request(tiny_registry, tiny_data, tmp_path, precision=precision)
     (plan,) = plan_runs(req, resolve(str(tiny_data)), None, CUDA, 1)
-    assert (plan.config.precision, plan.config.channels_last, plan.config.optimizer) == expected
+    assert (plan.config.precision, plan.config.channels_last, plan.config.optimizer_kernel) == expected
     assert plan.config.device == "cuda"
     (on_cpu,) = plan_runs(req, resolve(str(tiny_data)), None, CPU, 1)
-    assert (on_cpu.config.channels_last, on_cpu.config.optimizer) == (False, "foreach")
+    assert (on_cpu.config.channels_last, on_cpu.config.optimizer_kernel) == (False, "foreach")
     assert on_cpu.config.precision == ("fp32" if precision == "auto" else precision)
 
 
 def test_the_fused_sgd_kernel_is_cudas_except_under_fp16():
-    assert [sgd_implementation(CUDA, p) for p in ("fp32", "bf16", "fp16")] == ["fused", "fused", "foreach"]
-    assert {sgd_implementation(CPU, p) for p in ("fp32", "bf16", "fp16")} == {"foreach"}
+    assert [optimizer_kernel(CUDA, p) for p in ("fp32", "bf16", "fp16")] == ["fused", "fused", "foreach"]
+    assert {optimizer_kernel(CPU, p) for p in ("fp32", "bf16", "fp16")} == {"foreach"}
 
 
 def _batch_norms(model: nn.Module) -> list[type]:

@@ -36,8 +36,6 @@ def test_unequal_spreads_and_sizes_are_tested_with_welch_not_students_pooled_tes
     c = compare(SPREAD, TIGHT)
     assert c.test == WELCH and (c.n_a, c.n_b) == (5, 3)
     assert c.p == pytest.approx(welch_p, rel=1e-9)
-    assert c.sd_a == pytest.approx(math.sqrt(_sample_variance(a)), rel=1e-12)
-    assert c.sd_b == pytest.approx(math.sqrt(_sample_variance(b)), rel=1e-12)
 
 
 def test_the_interval_uses_students_t_with_n_minus_1_degrees_of_freedom():

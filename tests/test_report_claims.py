@@ -224,6 +224,8 @@ def test_older_run_records_are_read_with_their_columns_missing_said_once(tmp_pat
         summary["best_val_acc"] = summary.pop("best_holdout_acc")
         summary.pop("schema_version")
         records.write_json(run_dir / records.SUMMARY, summary)
+        config = records.read_json(run_dir / records.CONFIG)
+        records.write_json(run_dir / records.CONFIG, {k: v for k, v in config.items() if k != "schema_version"})
         (run_dir / records.CLIPPING).unlink()
     text = generate(tmp_path, runs)
     notes = [ln for ln in text.splitlines() if ln.startswith("> **Older run records:**")]
@@ -274,7 +276,10 @@ def _set_clipping(run_dir: Path, fraction: float) -> None:
     metrics.to_csv(run_dir / records.METRICS, index=False)
     config = records.read_json(run_dir / records.CONFIG)
     config["recipe"]["clip_grad_norm"] = 2.0
+    config["config_hash"] = records.config_hash(config)  # as a run recorded with clipping
     records.write_json(run_dir / records.CONFIG, config)
+    summary = records.read_json(run_dir / records.SUMMARY)
+    records.write_json(run_dir / records.SUMMARY, {**summary, "config_hash": config["config_hash"]})
 
 
 def test_the_first_screen_flags_chance_warns_of_clipping_and_gives_every_family(tmp_path):
@@ -317,9 +322,9 @@ def test_the_first_screen_flags_chance_warns_of_clipping_and_gives_every_family(
 def test_a_seed_one_side_did_not_complete_is_dropped_from_the_pairing_and_named(tmp_path):
     runs = tmp_path / "runs"
     for seed, (a, b) in enumerate(((0.50, 0.45), (0.56, 0.50), (0.53, 0.30))):
-        write_run(runs, "resnet18", seed, [0.3, 0.4, a])
+        write_run(runs, "resnet18", seed, [0.2, 0.3, 0.4, a])
         diverged = {"status": "diverged", "diverged_at_step": 5} if seed == 2 else {}
-        write_run(runs, "resnet18_plain", seed, [0.3, 0.4, b], **diverged)
+        write_run(runs, "resnet18_plain", seed, [0.2, 0.3, 0.4, b], **diverged)
     text = generate(tmp_path, runs)
     row = claim(read_claims(tmp_path), "accuracy", "resnet18", "resnet18_plain")
     # paired on seeds 0 and 1, never Welch over 3 against 2

@@ -58,8 +58,8 @@ def write_run(
     lr: float = 0.1,
     lr_source: str | None = "preset",
 ) -> Path:
-    """A run folder as the loop writes it; status None leaves out summary.json (killed before its first
-    record was final)."""
+    """A run folder as the loop writes it (a completed run ran every epoch of its recipe, an unfinished one
+    stopped within `EPOCHS`); status None leaves out summary.json (killed before its first record was final)."""
     run_id = f"20250101-000000-s{seed}-abc123-{secrets.token_hex(2)}"
     run_dir = root / model / run_id
     run_dir.mkdir(parents=True)
@@ -67,11 +67,17 @@ def write_run(
         "model": model,
         "seed": seed,
         "run_id": run_id,
-        "config_hash": "abc123",
-        "recipe": {"epochs": EPOCHS, "batch_size": 32, "lr": lr, "lr_source": lr_source},
+        "schema_version": runs.SCHEMA_VERSION,
+        "recipe": {
+            "epochs": len(test_acc) if status == "completed" else EPOCHS,
+            "batch_size": 32,
+            "lr": lr,
+            "lr_source": lr_source,
+        },
     }
     if tuning is not None:
         config["tuning_trial"] = tuning
+    config["config_hash"] = runs.config_hash(config)
     runs.write_json(run_dir / runs.CONFIG, config)
     metrics = [
         filled(
@@ -94,9 +100,9 @@ def write_run(
         model=model,
         seed=seed,
         status=status or "interrupted",
-        epochs_completed=len(test_acc),
-        epochs_to_threshold={},
         gflops={},
+        config_hash=config["config_hash"],
+        **runs.outcome(metrics, (), on_holdout=False),  # what the loop sums up from the same epochs
     )
     runs.write_record(run_dir, metrics, [], summary)
     if status is None:
@@ -186,6 +192,9 @@ def test_damaged_records_are_marked_and_the_others_still_shown(tmp_path):
     assert rows[bad_metrics.name].status == "damaged: metrics.csv"
     assert rows[bad_config.name].status == "damaged: config.json"
     assert rows[no_epochs.name].status == "damaged: config.json"
+    assert rows[bad_summary.name].reason == "summary.json is not valid JSON"
+    assert rows[bad_metrics.name].reason.startswith("metrics.csv lacks the column(s) train_acc")
+    assert "summary.json is not valid JSON" in text  # the reason under the table
     assert "damaged: metrics.csv" in text and "1 completed, 4 damaged" in text and "Traceback" not in text
 
 
@@ -208,7 +217,7 @@ def test_the_command_prints_the_table(tmp_path):
     write_run(tmp_path, "resnet18", 0, [0.2, 0.3])
     result = runner.invoke(app, ["status", "--runs", str(tmp_path)])
     assert result.exit_code == 0, result.output
-    assert "resnet18" in result.output and "completed" in result.output and "2/4" in result.output
+    assert "resnet18" in result.output and "completed" in result.output and "2/2" in result.output
 
 
 def test_runs_of_one_model_and_seed_are_told_apart_by_rate_arm_and_run_id(tmp_path):

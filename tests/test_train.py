@@ -16,11 +16,12 @@ import torch
 from conftest import tiny_run_request
 from typer.testing import CliRunner
 
-from archbench import bench, runs
+from archbench import bench
 from archbench.cli import app
 from archbench.config import PRESETS, BenchRequest, Recipe, RunRequest
 from archbench.runs import TIMING_COLUMNS, epochs_to_threshold
-from archbench.train import lr_lambda, run_models
+from archbench.study import run_models
+from archbench.train import lr_lambda
 
 runner = CliRunner()
 
@@ -332,7 +333,7 @@ def test_bench_end_to_end_pays_for_the_input_pipeline_and_model_only_does_not(ti
                 time.sleep(delay)
                 yield item
 
-    monkeypatch.setattr(bench, "DeviceLoader", SlowLoader)
+    monkeypatch.setattr("archbench.train.DeviceLoader", SlowLoader)  # the loader the bench's training is built with
     row = bench.measure(
         "tiny_resnet",
         BenchRequest(
@@ -402,8 +403,3 @@ def test_out_of_range_options_are_refused(tiny_registry, tmp_path, option):
         app, ["run", "tiny_resnet", *option, "--registry", str(tiny_registry), "--out", str(tmp_path)]
     )
     assert result.exit_code == 2 and "Traceback" not in result.output
-
-
-def test_run_ids_are_found_in_output_by_the_pattern_the_launchers_read():
-    run_id = runs.new_run_id(12, "0123456789abcdef")
-    assert runs.RUN_ID.findall(f"resnet18 s12: completed (run {run_id})") == [run_id]

@@ -32,7 +32,7 @@ from archbench.data.synthetic import make_synthetic
 from archbench.errors import ArchbenchError
 from archbench.provenance import git_state
 from archbench.registry import get_entry
-from archbench.train import run_models
+from archbench.study import run_models
 from archbench.tune import tune
 from archbench.tuning import ALL_DIVERGED, CHOSEN, TIE, Trial, Tuning, choose, read_tuning
 
@@ -249,6 +249,7 @@ def test_the_tuning_file_records_the_recipe_registry_entries_and_code(tuned, tin
         "epochs": 4,
         "batch_size": 8,
         "global_batch_size": 8,
+        "optimizer": "sgd",
         "momentum": 0.9,
         "weight_decay": 5e-4,
         "nesterov": False,
@@ -297,7 +298,7 @@ def test_tuned_rates_refuse_a_run_whose_recipe_changes_what_a_rate_means(tuned, 
             device="cpu",
             precision=precision,
             channels_last=False,
-            optimizer="foreach",
+            optimizer_kernel="foreach",
             tuned=tuning.rate_for("tiny_resnet"),
         )
 
@@ -307,6 +308,7 @@ def test_tuned_rates_refuse_a_run_whose_recipe_changes_what_a_rate_means(tuned, 
         ({"weight_decay": 1e-3}, "weight_decay 0.0005 (this run: 0.001)"),
         ({"clip_grad_norm": None}, "clip_grad_norm None (this run: 2.0)"),  # the smoke preset's clipping
         ({"schedule": "constant"}, "schedule cosine (this run: constant)"),
+        ({"optimizer": "adamw", "weight_decay": 5e-4}, "optimizer sgd (this run: adamw)"),
     ]:
         with pytest.raises(ArchbenchError, match="they do not carry over to this run") as e:
             tuning.check_recipe(config(**settings))
@@ -314,6 +316,46 @@ def test_tuned_rates_refuse_a_run_whose_recipe_changes_what_a_rate_means(tuned, 
     older = {k: v for k, v in content.items() if k != "recipe"}
     with pytest.raises(ArchbenchError, match="does not record the recipe its rates were tuned with"):
         Tuning(tmp_path / "old.json", older).check_recipe(config())
+    before_optimizers = {k: v for k, v in content["recipe"].items() if k != "optimizer"}  # a file of SGD rates
+    Tuning(tmp_path / "old.json", {**content, "recipe": before_optimizers}).check_recipe(config())
+    with pytest.raises(ArchbenchError, match="optimizer sgd \\(this run: adamw\\)"):
+        Tuning(tmp_path / "old.json", {**content, "recipe": before_optimizers}).check_recipe(
+            config(optimizer="adamw", weight_decay=5e-4)
+        )
+
+
+def with_choice(content: dict, model: str, **choice) -> dict:
+    """`content` with `model`'s entry changed."""
+    return {**content, "models": {**content["models"], model: {**content["models"][model], **choice}}}
+
+
+@pytest.mark.parametrize("lr", [float("nan"), float("inf"), -SENSIBLE, 0.0, 2 * SENSIBLE, "0.1"])
+def test_a_tuned_rate_is_trusted_only_if_it_is_a_positive_rate_the_file_tried(tuned, tmp_path, lr):
+    _, content = tuned
+    Tuning(tmp_path / "t.json", content).rate_for("tiny_resnet")
+    with pytest.raises(ArchbenchError, match="not a positive rate it tried") as e:
+        Tuning(tmp_path / "t.json", with_choice(content, "tiny_resnet", lr=lr)).rate_for("tiny_resnet")
+    assert "tiny_resnet" in str(e.value) and str(lr) in str(e.value) and "t.json" in str(e.value)
+    assert "\n" not in str(e.value)
+
+
+def test_a_tuned_rate_is_refused_once_the_models_registry_entry_has_changed(tuned, tiny_registry, easy_data, tmp_path):
+    out, content = tuned
+    tuned_hash = content["models"]["tiny_resnet"]["registry_toml_sha256"][0]
+    changed = tmp_path / "registry"
+    shutil.copytree(tiny_registry, changed)
+    with open(changed / "tiny_resnet.toml", "a") as f:
+        f.write("# one more line\n")
+    today = get_entry("tiny_resnet", registry=changed).identity()["toml_sha256"]
+    Tuning(out / "tuning.json", content).check_entry("tiny_resnet", tuned_hash)
+    args = ["run", "tiny_resnet", "--data", easy_data, "--lr", "tuned", "--tuning", out / "tuning.json"]
+    result = runner.invoke(app, [str(a) for a in [*args, "--registry", changed, "--out", tmp_path / "runs"]])
+    assert result.exit_code == 2 and "registry entry has changed since" in result.output, result.output
+    assert tuned_hash[:12] in result.output and today[:12] in result.output
+    assert len(result.output.strip().splitlines()) == 1 and not (tmp_path / "runs").exists()
+    older = Tuning(out / "tuning.json", with_choice(content, "tiny_resnet", registry_toml_sha256=[""]))
+    with pytest.raises(ArchbenchError, match="does not record which registry entry tiny_resnet was tuned with"):
+        older.check_entry("tiny_resnet", tuned_hash)
 
 
 def test_run_with_tuned_rates_at_another_image_size_is_one_line_and_creates_nothing(tuned, tiny_registry, easy_data):

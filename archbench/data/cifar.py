@@ -16,8 +16,9 @@ Unpickling can run any code a file names, so a batch is read by an unpickler tha
 plain containers and the three numpy objects an array needs (``_reconstruct``, ``ndarray``, ``dtype``);
 any other global (``os.system``, ``builtins.eval``, a class) stops the read before it is looked up.
 Only the known keys are accepted, with the types and ranges above. The archive is read in place (no
-extraction): a damaged or truncated archive, a missing member or a batch that is not CIFAR's is one line
-naming the file, and nothing is written.
+extraction), each member's size checked against the limits on inflation before it is read
+(`archbench.data.download.refuse_inflation`): a damaged, truncated or inflating archive, a missing
+member or a batch that is not CIFAR's is one line naming the file, and nothing is written.
 
 ``--source`` may be the official URL (the default), another URL, the archive or the folder it extracts
 to. The official archive, or a folder whose every file has its published md5, is recorded as
@@ -45,7 +46,7 @@ import torch.nn.functional as F
 from rich.console import Console
 
 from archbench.data.arrays import SourceArrays
-from archbench.data.download import download
+from archbench.data.download import download, refuse_inflation
 from archbench.data.files import file_digest
 from archbench.data.packed import say
 from archbench.errors import ArchbenchError
@@ -245,9 +246,12 @@ def _archive_members(variant: Variant, archive: Path) -> dict[str, _Member]:
     """The bytes of the archive's batch and meta members (read in place, nothing extracted)."""
     wanted = {f"{variant.folder}/{name}": name for name in (*variant.train, variant.test, variant.meta)}
     members: dict[str, _Member] = {}
+    inflated = 0
     try:
         with tarfile.open(archive, "r:gz") as tar:
             for info in tar:
+                inflated += info.size
+                refuse_inflation(archive, inflated, partial=True)  # before the member is read or skipped
                 name = wanted.get(info.name.removeprefix("./"))
                 if name is None:
                     continue

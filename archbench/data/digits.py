@@ -23,6 +23,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import importlib.util
+import io
 import zlib
 from pathlib import Path
 
@@ -30,7 +31,8 @@ import numpy as np
 from rich.console import Console
 
 from archbench.data.arrays import SourceArrays
-from archbench.data.files import staged
+from archbench.data.download import MAX_INFLATED_BYTES, MAX_RATIO, refuse_inflation
+from archbench.data.files import cache_dir, remove_abandoned, staged
 from archbench.data.packed import FORMAT_VERSION, PACKED_DIR, check_cache, say
 from archbench.errors import ArchbenchError
 
@@ -113,14 +115,19 @@ def test_mask(labels: np.ndarray) -> np.ndarray:
 
 
 def _content(path: Path) -> bytes:
-    """The CSV's bytes, decompressed when gzipped; a damaged file is one line naming it."""
+    """The CSV's bytes, decompressed when gzipped (no further than the limits on inflation allow); a damaged
+    file is one line naming it."""
     data = path.read_bytes()
     if data[:2] != b"\x1f\x8b":
         return data
+    limit = min(MAX_INFLATED_BYTES, MAX_RATIO * len(data))
     try:
-        return gzip.decompress(data)
+        with gzip.GzipFile(fileobj=io.BytesIO(data)) as f:
+            content = f.read(limit + 1)
     except (OSError, EOFError, zlib.error) as e:
         raise ArchbenchError(f"{path} is not a readable gzip file ({e}): replace it with a good copy") from None
+    refuse_inflation(path, len(content), partial=len(content) > limit)
+    return content
 
 
 def _parse(content: bytes, path: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -156,9 +163,10 @@ def _parse(content: bytes, path: Path) -> tuple[np.ndarray, np.ndarray]:
 def builtin_root(console: Console | None = None) -> Path:
     """The packed digits in the archbench cache, built (once, offline) on first use; rebuilt if damaged."""
     from archbench.data.sources import prepare_arrays
-    from archbench.data.synthetic import _install_unless_intact, cache_dir
+    from archbench.data.synthetic import _install_unless_intact
 
     final = cache_dir() / f"digits-f{FORMAT_VERSION}"
+    remove_abandoned(cache_dir())
     if check_cache(final / PACKED_DIR)[0] is not None:
         return final
     say(console, f"packing the digits (once) in {final}")

@@ -1,4 +1,4 @@
-"""Getting the Tiny-ImageNet zip onto disk: a resumable, checksummed download and a safe extraction.
+"""Getting an archive onto disk and out of it: a resumable, checksummed download and a safe extraction.
 
 The official zip is about 248 MB from a server that is sometimes slow, so a download that dies halfway
 must not start over: bytes go to ``<name>.partial`` and a rerun asks for the rest with an HTTP Range
@@ -6,6 +6,13 @@ request. The file only takes its final name after its md5 matches, so a file wit
 always complete. Extraction refuses any member that would land outside the target folder (absolute
 paths, ``..``) before it writes anything, names the member a damaged zip fails on, and builds the
 folder beside its final place so a failed extraction never leaves a half-filled folder behind.
+
+Before any archive is unpacked (a zip extracted, a tar's members read, a gzip decompressed), the size it
+inflates to is checked against `MAX_INFLATED_BYTES` and `MAX_RATIO` times its own size (`refuse_inflation`):
+the data sets' archives inflate to well under a gigabyte and about their own size, a zip bomb to
+thousands of times its size. A zip's sizes are in its directory (and zipfile stops a member at its
+recorded size), so a bomb is refused before anything is written; a tar's are in each member's header,
+checked before that member is read or skipped.
 """
 
 from __future__ import annotations
@@ -28,6 +35,8 @@ from archbench.data.files import file_digest, progress, staged, writing
 from archbench.errors import ArchbenchError
 
 CHUNK_BYTES = 1 << 20
+MAX_INFLATED_BYTES = 16 << 30  # Tiny-ImageNet inflates to about 0.5 GB, CIFAR-100 to about 0.2 GB
+MAX_RATIO = 100  # inflated / archive size: JPEGs and pickled pixels inflate to about 1x; zip bombs to 1000x
 # What zipfile raises for a member whose bytes are damaged (CRC, deflate stream, truncation) or whose
 # compression method it does not support.
 DAMAGED_MEMBER_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError)
@@ -146,8 +155,9 @@ def extract_zip(zip_path: Path, dest: Path) -> Path:
         raise ArchbenchError(f"{zip_path} is not a readable zip file ({e})") from None
     with archive:
         members = archive.infolist()
+        refuse_inflation(zip_path, sum(member.file_size for member in members))
         for member in members:
-            if not _is_safe_member(member.filename):
+            if not is_safe_member(member.filename):
                 raise ArchbenchError(
                     f"{zip_path} holds the member {member.filename!r}, which would be written outside {dest}, "
                     "so it was not extracted"
@@ -164,7 +174,19 @@ def extract_zip(zip_path: Path, dest: Path) -> Path:
     return dest
 
 
-def _is_safe_member(name: str) -> bool:
+def refuse_inflation(archive: Path, inflated: int, partial: bool = False) -> None:
+    """Refuse ``archive`` in one line if it inflates to ``inflated`` bytes (``partial``: at least that many)
+    beyond `MAX_INFLATED_BYTES` or `MAX_RATIO` times its own size."""
+    size = max(1, Path(archive).stat().st_size)
+    if inflated > MAX_INFLATED_BYTES or inflated > MAX_RATIO * size:
+        raise ArchbenchError(
+            f"{archive} inflates its {size:,} bytes to {'at least ' if partial else ''}{inflated:,} "
+            f"({inflated / size:,.0f} times), beyond the limits of {MAX_RATIO} times and {MAX_INFLATED_BYTES:,} "
+            "bytes, so it was not unpacked: it is not a data set's archive"
+        )
+
+
+def is_safe_member(name: str) -> bool:
     """A member is safe when it is a relative path with no ``..`` part (on any platform's separators)."""
     normalised = name.replace("\\", "/")
     if normalised.startswith("/") or re.match(r"^[A-Za-z]:", normalised):

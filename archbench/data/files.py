@@ -4,8 +4,12 @@ Every folder the data commands make (the packed cache, an extraction, a syntheti
 synthetic set) is built in a hidden staging folder beside its final place, ``.<name>.<tag>-<8 hex>``,
 and renamed in only when complete (`staged`), so a reader never sees half of one and a failure leaves
 nothing behind: not the staging folder, not the parent folders made for it, and not a change to what
-was there before. A filesystem error on the way (a read-only folder, a full disk, a file where a folder
-should be) becomes one `ArchbenchError` line naming the folder being written and what went wrong.
+was there before. A killed process cannot clean up, so a builder holds a lock on its staging folder from
+before the folder takes its staging name (the system releases it when the process ends, however it
+ends), and the next run of a data command removes every staging folder that no living process holds
+(`remove_abandoned`); where the filesystem has no such locks, none is removed. A filesystem error on
+the way (a read-only folder, a full disk, a file where a folder should be) becomes one `ArchbenchError`
+line naming the folder being written and what went wrong.
 """
 
 from __future__ import annotations
@@ -17,8 +21,13 @@ import re
 import shutil
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
+
+try:
+    import fcntl
+except ImportError:  # no advisory locks (Windows): no staging folder is known to be abandoned
+    fcntl = None
 
 from rich.console import Console
 from rich.progress import (
@@ -40,6 +49,11 @@ _STAGING_PART = re.compile(r"^\.(?P<name>.+)\.[a-z]+-[0-9a-f]{8}$")
 
 # ----------------------------------------------------------------------------------------------------
 # building folders
+
+
+def cache_dir() -> Path:
+    """Where built-in sets and the catalogue's counts are cached: $ARCHBENCH_CACHE, else ~/.cache/archbench."""
+    return Path(os.environ.get("ARCHBENCH_CACHE") or "~/.cache/archbench").expanduser()
 
 
 def replace_dir(new: Path, dest: Path) -> None:
@@ -77,9 +91,9 @@ def staged(dest: Path, tag: str, install: Callable[[Path, Path], None] = replace
         with writing(dest):
             _refuse_file_in_the_way(dest)
             made = _missing_folders(dest.parent)
-            staging.mkdir(parents=True)
-            yield staging
-            install(staging, dest)
+            with _held(staging):
+                yield staging
+                install(staging, dest)
         finished = True
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -89,6 +103,53 @@ def staged(dest: Path, tag: str, install: Callable[[Path, Path], None] = replace
                     folder.rmdir()
                 except OSError:
                     break
+
+
+@contextmanager
+def _held(staging: Path) -> Iterator[None]:
+    """Make the folder ``staging`` and hold a shared lock on it for the block: made under another name and
+    renamed once locked, so that `remove_abandoned` never finds it unlocked."""
+    unlocked = staging.with_name(staging.name + "~")  # not a staging name: `remove_abandoned` ignores it
+    unlocked.mkdir(parents=True)
+    fd = -1
+    try:
+        if fcntl is not None:
+            fd = os.open(unlocked, os.O_RDONLY)
+            with suppress(OSError):  # a filesystem without locks: the folder is never removed as abandoned
+                fcntl.flock(fd, fcntl.LOCK_SH)
+        os.rename(unlocked, staging)
+        yield
+    finally:
+        if fd >= 0:
+            os.close(fd)
+        with suppress(OSError):  # still there only if the rename failed
+            unlocked.rmdir()
+
+
+def remove_abandoned(folder: Path) -> None:
+    """Delete the staging folders in ``folder`` that no living process holds: those a killed run left."""
+    try:
+        entries = list(Path(folder).iterdir()) if fcntl is not None else []
+    except OSError:  # missing or unreadable: said, if it matters, where the folder is used
+        return
+    for entry in entries:
+        if _STAGING_PART.match(entry.name) and entry.is_dir() and not entry.is_symlink() and _abandoned(entry):
+            shutil.rmtree(entry, ignore_errors=True)
+
+
+def _abandoned(folder: Path) -> bool:
+    """Whether no process holds ``folder`` (False where that cannot be told)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except OSError:  # held by a living builder, or a filesystem without locks
+        return False
+    finally:
+        os.close(fd)
 
 
 @contextmanager
@@ -169,6 +230,18 @@ def require_folder(path: Path, option: str) -> None:
 
 # ----------------------------------------------------------------------------------------------------
 # reading
+
+
+def folder_listing_digest(folder: Path) -> str:
+    """sha256 of every file's relative path, size and mtime: cheap, and changes when any file does."""
+    digest = hashlib.sha256()
+    for dirpath, dirnames, filenames in os.walk(folder):
+        dirnames.sort()
+        for name in sorted(filenames):
+            path = Path(dirpath, name)
+            stat = path.stat()
+            digest.update(f"{path.relative_to(folder).as_posix()}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()
 
 
 def file_digest(path: Path, algorithm: str = "sha256") -> str:

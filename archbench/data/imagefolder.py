@@ -15,7 +15,9 @@ Each image is decoded once and made RGB:
 
 - grayscale (``L``, ``1``) repeats its one channel, a palette image (``P``) takes its palette colours;
 - 16-bit grayscale (PIL modes ``I;16*`` and ``I``, as 16-bit PNGs open) is scaled to 8 bits as
-  ``round(v / 257)`` (65535 -> 255), never clipped at 255;
+  ``round(v / 257)`` (65535 -> 255), never clipped at 255; a 32-bit integer image (mode ``I``, e.g. a
+  TIFF) with values outside 0-65535 is refused, as are 32-bit floats (mode ``F``): neither has a fixed
+  8-bit scale;
 - transparency (an alpha channel, or a palette's or PNG's transparent colour) is composited over black,
   so a transparent pixel is 0, as the zero padding of a crop;
 - CMYK and the other modes PIL can convert go through PIL's ``convert("RGB")``; orientation tags are
@@ -42,9 +44,8 @@ from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as TF
 
 from archbench.data.arrays import SourceArrays
-from archbench.data.files import progress
+from archbench.data.files import folder_listing_digest, progress
 from archbench.data.packed import say
-from archbench.data.tinyimagenet import folder_listing_digest
 from archbench.errors import ArchbenchError
 
 TEST_FOLDERS = ("test", "val")  # the first that exists is the test split
@@ -226,7 +227,10 @@ def to_rgb(image: Image.Image) -> Image.Image:
     """An 8-bit RGB copy of ``image``: 16-bit values scaled, transparency composited over black."""
     if image.mode in SIXTEEN_BIT_MODES:
         values = np.asarray(image).astype(np.float64)
-        return Image.fromarray(np.clip(np.round(values / 257), 0, 255).astype(np.uint8), "L").convert("RGB")
+        if values.size and (values.min() < 0 or values.max() > 65535):  # only mode I (32 bits) holds such values
+            low, high = int(values.min()), int(values.max())
+            raise ValueError(f"its 32-bit pixels run from {low} to {high}, beyond 16 bits, with no fixed 8-bit scale")
+        return Image.fromarray(np.round(values / 257).astype(np.uint8), "L").convert("RGB")
     if image.mode == "F":
         raise ValueError("its pixels are 32-bit floats (PIL mode F), which have no fixed 8-bit scale")
     if image.mode in ALPHA_MODES or "transparency" in image.info:

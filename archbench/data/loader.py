@@ -45,11 +45,6 @@ def upscaled_size(image_size: int) -> int:
     return round(image_size * 256 / 224)
 
 
-def centre_offset(image_size: int) -> int:
-    """Top/left of the centre crop, rounded as torchvision's ``center_crop`` does."""
-    return int(round((upscaled_size(image_size) - image_size) / 2.0))
-
-
 def transform_batch(
     x: torch.Tensor,
     image_size: int,
@@ -259,13 +254,6 @@ class DeviceLoader:
         if self.full_batches:
             return self.dataset_size // global_batch
         return math.ceil(self.dataset_size / global_batch)
-
-    @property
-    def num_samples(self) -> int:
-        """Images this rank takes per epoch."""
-        if self.full_batches:
-            return self.num_batches * self.batch_size
-        return len(range(self.rank, self.dataset_size, self.world_size))
 
     def as_evaluation(self) -> DeviceLoader:
         """This loader's images (the same tensors on the device, no second copy) with the evaluation transform:

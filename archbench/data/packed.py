@@ -15,15 +15,20 @@ shape, dtype and sha256, the per-channel mean and standard deviation of the trai
 (scaled to [0, 1]; the loader normalises with them), the augmentation the source trains with
 (`archbench.data.loader.AUGMENTATIONS`), where the data came from and whether its archive matched the
 official checksum (``source.verified``), and source-specific facts (``extra``: a licence, a split rule).
-The fingerprint every run records is the hash of the classes, the array checksums, the normalisation and
-the augmentation: equal fingerprints, the same training inputs.
+The fingerprint every run records is the hash of everything the manifest says about the data: all its
+fields but `NOT_FINGERPRINTED` (the fingerprint itself, the format version, and where and when this copy
+was made: the same bytes prepared from the official zip or from its extracted folder keep one
+fingerprint). It covers the name, whether the set is synthetic and how it was generated, the classes and
+their names, the array checksums, the normalisation, the augmentation, the images skipped or repaired and
+the source's own facts (``extra``): equal fingerprints, the same data said to be the same thing.
 
 What a run records is what it trained on: before a cache is used (`load_packed`) or reused (`prepare`),
 `verify_cache` checks that
 
 - every array file has the sha256 its manifest records: all bytes are read, once per file per process
   (a file whose path, inode, size and modification time were verified before is not read again);
-- the manifest's fingerprint is the hash of what it covers (above);
+- every field has its type (`MANIFEST_TYPES`), and the fingerprint is the hash of what it covers (above),
+  so a one-field edit of manifest.json is refused;
 - the manifest's counts, number of classes and image shape agree with the arrays;
 - every label lies in [0, num_classes), every class has training images, no split is empty, and the
   images per class are the counts the manifest records (the packer refuses to write such a set too).
@@ -37,10 +42,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shlex
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import get_args, get_origin
 
 import numpy as np
 from rich.console import Console
@@ -49,10 +56,37 @@ from archbench.data.arrays import SourceArrays
 from archbench.data.files import accessing, describe, file_digest, public_path, staged
 from archbench.errors import ArchbenchError
 
-FORMAT_VERSION = 3  # 3: train/test splits, any image shape, dataset name, normalisation, augmentation, verified
+FORMAT_VERSION = 4  # 4: fingerprint of all but NOT_FINGERPRINTED (3: classes, arrays, normalisation, augmentation)
 PACKED_DIR = "packed"
 SPLITS = ("train", "test")
 ARRAYS = tuple(f"{split}_{kind}" for split in SPLITS for kind in ("images", "labels"))
+NOT_FINGERPRINTED = ("fingerprint", "format_version", "source", "created_at")  # not what the data is
+# Every manifest field and its type: a dict is a record with those fields, float is any JSON number.
+MANIFEST_TYPES = {
+    "format_version": int,
+    "dataset": str,
+    "num_classes": int,
+    "classes": list[str],
+    "class_order": str,
+    "names": dict[str, str],
+    "image_shape": list[int],
+    "splits": {split: {"count": int} for split in SPLITS},
+    "class_counts": {split: list[int] for split in SPLITS},
+    "arrays": {name: {"file": str, "shape": list[int], "dtype": str, "bytes": int, "sha256": str} for name in ARRAYS},
+    "normalisation": {"mean": list[float], "std": list[float], "of": str},
+    "augmentation": str,
+    "source": {"kind": str, "location": str | None, "checksum": str | None, "verified": bool},  # None: generated
+    "fingerprint": str,
+    "skipped": int,
+    "skipped_files": list[str],
+    "resized": int,
+    "resized_files": list[str],
+    "converted_to_rgb": int,
+    "synthetic": bool,
+    "synthetic_params": dict | None,
+    "extra": dict,
+    "created_at": str,
+}
 STATS_CHUNK = 4096  # images per pass when summing pixels: bounded memory for any split size
 # A file modified this recently could change again within the same timestamp tick unnoticed, so its
 # verification is not remembered (the same rule git applies to "racily clean" files).
@@ -175,7 +209,6 @@ def write_manifest(
         "normalisation": normalisation,
         "augmentation": augmentation,
         "source": source,
-        "fingerprint": _fingerprint(classes, arrays, normalisation, augmentation),
         "skipped": len(repairs["skipped_files"]),
         "skipped_files": repairs["skipped_files"],
         "resized": len(repairs["resized_files"]),
@@ -186,6 +219,7 @@ def write_manifest(
         "extra": extra or {},
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
+    manifest["fingerprint"] = fingerprint(manifest)
     del train_images
     (packed / "manifest.json").write_text(json.dumps(manifest, indent=1), encoding="utf-8")
     verify_cache(packed, hash_files=False)
@@ -264,15 +298,9 @@ def _array_record(path: Path) -> dict:
     }
 
 
-def _fingerprint(classes: list[str], arrays: dict, normalisation: dict, augmentation: str) -> str:
-    """Content fingerprint: the class order, the packed bytes and how they are fed to a model, independent of
-    where they came from."""
-    content = {
-        "classes": classes,
-        "arrays": {name: record["sha256"] for name, record in sorted(arrays.items())},
-        "normalisation": {"mean": normalisation["mean"], "std": normalisation["std"]},
-        "augmentation": augmentation,
-    }
+def fingerprint(manifest: dict) -> str:
+    """sha256 of everything ``manifest`` says about the data: every field but `NOT_FINGERPRINTED`."""
+    content = {key: value for key, value in manifest.items() if key not in NOT_FINGERPRINTED}
     return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
 
 
@@ -331,42 +359,72 @@ def _read_manifest(packed: Path) -> dict:
     if manifest["format_version"] != FORMAT_VERSION:
         problem = f"is format {manifest['format_version']}, and this archbench reads format {FORMAT_VERSION}"
         raise DamagedCache(path, problem, outdated=True)
-    try:
-        problem = _manifest_problem(manifest)
-    except (KeyError, TypeError, ValueError, AttributeError) as e:
-        problem = f"has unexpected content ({type(e).__name__}: {e})"
+    problem = _type_problem(manifest, MANIFEST_TYPES) or _manifest_problem(manifest)
     if problem is not None:
         raise DamagedCache(path, problem)
     return manifest
+
+
+def _type_problem(value, expected, where: str = "") -> str | None:
+    """Why ``value`` (the manifest's field ``where``) is not of the ``expected`` type of `MANIFEST_TYPES`, or None."""
+    if isinstance(expected, dict):
+        if not isinstance(value, dict):
+            return f"records {where} as {json.dumps(value)[:40]}, not an object"
+        for key, inner in expected.items():
+            field = f"{where}.{key}" if where else key
+            if key not in value:
+                return f"lacks the field {field}"
+            if problem := _type_problem(value[key], inner, field):
+                return problem
+        return None
+    if not _is_a(value, expected):
+        name = expected.__name__ if isinstance(expected, type) else str(expected)
+        return f"records {where} as {json.dumps(value)[:40]}, not {name}"
+    return None
+
+
+def _is_a(value, expected) -> bool:
+    """Whether a JSON value is of ``expected``: a type (float: any number; int and float: not a bool), ``list[T]``,
+    ``dict[str, T]`` or a union."""
+    origin, args = get_origin(expected), get_args(expected)
+    if origin is list:
+        return isinstance(value, list) and all(_is_a(item, args[0]) for item in value)
+    if origin is dict:
+        return isinstance(value, dict) and all(_is_a(item, args[1]) for item in value.values())
+    if args:
+        return any(_is_a(value, arg) for arg in args)
+    if isinstance(value, bool) and expected is not bool:
+        return False
+    return isinstance(value, (int, float) if expected is float else expected)
 
 
 def _manifest_problem(manifest: dict) -> str | None:
     classes, arrays = manifest["classes"], manifest["arrays"]
     if sorted(arrays) != sorted(ARRAYS) or any(arrays[name]["file"] != f"{name}.npy" for name in ARRAYS):
         return f"lists the arrays {sorted(arrays)} instead of {list(ARRAYS)}"
-    recomputed = _fingerprint(classes, arrays, manifest["normalisation"], manifest["augmentation"])
-    if manifest["fingerprint"] != recomputed:
+    if manifest["fingerprint"] != (recomputed := fingerprint(manifest)):
         return (
-            f"records the fingerprint {manifest['fingerprint']}, but its classes, checksums, normalisation and "
-            f"augmentation give {recomputed}"
+            f"records the fingerprint {manifest['fingerprint']}, but its fields give {recomputed}: it was edited "
+            "after packing"
         )
-    if not all(isinstance(c, str) for c in classes) or len(set(classes)) != len(classes):
-        return "lists classes that are not distinct names"
+    if len(set(classes)) != len(classes):
+        return "lists some classes more than once"
     if manifest["num_classes"] != len(classes):
         return f"records {manifest['num_classes']} classes but lists {len(classes)}"
     shape = manifest["image_shape"]
-    if len(shape) != 3 or shape[2] != 3 or not all(isinstance(n, int) and n > 0 for n in shape):
+    if len(shape) != 3 or shape[2] != 3 or min(shape) < 1:
         return f"records images of shape {shape}, not H x W x 3"
     for split in SPLITS:
         if arrays[f"{split}_images"]["shape"][1:] != shape:
             return f"records images of shape {shape}, but {split}_images.npy of {arrays[f'{split}_images']['shape']}"
-    if not all(s > 0 for s in manifest["normalisation"]["std"]) or len(manifest["normalisation"]["mean"]) != 3:
+    mean, std = manifest["normalisation"]["mean"], manifest["normalisation"]["std"]
+    if len(mean) != 3 or len(std) != 3 or not all(s > 0 for s in std):
         return f"records the normalisation {manifest['normalisation']}, not a mean and a positive std per channel"
     for split in SPLITS:
         counts, total = manifest["class_counts"][split], manifest["splits"][split]["count"]
         if len(counts) != len(classes) or sum(counts) != total:
             return f"records {total} {split} images but per-class counts {counts} for {len(classes)} classes"
-    if bool(manifest["synthetic"]) != (manifest["synthetic_params"] is not None):
+    if manifest["synthetic"] != (manifest["synthetic_params"] is not None):
         return f"says synthetic is {manifest['synthetic']}, but its synthetic_params disagree"
     return None
 
@@ -472,7 +530,7 @@ def load_packed(root: Path | str) -> PackedData:
         try:
             manifest, arrays = verify_cache(packed)
         except DamagedCache as e:
-            command = f"archbench data prepare{_dataset_argument(packed)} --root {_prepared_root(root, packed)}"
+            command = f"archbench data prepare{_rebuild_arguments(packed)} --root {_prepared_root(root, packed)}"
             rebuild = f"rebuild it with `{command}`"
             if e.outdated:
                 raise ArchbenchError(
@@ -482,14 +540,25 @@ def load_packed(root: Path | str) -> PackedData:
     return PackedData(root=root, manifest=manifest, **arrays)
 
 
-def _dataset_argument(packed: Path) -> str:
-    """`` DATASET`` for the rebuild command when a (possibly damaged) manifest still names one other than the
-    default, else nothing."""
+def _rebuild_arguments(packed: Path) -> str:
+    """`` DATASET [--source S] [--image-size N]`` for the rebuild command, as a manifest says them that is older
+    or still matches its fingerprint (an edited one may name another data set); nothing for Tiny-ImageNet and
+    synthetic sets, which find their recorded source themselves."""
     try:
-        dataset = json.loads((packed / "manifest.json").read_text(encoding="utf-8")).get("dataset")
-    except (OSError, ValueError, AttributeError):
+        manifest = json.loads((packed / "manifest.json").read_text(encoding="utf-8"))
+        if manifest["format_version"] == FORMAT_VERSION and manifest["fingerprint"] != fingerprint(manifest):
+            return ""
+        dataset, location = manifest.get("dataset"), manifest.get("source", {}).get("location")
+        extra = manifest.get("extra", {})
+        size = extra.get("image_size") if extra.get("image_size_from") == "--image-size" else None
+    except (OSError, ValueError, AttributeError, KeyError, TypeError):
         return ""
-    return f" {dataset}" if isinstance(dataset, str) and dataset not in ("tiny-imagenet", "synthetic") else ""
+    if not isinstance(dataset, str) or dataset in ("tiny-imagenet", "synthetic"):
+        return ""
+    arguments = f" {dataset}"
+    if isinstance(location, str) and (location.startswith(("http://", "https://")) or Path(location).exists()):
+        arguments += f" --source {shlex.quote(location)}"
+    return arguments + (f" --image-size {size}" if isinstance(size, int) else "")
 
 
 def _prepared_root(root: Path, packed: Path) -> Path:

@@ -30,7 +30,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from archbench.data.files import accessing, require_folder
+from archbench.data.files import accessing, remove_abandoned, require_folder
 from archbench.data.packed import PACKED_DIR, PackedData, load_packed, pack_arrays, reusable_cache, say
 from archbench.errors import ArchbenchError
 
@@ -140,6 +140,7 @@ def prepare(
     if image_size is not None and not spec.takes_image_size:
         with_size = ", ".join(n for n, s in SOURCES.items() if s.takes_image_size)
         raise ArchbenchError(f"--image-size applies to {with_size} only: {name} images keep their size")
+    remove_abandoned(Path(root))  # what an interrupted `prepare` left
     if spec.prepare is not None:
         return spec.prepare(root=root, source=location, skip_bad=skip_bad, console=console)
     return prepare_arrays(name, root, location, image_size=image_size, skip_bad=skip_bad, console=console)

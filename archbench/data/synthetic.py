@@ -40,7 +40,7 @@ import numpy as np
 from PIL import Image
 from rich.console import Console
 
-from archbench.data.files import read_text, replace_dir, require_folder, staged
+from archbench.data.files import cache_dir, read_text, remove_abandoned, replace_dir, require_folder, staged
 from archbench.data.tinyimagenet import IMAGE_SIZE, PACKED_DIR, SYNTHETIC_MARKER, check_cache, prepare
 from archbench.errors import ArchbenchError
 
@@ -285,6 +285,7 @@ def make_synthetic(
     params = synthetic_params(classes, train_per_class, val_per_class, seed)
     root = Path(root)
     require_folder(root, "--root")
+    remove_abandoned(root)  # what an interrupted `data synth` left
     layout = root / LAYOUT_DIR
     if _written_params(layout) != params:
         write_layout(layout, params, console)
@@ -293,10 +294,6 @@ def make_synthetic(
 
 # ----------------------------------------------------------------------------------------------------
 # the shared default set
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("ARCHBENCH_CACHE") or "~/.cache/archbench").expanduser()
 
 
 def default_synthetic(console: Console | None = None) -> Path:
@@ -311,6 +308,7 @@ def default_synthetic(console: Console | None = None) -> Path:
         f"synthetic-c{params['classes']}-t{params['train_per_class']}-v{params['val_per_class']}"
         f"-s{params['seed']}-g{GENERATOR_VERSION}"
     )
+    remove_abandoned(cache_dir())
     if check_cache(final / PACKED_DIR)[0] is not None:
         return final
     if console is not None:

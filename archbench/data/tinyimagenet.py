@@ -10,14 +10,19 @@ The layout, as the official zip holds it (and as `archbench data synth` writes i
     val/val_annotations.txt                  file<TAB>wnid<TAB>x0<TAB>y0<TAB>x1<TAB>y1
 
 Class order is the sorted wnid list (label i is ``sorted(wnids)[i]``), recorded in the manifest, so labels
-do not depend on the order of wnids.txt. The ``val/`` folder is the study's test split (the official
-test images have no labels). Decoding 110,000 small JPEGs per training run would cost more than the
-training step on a GPU, so `prepare` decodes them once into ``<root>/packed/``, the packed form every
-source shares (`archbench.data.packed`: uint8 N x 64 x 64 x 3 arrays memory-mapped in well under a
-second, the manifest, the checks before every use). A downloaded zip stays in ``<root>`` and its
-extraction in ``<root>/extracted/``, so a rebuild needs no network; `prepare` reuses a cache that passes
-the checks and was built from the same source, and rebuilds one that is stale (other source), damaged or
-of another format version.
+do not depend on the order of wnids.txt. The splits are what the layout says, or refused in one line: the
+class folders of ``train/`` are exactly the wnids (one more or one fewer is named), and every entry of
+val_annotations.txt names a file of ``val/images/`` (an absolute path, a ``..`` or a link out is named,
+and so is an image listed twice). Images are made RGB as an ImageFolder's are
+(`archbench.data.imagefolder.to_rgb`: 16-bit scaled, transparency over black).
+
+The ``val/`` folder is the study's test split (the official test images have no labels). Decoding
+110,000 small JPEGs per training run would cost more than the training step on a GPU, so `prepare`
+decodes them once into ``<root>/packed/``, the packed form every source shares (`archbench.data.packed`:
+uint8 N x 64 x 64 x 3 arrays memory-mapped in well under a second, the manifest, the checks before every
+use). A downloaded zip stays in ``<root>`` and its extraction in ``<root>/extracted/``, so a rebuild
+needs no network; `prepare` reuses a cache that passes the checks and was built from the same source,
+and rebuilds one that is stale (other source), damaged or of another format version.
 
 The official zip, or the official URL, is checked against its published md5 and recorded as
 ``verified``. Another URL or a zip with another md5 is accepted with one line saying so and recorded
@@ -26,7 +31,6 @@ as unverified; an extracted folder cannot be checked and is recorded as unverifi
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from collections import deque
@@ -42,8 +46,18 @@ from PIL import Image
 from rich.console import Console
 from rich.progress import Progress
 
-from archbench.data.download import download, extract_zip
-from archbench.data.files import accessing, allocate, file_digest, progress, read_text, require_folder, staged
+from archbench.data.download import download, extract_zip, is_safe_member
+from archbench.data.files import (
+    accessing,
+    allocate,
+    file_digest,
+    folder_listing_digest,
+    progress,
+    read_text,
+    require_folder,
+    staged,
+)
+from archbench.data.imagefolder import to_rgb
 from archbench.data.packed import (  # noqa: F401 (ARRAYS, check_cache, load_packed, PackedData: this module's API too)
     ARRAYS,
     PACKED_DIR,
@@ -215,18 +229,6 @@ def _source_checksum(src: Source) -> str | None:
     return f"listing-sha256:{folder_listing_digest(Path(src.location))}"
 
 
-def folder_listing_digest(folder: Path) -> str:
-    """sha256 of every file's relative path, size and mtime: cheap, and changes when any file does."""
-    digest = hashlib.sha256()
-    for dirpath, dirnames, filenames in os.walk(folder):
-        dirnames.sort()
-        for name in sorted(filenames):
-            path = Path(dirpath, name)
-            stat = path.stat()
-            digest.update(f"{path.relative_to(folder).as_posix()}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
-    return digest.hexdigest()
-
-
 def _materialise(src: Source, checksum: str | None, root: Path, console: Console | None) -> tuple[Path, str]:
     """Download and/or extract as needed; return the dataset folder and the source checksum."""
     if src.kind == "folder":
@@ -270,6 +272,7 @@ def read_layout(folder: Path) -> Layout:
         raise ArchbenchError(f"{wnids_file} lists some wnids more than once")
     classes = sorted(wnids)
     label_of = {wnid: i for i, wnid in enumerate(classes)}
+    _refuse_other_class_folders(folder, classes)
     words = _read_words(folder / "words.txt")
     marker = folder / SYNTHETIC_MARKER
     return Layout(
@@ -297,6 +300,19 @@ def _read_words(path: Path) -> dict[str, str]:
     return {pair[0].strip(): pair[1].strip() for pair in pairs if len(pair) == 2}
 
 
+def _refuse_other_class_folders(folder: Path, wnids: list[str]) -> None:
+    """The class folders of train/ must be the wnids: one more or one fewer is named, never dropped."""
+    train = folder / "train"
+    present = {p.name for p in train.iterdir() if p.is_dir()} if train.is_dir() else set()
+    if extra := sorted(present - set(wnids)):
+        raise ArchbenchError(
+            f"{train / extra[0]} is a class folder that {folder / 'wnids.txt'} does not list: "
+            "add its wnid there, or move the folder out"
+        )
+    if missing := sorted(set(wnids) - present):
+        raise ArchbenchError(f"{folder / 'wnids.txt'} lists {missing[0]}, but {train / missing[0]} is missing")
+
+
 def _class_images(folder: Path, wnid: str) -> list[Path]:
     images_dir = folder / "train" / wnid / "images"
     files = sorted(p for p in images_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES) if images_dir.is_dir() else []
@@ -309,7 +325,8 @@ def _val_images(folder: Path, label_of: dict[str, int]) -> list[tuple[Path, int]
     annotations = folder / "val" / "val_annotations.txt"
     if not annotations.is_file():
         raise ArchbenchError(f"{annotations} is missing, so the validation images have no labels")
-    items = []
+    images = folder / "val" / "images"
+    items, line_of = [], {}
     for number, line in enumerate(read_text(annotations).splitlines(), start=1):
         if not line.strip():
             continue
@@ -319,9 +336,13 @@ def _val_images(folder: Path, label_of: dict[str, int]) -> list[tuple[Path, int]
         name, wnid = fields[0].strip(), fields[1].strip()
         if wnid not in label_of:
             raise ArchbenchError(f"line {number} of {annotations} labels {name} with {wnid}, which is not in wnids.txt")
-        path = folder / "val" / "images" / name
+        path = images / name
+        if not is_safe_member(name) or not path.resolve().is_relative_to(images.resolve()):
+            raise ArchbenchError(f"line {number} of {annotations} names {name!r}, which is not a file in {images}")
         if not path.is_file():
             raise ArchbenchError(f"{path} is listed in {annotations} but does not exist")
+        if (first := line_of.setdefault(path.resolve(), number)) != number:
+            raise ArchbenchError(f"line {number} of {annotations} lists {name} again (first on line {first})")
         items.append((path, label_of[wnid]))
     if not items:
         raise ArchbenchError(f"{annotations} lists no images")
@@ -333,12 +354,12 @@ def _val_images(folder: Path, label_of: dict[str, int]) -> list[tuple[Path, int]
 
 
 def decode_image(path: Path) -> Decoded:
-    """RGB uint8 64 x 64 x 3 pixels; grayscale/CMYK converted, other sizes resized (both reported)."""
+    """RGB uint8 64 x 64 x 3 pixels; other modes converted (`to_rgb`), other sizes resized (both reported)."""
     try:
         with Image.open(path) as image:
             image.load()  # decode now, so a truncated file fails here rather than later
             converted = image.mode != "RGB"
-            rgb = image.convert("RGB") if converted else image
+            rgb = to_rgb(image)
             resized = rgb.size != (IMAGE_SIZE, IMAGE_SIZE)
             if resized:
                 rgb = rgb.resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.BILINEAR)
@@ -473,7 +494,7 @@ def _shrink_npy(path: Path, rows: int) -> None:
 
 def _report_repairs(manifest: dict, console: Console | None) -> None:
     if manifest["converted_to_rgb"]:
-        say(console, f"converted {manifest['converted_to_rgb']} grayscale or CMYK images to RGB")
+        say(console, f"converted {manifest['converted_to_rgb']} images that were not 8-bit RGB to RGB")
     if manifest["resized"]:
         first = manifest["resized_files"][0]
         say(console, f"resized {manifest['resized']} images that were not 64x64 (first: {first})")

@@ -29,6 +29,7 @@ from pathlib import Path, PurePath
 
 from torch import nn
 
+from archbench.catalogue import python_code_sha256
 from archbench.models.builders import DEFAULT_NUM_CLASSES, ArgumentError, Builder, check_call, describe
 
 TARGET = re.compile(r"(?P<where>[^:]+):(?P<attr>[A-Za-z_]\w*(\.[A-Za-z_]\w*)*)")
@@ -60,7 +61,7 @@ class PythonBuilder(Builder):
     def constructor(self, args: dict, folder: Path) -> Callable[..., nn.Module]:
         self.check(args, folder)
         target = args["target"]
-        function, _ = load_target(target, folder)
+        function = load_target(target, folder)
         kwargs = {k: v for k, v in args.items() if k != "target"}
         check_call(function, kwargs, target)
         if not _takes_num_classes(function):
@@ -79,14 +80,19 @@ class PythonBuilder(Builder):
         return build
 
     def source(self, args: dict, folder: Path) -> dict:
+        """The target and the sha256 of the entry's code, as the catalogue defines it
+        (`archbench.catalogue.python_code`): the target file and every .py file beside it, which it may
+        import, so that editing any of them makes it another model; or the file of a target module."""
         target = args["target"]
-        _, source_file = load_target(target, folder)
-        digest = hashlib.sha256(source_file.read_bytes()).hexdigest() if source_file else None
+        try:
+            digest = python_code_sha256(target, folder)
+        except (OSError, ImportError) as e:
+            raise ArgumentError("args.target", f"names code that cannot be read: {describe(e)}") from None
         return {"target": target, "source_sha256": digest}
 
 
-def load_target(target: str, folder: Path) -> tuple[Callable, Path | None]:
-    """The callable ``target`` names, and the source file that defines it (None if it has none)."""
+def load_target(target: str, folder: Path) -> Callable:
+    """The callable ``target`` names."""
     where, _, attr = target.rpartition(":")
     if where.endswith(".py"):
         module = _execute_file(folder / where)
@@ -102,7 +108,7 @@ def load_target(target: str, folder: Path) -> tuple[Callable, Path | None]:
         found = getattr(found, part)
     if not callable(found):
         raise ArgumentError("args.target", f"names '{attr}' in {where}, a {type(found).__name__}, not a callable")
-    return found, _source_file(found, module)
+    return found
 
 
 def _execute_file(path: Path) -> types.ModuleType:
@@ -129,14 +135,3 @@ def _takes_num_classes(function: Callable) -> bool:
     except (TypeError, ValueError):  # no signature to read: let the call decide
         return True
     return "num_classes" in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
-
-
-def _source_file(found: Callable, module: types.ModuleType) -> Path | None:
-    for candidate in (inspect.unwrap(found), module):
-        try:
-            file = inspect.getsourcefile(candidate)
-        except TypeError:  # built in, or a callable object whose class is: try the module
-            continue
-        if file and Path(file).is_file():
-            return Path(file)
-    return None

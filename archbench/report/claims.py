@@ -116,7 +116,7 @@ def _row(family, claim, arm, a, b, metric, c: Comparison, note: str = "", of=(""
 
 
 def _untested(family, claim, arm, a, b, metric, note: str) -> dict:
-    c = Comparison(math.nan, math.nan, 0, 0, None, math.nan, math.nan, math.nan)
+    c = Comparison(math.nan, math.nan, 0, 0, None, math.nan)
     return _row(family, claim, arm, a, b, metric, c, note)
 
 

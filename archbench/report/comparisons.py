@@ -7,7 +7,7 @@
   residual is read from its traits.
 
 Pairs are formed within one learning-rate arm (registry default rates, or tuned), so a tuned model is compared
-with tuned models only.
+with tuned models only, and within one data set (by fingerprint): numbers from different data do not compare.
 """
 
 from __future__ import annotations
@@ -15,8 +15,6 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import pandas as pd
-
-from archbench.report.stats import Comparison, compare
 
 RESIDUAL, BN, RESNET_VGG = "residual connections", "BN", "ResNet against VGG"
 
@@ -36,6 +34,7 @@ def _twin(kinds: pd.DataFrame, x: str, y: str, differ: str, same: str) -> bool:
         kx["builder"] == ky["builder"]
         and kx["depth"] == ky["depth"]
         and kx["arm"] == ky["arm"]
+        and kx["fingerprint"] == ky["fingerprint"]
         and kx[same] == ky[same]
         and bool(kx[differ]) != bool(ky[differ])
     )
@@ -63,7 +62,7 @@ def pairs(kinds: pd.DataFrame) -> list[Pair]:
         Pair(RESNET_VGG, r, v, kinds.loc[r, "arm"])
         for r in resnets
         for v in vggs
-        if kinds.loc[r, "arm"] == kinds.loc[v, "arm"]
+        if kinds.loc[r, ["arm", "fingerprint"]].equals(kinds.loc[v, ["arm", "fingerprint"]])
     ]
     return out
 
@@ -71,9 +70,3 @@ def pairs(kinds: pd.DataFrame) -> list[Pair]:
 def by_seed(rows: pd.DataFrame, column: str, scale: float = 1.0) -> dict[int, float]:
     """{seed: value} of one label's counted runs."""
     return {int(s): scale * float(v) for s, v in zip(rows["seed"], rows[column])}
-
-
-def compare_labels(table: pd.DataFrame, a: str, b: str, column: str, scale: float = 1.0) -> Comparison:
-    """Test mean(column | a) - mean(column | b) over the seeds of `table` (one row per run, with label and seed)."""
-    rows_a, rows_b = table[table["label"] == a], table[table["label"] == b]
-    return compare(by_seed(rows_a, column, scale), by_seed(rows_b, column, scale))

@@ -34,7 +34,9 @@ class DepthGroup(NamedTuple):
 def depth_groups(kinds: pd.DataFrame) -> list[DepthGroup]:
     groups = []
     known = kinds[kinds["depth"].notna()]
-    for (builder, bn, arm), rows in known.groupby(["builder", "batch_norm", "arm"], sort=True):
+    for (builder, bn, arm, _), rows in known.groupby(
+        ["builder", "batch_norm", "arm", "fingerprint"], sort=True, dropna=False
+    ):
         if not rows["residual"].astype(bool).any() or rows["depth"].nunique() < 2:
             continue
         cells: dict[tuple[int, bool], list[str]] = {}

@@ -13,7 +13,7 @@ import math
 import pandas as pd
 
 from archbench import references
-from archbench.config import RUNS_DIR
+from archbench.config import RUNS_DIR, TUNING_FILE
 from archbench.report.claims import (
     ACCURACY,
     BALANCED,
@@ -151,8 +151,16 @@ def _stability_sentences(study: Study) -> list[str]:
     bad = study.chosen[study.chosen["status"] == "diverged"]
     if bad.empty:
         return []
-    runs = "; ".join(f"{r.label} seed {r.seed} (step {r.diverged_at_step:.0f})" for r in bad.itertuples())
-    return [f"Diverged (non-finite loss), counted as never reaching any threshold: {runs}."]
+    runs = "; ".join(f"{r.label} seed {r.seed} ({_where_diverged(r)})" for r in bad.itertuples())
+    return [f"Diverged (non-finite loss or accuracy), counted as never reaching any threshold: {runs}."]
+
+
+def _where_diverged(run) -> str:
+    """The training step whose loss went non-finite, else the first epoch metrics.csv records a non-finite value."""
+    for where, value in (("step", run.diverged_at_step), ("epoch", run.diverged_at_epoch)):
+        if value is not None and not pd.isna(value):
+            return f"{where} {value:.0f}"
+    return "where not recorded"
 
 
 def _tuneability_sentences(sensitivity: Sensitivity | None) -> list[str]:
@@ -177,7 +185,7 @@ def _no_tuned_runs_sentences(study: Study) -> list[str]:
         if not models:
             continue
         options = ["--lr tuned"]
-        if file != f"{runs_dir}/tuning.json":
+        if file != f"{runs_dir}/{TUNING_FILE}":
             options.append(f"--tuning {file}")
         if runs_dir != RUNS_DIR.as_posix():
             options.append(f"--out {runs_dir}")

@@ -7,6 +7,7 @@ numbers give the same bytes.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import matplotlib
@@ -51,12 +52,18 @@ def _styles(labels: list[str], every: list[str] | None = None) -> dict[str, dict
     }
 
 
+# A label's arm tag (`study._tag`): what tells the arms of one model apart; the rest of the label (a setup's tag
+# included, see `study.split_setups`) names the model and picks its colour.
+ARM_TAG = re.compile(rf"{re.escape(TUNED_TAG)}| \(--lr [^)]*\)")
+
+
 def _arm_tag(label: str) -> str:
-    return label[len(_model(label)) :]
+    found = ARM_TAG.search(label)
+    return found.group(0) if found else ""
 
 
 def _model(label: str) -> str:
-    return label.split(" (")[0]
+    return ARM_TAG.sub("", label, count=1)
 
 
 def once_per_model(labels: list[str]) -> list[str]:

@@ -10,11 +10,18 @@ with no epoch) is not a run and is only counted. A diverged run is a result, epo
 
 The columns are those of the run-record schema in `archbench.runs`. A record of an older schema version
 is read, not refused: renamed columns and keys are mapped (`archbench.runs.RENAMED`) and columns it
-lacks are filled as missing, which `schema_notes` says once per file kind and column.
+lacks (`archbench.runs.ADDED_IN`) are filled as missing, which `schema_note` says in one line.
+
+A run's records must be readable and agree (`archbench.runs.check_record`): a record file that cannot be read,
+a schema version this archbench cannot read, a config.json edited after the run, or a summary.json that does not
+sum up its metrics.csv or belongs to another config makes the run damaged: it is in no table, and the report
+names it with the reason (as `archbench status` does). A run whose metrics.csv holds a non-finite loss or
+accuracy diverged at that epoch, whatever its summary says (`archbench.runs.non_finite_epoch`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import hashlib
 import json
@@ -25,30 +32,33 @@ from typing import NamedTuple
 import pandas as pd
 
 from archbench import bench_results
+from archbench.config import TUNING_FILE, Recipe, run_identity, upgrade_config
 from archbench.errors import ArchbenchError
 from archbench.runs import (
-    ADDED,
-    CLIPPING,
-    CLIPPING_COLUMNS,
+    ADDED_IN,
     CONFIG,
     GRADNORM_COLUMNS,
     GRADNORM_TEXT_COLUMNS,
     GRADNORMS,
-    HOLDOUT,
     METRICS,
     METRICS_COLUMNS,
     OUTCOME_FIELDS,
     RENAMED,
-    SCHEMA_VERSION,
     STATUSES,
     SUMMARY,
     TIMING_COLUMNS,
+    DamagedRecord,
     EpochMetrics,
+    check_record,
+    current_summary,
+    holdout_record,
+    lacking,
+    non_finite_epoch,
     outcome,
+    read_record,
 )
 from archbench.tuning import FORMAT_VERSION as TUNING_FORMAT
 
-TUNING_FILE = "tuning.json"
 # The summary.json fields the report reads (the schema is `archbench.runs.Summary`).
 SUMMARY_READ = ("status", *OUTCOME_FIELDS)
 
@@ -84,13 +94,16 @@ def _no_rows(columns: tuple[str, ...], text_columns: tuple[str, ...]) -> pd.Data
 _FILLED: dict[str, set[str]] = {}
 
 
-def schema_notes() -> list[str]:
-    """One line per file kind whose older records lacked columns this version has (filled as missing)."""
-    return [
-        f"{name}: {len(columns)} column(s) absent from records older than schema version {SCHEMA_VERSION} "
-        f"({', '.join(sorted(columns))}), read as missing"
+def schema_note() -> str | None:
+    """One line for every file kind whose older records lacked columns this version has (filled as
+    missing), each with the version that added them; None when no record lacked any."""
+    parts = [
+        f"{name}: {len(columns)} column(s) absent from records older than schema version "
+        f"{max(v for v, added in ADDED_IN.items() if columns & set(added))} ({', '.join(sorted(columns))}), "
+        "read as missing"
         for name, columns in sorted(_FILLED.items())
     ]
+    return "; ".join(parts) or None
 
 
 def reset_schema_notes() -> None:
@@ -110,9 +123,9 @@ def _read_csv(path: Path, columns: tuple[str, ...], text_columns: tuple[str, ...
     if frame.empty:  # stopped before its first epoch (or step): train.py may write a bare header then
         return _no_rows(columns, text_columns)
     frame = frame.rename(columns={old: new for old, new in RENAMED.items() if new not in frame.columns})
+    if absent := lacking(frame.columns, columns, _version(frame)):
+        raise DamagedRecord(path.name, f"{path.name} lacks the column(s) {', '.join(absent)}")
     missing = [c for c in columns if c not in frame.columns]
-    if [c for c in missing if c not in ADDED] or (missing and "schema_version" in frame.columns):
-        raise ArchbenchError(f"{path} lacks the column(s) {', '.join(missing)}; rerun or delete that run")
     if missing:
         _FILLED.setdefault(path.name, set()).update(missing)
         for c in missing:
@@ -126,6 +139,12 @@ def _read_csv(path: Path, columns: tuple[str, ...], text_columns: tuple[str, ...
                     f"{path} has a non-numeric value in column '{c}'; rerun or delete that run"
                 ) from None
     return frame[list(columns)]
+
+
+def _version(frame: pd.DataFrame) -> int:
+    """The schema version a CSV was written in (1: before versions were recorded)."""
+    versions = frame["schema_version"].dropna() if "schema_version" in frame.columns else ()
+    return int(versions.iloc[0]) if len(versions) else 1
 
 
 def _utc(stamp: str, path: Path) -> str:
@@ -146,23 +165,9 @@ def _history(metrics: pd.DataFrame) -> list[EpochMetrics]:
     ]
 
 
-def _summary_from_metrics(metrics: pd.DataFrame, thresholds: list[float], on_holdout: bool) -> dict:
+def _summary_from_metrics(history: list[EpochMetrics], thresholds: list[float], on_holdout: bool) -> dict:
     """What summary.json would say, for a run stopped before writing one (by the loop's own rules)."""
-    return {"status": "interrupted", "diverged_at_step": None, **outcome(_history(metrics), thresholds, on_holdout)}
-
-
-def _split_record(config: dict) -> dict | None:
-    """The config's record of the holdout split (key "holdout"; "validation" in older records), or None."""
-    return config.get("holdout", config.get("validation"))
-
-
-def _current_summary(summary: dict) -> dict:
-    """summary.json in this version's names: keys renamed since an older version mapped, and an older
-    `selected_on` "val" (the holdout) read as "holdout"."""
-    summary = {RENAMED.get(k, k) if RENAMED.get(k) not in summary else k: v for k, v in summary.items()}
-    if summary.get("selected_on") == "val":
-        summary["selected_on"] = HOLDOUT
-    return summary
+    return {"status": "interrupted", "diverged_at_step": None, **outcome(history, thresholds, on_holdout)}
 
 
 def _num(value) -> float:
@@ -176,9 +181,11 @@ def _per_threshold(summary: dict, path: Path, key: str, kind) -> dict[float, flo
         raise ArchbenchError(f"{path} has an unreadable '{key}'; rerun or delete that run") from None
 
 
-def architecture_key(builder, args) -> str:
-    """A short hash of what builds the network (the registry entry's builder and arguments)."""
-    blob = json.dumps({"builder": builder, "args": args}, sort_keys=True, default=str).encode()
+def architecture_key(builder, args, source: str | None = None) -> str:
+    """A short hash of what builds the network: the registry entry's builder and arguments, and the hash of
+    the source file that defines it where the entry records one (a `python` entry)."""
+    what = {"builder": builder, "args": args, **({"source_sha256": source} if source is not None else {})}
+    blob = json.dumps(what, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:6]
 
 
@@ -186,10 +193,10 @@ def _digest(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def recipe_key(config: dict) -> str:
-    """A hash of what determines a run's numbers, whatever its rate was called (`lr_source`) or whether it
-    was a tuning trial: two runs with the same key and the same numbers are one run recorded twice."""
-    keyed = {k: v for k, v in config.items() if k not in ("run_id", "provenance", "config_hash", "schema_version")}
+def _identity(config: dict, machine: bool) -> dict:
+    """The run's identity (`archbench.config.run_identity`), whatever its rate was called (`lr_source`) or
+    whether it was a tuning trial."""
+    keyed = run_identity(config, machine=machine)
     # A rate computed as preset x lr_scale (0.1 x 0.1 = 0.010000000000000002) and the same rate read from a
     # tuning file (0.01) are one rate: numbers are compared at 12 significant digits.
     keyed["recipe"] = {
@@ -198,8 +205,19 @@ def recipe_key(config: dict) -> str:
         if k != "lr_source"
     }
     keyed.pop("tuning_trial", None)
-    keyed["entry"] = {k: v for k, v in keyed.get("entry", {}).items() if k not in ("description", "toml_sha256")}
-    return _digest(keyed)
+    return keyed
+
+
+def recipe_key(config: dict) -> str:
+    """A hash of what determines a run's numbers: two runs with the same key and the same numbers are one run
+    recorded twice."""
+    return _digest(_identity(config, machine=True))
+
+
+def setup(config: dict) -> dict:
+    """What a run is apart from its seed and the machine it ran on: its architecture, data and recipe. Runs
+    of one model name are averaged together only when their setups are equal."""
+    return {k: v for k, v in _identity(config, machine=False).items() if k != "seed"}
 
 
 def numbers_key(metrics: pd.DataFrame) -> str:
@@ -211,35 +229,46 @@ def numbers_key(metrics: pd.DataFrame) -> str:
 
 def _read_run(run_dir: Path) -> dict | None:
     """One run folder as a row, or None when it holds no recorded epoch (then it is not a run: a run
-    stopped before its first epoch ended). A diverged run is a result even with no epoch."""
+    stopped before its first epoch ended). A diverged run is a result even with no epoch. Raises
+    `archbench.runs.DamagedRecord` when a record file cannot be read or the files disagree
+    (`archbench.runs.check_record`)."""
     config_path = run_dir / CONFIG
-    if not config_path.exists():
-        raise ArchbenchError(f"{config_path} is missing; delete that folder or rerun the run")
-    config = _read_json(config_path)
+    config = upgrade_config(read_record(config_path))
 
     def cfg(*keys):
         return _field(config, config_path, *keys)
 
     thresholds = sorted(float(t) for t in cfg("thresholds"))
-    on_holdout = _split_record(config) is not None
+    on_holdout = holdout_record(config) is not None
     metrics = _read_csv(run_dir / METRICS, METRICS_COLUMNS)
-    summary = _read_summary(run_dir / SUMMARY, metrics, thresholds, on_holdout)
+    history = _history(metrics)
+    summary_path = run_dir / SUMMARY
+    recorded = current_summary(read_record(summary_path)) if summary_path.exists() else None
+    check_record(config, recorded, history)
+    summary = _read_summary(summary_path, recorded, history, thresholds, on_holdout)
     if summary["status"] == "interrupted" and not summary["epochs_completed"]:
         return None
+    diverged_at_epoch = non_finite_epoch(history, on_holdout)
+    what = setup(config)
     return {
         **_config_fields(config, cfg, run_dir, thresholds, on_holdout),
         **_summary_fields(summary, metrics),
+        **({"status": "diverged"} if diverged_at_epoch is not None else {}),
+        "diverged_at_epoch": diverged_at_epoch,
         "recipe_key": recipe_key(config),
+        "setup": what,
+        "setup_key": _digest(what),
         "config_hash": config.get("config_hash"),
-        "dataset": _dataset(config),
     }
 
 
-def _read_summary(summary_path: Path, metrics: pd.DataFrame, thresholds: list[float], on_holdout: bool) -> dict:
-    """summary.json, checked, with its per-threshold maps typed; rebuilt from metrics.csv when the run has
-    none yet (an interrupted run)."""
-    if summary_path.exists():
-        summary = _current_summary(_read_json(summary_path))
+def _read_summary(
+    summary_path: Path, summary: dict | None, history: list[EpochMetrics], thresholds: list[float], on_holdout: bool
+) -> dict:
+    """summary.json as recorded (`summary`, in current names, already held to metrics.csv and config.json),
+    checked for its fields, with its per-threshold maps typed; rebuilt from metrics.csv's `history` when the run
+    has none yet (an interrupted run)."""
+    if summary is not None:
         for key in SUMMARY_READ:
             _field(summary, summary_path, key)
         if summary["status"] not in STATUSES:
@@ -247,7 +276,7 @@ def _read_summary(summary_path: Path, metrics: pd.DataFrame, thresholds: list[fl
                 f"{summary_path} has an unknown status '{summary['status']}'; rerun or delete that run"
             )
     else:
-        summary = _summary_from_metrics(metrics, thresholds, on_holdout)
+        summary = _summary_from_metrics(history, thresholds, on_holdout)
     return {
         **summary,
         "epochs_to_threshold": _per_threshold(summary, summary_path, "epochs_to_threshold", int),
@@ -274,8 +303,8 @@ def _config_fields(config: dict, cfg, run_dir: Path, thresholds: list[float], on
         "lr": float(cfg("recipe", "lr")),
         "lr_source": cfg("recipe", "lr_source"),
         "lr_scale": entry.get("lr_scale"),
-        "schedule": cfg("recipe", "schedule"),
-        "clip_grad_norm": cfg("recipe").get("clip_grad_norm"),
+        # the recipe fields the report shows (read through `upgrade_config`: an older record's optimiser is SGD)
+        **{f.name: cfg("recipe").get(f.name) for f in dataclasses.fields(Recipe) if f.metadata["report"]},
         "image_size": int(cfg("image_size")),
         "thresholds": tuple(thresholds),
         "gradnorm_steps": cfg("gradnorm_steps"),
@@ -285,13 +314,13 @@ def _config_fields(config: dict, cfg, run_dir: Path, thresholds: list[float], on
         "compile_backend": config.get("compile_backend"),
         "world_size": cfg("world_size"),
         "synthetic": bool(cfg("data", "synthetic")),
-        "data_name": cfg("data", "name"),
+        "dataset": str(cfg("data", "name")),
         "fingerprint": cfg("data", "fingerprint"),
         "num_classes": cfg("data", "num_classes"),
         "train_size": cfg("data", "train_size"),
         "test_size": cfg("data").get("test_size", cfg("data").get("val_size")),
         "builder": entry.get("builder"),
-        "architecture": architecture_key(entry.get("builder"), entry.get("args")),
+        "architecture": architecture_key(entry.get("builder"), entry.get("args"), entry.get("source_sha256")),
         "depth": entry.get("depth"),
         "residual": entry.get("residual"),
         "batch_norm": entry.get("batch_norm"),
@@ -342,15 +371,10 @@ def _clip_fraction(metrics: pd.DataFrame) -> float:
     return float(values.mean()) if len(values) else math.nan
 
 
-def _dataset(config: dict) -> str:
-    """The data set a run trained on, as its record names it (the data's `dataset` or `name`)."""
-    data = config.get("data") or {}
-    return str(data.get("dataset") or data.get("name") or "unknown")
-
-
 class RunFolders(NamedTuple):
     runs: pd.DataFrame  # one row per run folder that holds a run (see `_read_run`)
     ignored: list[str]  # folders that hold no recorded epoch, as model/run_id
+    damaged: list[str]  # folders whose records cannot be read or disagree, as "model/run_id: why"
 
 
 def load_runs(runs_dir: Path) -> RunFolders:
@@ -365,23 +389,29 @@ def load_runs(runs_dir: Path) -> RunFolders:
     )
     if not run_dirs:
         raise ArchbenchError(f"no runs found under {runs_dir}/; record some with `archbench run ...`")
-    records, ignored = [], []
+    records, ignored, damaged = [], [], []
     for run_dir in run_dirs:
+        name = f"{run_dir.parent.name}/{run_dir.name}"
         try:
             record = _read_run(run_dir)
+        except ArchbenchError as e:  # one damaged run is left out and named, never the end of the report
+            damaged.append(f"{name}: {e}")
+            continue
         except (AttributeError, TypeError, ValueError) as e:
-            raise ArchbenchError(f"{run_dir} holds a malformed run record ({e}); rerun or delete that run") from None
+            damaged.append(f"{name}: a malformed run record ({e})")
+            continue
         if record is None:
-            ignored.append(f"{run_dir.parent.name}/{run_dir.name}")
+            ignored.append(name)
         else:
             records.append(record)
     if not records:
         raise ArchbenchError(
-            f"no runs found under {runs_dir}/: the {len(ignored)} run folder(s) there stopped before "
-            "their first epoch; record some with `archbench run ...`"
+            f"no runs found under {runs_dir}/: of the {len(run_dirs)} run folder(s) there, {len(ignored)} stopped "
+            f"before their first epoch and {len(damaged)} are damaged; record some with "
+            "`archbench run ...`"
         )
     runs = pd.DataFrame(records).sort_values(["model", "seed", "started_at", "run_id"], ignore_index=True)
-    return RunFolders(runs, ignored)
+    return RunFolders(runs, ignored, damaged)
 
 
 def select_runs(runs: pd.DataFrame, group: str) -> pd.DataFrame:
@@ -427,11 +457,6 @@ def load_curves(runs: pd.DataFrame) -> pd.DataFrame:
 def load_gradnorms(runs: pd.DataFrame) -> pd.DataFrame:
     """gradnorms.csv of the given runs, stacked."""
     return _stacked(runs, GRADNORMS, GRADNORM_COLUMNS, GRADNORM_TEXT_COLUMNS)
-
-
-def load_clipping(runs: pd.DataFrame) -> pd.DataFrame:
-    """clipping.csv of the given runs, stacked (no rows for a run recorded before the file existed)."""
-    return _stacked(runs, CLIPPING, CLIPPING_COLUMNS)
 
 
 def holdout_loss_at_best_epoch(run_path: str, best_epoch: float) -> float | None:

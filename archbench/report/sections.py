@@ -5,9 +5,12 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pandas as pd
 
 from archbench import references
+from archbench.config import ADDED_RECIPE_FIELDS, Recipe
 from archbench.report.claims import FAR
 from archbench.report.depth import TINY_IMAGENET, dataset_family
 from archbench.report.gradient_measures import (
@@ -20,7 +23,7 @@ from archbench.report.gradient_measures import (
     column,
     early_window,
 )
-from archbench.report.load import schema_notes
+from archbench.report.load import schema_note
 from archbench.report.speed import bench_part, gpu_part, latency_cell, latency_part
 from archbench.report.stats import finite
 from archbench.report.study import Study, thresholds_of
@@ -79,7 +82,7 @@ def notes_section(study: Study) -> str:
             "tagged with a hash of the registry entry's builder and arguments, and never averaged together.",
             "",
         ]
-    for note in schema_notes():
+    if note := schema_note():
         lines += [f"> **Older run records:** {note}.", ""]
     lines += [
         f"Regenerate with `{inputs.command}` (from this file's folder); every number here is read from the run "
@@ -118,6 +121,15 @@ def methods_section(study: Study) -> str:
 
 
 def _recipe_rows(chosen: pd.DataFrame) -> pd.DataFrame:
+    """The recipe table: what each model ran with, a column for each recipe field the schema reports
+    (`archbench.config.Recipe`). A field added since the first records shows only where a run departs from
+    what the older ones ran with, so the report of an older study reads as it did."""
+    reported = [
+        f
+        for f in dataclasses.fields(Recipe)
+        if f.metadata["report"]
+        and (f.name not in ADDED_RECIPE_FIELDS or chosen.get(f.name, pd.Series()).ne(ADDED_RECIPE_FIELDS[f.name]).any())
+    ]
     rows = []
     for label, group in chosen.groupby("label", sort=True):
         rows.append(
@@ -130,12 +142,18 @@ def _recipe_rows(chosen: pd.DataFrame) -> pd.DataFrame:
                 "lr": ", ".join(sorted({f"{lr:g}" for lr in group["lr"]})),
                 "lr source": ", ".join(unique(group["lr_source"])),
                 "registry lr_scale": ", ".join(f"{s:g}" for s in sorted(set(finite(group["lr_scale"])))) or DASH,
-                "schedule": ", ".join(unique(group["schedule"])),
-                "grad clip": ", ".join(f"{c:g}" for c in sorted(set(finite(group["clip_grad_norm"])))) or DASH,
+                **{f.metadata["report"]: _recipe_cell(group[f.name]) for f in reported},
                 "holdout split": ", ".join(sorted({"yes" if v else "no" for v in group["holdout"]})),
             }
         )
     return pd.DataFrame(rows)
+
+
+def _recipe_cell(values: pd.Series) -> str:
+    """A recipe field's values over a model's runs: numbers as %g in order, then words; a dash for none."""
+    numbers = finite(v for v in values if not isinstance(v, str))
+    words = unique(v for v in values if isinstance(v, str))
+    return ", ".join([*(f"{n:g}" for n in sorted(set(numbers))), *words]) or DASH
 
 
 def provenance_section(study: Study) -> str:
@@ -572,6 +590,9 @@ def run_records_section(study: Study) -> str:
                         "diverged at step": [
                             DASH if v is None or pd.isna(v) else str(int(v)) for v in bad["diverged_at_step"]
                         ],
+                        "non-finite in epoch": [
+                            DASH if v is None or pd.isna(v) else str(int(v)) for v in bad["diverged_at_epoch"]
+                        ],
                         "started": bad["started_at"],
                         "in the tables": [
                             "yes (no completed run for this seed)" if s else f"no (run {b} of this seed completed)"
@@ -587,5 +608,10 @@ def run_records_section(study: Study) -> str:
             "Older completed runs superseded by a newer completed run of the same model and seed: "
             + ", ".join(f"{m}/{r}" for m, r in zip(older["model"], older["run_id"]))
             + "."
+        )
+    if study.damaged:
+        parts.append(
+            "Damaged runs, left out of every table (their records cannot be read or disagree: rerun or delete them):\n"
+            + "\n".join(f"- {line}" for line in study.damaged)
         )
     return "\n\n".join(parts)

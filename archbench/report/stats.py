@@ -71,8 +71,6 @@ class Comparison:
     n_b: int
     test: str | None
     p: float
-    sd_a: float  # each model's sample standard deviation over its seeds (NaN with fewer than two)
-    sd_b: float
     statistic: float = math.nan  # t for the t-tests; the (constant) mean difference for the exact tests
     constant: float | None = None
     dropped: tuple[tuple[int, ...], tuple[int, ...]] = ((), ())  # seeds of a, of b left out of a paired test
@@ -85,10 +83,6 @@ class Comparison:
     def resolved(self) -> bool:
         """Unadjusted: p < ALPHA. Verdicts use the Holm-adjusted p of their family (`holm`)."""
         return self.test is not None and self.p < ALPHA
-
-
-def _sd(values: list[float]) -> float:
-    return float(np.std(values, ddof=1)) if len(values) > 1 else math.nan
 
 
 def sign_flip_p(n: int, difference: float) -> float:
@@ -117,24 +111,23 @@ def compare(a: dict[int, float], b: dict[int, float]) -> Comparison:
     mean_a = float(np.mean(va)) if va else math.nan
     mean_b = float(np.mean(vb)) if vb else math.nan
     sides = (mean_a, mean_b, len(va), len(vb))
-    spreads = (_sd(va), _sd(vb))
     if len(va) < 2 or len(vb) < 2:
-        return Comparison(*sides, None, math.nan, *spreads)
+        return Comparison(*sides, None, math.nan)
     with warnings.catch_warnings():  # scipy warns of precision loss on nearly equal values; the guards decide
         warnings.simplefilter("ignore", RuntimeWarning)
         if a.keys() == b.keys():
             differences = [x - y for x, y in zip(va, vb)]
             if _no_spread(differences):
                 d = float(np.mean(differences))
-                return Comparison(*sides, SIGN_FLIP, sign_flip_p(len(va), d), *spreads, d, d, dropped)
+                return Comparison(*sides, SIGN_FLIP, sign_flip_p(len(va), d), d, d, dropped)
             result = scipy_stats.ttest_rel(va, vb)
-            return Comparison(*sides, PAIRED, float(result.pvalue), *spreads, float(result.statistic), None, dropped)
+            return Comparison(*sides, PAIRED, float(result.pvalue), float(result.statistic), None, dropped)
         if _no_spread(va) and _no_spread(vb):
             d = mean_a - mean_b
             p = 1.0 if d == 0 else min(1.0, 2.0 / math.comb(len(va) + len(vb), len(va)))
-            return Comparison(*sides, PERMUTATION, p, *spreads, d, d)
+            return Comparison(*sides, PERMUTATION, p, d, d)
         result = scipy_stats.ttest_ind(va, vb, equal_var=False)
-    return Comparison(*sides, WELCH, float(result.pvalue), *spreads, float(result.statistic))
+    return Comparison(*sides, WELCH, float(result.pvalue), float(result.statistic))
 
 
 def _exact_two_sided(observed: float, statistics: np.ndarray) -> float:
@@ -143,10 +136,6 @@ def _exact_two_sided(observed: float, statistics: np.ndarray) -> float:
 
 def _mean(values: list[float]) -> float:
     return float(np.mean(values)) if values else math.nan  # ∞ when a value is ∞
-
-
-def _spread(values: list[float]) -> float:
-    return _sd(values) if all(math.isfinite(v) for v in values) else math.nan
 
 
 MOST_SEEDS = 16  # exact enumeration up to 2^16 sign patterns; beyond, the normal approximation of the same statistic
@@ -171,7 +160,7 @@ def compare_times(a: dict[int, float], b: dict[int, float]) -> Comparison:
         constant = diffs[0] if len(set(diffs)) == 1 and math.isfinite(diffs[0]) else None
         nonzero = np.array([d for d in diffs if d != 0])
         if not len(nonzero):
-            return Comparison(*sides, SIGNED_RANK, 1.0, _spread(va), _spread(vb), 0.0, constant, dropped)
+            return Comparison(*sides, SIGNED_RANK, 1.0, 0.0, constant, dropped)
         ranks = scipy_stats.rankdata(np.abs(nonzero))
         observed = float(np.sum(np.sign(nonzero) * ranks))
         if len(ranks) <= MOST_SEEDS:
@@ -179,16 +168,16 @@ def compare_times(a: dict[int, float], b: dict[int, float]) -> Comparison:
             p = _exact_two_sided(observed, patterns @ ranks)
         else:
             p = float(2 * scipy_stats.norm.sf(abs(observed) / math.sqrt(float(np.sum(ranks**2)))))
-        return Comparison(*sides, SIGNED_RANK, p, _spread(va), _spread(vb), observed, constant, dropped)
+        return Comparison(*sides, SIGNED_RANK, p, observed, constant, dropped)
     va, vb = [a[s] for s in sorted(a)], [b[s] for s in sorted(b)]
     sides = (_mean(va), _mean(vb), len(va), len(vb))
     if len(va) < 2 or len(vb) < 2:
-        return Comparison(*sides, None, math.nan, _spread(va), _spread(vb))
+        return Comparison(*sides, None, math.nan)
     ranks = scipy_stats.rankdata(va + vb)
     centre = len(va) * (len(ranks) + 1) / 2
     observed = float(np.sum(ranks[: len(va)]) - centre)
     splits = np.array([ranks[list(c)].sum() for c in itertools.combinations(range(len(ranks)), len(va))]) - centre
-    return Comparison(*sides, RANK_SUM, _exact_two_sided(observed, splits), _spread(va), _spread(vb), observed)
+    return Comparison(*sides, RANK_SUM, _exact_two_sided(observed, splits), observed)
 
 
 def one_sample(values: dict[int, float]) -> Comparison:
@@ -198,13 +187,13 @@ def one_sample(values: dict[int, float]) -> Comparison:
     mean = float(np.mean(v)) if v else math.nan
     sides = (mean, 0.0, len(v), len(v))
     if len(v) < 2:
-        return Comparison(*sides, None, math.nan, _sd(v), math.nan)
+        return Comparison(*sides, None, math.nan)
     if _no_spread(v):
-        return Comparison(*sides, SIGN_FLIP, sign_flip_p(len(v), mean), 0.0, math.nan, mean, mean)
+        return Comparison(*sides, SIGN_FLIP, sign_flip_p(len(v), mean), mean, mean)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         result = scipy_stats.ttest_1samp(v, 0.0)
-    return Comparison(*sides, ONE_SAMPLE, float(result.pvalue), _sd(v), math.nan, float(result.statistic))
+    return Comparison(*sides, ONE_SAMPLE, float(result.pvalue), float(result.statistic))
 
 
 def holm(p_values) -> list[float]:

@@ -1,10 +1,13 @@
 """What the report reads, loaded once: the runs, how they group, which of them count, and the tables
 derived from them.
 
-A group is one architecture trained with one kind of learning rate. Runs group by model name and by
-architecture (the registry entry's builder and arguments, and the parameter count): two architectures
-recorded under one name are shown apart, tagged with a short hash of what builds them, and named in a
-warning, never averaged together. The learning-rate arm is part of the group: runs at the registry
+A group is one architecture trained on one data set with one recipe and one kind of learning rate. Runs
+group by model name and by architecture (the registry entry's builder and arguments, the source file's
+hash where recorded, and the parameter count): two architectures recorded under one name are shown apart,
+tagged with a short hash of what builds them, and named in a warning, never averaged together. Runs of
+one architecture and arm whose setups differ (`load.setup`: the data's fingerprint and the recipe, seed
+and machine left out) are shown apart too, each labelled with what differs, e.g. "resnet18 (lr 0.05)" or
+"resnet18 (data b3f1c2)". The learning-rate arm is part of the group: runs at the registry
 default rates (the preset's rate times the entry's lr_scale), runs at a rate from a tuning file (`lr_source`
 "tuned ..."), and runs at a rate set with `--lr` (one group per rate). Tuning trials (config
 `tuning_trial`) are never in a group: they appear in the learning-rate sensitivity section only.
@@ -17,6 +20,8 @@ rate that equals the registry default.
 
 from __future__ import annotations
 
+import json
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +30,7 @@ from typing import NamedTuple
 import numpy as np
 import pandas as pd
 
+from archbench.config import lr_origin
 from archbench.errors import ArchbenchError
 from archbench.report.gradient_measures import GradientTables, gradient_tables
 from archbench.report.load import (
@@ -48,8 +54,7 @@ TUNED_TAG = " (tuned lr)"
 def arm_of(lr_source) -> str:
     """SHARED for the preset's rate (times the entry's lr_scale), TUNED for a rate from a tuning file, FIXED
     for a rate given with --lr."""
-    source = str(lr_source)
-    return TUNED if source.startswith("tuned") else FIXED if source.startswith("--lr") else SHARED
+    return {"tuned": TUNED, "--lr": FIXED}.get(lr_origin(lr_source), SHARED)
 
 
 def _tag(arm: str, lr: float) -> str:
@@ -100,6 +105,7 @@ class Study:
     listed: pd.DataFrame
     trials: pd.DataFrame
     ignored: list[str]  # run folders with no recorded epoch, as model/run_id
+    damaged: list[str]  # run folders whose records disagree, as "model/run_id: why" (`archbench.runs.DamagedRecord`)
     clashes: list[ArchitectureClash]
     curves: pd.DataFrame  # per label, arm, seed and epoch: test_acc and train_loss of the counted runs
     gradients: GradientTables
@@ -160,6 +166,7 @@ def label_runs(runs: pd.DataFrame) -> tuple[pd.DataFrame, list[ArchitectureClash
     runs["name_label"] = [tags[(m, i)] for m, i in zip(runs["model"], runs["identity"])]
     runs["arm"] = [arm_of(s) for s in runs["lr_source"]]
     runs["label"] = [n + _tag(a, lr) for n, a, lr in zip(runs["name_label"], runs["arm"], runs["lr"])]
+    runs["label"] = split_setups(runs)
     clashes = []
     for model, rows in runs[runs["model"].map(by_name) > 1].groupby("model", sort=True):
         variants = sorted({f"{r.name_label} ({_architecture_text(r)})" for r in rows.itertuples()})
@@ -167,14 +174,61 @@ def label_runs(runs: pd.DataFrame) -> tuple[pd.DataFrame, list[ArchitectureClash
     return runs, clashes
 
 
+# A label names at most this many differing recipe fields; more, and it names a hash of the setup instead.
+NAMED_FIELDS = 3
+
+
+def _setup_tags(setups: pd.DataFrame) -> list[str]:
+    """Per row of `setups` (distinct `setup` and `setup_key`), a short text of how it differs from the
+    others: the data's fingerprint when the data differ, and the recipe fields that differ (by their last
+    name) or, past `NAMED_FIELDS` of them, a hash of the setup."""
+    flat = pd.json_normalize(list(setups["setup"]), sep=".").map(lambda v: json.dumps(v, sort_keys=True, default=str))
+    differ = [c for c in flat.columns if flat[c].nunique() > 1]
+    data = [c for c in differ if c.startswith("data.")]
+    recipe = [c for c in differ if c not in data]
+    tags = []
+    for (_, row), (key, config) in zip(flat.iterrows(), zip(setups["setup_key"], setups["setup"])):
+        parts = [f"data {config['data']['fingerprint'][:6]}"] if data else []
+        if len(recipe) > NAMED_FIELDS:
+            parts.append(f"recipe {key[:6]}")
+        else:
+            parts += [f"{c.rsplit('.', 1)[-1]} {_value_text(row[c])}" for c in recipe]
+        tags.append(", ".join(parts))
+    if len(set(tags)) < len(tags):  # what differs is where the names above do not show it
+        tags = [f"{t}, setup {k[:6]}" if t else f"setup {k[:6]}" for t, k in zip(tags, setups["setup_key"])]
+    return tags
+
+
+def _value_text(text: str) -> str:
+    """A recipe value as a label shows it: numbers short, no value (null, or absent) as "none"."""
+    value = json.loads(text)
+    if isinstance(value, float):
+        return "none" if math.isnan(value) else f"{value:g}"
+    return "none" if value is None else str(value)
+
+
+def split_setups(runs: pd.DataFrame) -> pd.Series:
+    """Each run's label, tagged with what differs (`_setup_tags`) where the runs of one label (tuning trials
+    left out) differ in data or recipe: runs of different setups are never averaged together."""
+    labels = runs["label"].copy()
+    study = runs[~runs["tuning_trial"].astype(bool)]
+    for label, rows in study.groupby("label", sort=True):
+        setups = rows.drop_duplicates("setup_key").sort_values("setup_key")
+        if len(setups) > 1:
+            tags = dict(zip(setups["setup_key"], _setup_tags(setups)))
+            labels[rows.index] = [f"{label} ({tags[k]})" for k in rows["setup_key"]]
+    return labels
+
+
 def thresholds_of(runs: pd.DataFrame) -> list[float]:
     return sorted({t for ts in runs["thresholds"] for t in ts})
 
 
 def traits(counted: pd.DataFrame) -> pd.DataFrame:
-    """Per label: model, builder, depth, residual, batch_norm, arm and name_label (from its first counted run)."""
+    """Per label: model, builder, depth, residual, batch_norm, arm, name_label and the data's fingerprint (from
+    its first counted run)."""
     return counted.groupby("label", sort=True)[
-        ["model", "builder", "depth", "residual", "batch_norm", "arm", "name_label"]
+        ["model", "builder", "depth", "residual", "batch_norm", "arm", "name_label", "fingerprint"]
     ].first()
 
 
@@ -222,6 +276,7 @@ def load_study(inputs: Inputs, figures: FigureFiles) -> Study:
         listed=runs[runs["selected"] | (runs["status"] != "completed")],
         trials=trials.reset_index(drop=True),
         ignored=folders.ignored,
+        damaged=folders.damaged,
         clashes=clashes,
         curves=curves.sort_values(["label", "seed", "epoch"], ignore_index=True),
         gradients=gradient_tables(load_gradnorms(counted)),

@@ -22,7 +22,6 @@ from archbench.report.stats import (
 
 DASH = "—"
 NO_INTERVAL = "n=1, no interval"
-MAX_LINE = 300  # characters: no line of the report is longer
 INTERVAL_RULE = (
     f"a ± h (n=k) is the mean over k seeds and the half-width h of its {100 * CONFIDENCE:g}% confidence interval "
     f"(Student's t over the seeds: h = t_{{{(1 + CONFIDENCE) / 2:g}, k-1}} · s / √k, s the sample standard "
