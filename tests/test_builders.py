@@ -271,6 +271,20 @@ def test_a_file_may_import_files_beside_it_and_define_dataclasses(tmp_path):
     assert get_entry("net", tmp_path).build()[0].out_channels == 4
 
 
+def test_a_file_beside_the_target_is_read_from_its_own_folder_as_it_is_now(tmp_path):
+    """Two registries whose targets import a `blocks.py` of their own, and one edited between builds, in one
+    process: each build uses the file its folder holds at that moment, never a module of that name imported
+    before (another folder's, or the file before its edit)."""
+    built = []
+    for folder, width in ((tmp_path / "a", 4), (tmp_path / "b", 6), (tmp_path / "a", 8)):
+        folder.mkdir(exist_ok=True)
+        write(folder, "blocks.py", f"from torch import nn\n\n\ndef stem(width):\n    return nn.Conv2d(3, {width}, 3)\n")
+        write(folder, "mynet.py", WITH_A_DATACLASS_AND_A_SIBLING)
+        write(folder, "net.toml", python_entry('target = "mynet.py:make_net"'))
+        built.append(get_entry("net", folder).build()[0].out_channels)
+    assert built == [4, 6, 8]
+
+
 def test_catalogue_lists_a_model_that_cannot_run_at_224_without_its_flops(tmp_path):
     write(
         tmp_path,

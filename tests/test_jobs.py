@@ -12,7 +12,7 @@ from conftest import tiny_run_request
 from rich.console import Console
 from rich.progress import Progress
 
-from archbench import launch, study, train
+from archbench import launch, runs, study, train
 from archbench.errors import DIVERGED_EXIT
 
 ABOVE_THE_LOOP = {"cluster", "launch", "tuning", "tune", "study", "report"}
@@ -62,8 +62,12 @@ def test_a_job_comes_back_through_its_run_folder_never_its_output(tiny_registry,
 def test_a_run_that_picks_up_a_checkpoint_is_shown_resumed(tmp_path):
     run = tmp_path / "runs" / "m" / "run"
     run.mkdir(parents=True)
-    (run / "config.json").write_text(json.dumps({"model": "m", "seed": 0, "recipe": {"epochs": 4, "lr": 0.1}}))
-    (run / "metrics.csv").write_text("epoch,test_acc,epoch_seconds,train_images_per_s\n1,0.5,1,10\n")
+    config = {"model": "m", "seed": 0, "recipe": {"epochs": 4, "lr": 0.1}}
+    (run / "config.json").write_text(
+        json.dumps({**config, "config_hash": runs.config_hash(config), "schema_version": runs.SCHEMA_VERSION})
+    )
+    row = {c: 1 for c in runs.METRICS_COLUMNS} | {"schema_version": runs.SCHEMA_VERSION}
+    runs.write_csv(run / runs.METRICS, runs.METRICS_COLUMNS, [row])
     opened = tmp_path / "0.run.json"
     launch.JobLog(Console(quiet=True), tmp_path / "runs", opened).start("m s0", 4, 6, 6, run_path=run)
     progress = Progress(console=Console(quiet=True))

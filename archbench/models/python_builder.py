@@ -118,6 +118,8 @@ def _execute_file(path: Path) -> types.ModuleType:
     spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module  # dataclasses, pickling and torch.compile look modules up here
+    for sibling in path.parent.glob("*.py"):  # its imports of them load these files as they are now, never
+        sys.modules.pop(sibling.stem, None)  # another folder's or an earlier version's module of that name
     sys.path.insert(0, str(path.parent))
     try:
         spec.loader.exec_module(module)
