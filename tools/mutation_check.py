@@ -1,6 +1,6 @@
 """Mutation check: would the test suite notice the bugs that matter?
 
-Each entry of `MUTATIONS` is a plausible bug and the README promise it breaks: the definition it goes into
+Each entry of `MUTATIONS` is a plausible bug and the promise it breaks (README.md or docs/): the definition it goes into
 (`file::Qualified.name`: a function, a method, a nested function, a class or a module-level name), the text it
 replaces there and that text's replacement, and the tests that must catch it. The text is looked for only inside
 that definition's source lines (found with `ast`), written as it reads when the definition's first line starts at
