@@ -47,11 +47,11 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import get_args, get_origin
 
 import numpy as np
 from rich.console import Console
 
+from archbench.annotations import matches, type_name
 from archbench.data.arrays import SourceArrays
 from archbench.data.files import accessing, describe, file_digest, public_path, staged
 from archbench.errors import ArchbenchError
@@ -377,25 +377,9 @@ def _type_problem(value, expected, where: str = "") -> str | None:
             if problem := _type_problem(value[key], inner, field):
                 return problem
         return None
-    if not _is_a(value, expected):
-        name = expected.__name__ if isinstance(expected, type) else str(expected)
-        return f"records {where} as {json.dumps(value)[:40]}, not {name}"
+    if not matches(value, expected):
+        return f"records {where} as {json.dumps(value)[:40]}, not {type_name(expected)}"
     return None
-
-
-def _is_a(value, expected) -> bool:
-    """Whether a JSON value is of ``expected``: a type (float: any number; int and float: not a bool), ``list[T]``,
-    ``dict[str, T]`` or a union."""
-    origin, args = get_origin(expected), get_args(expected)
-    if origin is list:
-        return isinstance(value, list) and all(_is_a(item, args[0]) for item in value)
-    if origin is dict:
-        return isinstance(value, dict) and all(_is_a(item, args[1]) for item in value.values())
-    if args:
-        return any(_is_a(value, arg) for arg in args)
-    if isinstance(value, bool) and expected is not bool:
-        return False
-    return isinstance(value, (int, float) if expected is float else expected)
 
 
 def _manifest_problem(manifest: dict) -> str | None:
