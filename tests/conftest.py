@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from archbench.config import RunRequest
+from archbench.config import RunRequest, TuneRequest
 
 TINY_MODELS = {
     "tiny_resnet": """
@@ -106,7 +106,7 @@ def torch_globals_restored():
     np.random.set_state(numpy_state)
 
 
-def tiny_run_request(registry, data, out, models=("tiny_resnet",), **overrides) -> RunRequest:
+def tiny_run_request(registry, data, out, models=("tiny_resnet",), request_type=RunRequest, **overrides) -> RunRequest:
     """`archbench run` of tiny models on tiny data: the smoke preset, 2 epochs at 32x32, batch 16, CPU, quiet."""
     settings = dict(
         models=list(models),
@@ -120,4 +120,11 @@ def tiny_run_request(registry, data, out, models=("tiny_resnet",), **overrides) 
         quiet=True,
         registry=registry,
     )
-    return RunRequest(**{**settings, **overrides})
+    return request_type(**{**settings, **overrides})
+
+
+def tiny_tune_request(registry, data, out, models=("tiny_resnet",), **overrides) -> TuneRequest:
+    """`archbench tune` of tiny models on tiny data: `tiny_run_request`'s settings, rates 0.01 and 0.1 for one epoch
+    each, 4 images per class held out."""
+    settings = dict(lrs=[0.01, 0.1], epochs=1, holdout_per_class=4)
+    return tiny_run_request(registry, data, out, models, TuneRequest, **{**settings, **overrides})

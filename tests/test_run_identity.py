@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import tiny_tune_request
 from rich.console import Console
 from typer.testing import CliRunner
 
 from archbench import registry, train
 from archbench.cli import app
-from archbench.config import TuneRequest
 from archbench.errors import DIVERGED_EXIT, ArchbenchError
 from archbench.tune import read_trial, tune
 
@@ -219,20 +219,7 @@ def test_a_non_finite_evaluation_is_a_divergence(tiny_registry, tiny_data, tmp_p
 
 
 def test_a_tuning_trial_whose_evaluation_goes_non_finite_is_a_diverged_rate(tiny_registry, tiny_data, tmp_path):
-    request = TuneRequest(
-        models=["tiny_resnet"],
-        lrs=[0.01, 0.1],
-        data=str(tiny_data),
-        preset="smoke",
-        epochs=1,
-        batch_size=16,
-        image_size=32,
-        device="cpu",
-        out=tmp_path,
-        quiet=True,
-        registry=tiny_registry,
-        holdout_per_class=4,
-    )
+    request = tiny_tune_request(tiny_registry, tiny_data, tmp_path)
     with pytest.MonkeyPatch.context() as monkeypatch:
         non_finite_evaluation(monkeypatch, call=1, metric=0)  # the first trial's holdout loss
         content = tune(request, Console(quiet=True))
@@ -243,21 +230,7 @@ def test_a_tuning_trial_whose_evaluation_goes_non_finite_is_a_diverged_rate(tiny
 
 
 def test_tune_holds_finished_trials_to_their_records(tiny_registry, tiny_data, tmp_path):
-    request = TuneRequest(
-        models=["tiny_resnet"],
-        lrs=[0.01, 0.1],
-        data=str(tiny_data),
-        preset="smoke",
-        epochs=1,
-        batch_size=16,
-        image_size=32,
-        device="cpu",
-        out=tmp_path / "runs",
-        tuning=tmp_path / "tuning.json",
-        quiet=True,
-        registry=tiny_registry,
-        holdout_per_class=4,
-    )
+    request = tiny_tune_request(tiny_registry, tiny_data, tmp_path / "runs", tuning=tmp_path / "tuning.json")
     tune(request, Console(quiet=True))
     trials = {read(run / "config.json")["recipe"]["lr"]: run for run in (tmp_path / "runs" / "tiny_resnet").iterdir()}
     set_metric(trials[0.1], "holdout_acc", "nan")  # its summary still says completed

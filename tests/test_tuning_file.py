@@ -8,13 +8,12 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import tiny_run_request
+from conftest import tiny_run_request, tiny_tune_request
 from rich.console import Console
 from typer.testing import CliRunner
 
 from archbench.catalogue import _archbench_code, cache_key
 from archbench.cli import app
-from archbench.config import TuneRequest
 from archbench.data import resolve
 from archbench.errors import ArchbenchError
 from archbench.registry import get_entry
@@ -85,20 +84,7 @@ def tuned_mynet(tmp_path_factory, tiny_data) -> tuple[Path, Path]:
     """A python entry tuned on two rates for one epoch: its registry and its tuning file."""
     tmp = tmp_path_factory.mktemp("tuned-mynet")
     registry = python_registry(tmp / "registry")
-    request = TuneRequest(
-        models=["mynet"],
-        lrs=[0.01, 0.1],
-        data=str(tiny_data),
-        preset="smoke",
-        epochs=1,
-        batch_size=16,
-        image_size=32,
-        device="cpu",
-        out=tmp / "runs",
-        quiet=True,
-        registry=registry,
-        holdout_per_class=4,
-    )
+    request = tiny_tune_request(registry, tiny_data, tmp / "runs", models=("mynet",))
     tune(request, Console(quiet=True))
     return registry, tmp / "runs" / "tuning.json"
 
