@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from archbench import runs
+from archbench.annotations import matches
 from archbench.config import RATE_FIELDS, TunedRate, upgrade_config
 from archbench.errors import ArchbenchError
 
@@ -245,7 +246,7 @@ def _type_problem(content, fields: dict, name: str = "") -> str | None:
         for where, value in _values(content, field, name):
             if value is None and ABSENT not in kinds:
                 return f"{where} is missing"
-            if not _is(value, kinds):
+            if not any(matches(value, kind) for kind in kinds):  # an integer is a number; a bool neither
                 return f"{where} is {_shown(value)}, not {' or '.join(JSON_NAMES[k] for k in kinds if k is not ABSENT)}"
     return None
 
@@ -269,13 +270,6 @@ def _values(content: dict, field: str, name: str):
             yield where, value
         elif isinstance(value, dict):  # else its own check has failed, or it may be absent
             yield from _values(value, rest, where)
-
-
-def _is(value, kinds: tuple) -> bool:
-    """Whether a JSON value is of one of `kinds`: an integer is a number (float) too, true and false are neither."""
-    if isinstance(value, bool):
-        return False
-    return isinstance(value, kinds) or (float in kinds and isinstance(value, int))
 
 
 def _shown(value) -> str:
