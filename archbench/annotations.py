@@ -22,23 +22,19 @@ def matches(value, expected) -> bool:
         return any(matches(value, t) for t in inner)
     if origin is typing.Literal:
         return value in inner
-    if origin in (list, collections.abc.Sequence):
+    if origin in (list, collections.abc.Sequence) or (origin is tuple and inner[-1:] == (Ellipsis,)):
         return isinstance(value, list) and (not inner or all(matches(v, inner[0]) for v in value))
     if origin is tuple:
-        if not isinstance(value, list):
-            return False
-        if not inner or inner[-1] is Ellipsis:
-            return all(matches(v, inner[0]) for v in value) if inner else True
-        return len(value) == len(inner) and all(matches(v, t) for v, t in zip(value, inner))
+        return isinstance(value, list) and (
+            not inner or (len(value) == len(inner) and all(matches(v, t) for v, t in zip(value, inner)))
+        )
     if origin is dict:
         return isinstance(value, dict) and (not inner or all(matches(v, inner[1]) for v in value.values()))
     if origin is collections.abc.Callable or expected is collections.abc.Callable:
         return False  # no TOML value is callable
-    if expected is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if expected is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if expected is type(None) or expected is None:
+    if expected in (int, float):
+        return isinstance(value, (int, float) if expected is float else int) and not isinstance(value, bool)
+    if expected is None:
         return value is None
     if isinstance(expected, type):
         return isinstance(value, expected)

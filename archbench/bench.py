@@ -1,45 +1,10 @@
 """`archbench bench`: training and inference images/s of each model, each measured in a process of its own.
 
-Models measured one after another in one process change each other's numbers: the caching allocator
-keeps the previous model's fragments, cuDNN and torch.compile keep its autotuning and graphs
-(`archbench.references.TIMM_BENCHMARK_PITFALLS`). So every model is measured by a fresh
-``python -m archbench.bench`` process, which writes its numbers to a JSON file and exits; the process id
-it ran in is recorded.
-
-In that process the model and what trains it are built as the training loop builds them
-(`archbench.train.build_training`, from the run config `bench_config` resolves: the default preset's
-recipe and optimiser, with the kernel training uses on this device, recorded as `sgd`), and at the
-requested batch:
-- train, model-only: the loop's step (`archbench.train.optimiser_step`) on one fixed batch on the device;
-- train, end-to-end: the same step fed by the loop's training loader (upscale, random crop, flip, normalise);
-- inference, model-only and end-to-end: forward passes in eval mode under inference_mode; the end-to-end
-  stream is the evaluation transform (centre crop, no flip) over full batches only, so that every timed
-  batch has the one shape a compiled forward was compiled for (the evaluation loader's near-equal
-  batches, 254 and 253 at batch 256, would compile new graphs inside the windows).
-Each number is the median of `ROUNDS` interleaved windows of `--steps` steps, each window after
-`WARMUP_STEPS` untimed steps, so that a slow spell of the machine hits both sides of a ratio alike;
-end-to-end / model-only is the input pipeline's efficiency (1.0: it costs nothing). On CUDA a window is
-timed by two CUDA events with one synchronise at its end; on the CPU, where every op has finished when
-it returns, by the wall clock. With --compile the first step of each mode (compilation included) is
-timed and reported apart, never inside a window; the model is compiled as the loop compiles it
-(`archbench.devices.compile_model`: one static shape, dynamo's cache reset, a recompile-limit hit an error)
-with its backend (`archbench.config.compile_backend`).
-
-Beside the headline numbers, in windows of their own: the step split into its three phases,
-`archbench.train.forward_loss`, `backward` and `update` (events between the phases on CUDA, the wall
-clock on the CPU), and memory:
-the bytes of weights, gradients and optimiser state (from the tensors), the bytes autograd saves for
-backward in one step (the activations), and the peak (CUDA: max_memory_allocated over one step after
-reset_peak_memory_stats; CPU: the peak resident set of the measuring process, ru_maxrss).
-
-Out of memory, a model is measured again in a new process at half the batch, down to 1 (as timm's
-benchmark does); the batch that ran is recorded beside the one asked for. Results go to the `--out`
-folder (default benchmarks/results/) as
-``bench-<device>-<precision>-<memory format>[-compiled]-torch<version>[-cuda<version>].json`` and
-``.csv``, rewritten (atomically) after every model, so a run stopped part-way keeps every model it
-finished; a later run with the same settings replaces its models' rows and keeps the others. Each row
-carries its provenance. `benchmarks/gpu.sh` writes its bench results into the `gpu/bench` folder beside
-the default one (`GPU_SCRIPT_BENCH`), and the report reads both (`latest_bench_results`).
+Models measured one after another in one process change each other's numbers
+(`archbench.references.TIMM_BENCHMARK_PITFALLS`), so every model is measured by a fresh
+``python -m archbench.bench`` process that builds it as the training loop does (`bench_config`,
+`archbench.train.build_training`), writes its numbers to a JSON file and exits. What each number
+measures, and the result files, are described in docs/speed.md.
 """
 
 from __future__ import annotations
@@ -62,21 +27,11 @@ from rich.console import Console
 from rich.table import Table
 
 import archbench
-from archbench import runs, train
+from archbench import devices, runs, train
 from archbench.bench_results import GPU_SCRIPT_BENCH, MB, latest_bench_results, newest  # noqa: F401
 from archbench.config import BENCH_DIR, BenchRequest, RunConfig, RunRequest, resolve_config
 from archbench.data import resolve
 from archbench.data.loader import DeviceLoader
-from archbench.devices import (
-    optimizer_kernel,
-    process_peak_rss_bytes,
-    reset_peak_memory,
-    resolve_channels_last,
-    resolve_device,
-    resolve_precision,
-    seed_everything,
-    synchronize,
-)
 from archbench.distributed import DistContext
 from archbench.errors import ArchbenchError
 from archbench.provenance import provenance, utc_now
@@ -86,44 +41,35 @@ ROUNDS = 3
 WARMUP_STEPS = 3
 # Tests set this to a batch size: any larger batch then fails as a CUDA out-of-memory error would.
 SIMULATE_OOM_ABOVE = "ARCHBENCH_BENCH_OOM_ABOVE"
-
-
-# ------------------------------------------------------------------------------------------ clocks
+STEP = 0  # the step number the loop's recorders see: with gradnorm_steps 0 (`bench_config`), a steady step
+MODES = ("train", "inference")
 
 
 class Clock:
-    """Time stamps in stream order. On CUDA, events read only after `finish` synchronises on the last
-    one, so a window holds no other sync; on the CPU, `time.perf_counter`."""
+    """Time stamps in stream order: on CUDA events, read only once the window is over (so that it holds no
+    sync); on the CPU, `time.perf_counter`."""
 
     def __init__(self, device: torch.device):
         self.cuda = device.type == "cuda"
 
     def mark(self):
-        if self.cuda:
-            event = torch.cuda.Event(enable_timing=True)
-            event.record()
-            return event
-        return time.perf_counter()
-
-    def finish(self, last) -> None:
-        if self.cuda:
-            last.synchronize()
+        if not self.cuda:
+            return time.perf_counter()
+        event = torch.cuda.Event(enable_timing=True)
+        event.record()
+        return event
 
     def seconds(self, start, end) -> float:
-        return start.elapsed_time(end) / 1000 if self.cuda else end - start
-
-
-# ------------------------------------------------------------------------------------------ one model
-
-
-STEP = 0  # the step number the loop's recorders see: with gradnorm_steps 0 (`bench_config`), a steady step
+        if not self.cuda:
+            return end - start
+        end.synchronize()
+        return start.elapsed_time(end) / 1000
 
 
 def bench_config(name: str, request: BenchRequest, data, device: torch.device) -> RunConfig:
-    """The run config the training loop resolves for `name` at the bench's batch, size, precision, memory
-    format and compilation: the default preset's recipe (its optimiser, with the kernel training uses on this
-    device), and no early gradient diagnostics, so that every step is a steady one."""
-    precision = resolve_precision(request.precision, device)
+    """The run config the training loop resolves for `name` at the bench's settings: the default preset's
+    recipe, and no early gradient diagnostics, so that every step is a steady one."""
+    precision = devices.resolve_precision(request.precision, device)
     run = RunRequest(
         models=[name],
         batch_size=request.batch_size,
@@ -139,15 +85,14 @@ def bench_config(name: str, request: BenchRequest, data, device: torch.device) -
         data,
         device=device.type,
         precision=precision,
-        channels_last=resolve_channels_last(request.channels_last, device),
-        optimizer_kernel=optimizer_kernel(device, precision),
+        channels_last=devices.resolve_channels_last(request.channels_last, device),
+        optimizer_kernel=devices.optimizer_kernel(device, precision),
     )
 
 
 def bench_data(data, num_classes: int):
-    """The data as the bench trains on it: the labels folded into the model's `num_classes` outputs (which
-    the bench sets, whatever the data's classes), and no test split, which the bench never reads (its
-    inference stream is the training images under the evaluation transform) and which would hold memory."""
+    """The labels folded into the model's `num_classes` outputs, and no test split (the bench never reads
+    it: its inference stream is the training images under the evaluation transform)."""
     return dataclasses.replace(
         data,
         train_labels=data.train_labels % num_classes,
@@ -157,76 +102,63 @@ def bench_data(data, num_classes: int):
 
 
 class Subject:
-    """One model with what trains it, built as `archbench.train` builds them (`bench_config`,
-    `train.build_training`), and its batches."""
+    """One model with what trains it, built as `archbench.train` builds them, and its batches."""
 
     def __init__(self, name: str, request: BenchRequest, data, device: torch.device):
         self.device, self.clock = device, Clock(device)
         self.config = bench_config(name, request, data, device)
-        seed_everything(self.config.seed, self.config.deterministic)
+        devices.seed_everything(self.config.seed, self.config.deterministic)
         model = get_entry(name, registry=request.registry).build(num_classes=request.num_classes)
         self.training = train.build_training(
             model, self.config, bench_data(data, request.num_classes), None, device, DistContext()
         )
-        self.loader = self.training.train_loader  # full batches only, in the training dtype and layout
+        self.loader: DeviceLoader = self.training.train_loader  # full batches only, in the training dtype and layout
         self.fixed = next(iter(self.loader))
-        # the evaluation transform over the same images, in the training loader's full batches: an
-        # evaluation loader's split of the data into near-equal batches would change the shape mid-window
+        # the evaluation transform in the training loader's full batches: the evaluation loader's near-equal
+        # batches (254 and 253 at batch 256) would compile new graphs inside the windows
         self.eval_loader = self.loader.as_evaluation()
 
     def train_step(self, batch) -> None:
-        """The training loop's step, whose three phases `breakdown` times one by one."""
         train.optimiser_step(self.training, *batch, STEP)
 
     def infer_step(self, batch) -> None:
         with torch.inference_mode(), self.training.autocast():
             self.training.forward(batch[0])
 
-    def set_mode(self, mode: str) -> None:
-        """ "train" or "inference": the model's mode."""
-        self.training.model.train(mode == "train")
-
-    @staticmethod
-    def epochs(loader: DeviceLoader):
-        """A loader's batches, epoch after epoch (all of them `batch_size` images)."""
+    def batches(self, mode: str):
+        """The end-to-end stream of a mode, epoch after epoch."""
+        loader = self.loader if mode == "train" else self.eval_loader
         for epoch in itertools.count():
             loader.set_epoch(epoch)
             yield from loader
 
-    def batches(self, mode: str):
-        """The end-to-end stream of a mode."""
-        return self.epochs(self.loader if mode == "train" else self.eval_loader)
-
     def first_step_seconds(self, step) -> float:
         """The first call of a step, compilation included under --compile (outside any window)."""
-        synchronize(self.device)
+        devices.synchronize(self.device)
         start = time.perf_counter()
         step(self.fixed)
-        synchronize(self.device)
+        devices.synchronize(self.device)
         return time.perf_counter() - start
 
-    def images_per_s(self, step, batches, steps: int) -> float:
+    def warm_up(self, step, batches) -> None:
         for _ in range(WARMUP_STEPS):
             step(next(batches))
-        synchronize(self.device)  # the warm-up's queued work stays out of the window
+        devices.synchronize(self.device)  # the warm-up's queued work stays out of the window
+
+    def images_per_s(self, step, batches, steps: int) -> float:
+        self.warm_up(step, batches)
         images = 0
         start = self.clock.mark()
         for _ in range(steps):
             batch = next(batches)
             images += len(batch[1])
             step(batch)
-        end = self.clock.mark()
-        self.clock.finish(end)
-        return images / self.clock.seconds(start, end)
+        return images / self.clock.seconds(start, self.clock.mark())
 
     def breakdown(self, steps: int) -> dict:
-        """Mean seconds per training step, on the fixed batch, of the loop step's phases: `train.forward_loss`,
-        `train.backward` (zero_grad to clipping) and `train.update` (the optimiser and the schedule);
-        `step_s` is the whole window's time per step, so the phases' sum falls short of it only by the loop
-        between steps."""
-        for _ in range(WARMUP_STEPS):
-            self.train_step(self.fixed)
-        synchronize(self.device)
+        """Mean seconds per step, on the fixed batch, of the loop step's phases: `train.forward_loss`,
+        `train.backward` and `train.update`; `step_s` is the whole window's time per step."""
+        self.warm_up(self.train_step, itertools.repeat(self.fixed))
         marks = []
         window_start = self.clock.mark()
         for _ in range(steps):
@@ -238,41 +170,30 @@ class Subject:
             train.update(self.training)
             marks.append((start, forward_done, backward_done, self.clock.mark()))
         window_end = self.clock.mark()
-        self.clock.finish(window_end)
         phases = [[self.clock.seconds(a, b) for a, b in itertools.pairwise(m)] for m in marks]
         forward, backward, update = (statistics.fmean(column) for column in zip(*phases))
-        return {
-            "forward_s": forward,
-            "backward_s": backward,
-            "optimizer_s": update,
-            "step_s": self.clock.seconds(window_start, window_end) / steps,
-        }
+        step = self.clock.seconds(window_start, window_end) / steps
+        return {"forward_s": forward, "backward_s": backward, "optimizer_s": update, "step_s": step}
 
     def memory(self) -> dict:
         """Weights, gradients, optimiser state and activations in bytes, and the peak of one step."""
         params = list(self.training.model.parameters())
         state = [t for s in self.training.optimizer.state.values() for t in s.values() if torch.is_tensor(t)]
-        out = {
+        sizes = {
             "weights_bytes": tensor_bytes(params),
             "gradient_bytes": tensor_bytes(p.grad for p in params if p.grad is not None),
             "optimizer_state_bytes": tensor_bytes(state),
-            "activation_bytes": self.saved_activation_bytes(),
+            "activation_bytes": self.saved_activation_bytes(),  # leaves no gradients: the peak step starts bare
         }
         if self.device.type == "cuda":
-            synchronize(self.device)
-            reset_peak_memory(self.device)
+            devices.synchronize(self.device)
+            devices.reset_peak_memory(self.device)
             self.train_step(self.fixed)
-            synchronize(self.device)
-            out.update(
-                peak_bytes=torch.cuda.max_memory_allocated(self.device),
-                peak_kind="cuda max_memory_allocated over one training step",
-            )
-        else:
-            out.update(
-                peak_bytes=process_peak_rss_bytes(),
-                peak_kind="cpu peak resident set of the measuring process (ru_maxrss)",
-            )
-        return out
+            devices.synchronize(self.device)
+            peak = torch.cuda.max_memory_allocated(self.device), "cuda max_memory_allocated over one training step"
+        else:  # read last, so that the resident set's peak covers the activation step above
+            peak = devices.process_peak_rss_bytes(), "cpu peak resident set of the measuring process (ru_maxrss)"
+        return {**sizes, "peak_bytes": peak[0], "peak_kind": peak[1]}
 
     def saved_activation_bytes(self) -> int:
         """Bytes of the tensors autograd keeps for backward in one training step of the uncompiled model
@@ -298,47 +219,44 @@ def tensor_bytes(tensors) -> int:
     return sum(t.numel() * t.element_size() for t in tensors)
 
 
-def simulated_oom(batch_size: int) -> None:
-    limit = os.environ.get(SIMULATE_OOM_ABOVE)
-    if limit and batch_size > int(limit):
-        raise torch.cuda.OutOfMemoryError(f"simulated: batch {batch_size} > {SIMULATE_OOM_ABOVE}={limit}")
-
-
 def measure(name: str, request: BenchRequest) -> dict:
-    """Every number of one model at `request.batch_size`, in this process (see the module's docstring)."""
-    device = resolve_device(request.device)
+    """Every number of one model at `request.batch_size`, in this process (docs/speed.md)."""
+    device = devices.resolve_device(request.device)
     subject = Subject(name, request, resolve(request.data), device)
-    simulated_oom(request.batch_size)
+    limit = os.environ.get(SIMULATE_OOM_ABOVE)
+    if limit and request.batch_size > int(limit):
+        raise torch.cuda.OutOfMemoryError(f"simulated: batch {request.batch_size} > {SIMULATE_OOM_ABOVE}={limit}")
     first, results = {}, {}
-    for mode, step in (("train", subject.train_step), ("inference", subject.infer_step)):
-        subject.set_mode(mode)
+    for mode, step in zip(MODES, (subject.train_step, subject.infer_step)):
+        subject.training.model.train(mode == "train")
         first[mode] = subject.first_step_seconds(step)
+        # interleaved windows: a slow spell of the machine hits both sides of the ratio alike
         streams = {"model_only": itertools.repeat(subject.fixed), "end_to_end": subject.batches(mode)}
         samples = {kind: [] for kind in streams}
         for _ in range(ROUNDS):
             for kind, batches in streams.items():
                 samples[kind].append(subject.images_per_s(step, batches, request.steps))
-        model_only, end_to_end = (statistics.median(samples[k]) for k in ("model_only", "end_to_end"))
+        model_only, end_to_end = (statistics.median(samples[k]) for k in streams)
         results[mode] = {"model_only": model_only, "end_to_end": end_to_end, "ratio": end_to_end / model_only}
-    subject.set_mode("train")
-    breakdown = subject.breakdown(request.steps)
+    subject.training.model.train(True)
+    config = subject.config
     return {
         "model": name,
         "device": device.type,
-        "precision": subject.config.precision,
-        "channels_last": subject.config.channels_last,
-        "memory_format": memory_format_name(subject.config.channels_last),
+        "precision": config.precision,
+        "channels_last": config.channels_last,
+        "memory_format": "channels_last" if config.channels_last else "contiguous",
         "compile": request.compile,
-        "compile_backend": subject.config.compile_backend,
+        "compile_backend": config.compile_backend,
         "compile_seconds": first if request.compile else None,
         "image_size": request.image_size,
         "batch_size": request.batch_size,
         "steps": request.steps,
         "warmup_steps": WARMUP_STEPS,
         "rounds": ROUNDS,
-        "sgd": subject.config.optimizer_kernel,
+        "sgd": config.optimizer_kernel,
         **results,
-        "breakdown": breakdown,
+        "breakdown": subject.breakdown(request.steps),
         "memory": subject.memory(),  # last: on the CPU the peak resident set covers everything above
         "pid": os.getpid(),
         "measured_at": utc_now(),
@@ -346,27 +264,11 @@ def measure(name: str, request: BenchRequest) -> dict:
     }
 
 
-def memory_format_name(channels_last: bool) -> str:
-    return "channels_last" if channels_last else "contiguous"
-
-
-# ------------------------------------------------------------------------------------------ processes
-
-
-def _request_json(request: BenchRequest) -> dict:
-    return {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(request).items()}
-
-
-def _request_from_json(fields: dict) -> BenchRequest:
-    paths = {"registry", "out"}
-    return BenchRequest(**{k: Path(v) if k in paths and v is not None else v for k, v in fields.items()})
-
-
 def measure_in_subprocess(name: str, request: BenchRequest) -> dict:
     """`measure` in a fresh ``python -m archbench.bench`` process; its result, or {"oom": message}."""
     with tempfile.TemporaryDirectory(prefix="archbench-bench-") as tmp:
         spec, result = Path(tmp) / "spec.json", Path(tmp) / "result.json"
-        spec.write_text(json.dumps({"model": name, "request": _request_json(request)}))
+        spec.write_text(json.dumps({"model": name, "request": dataclasses.asdict(request)}, default=str))
         env = dict(os.environ)  # the same archbench as this process, wherever it is installed
         env["PYTHONPATH"] = os.pathsep.join(
             p for p in (str(Path(archbench.__file__).resolve().parent.parent), env.get("PYTHONPATH")) if p
@@ -385,22 +287,20 @@ def measure_in_subprocess(name: str, request: BenchRequest) -> dict:
 def measure_with_retries(name: str, request: BenchRequest, console: Console) -> dict:
     """`measure_in_subprocess`, halving the batch after each out-of-memory failure (down to 1)."""
     batch, failed = request.batch_size, []
-    while True:
-        outcome = measure_in_subprocess(name, dataclasses.replace(request, batch_size=batch))
-        if "oom" not in outcome:
-            return {**outcome, "requested_batch_size": request.batch_size, "oom_batch_sizes": failed}
+    while "oom" in (outcome := measure_in_subprocess(name, dataclasses.replace(request, batch_size=batch))):
         failed.append(batch)
         if batch == 1:
             raise ArchbenchError(f"{name} runs out of memory even at batch 1 ({outcome['oom']}).")
         console.print(f"{name}: out of memory at batch {batch}; measuring again at {batch // 2}", highlight=False)
         batch //= 2
+    return {**outcome, "requested_batch_size": request.batch_size, "oom_batch_sizes": failed}
 
 
 def _child(spec_path: str, result_path: str) -> None:
     """The measuring process: one model, its numbers (or what stopped it) written to `result_path`."""
     spec = json.loads(Path(spec_path).read_text())
     try:
-        outcome = measure(spec["model"], _request_from_json(spec["request"]))
+        outcome = measure(spec["model"], BenchRequest(**spec["request"]))
     except torch.cuda.OutOfMemoryError as e:
         outcome = {"oom": str(e).splitlines()[0] if str(e) else "CUDA out of memory"}
     except ArchbenchError as e:
@@ -408,21 +308,13 @@ def _child(spec_path: str, result_path: str) -> None:
     Path(result_path).write_text(json.dumps(outcome, indent=2) + "\n")
 
 
-# ------------------------------------------------------------------------------------------ files
-
-
 def result_stem(rows: list[dict]) -> str:
     """bench-<device>-<precision>-<memory format>[-compiled]-torch<version>[-cuda<version>]."""
-    row = rows[0]
-    info = row["provenance"]
-    device = "cpu" if row["device"] == "cpu" else slug(info["device_name"])
+    row, info = rows[0], rows[0]["provenance"]
+    device = "cpu" if row["device"] == "cpu" else re.sub(r"[^a-z0-9.]+", "-", info["device_name"].lower()).strip("-")
     torch_version = info["torch"].split("+")[0] + (f"-cuda{info['cuda']}" if info.get("cuda") else "")
     compiled = "-compiled" if row["compile"] else ""
     return f"bench-{device}-{row['precision']}-{row['memory_format']}{compiled}-torch{torch_version}"
-
-
-def slug(text: str) -> str:
-    return re.sub(r"[^a-z0-9.]+", "-", text.lower()).strip("-")
 
 
 def _key(row: dict) -> tuple:
@@ -436,10 +328,8 @@ def flat(row: dict, prefix: str = "") -> dict:
     for key, value in row.items():
         if isinstance(value, dict):
             out.update(flat(value, f"{prefix}{key}_"))
-        elif isinstance(value, list):
-            out[prefix + key] = " ".join(str(v) for v in value)
         else:
-            out[prefix + key] = value
+            out[prefix + key] = " ".join(map(str, value)) if isinstance(value, list) else value
     return out
 
 
@@ -448,12 +338,10 @@ def write_results(rows: list[dict], folder: Path) -> tuple[Path, Path]:
     folder.mkdir(parents=True, exist_ok=True)
     stem = result_stem(rows)
     json_path, csv_path = folder / f"{stem}.json", folder / f"{stem}.csv"
-    kept = []
-    if json_path.exists():
-        try:
-            kept = json.loads(json_path.read_text())["results"]
-        except (OSError, ValueError, KeyError, TypeError):
-            kept = []  # a damaged file is replaced by this run's rows
+    try:
+        kept = json.loads(json_path.read_text())["results"]
+    except (OSError, ValueError, KeyError, TypeError):
+        kept = []  # no file yet, or a damaged one, which this run's rows replace
     new_keys = {_key(r) for r in rows}
     merged = sorted([r for r in kept if _key(r) not in new_keys] + rows, key=lambda r: (r["model"], r["measured_at"]))
     payload = {
@@ -465,9 +353,6 @@ def write_results(rows: list[dict], folder: Path) -> tuple[Path, Path]:
     flats = [flat(r) for r in merged]
     runs.write_csv(csv_path, tuple(dict.fromkeys(c for f in flats for c in f)), flats)
     return json_path, csv_path
-
-
-# ------------------------------------------------------------------------------------------ command
 
 
 def out_folder(out: Path | None) -> Path:
@@ -485,8 +370,8 @@ def run_bench(request: BenchRequest, console: Console | None = None) -> list[dic
     folder = out_folder(request.out)
     for name in request.models:
         get_entry(name, registry=request.registry)  # unknown names fail before anything runs
-    resolve_device(request.device)
-    resolve_precision(request.precision, torch.device("cpu"))  # the name alone: this process keeps off the GPU
+    devices.resolve_device(request.device)
+    devices.resolve_precision(request.precision, torch.device("cpu"))  # the name alone: this process keeps off the GPU
     resolve(request.data, console=console)  # made (synthetic) or checked once, before the measuring processes
     rows = []
     for name in request.models:
@@ -510,64 +395,50 @@ def ratio_warnings(rows: list[dict]) -> list[str]:
         "pipeline cannot cause (it only adds work): the model-only window ran slow, likely noise from a busy "
         "machine; rerun with more --steps on an idle one"
         for row in rows
-        for mode in ("train", "inference")
+        for mode in MODES
         if row[mode]["ratio"] > 1.0
     ]
 
 
-def _batch(row: dict) -> str:
-    return str(row["batch_size"]) + (f" (of {row['requested_batch_size']}: OOM)" if row["oom_batch_sizes"] else "")
+def _table(title: str, caption: str, columns: list[str]) -> Table:
+    table = Table(title=title, caption=caption, box=box.SIMPLE)
+    for column in columns:
+        table.add_column(column, justify="left" if column == "model" else "right")
+    return table
 
 
 def throughput_table(rows: list[dict], request: BenchRequest) -> Table:
     info, first = rows[0]["provenance"], rows[0]
-    table = Table(
-        title=f"archbench bench: {info['device_name']}, torch {info['torch']}, S={request.image_size}, "
+    table = _table(
+        f"archbench bench: {info['device_name']}, torch {info['torch']}, S={request.image_size}, "
         f"{first['precision']}{', channels_last' if first['channels_last'] else ''}, SGD {first['sgd']}, "
         f"compile {'on' if request.compile else 'off'}",
-        caption=f"images/s, median of {ROUNDS} interleaved windows of {request.steps} steps after {WARMUP_STEPS} "
+        f"images/s, median of {ROUNDS} interleaved windows of {request.steps} steps after {WARMUP_STEPS} "
         "warm-up steps, each model in its own process; model: a fixed batch on the device; e2e: fed by the "
         "input pipeline; ratio = e2e / model (the pipeline's efficiency)",
-        box=box.SIMPLE,
+        ["model", "batch", *(f"{m}\n{k}" for m in ("train", "infer") for k in ("model", "e2e", "ratio"))],
     )
-    for column in (
-        "model",
-        "batch",
-        "train\nmodel",
-        "train\ne2e",
-        "train\nratio",
-        "infer\nmodel",
-        "infer\ne2e",
-        "infer\nratio",
-    ):
-        table.add_column(column, justify="left" if column == "model" else "right")
     for r in rows:
-        numbers = [r[mode][k] for mode in ("train", "inference") for k in ("model_only", "end_to_end", "ratio")]
-        table.add_row(r["model"], _batch(r), *(f"{n:.0f}" if i % 3 < 2 else f"{n:.3f}" for i, n in enumerate(numbers)))
+        numbers = [r[mode][k] for mode in MODES for k in ("model_only", "end_to_end", "ratio")]
+        oom = f" (of {r['requested_batch_size']}: OOM)" if r["oom_batch_sizes"] else ""
+        table.add_row(
+            r["model"],
+            f"{r['batch_size']}{oom}",
+            *(f"{n:.3f}" if i % 3 == 2 else f"{n:.0f}" for i, n in enumerate(numbers)),
+        )
     return table
 
 
 def step_table(rows: list[dict], request: BenchRequest) -> Table:
     compiled = "; compile: seconds of the first train and inference steps, compilation included"
-    table = Table(
-        title="where a training step goes",
-        caption="ms per step on the fixed batch, in a window of its own; MB: weights + optimiser state, the "
+    columns = ["model", "forward\nms", "backward\nms", "optim\nms", "step\nms", "weights\n+opt MB", "activ.\nMB"]
+    table = _table(
+        "where a training step goes",
+        "ms per step on the fixed batch, in a window of its own; MB: weights + optimiser state, the "
         f"activations autograd keeps for backward, and the peak ({rows[0]['memory']['peak_kind']})"
         + (compiled if request.compile else ""),
-        box=box.SIMPLE,
+        [*columns, "peak\nMB", *(["compile\ns"] if request.compile else [])],
     )
-    columns = [
-        "model",
-        "forward\nms",
-        "backward\nms",
-        "optim\nms",
-        "step\nms",
-        "weights\n+opt MB",
-        "activ.\nMB",
-        "peak\nMB",
-    ]
-    for column in columns + (["compile\ns"] if request.compile else []):
-        table.add_column(column, justify="left" if column == "model" else "right")
     for r in rows:
         b, m = r["breakdown"], r["memory"]
         cells = [
@@ -578,7 +449,7 @@ def step_table(rows: list[dict], request: BenchRequest) -> Table:
             f"{m['peak_bytes'] / MB:.0f}",
         ]
         if request.compile:
-            cells.append(" + ".join(f"{r['compile_seconds'][mode]:.1f}" for mode in ("train", "inference")))
+            cells.append(" + ".join(f"{r['compile_seconds'][mode]:.1f}" for mode in MODES))
         table.add_row(*cells)
     return table
 

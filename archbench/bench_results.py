@@ -1,20 +1,14 @@
-"""Reading `archbench bench` result files (bench-*.json): what the report shows, without importing torch.
-
-`archbench.bench` writes the files; the newest result per model, device and settings is kept
-(`latest_bench_results`).
-"""
+"""Reading `archbench bench` result files (bench-*.json, written by `archbench.bench`) for the report,
+without importing torch."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-# Where benchmarks/gpu.sh's bench results land, relative to the parent of the bench folder: with the
-# defaults, benchmarks/gpu/bench beside benchmarks/results. The report reads both folders.
+# Where benchmarks/gpu.sh's bench results land, relative to the parent of the bench folder (the report reads both).
 GPU_SCRIPT_BENCH = Path("gpu", "bench")
 MB = 1024**2
-
-
 # A result replaces an older one of the same model measured with the same settings on the same device.
 LATEST_KEY = ["device_name", "precision", "memory_format", "compile", "model"]
 
@@ -26,10 +20,8 @@ def newest(frame):
 
 
 def latest_bench_results(folder: Path):
-    """The newest result per model, device and settings (precision, memory format, compiled) under `folder`
-    (the bench-*.json files), as a DataFrame with training and inference images/s, peak memory, batch,
-    precision and provenance columns (`file`: the file each row came from); None when the folder holds no
-    results. Files that cannot be read are skipped."""
+    """The newest result per `LATEST_KEY` in the bench-*.json files under `folder`, one row each (`file`: the
+    file it came from); None when the folder holds no results. Files that cannot be read are skipped."""
     import pandas as pd
 
     records = []

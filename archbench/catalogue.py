@@ -1,14 +1,9 @@
 """The registry folder and the catalogue ``archbench list`` shows of it, without importing torch.
 
-Counting an entry (parameters, fvcore FLOPs at 224x224, the traits read from the built module) means
-building and tracing the model, tens of seconds for the shipped registry. The counts depend only on the
-entry's TOML file, the code that builds and counts it, and the installed torch, torchvision and fvcore,
-so each entry's row is cached in ``$ARCHBENCH_CACHE/catalogue/`` (default ``~/.cache/archbench``) under
-the sha256 of all of those: archbench's model code (``archbench/models/``, ``registry.py``, ``flops.py``
-and this file) and, for a ``python`` entry, its code (`python_code`: its target file and the ``.py``
-files beside it, or the module file it names; the sha256 of that code is the ``source_sha256`` a run
-records of the entry). When every entry is cached, nothing is built and torch is not imported. A file
-that changed is read and checked in full again, so a broken file is reported as ever.
+Counting an entry means building and tracing its model, tens of seconds for the shipped registry, so each
+row is cached in ``$ARCHBENCH_CACHE/catalogue/`` under the sha256 of everything a count depends on (the
+TOML file, `ARCHBENCH_CODE`, `COUNTING_PACKAGES`' versions and a ``python`` entry's `python_code`;
+docs/extending.md). When every row is cached, torch is not imported; a changed file is checked in full.
 """
 
 from __future__ import annotations
@@ -80,13 +75,8 @@ def registry_files(folder: Path) -> list[Path]:
 
 
 def catalogue(registry: str | os.PathLike | None = None) -> list[dict]:
-    """One row per entry: name, description, parameters, gflops_224, depth, residual, batch_norm and
-    uncounted_ops (the ops fvcore left out of gflops_224).
-
-    gflops_224 is NaN (and a warning is logged when it is counted) for a model that cannot run on 224x224
-    input. Rows come from the cache where it holds them; otherwise the registry is read and checked in full
-    and the missing rows are counted and cached.
-    """
+    """One row per entry: its name and `COUNTED` (uncounted_ops: the ops fvcore left out of gflops_224, which
+    is NaN for a model that cannot run on 224x224 input). Rows missing from the cache are counted and cached."""
     folder = resolve_registry_dir(registry)
     files = registry_files(folder)
     code = [_archbench_code(), *_versions()]
@@ -106,16 +96,23 @@ def catalogue(registry: str | os.PathLike | None = None) -> list[dict]:
 
 def cache_key(file: Path, code: list[bytes]) -> str | None:
     """The sha256 that names a TOML file's cached row, given archbench's ``code`` and the counting packages'
-    versions; None if it cannot be made (a file that is not TOML, a target that cannot be found): such an
-    entry is read in full, which reports what is wrong."""
+    versions; None if it cannot be made (such an entry is read in full, which reports what is wrong)."""
     try:
-        raw = file.read_bytes()
-        data = tomllib.loads(raw.decode("utf-8"))
+        raw, data = read_toml(file)
         target = data.get("args", {}).get("target") if data.get("builder") == "python" else None
         parts = [raw, *code, *(python_code(target, file.parent) if target else [])]
-    except (OSError, ValueError, AttributeError, ImportError):  # TOMLDecodeError and UnicodeDecodeError included
+    except (OSError, ValueError, ArchbenchError, AttributeError, ImportError):
         return None
     return _sha256(parts)
+
+
+def read_toml(file: Path) -> tuple[bytes, dict]:
+    """A TOML file's bytes and its table; an ArchbenchError naming the file where it is not valid TOML."""
+    raw = file.read_bytes()
+    try:
+        return raw, tomllib.loads(raw.decode("utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise ArchbenchError(f"{file}: not valid TOML: {e}") from None
 
 
 def cache_folder() -> Path:
@@ -179,18 +176,18 @@ def _sha256(parts: list[bytes]) -> str:
 
 
 def _versions() -> list[bytes]:
-    found = []
-    for package in COUNTING_PACKAGES:
-        try:
-            found.append(f"{package} {importlib.metadata.version(package)}".encode())
-        except importlib.metadata.PackageNotFoundError:
-            found.append(f"{package} absent".encode())
-    return found
+    return [f"{package} {_version(package)}".encode() for package in COUNTING_PACKAGES]
+
+
+def _version(package: str) -> str:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return "absent"
 
 
 def python_code_sha256(target: str, folder: Path) -> str:
-    """The sha256 of a python entry's code (`python_code`): what a run records as its ``source_sha256``, so
-    that a change to any file the target may import makes it another model."""
+    """The sha256 of a python entry's code (`python_code`): the ``source_sha256`` a run records."""
     return _sha256(python_code(target, folder))
 
 

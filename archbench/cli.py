@@ -1,10 +1,8 @@
 """The `archbench` command line: argument parsing and presentation only; the work is in the library.
 
-The options of `run`, `tune` and `bench` are the fields of their request dataclasses (`archbench.config.RunRequest`,
-`archbench.config.BenchRequest`): `request_command` turns those fields into Typer parameters, so an option
-is defined once, and a study file (`--config study.toml`) accepts the same options by the same names. Every
-expected failure, a bad option on the command line included, is one line on stderr and exit code 2; every
-choice is checked before torch is imported or any data is read.
+The options of `run`, `tune` and `bench` are the fields of their request dataclasses (`archbench.config`), turned
+into Typer parameters by `request_command`; a study file (`--config study.toml`) takes them by the same names.
+Every expected failure is one line on stderr and exit code 2 (docs/running.md).
 """
 
 from __future__ import annotations
@@ -13,8 +11,10 @@ import dataclasses
 import functools
 import inspect
 import json as jsonlib
+import math
 import shlex
 import sys
+import types
 import typing
 from pathlib import Path
 from typing import Annotated, Any, Optional
@@ -26,6 +26,7 @@ from rich.table import Table
 from typer.core import TyperArgument, TyperCommand, TyperGroup
 
 import archbench
+from archbench.catalogue import read_toml
 from archbench.config import (
     BENCH_DIR,
     GPU_RESULTS_FILE,
@@ -36,14 +37,11 @@ from archbench.config import (
     RunRequest,
     TuneRequest,
     cli_fields,
+    flag,
     option_names,
+    request_field,
 )
 from archbench.errors import DIVERGED_EXIT, ArchbenchError
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
 
 INTERRUPTED_EXIT = 130  # the shell's code for a process stopped by Ctrl-C (128 + SIGINT)
 HELP_WIDTH = 100  # help wraps at the terminal's width, at most this
@@ -60,7 +58,7 @@ class OneLineErrors(TyperGroup):
                 e.show()
                 code = 0
             else:
-                err_console.print(f"[bold red]error:[/] {escape(e.format_message())}", highlight=False, soft_wrap=True)
+                _error(e.format_message())
                 code = getattr(e, "exit_code", 2)
         except typer.Abort:
             code = 1
@@ -114,8 +112,7 @@ def _main(
         typer.Option("--version", "-V", help="Show the version and exit.", callback=_version, is_eager=True),
     ] = False,
 ) -> None:
-    """Compare ResNet-18, plain-18, VGG11/16 (with and without BN) and your own networks under one training loop,
-    on Tiny-ImageNet, CIFAR, the digits or your own images."""
+    """The command group; its help is the app's."""
 
 
 # The names `archbench data prepare` takes: archbench.data.sources.SOURCES, in its order (tests/test_data_sources.py
@@ -131,6 +128,10 @@ console = Console()
 err_console = Console(stderr=True)
 
 
+def _error(message: str) -> None:
+    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+
+
 def friendly_errors(fn):
     """Turn an expected failure into one red line and exit code 2, never a traceback."""
 
@@ -139,18 +140,24 @@ def friendly_errors(fn):
         try:
             return fn(*args, **kwargs)
         except ArchbenchError as e:
-            err_console.print(f"[bold red]error:[/] {escape(e.message)}", highlight=False, soft_wrap=True)
+            _error(e.message)
             raise typer.Exit(e.exit_code) from None
         except OSError as e:  # a filesystem failure the library did not expect: still one line, with the path
-            where = f" {e.filename}" if e.filename else ""
-            err_console.print(
-                f"[bold red]error:[/] {escape(f'cannot access{where}: {e.strerror or e}')}",
-                highlight=False,
-                soft_wrap=True,
-            )
+            _error(f"cannot access{f' {e.filename}' if e.filename else ''}: {e.strerror or e}")
             raise typer.Exit(2) from None
 
     return wrapper
+
+
+def _keyword(name: str, default, annotation) -> inspect.Parameter:
+    """A keyword parameter of a Typer command, `annotation` its type annotated with a typer.Option or Argument."""
+    return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation)
+
+
+def _optional(hint, help: str, metavar: str, *flags: str, **limits):
+    """An option that may be left out, its default (None) not shown in the help."""
+    option = typer.Option(*flags, help=help, metavar=metavar, show_default=False, **limits)
+    return Annotated[Optional[hint], option]  # noqa: UP045 (Typer reads typing.Optional)
 
 
 def _parameter(f: dataclasses.Field, hint) -> inspect.Parameter:
@@ -164,19 +171,15 @@ def _parameter(f: dataclasses.Field, hint) -> inspect.Parameter:
         element = typing.get_args(hint)[0] if typing.get_origin(hint) is list else hint
         extra["metavar"] = {"str": "TEXT"}.get(element.__name__, element.__name__.upper())
     if meta["argument"]:  # optional here: a study file may name the models
-        marker = typer.Argument(help=meta["help"], show_default=False, metavar="MODEL")
-        default = None
-        hint = Optional[hint]  # noqa: UP045 (Typer reads typing.Optional)
+        default, marker = None, typer.Argument(help=meta["help"], show_default=False, metavar="MODEL")
     else:
         factory = f.default_factory is not dataclasses.MISSING  # a repeatable option's default list (--seed: [0])
         default = f.default_factory() if factory else f.default
         show = default is not None and not isinstance(default, bool)
         marker = typer.Option(*meta["flags"], help=meta["help"], show_default=show, **extra)
-        if default is None:
-            hint = Optional[hint]  # noqa: UP045 (Typer reads typing.Optional)
-    return inspect.Parameter(
-        f.name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=Annotated[hint, marker]
-    )
+    if default is None:
+        hint = Optional[hint]  # noqa: UP045 (Typer reads typing.Optional)
+    return _keyword(f.name, default, Annotated[hint, marker])
 
 
 def _one_of(name: str, choices: tuple[str, ...]):
@@ -191,33 +194,26 @@ def _one_of(name: str, choices: tuple[str, ...]):
 def _plain_type(hint):
     """`int | None` -> int, `list[int] | None` -> list[int]: the type Typer parses."""
     args = [a for a in typing.get_args(hint) if a is not type(None)]
-    if typing.get_origin(hint) in (typing.Union, getattr(__import__("types"), "UnionType", None)) and len(args) == 1:
-        return args[0]
-    return hint
+    return args[0] if typing.get_origin(hint) in (typing.Union, types.UnionType) and len(args) == 1 else hint
 
 
 STUDY_PARAMETERS = [
-    inspect.Parameter(
+    _keyword(
         "config",
-        inspect.Parameter.KEYWORD_ONLY,
-        default=None,
-        annotation=Annotated[
-            Optional[Path],  # noqa: UP045
-            typer.Option(
-                "--config",
-                "-c",
-                help="Study file (TOML): models, seeds and any option by its command-line name, e.g. "
-                'models = ["resnet18"], seed = [0, 1], batch-size = 64. Command-line options override it.',
-                show_default=False,
-                metavar="FILE",
-            ),
-        ],
+        None,
+        _optional(
+            Path,
+            "Study file (TOML): models, seeds and any option by its command-line name, e.g. "
+            'models = ["resnet18"], seed = [0, 1], batch-size = 64. Command-line options override it.',
+            "FILE",
+            "--config",
+            "-c",
+        ),
     ),
-    inspect.Parameter(
+    _keyword(
         "print_config",
-        inspect.Parameter.KEYWORD_ONLY,
-        default=False,
-        annotation=Annotated[
+        False,
+        Annotated[
             bool, typer.Option("--print-config", help="Print the resolved study as TOML and exit without running.")
         ],
     ),
@@ -226,8 +222,7 @@ STUDY_PARAMETERS = [
 
 def request_command(request_type, handler, study: bool = False):
     """A Typer command whose parameters are `request_type`'s option fields and which calls
-    ``handler(request_type(...))``; unset options keep the dataclass's defaults. With `study`, the command
-    also takes `--config FILE` (its values under the command line's) and `--print-config`."""
+    ``handler(request_type(...))``; with `study`, it also takes `--config FILE` and `--print-config`."""
     hints = typing.get_type_hints(request_type)
     params = [_parameter(f, _plain_type(hints[f.name])) for f in cli_fields(request_type)]
     context = inspect.Parameter("ctx", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=typer.Context)
@@ -247,19 +242,21 @@ def request_command(request_type, handler, study: bool = False):
             friendly_errors(request.check)()
             console.print(study_toml(request, ctx.info_name), highlight=False, soft_wrap=True, markup=False, end="")
             return None
-        record = config is not None  # a study run from a file is recorded in its runs folder once it has run
+
+        def record() -> None:  # a study run from a file is recorded in its runs folder once it has run
+            if config is not None and Path(request.out).is_dir():
+                friendly_errors(write_study)(request, ctx.info_name)
+
         try:
             result = handler(request)
         except KeyboardInterrupt as e:
-            if record and Path(request.out).is_dir():
-                friendly_errors(write_study)(request, ctx.info_name)
+            record()
             interrupted(request, ctx.info_name, e)
         except typer.Exit as e:
-            if record and e.exit_code == DIVERGED_EXIT:
-                friendly_errors(write_study)(request, ctx.info_name)
+            if e.exit_code == DIVERGED_EXIT:
+                record()
             raise
-        if record and Path(request.out).is_dir():
-            friendly_errors(write_study)(request, ctx.info_name)
+        record()
         return result
 
     command.__signature__ = inspect.Signature([context, *params, *(STUDY_PARAMETERS if study else [])])
@@ -272,30 +269,21 @@ def request_command(request_type, handler, study: bool = False):
 # ------------------------------------------------------------------------------------------ study files
 
 
-def _expected(hint) -> tuple[tuple[type, ...], str]:
-    """The TOML value types a field of type `hint` takes, and their name for an error message."""
-    if hint is bool:
-        return (bool,), "true or false"
-    if hint is int:
-        return (int,), "an integer"
-    if hint is float:
-        return (int, float), "a number"
-    if hint is str:
-        return (str, int, float), "a string"
-    return (str,), "a path (a string)"
+# The TOML value types an option of each type takes, and their name for an error message (else: a path).
+TOML_TYPES = {
+    bool: ((bool,), "true or false"),
+    int: ((int,), "an integer"),
+    float: ((int, float), "a number"),
+    str: ((str, int, float), "a string"),
+}
 
 
 def read_study(path: Path, request_type, ctx: typer.Context) -> dict[str, Any]:
-    """A study file's options as request field values, each checked by the parser's own type (choices,
-    limits); an unknown key or a value of the wrong type is one line naming the file and the key."""
+    """A study file's options as request field values, each checked by the parser's own type (choices, limits)."""
     try:
-        text = path.read_text(encoding="utf-8")
+        _, table = read_toml(path)
     except OSError as e:
         raise ArchbenchError(f"cannot read the study file {path}: {e.strerror or e}") from None
-    try:
-        table = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as e:
-        raise ArchbenchError(f"{path} is not valid TOML: {e}") from None
     fields = {name: f for f in cli_fields(request_type) for name in option_names(f)}
     fields["models"] = fields["model"] = next(f for f in cli_fields(request_type) if f.metadata["argument"])
     params = {p.name: p for p in ctx.command.params}
@@ -312,8 +300,8 @@ def read_study(path: Path, request_type, ctx: typer.Context) -> dict[str, Any]:
         many = typing.get_origin(hint) is list
         element = typing.get_args(hint)[0] if many else hint
         items = value if many and isinstance(value, list) else [value]
-        types, expected = _expected(element)
-        if isinstance(value, list) and not many or not all(isinstance(v, types) for v in items):
+        accepted, expected = TOML_TYPES.get(element, ((str,), "a path (a string)"))
+        if isinstance(value, list) and not many or not all(isinstance(v, accepted) for v in items):
             expected = f"{expected} or a list of them" if many else expected
             raise ArchbenchError(f"{path}: {key} must be {expected}, not {value!r}.")
         if any(isinstance(v, bool) for v in items) and element is not bool:
@@ -329,22 +317,15 @@ def read_study(path: Path, request_type, ctx: typer.Context) -> dict[str, Any]:
 
 
 def _toml_value(value) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    return (
-        '"'
-        + str(value.as_posix() if isinstance(value, Path) else value).replace("\\", "\\\\").replace('"', '\\"')
-        + '"'
-    )
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return repr(value)  # inf and nan as TOML writes them, not as JSON does
+    return jsonlib.dumps(value.as_posix() if isinstance(value, Path) else value, ensure_ascii=False)
 
 
 def study_toml(request, command: str) -> str:
-    """The resolved study as a study file: every option of `request` by its command-line name (unset ones,
-    which the preset decides, left out); `--config` of it runs the same study."""
+    """The resolved study as a study file (unset options, which the preset decides, left out)."""
     lines = [f"# archbench {command}: the resolved study (archbench {archbench.__version__})"]
     for f in cli_fields(type(request)):
         value = getattr(request, f.name)
@@ -355,30 +336,25 @@ def study_toml(request, command: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def study_file(request, command: str) -> Path:
-    """Where a study run from a study file is recorded: RUNS/study-run.toml or RUNS/study-tune.toml."""
-    return Path(request.out) / f"study-{command}.toml"
-
-
 def write_study(request, command: str) -> None:
+    """Record a study run from a study file: RUNS/study-run.toml or RUNS/study-tune.toml."""
     from archbench.runs import write_text
 
-    write_text(study_file(request, command), study_toml(request, command))
+    write_text(Path(request.out) / f"study-{command}.toml", study_toml(request, command))
 
 
 # ------------------------------------------------------------------------------------------ Ctrl-C
 
 
 def resume_command(request, command: str) -> str:
-    """The command line that continues `request`'s study: every option that differs from its default,
-    without --fresh (which would start the runs over)."""
+    """The command line that continues `request`'s study: every option not at its default, but --fresh."""
     defaults = type(request)(models=list(request.models))
     args = ["archbench", command, *request.models]
     for f in cli_fields(type(request)):
         value = getattr(request, f.name)
         if f.metadata["argument"] or f.name == "fresh" or value == getattr(defaults, f.name) or value is None:
             continue
-        names = f.metadata["flags"][0].split("/") if f.metadata["flags"] else ["--" + f.name.replace("_", "-")]
+        names = f.metadata["flags"][0].split("/") if f.metadata["flags"] else [flag(f)]
         if isinstance(value, bool):
             args += [names[0] if value else names[-1]] if value or len(names) == 2 else []
         elif isinstance(value, list):
@@ -399,11 +375,7 @@ def interrupted(request, command: str, e: KeyboardInterrupt) -> None:
     raise typer.Exit(INTERRUPTED_EXIT)
 
 
-def _field(request_type, name: str) -> dataclasses.Field:
-    return next(f for f in dataclasses.fields(request_type) if f.name == name)
-
-
-RegistryOption = _parameter(_field(RunRequest, "registry"), Path).annotation
+RegistryOption = _parameter(request_field(RunRequest, "registry"), Path).annotation
 RunsOption = Annotated[Path, typer.Option("--runs", help="Folder of run records.", metavar="DIR")]
 
 
@@ -423,15 +395,12 @@ def list_cmd(
 ) -> None:
     """Show the model catalogue: parameters and FLOPs at 224x224 (at the output classes the caption states; a run
     builds the classifier for its data's classes), depth, residual and BN (cached after the first call)."""
-    import json
-    import math
-
     from archbench.catalogue import catalogue
 
     rows = catalogue(registry)
     if as_json:
         plain = [{**row, "gflops_224": None if math.isnan(row["gflops_224"]) else row["gflops_224"]} for row in rows]
-        typer.echo(json.dumps(plain, indent=2))
+        typer.echo(jsonlib.dumps(plain, indent=2))
         return
     described = console.width >= 120  # else the descriptions follow the table, each on its own line
     table = Table(
@@ -441,11 +410,10 @@ def list_cmd(
         "Depth: conv and linear layers on the longest input-to-output path.",
     )
     table.add_column("name", style="bold", no_wrap=True)
-    table.add_column("parameters", justify="right")
-    table.add_column("GFLOPs@224", justify="right")
-    table.add_column("depth", justify="right")
-    table.add_column("residual", justify="center")
-    table.add_column("BN", justify="center")
+    for name, justify in (("parameters", "right"), ("GFLOPs@224", "right"), ("depth", "right")):
+        table.add_column(name, justify=justify)
+    for name in ("residual", "BN"):
+        table.add_column(name, justify="center")
     if described:
         table.add_column("description", ratio=1)
     for row in rows:
@@ -510,10 +478,7 @@ app.command("bench", cls=NamedArguments, short_help="Training and inference imag
 
 def _project_path(help: str, default: str, metavar: str = "FILE"):
     """A `report` option naming a file or folder that defaults to `default` in the runs folder's project."""
-    return Annotated[
-        Optional[Path],  # noqa: UP045
-        typer.Option(help=f"{help} Default: RUNS/../{default}.", metavar=metavar, show_default=False),
-    ]
+    return _optional(Path, f"{help} Default: RUNS/../{default}.", metavar)
 
 
 @app.command(short_help="Write REPORT.md from the recorded runs.")
@@ -531,7 +496,7 @@ def report(
     holds RUNS."""
     from archbench.report import write_report
 
-    project = project_of(runs)
+    project = runs.parent  # `runs` -> the working folder
     path = write_report(
         runs_dir=runs,
         out=report or project / REPORT_FILE,
@@ -542,22 +507,12 @@ def report(
     console.print(f"wrote {path}")
 
 
-def project_of(runs: Path) -> Path:
-    """The project a runs folder belongs to: the folder that holds it (`runs` -> the working folder)."""
-    return runs.parent
-
-
 @app.command(short_help="Where a study stands.")
 @friendly_errors
 def status(
     runs: RunsOption = RUNS_DIR,
     json: Annotated[bool, typer.Option("--json", help="Print the rows as JSON instead of a table.")] = False,
-    watch: Annotated[
-        Optional[float],  # noqa: UP045
-        typer.Option(
-            help="Redraw the table in place every SECONDS until Ctrl-C.", metavar="SECONDS", min=0.1, show_default=False
-        ),
-    ] = None,
+    watch: _optional(float, "Redraw the table in place every SECONDS until Ctrl-C.", "SECONDS", min=0.1) = None,
 ) -> None:
     """Where a study stands: every run under the folder, its rate, arm, progress, accuracy, speed and time left."""
     from archbench.status import show_status, status_json, watch_status
@@ -577,33 +532,24 @@ def data_prepare(
         str,
         typer.Argument(help=f"One of: {', '.join(DATASETS)}.", metavar="DATASET"),
     ] = DATASETS[0],
-    root: Annotated[
-        Path | None,
-        typer.Option(  # noqa: UP045
-            help="Where the data and its packed cache live (default: data for tiny-imagenet, data/DATASET for "
-            "the others; `--data DATASET` finds it there).",
-            show_default=False,
-            metavar="DIR",
-        ),
-    ] = None,
-    source: Annotated[
-        str | None,
-        typer.Option(  # noqa: UP045
-            help="URL, local archive or file, or folder (default: the official archive; digits: scikit-learn's copy; "
-            "imagefolder: required).",
-            show_default=False,
-            metavar="URL|FILE|DIR",
-        ),
-    ] = None,
-    image_size: Annotated[
-        int | None,
-        typer.Option(  # noqa: UP045
-            help="imagefolder: resize every image to N x N once (default: the training images' median shorter side).",
-            min=1,
-            show_default=False,
-            metavar="N",
-        ),
-    ] = None,
+    root: _optional(
+        Path,
+        "Where the data and its packed cache live (default: data for tiny-imagenet, data/DATASET for the others; "
+        "`--data DATASET` finds it there).",
+        "DIR",
+    ) = None,
+    source: _optional(
+        str,
+        "URL, local archive or file, or folder (default: the official archive; digits: scikit-learn's copy; "
+        "imagefolder: required).",
+        "URL|FILE|DIR",
+    ) = None,
+    image_size: _optional(
+        int,
+        "imagefolder: resize every image to N x N once (default: the training images' median shorter side).",
+        "N",
+        min=1,
+    ) = None,
     skip_bad: Annotated[
         bool, typer.Option("--skip-bad", help="Skip unreadable images (counted) instead of stopping.")
     ] = False,

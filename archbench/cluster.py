@@ -1,27 +1,9 @@
 """`archbench run ... --launcher submitit`: every (model, seed) of a study as a cluster job of its own.
 
 Each job runs the job file of its (model, seed) in a child process, as a --gpus sweep does
-(`archbench.launch`), so it writes the ordinary run record into the shared --out folder: resuming,
-skipping finished runs and the records themselves are the training loop's, not this module's. The job
-files lie under --out/.submitit, where every node reads them. Several jobs go to SLURM as one job array
-(`executor.batch()`). With --wait, each job's bar is drawn from its run folder, and its child's output shown.
-
-Preemption and time limits: SLURM signals a job (USR2) 90 s before its time limit, and before a
-preemption where the cluster sets SlurmctldParameters=preempt_send_user_signal. submitit then calls the
-job's `checkpoint()`, which hands back the same job, and requeues it; the requeued job runs the same
-job file again, which resumes the run from its last epoch checkpoint (at most one epoch is redone). The
-child process itself ignores that signal and SIGTERM, so it is stopped by this job's wrapper alone,
-after submitit has recorded the requeue. A job that times out more than `MAX_TIMEOUTS` times is
-left stopped: rerun the same `archbench run` command to continue it.
-
-GPUs: with --gpus-per-job N > 1 the job is one SLURM task that starts `torchrun --standalone
---nproc-per-node N`, so each GPU is a DistributedDataParallel rank and the run is recorded once, as
-under a hand-started torchrun (--batch-size is per GPU). One task rather than N tasks keeps torchrun in
-charge of the ranks: a rank that fails ends the others, and the resume path is the one torchrun runs
-already use.
-
-`--cluster local` runs the jobs as processes on this machine (submitit's LocalExecutor): every job
-starts at once, so it is for trying a setup and for tests; a one-machine sweep is `--gpus`.
+(`archbench.launch`), so resuming, skipping finished runs and the records themselves are the training
+loop's. The job files lie under --out/.submitit, where every node reads them; several jobs go to SLURM
+as one job array. Preemption, time limits and --gpus-per-job are described in docs/cluster.md.
 """
 
 from __future__ import annotations
@@ -53,14 +35,10 @@ LOCAL_FILESYSTEMS = {"tmpfs", "ramfs", "devtmpfs", "overlay", "ext2", "ext3", "e
 INSTALL = "pip install 'archbench[slurm]'"
 
 
-# ------------------------------------------------------------------------------------------ the job
-
-
 @dataclass
 class TrainingJob:
-    """What one cluster job runs: the child of one job file (`archbench.launch`), as a callable submitit
-    pickles. `checkpoint` makes it requeueable (submitit calls it on preemption and near the time limit):
-    the requeued job runs the same job file, which resumes the run."""
+    """What one cluster job runs: the child of one job file, as a callable submitit pickles. `checkpoint`
+    makes it requeueable: the requeued job runs the same job file, which resumes the run."""
 
     label: str
     command: list[str]
@@ -69,8 +47,7 @@ class TrainingJob:
     log: str  # the child's output alone, which --wait shows (submitit's lines are in the job's own log)
 
     def __call__(self) -> dict | None:
-        """Run the child, its output passed on to this job's log and to `log`; the summary of its run, or None
-        if none was recorded."""
+        """Run the child, its output copied to `log`; the summary of its run, or None if none was recorded."""
         with open(self.log, "a", encoding="utf-8") as log:
 
             def show(line: str) -> None:
@@ -88,21 +65,13 @@ class TrainingJob:
         return DelayedSubmission(self, *args, **kwargs)
 
 
-def preemption_signal() -> int:
-    """The signal submitit handles as "checkpoint and requeue" (SUBMITIT_PREEMPT_SIGNAL, default USR2)."""
-    return getattr(signal, "SIG" + os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2"))
-
-
 def ignore_stop() -> None:
-    """In the child: SLURM signals every process of a job step, before a preemption or the time limit (USR2)
-    and when it stops the job (TERM). The run leaves the decision to this job's wrapper, which requeues the
-    job first and then kills it (its run resumes from the checkpoint of its last epoch, which like every
-    record file is replaced atomically)."""
-    for signum in (preemption_signal(), signal.SIGTERM):
+    """In the child: SLURM signals every process of a job step, before a preemption or the time limit
+    (submitit's SUBMITIT_PREEMPT_SIGNAL, default USR2) and when it stops the job (TERM). The job's wrapper
+    decides: it requeues the job first and then kills it."""
+    preemption = getattr(signal, "SIG" + os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2"))
+    for signum in (preemption, signal.SIGTERM):
         signal.signal(signum, signal.SIG_IGN)
-
-
-# ------------------------------------------------------------------------------------------ checks
 
 
 def _submitit():
@@ -149,17 +118,14 @@ def slurm_parameters(params: list[str] | None) -> dict[str, str]:
 def filesystem_type(path: Path) -> str | None:
     """The type of the filesystem `path` is on, from /proc/self/mounts (None where that is not readable)."""
     try:
-        mounts = Path("/proc/self/mounts").read_text().splitlines()
+        mounts = [line.split() for line in Path("/proc/self/mounts").read_text().splitlines()]
     except OSError:
         return None
     best, kind = "", None
-    for line in mounts:
-        fields = line.split()
-        if len(fields) < 3:
-            continue
-        point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m[1], 8)), fields[1])  # "\040" is a space
+    for point, fstype in (fields[1:3] for fields in mounts if len(fields) >= 3):
+        point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m[1], 8)), point)  # "\040" is a space
         if (str(path) == point or str(path).startswith(point.rstrip("/") + "/")) and len(point) >= len(best):
-            best, kind = point, fields[2]
+            best, kind = point, fstype
     return kind
 
 
@@ -169,12 +135,7 @@ def shared_folder_warning(out: Path) -> str | None:
     if any(path == Path(p) or Path(p) in path.parents for p in NOT_SHARED):
         return f"--out {out} is under a temporary folder of this machine"
     kind = filesystem_type(path)
-    if kind in LOCAL_FILESYSTEMS:
-        return f"--out {out} is on a local {kind} filesystem"
-    return None
-
-
-# ------------------------------------------------------------------------------------------ submitting
+    return f"--out {out} is on a local {kind} filesystem" if kind in LOCAL_FILESYSTEMS else None
 
 
 @dataclass
@@ -190,13 +151,6 @@ class Submitted:
     @property
     def job_id(self) -> str:
         return str(self.job.job_id)
-
-
-def job_environment(request: RunRequest) -> dict[str, str]:
-    env = {"PYTHONUNBUFFERED": "1"}
-    if request.cluster == "slurm" and "OMP_NUM_THREADS" not in os.environ:
-        env["OMP_NUM_THREADS"] = str(max(1, request.cpus_per_job // max(1, request.gpus_per_job)))
-    return env
 
 
 def make_executor(request: RunRequest, folder: Path):
@@ -216,7 +170,7 @@ def make_executor(request: RunRequest, folder: Path):
     params = {
         "name": "archbench",
         "timeout_min": request.time_limit,
-        "tasks_per_node": 1,
+        "tasks_per_node": 1,  # one task: torchrun inside it starts the ranks (docs/cluster.md)
         "nodes": 1,
         "cpus_per_task": request.cpus_per_job,
     }
@@ -241,22 +195,24 @@ def sbatch_error(text: str) -> str:
     return "; ".join(errors) if errors else lines[0] if lines else "no reason given"
 
 
+def _warn(console: Console, text: str) -> None:
+    console.print(f"[yellow]warning:[/] {text}", highlight=False, soft_wrap=True)
+
+
 def submit(jobs: list[RunRequest], request: RunRequest, console: Console) -> list[Submitted]:
     """Submit every job (a job array on SLURM) and print their ids; returns them as submitted."""
     check_request(request)
     if request.cluster == "slurm" and (problem := shared_folder_warning(request.out)):
-        console.print(
-            f"[yellow]warning:[/] {escape(problem)}; jobs on other nodes cannot write there. Give --out a "
-            "folder on the cluster's shared filesystem.",
-            highlight=False,
-            soft_wrap=True,
+        _warn(
+            console,
+            f"{escape(problem)}; jobs on other nodes cannot write there. Give --out a folder on the cluster's "
+            "shared filesystem.",
         )
     if request.cluster == "local" and len(jobs) > 1 and request.gpus_per_job and request.device != "cpu":
-        console.print(
-            f"[yellow]warning:[/] --cluster local starts all {len(jobs)} jobs at once, each on GPUs "
-            f"0-{request.gpus_per_job - 1} of this machine; --gpus runs one job per GPU at a time.",
-            highlight=False,
-            soft_wrap=True,
+        _warn(
+            console,
+            f"--cluster local starts all {len(jobs)} jobs at once, each on GPUs 0-{request.gpus_per_job - 1} "
+            "of this machine; --gpus runs one job per GPU at a time.",
         )
     folder = request.out.resolve() / LOG_FOLDER  # a job may start in another folder than this command
     try:
@@ -264,7 +220,9 @@ def submit(jobs: list[RunRequest], request: RunRequest, console: Console) -> lis
     except OSError as e:
         raise ArchbenchError(f"cannot make the --out folder {request.out}: {e.strerror or e}") from None
     executor = make_executor(request, folder)
-    env = job_environment(request)
+    env = {"PYTHONUNBUFFERED": "1"}
+    if request.cluster == "slurm" and "OMP_NUM_THREADS" not in os.environ:
+        env["OMP_NUM_THREADS"] = str(max(1, request.cpus_per_job // max(1, request.gpus_per_job)))
     job_files = Path(tempfile.mkdtemp(prefix="jobs-", dir=folder))  # read on whichever node runs the job
     callables = []
     for index, job in enumerate(jobs):
@@ -280,13 +238,11 @@ def submit(jobs: list[RunRequest], request: RunRequest, console: Console) -> lis
             for fn in callables:
                 submitted.append(Submitted(executor.submit(fn), fn.label, Path(fn.opened), Path(fn.log)))
     except (errors.FailedJobError, errors.FailedSubmissionError, OSError) as e:  # sbatch refused, or is missing
-        reason = sbatch_error(str(e) or stderr.getvalue())
-        raise ArchbenchError(f"{request.cluster} refused the jobs: {reason}") from None
-    where = (
-        f"SLURM{f' partition {request.partition}' if request.partition else ''}"
-        if request.cluster == "slurm"
-        else "this machine (--cluster local)"
-    )
+        raise ArchbenchError(
+            f"{request.cluster} refused the jobs: {sbatch_error(str(e) or stderr.getvalue())}"
+        ) from None
+    partition = f" partition {request.partition}" if request.partition else ""
+    where = f"SLURM{partition}" if request.cluster == "slurm" else "this machine (--cluster local)"
     console.print(
         f"submitted {len(submitted)} job{'s' * (len(submitted) != 1)} to {where}: {request.time_limit} min, "
         f"{request.gpus_per_job} GPU(s) and {request.cpus_per_job} CPUs each; logs in {escape(str(folder))}",
@@ -296,9 +252,6 @@ def submit(jobs: list[RunRequest], request: RunRequest, console: Console) -> lis
     for s in submitted:
         console.print(f"  {s.label}: job {s.job_id}", highlight=False, soft_wrap=True)
     return submitted
-
-
-# ------------------------------------------------------------------------------------------ waiting
 
 
 def read_new_lines(s: Submitted) -> list[str]:
@@ -315,8 +268,7 @@ def read_new_lines(s: Submitted) -> list[str]:
 
 
 def wait(submitted: list[Submitted], request: RunRequest, console: Console) -> list[dict]:
-    """Show every job's progress (from its run folder) and log until all have ended; returns the summaries of
-    their runs, in the order submitted, as `archbench run` does."""
+    """Show every job's progress and log until all have ended; their runs' summaries, in the order submitted."""
     progress = job_progress(console)
     tasks = {
         s.job_id: progress.add_task(f"{s.label} [dim]{s.job_id}[/]", total=None, state="queued") for s in submitted
@@ -335,8 +287,7 @@ def wait(submitted: list[Submitted], request: RunRequest, console: Console) -> l
                     pending.remove(s)
                     summary, problem = outcome(s)
                     outcomes[s.job_id] = summary
-                    state = summary["status"] if summary else "[red]failed"
-                    progress.update(tasks[s.job_id], state=state)
+                    progress.update(tasks[s.job_id], state=summary["status"] if summary else "[red]failed")
                     if problem:
                         failures.append(f"{s.label} (job {s.job_id}): {problem}")
                 if pending:
@@ -370,13 +321,10 @@ def follow(s: Submitted, progress: Progress, task) -> None:
 
 def outcome(s: Submitted) -> tuple[dict | None, str | None]:
     """An ended job's run summary, or why there is none."""
-    error = s.job.exception()
-    if error is not None:
+    if (error := s.job.exception()) is not None:
         return None, failure_reason(str(error))
     summary = s.job.result()
-    if summary is None:
-        return None, "it ended without a run record"
-    return summary, None
+    return summary, (None if summary is not None else "it ended without a run record")
 
 
 def failure_reason(text: str) -> str:
@@ -389,9 +337,8 @@ def failure_reason(text: str) -> str:
 
 
 def submit_runs(jobs: list[RunRequest], request: RunRequest, console: Console | None = None) -> list[dict]:
-    """`archbench run --launcher submitit`: submit `jobs` (every model x seed; `archbench tune`: every trial)
-    as cluster jobs and print their ids. With --wait, show their progress and return their runs' summaries
-    like `archbench.study.run_models`; without, return [] at once."""
+    """`archbench run --launcher submitit`: submit `jobs` (every model x seed, or every tuning trial); with
+    --wait, return their runs' summaries like `archbench.study.run_models`, else [] at once."""
     console = console or Console()
     submitted = submit(jobs, request, console)
     if not request.wait:

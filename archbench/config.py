@@ -1,12 +1,9 @@
-"""What a run is: the recipe presets, the requests `archbench run` and `bench` receive, and the config a run
-resolves to.
+"""What a run is: the recipe presets, the requests `archbench run`, `tune` and `bench` receive, and the config a
+run resolves to.
 
-`RunRequest` is the one definition of every `archbench run` option: each field carries its help text
-and flag, and the command line is built from these fields (`archbench.cli`), so an option is written
-once. `resolve_config` turns a request, a registry entry and the data into a `RunConfig`, the typed
-record of everything that determines a run's numbers; `RunConfig.to_json` is what config.json holds.
-A run record is portable: it names the registry entry and the data by content (a hash of the TOML,
-the data's fingerprint), never by where they sat on the machine that ran it.
+Each request field carries its help text and flags, and the command line is built from them (`archbench.cli`),
+so an option is written once. `resolve_config` turns a request, a registry entry and the data into a `RunConfig`,
+whose `to_json` is config.json; `run_identity` is what its config hash covers. docs/running.md has the detail.
 """
 
 from __future__ import annotations
@@ -14,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import re
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -27,21 +25,19 @@ def option(
     *,
     flags: tuple[str, ...] = (),
     argument: bool = False,
-    default_factory: Any = None,
     choices: tuple[str, ...] | None = None,
     recipe: bool = False,
     **limits,
 ) -> Any:
     """A request field that is also a command-line option (or, with `argument`, the positional argument).
 
-    `flags` are the option's names (default: ``--field-name``; a second name is an alias); `choices` are the
-    values it accepts (checked when the command line is parsed, before anything is imported or read);
-    `recipe`: the field overrides the recipe field of its name (`RunRequest.recipe`); `limits` are Typer's (min,
-    max, envvar), also checked on a request built in Python (`check_limits`).
+    A list `default` is copied for each request. `flags`: its names (default ``--field-name``; a second is an
+    alias); `choices`: the values it accepts, checked while parsing; `recipe`: it overrides the recipe field of
+    its name; `limits`: Typer's (min, max, envvar), also checked on a request built in Python (`check_limits`).
     """
     metadata = {"help": help, "flags": flags, "argument": argument, "choices": choices, "recipe": recipe, **limits}
-    if default_factory is not None:
-        return field(default_factory=default_factory, metadata=metadata)
+    if isinstance(default, list):
+        return field(default_factory=default.copy, metadata=metadata)
     return field(default=default, metadata=metadata)
 
 
@@ -58,7 +54,7 @@ def flag(f: dataclasses.Field) -> str:
 def option_names(f: dataclasses.Field) -> list[str]:
     """Every name of an option without its dashes (``--runs``, ``--out`` -> runs, out; ``--x/--no-x`` -> x), the
     field's own name included: the keys a study file may use for it."""
-    flags = [name for spec in f.metadata["flags"] for name in spec.split("/")[:1]] or [flag(f)]
+    flags = [spec.split("/")[0] for spec in f.metadata["flags"]] or [flag(f)]
     return list(dict.fromkeys([*(name.lstrip("-") for name in flags), f.name.replace("_", "-")]))
 
 
@@ -68,35 +64,23 @@ LAUNCHERS = ("submitit",)
 CLUSTERS = ("slurm", "local")
 
 
-# The options `run`, `tune` and `bench` share.
-def device_option():
-    return option("auto", "auto, cpu, cuda or cuda:N.")
+def request_field(request_type, name: str) -> dataclasses.Field:
+    """The field `name` of a request dataclass."""
+    return next(f for f in dataclasses.fields(request_type) if f.name == name)
 
 
-def precision_option():
-    return option("auto", "auto: bf16 where the GPU supports it, else fp32.", choices=PRECISION_CHOICES)
-
-
-def channels_last_option():
-    return option(None, "Default: on for CUDA.", flags=("--channels-last/--no-channels-last",))
-
-
-def compile_option():
-    return option(False, "torch.compile the model.", flags=("--compile/--no-compile",))
-
-
-def registry_option():
-    return option(
-        None, "Folder of model TOML files to use instead of the built-in catalogue.", envvar="ARCHBENCH_REGISTRY"
-    )
+def same_option(request_type, name: str) -> Any:
+    """The option `name` of another request, declared again (an option `run` and `bench` share)."""
+    f = request_field(request_type, name)
+    return field(default=f.default, metadata=f.metadata)
 
 
 # ------------------------------------------------------------------------------------------ recipes
 
 
 def recipe_field(default: Any = dataclasses.MISSING, *, rate: bool = False, report: str | None = None) -> Any:
-    """A recipe field. `rate`: it changes what a learning rate means, so a rate tuned under one value does not
-    carry over to another (`RATE_FIELDS`); `report`: its column in the report's recipe table."""
+    """A recipe field. `rate`: a rate tuned under one value does not carry over to another (`RATE_FIELDS`);
+    `report`: its column in the report's recipe table."""
     return field(default=default, metadata={"rate": rate, "report": report})
 
 
@@ -118,10 +102,8 @@ class Recipe:
 
 
 OPTIMIZERS = ("sgd", "adamw")
-# What --optimizer adamw takes where --lr and --weight-decay are not given: torch.optim.AdamW's own defaults
-# (lr=1e-3, weight_decay=1e-2), not the presets', which are SGD's; the rate as it stands, neither scaled to the
-# batch nor by a registry entry's lr_scale (both SGD's). AdamW has no momentum (its betas, torch's default
-# (0.9, 0.999), play that part).
+# What --optimizer adamw takes where --lr and --weight-decay are not given: torch.optim.AdamW's own defaults, the
+# rate unscaled (the presets' and their scaling are SGD's); its betas play momentum's part.
 ADAMW_DEFAULTS = {"lr": 1e-3, "weight_decay": 1e-2, "momentum": None}
 SCHEDULES = ("cosine", "constant", "step")
 # The step schedule: the rate times STEP_FACTOR at each of these fractions of all training steps (He et al.
@@ -139,25 +121,14 @@ class Preset:
     gradnorm_steps: int = 200
 
 
+# Where each preset's numbers come from (the papers, the reference reproduction): docs/running.md, Presets.
 PRESETS = {
-    # The study's setup: Tiny-ImageNet-200 upscaled to 256 with 224 crops. SGD with momentum 0.9 and
-    # lr 0.1 for a batch of 256 (He et al. 2016, §3.4), weight decay 5e-4 (an independent Tiny-ImageNet
-    # baseline's; ImageNet's 1e-4 leaves a 100k-image set to overfit more: archbench.references),
-    # cosine decay after 2 linear warm-up epochs, 40 epochs: the reference reproduction saw ResNet
-    # converge in about 30 and the VGGs in about 40. VGG without BN trains at a tenth of the rate
-    # (its registry entry's lr_scale, after torchvision's reference recipe).
     "paper": Preset(
         recipe=Recipe(epochs=40, batch_size=256, lr=0.1, weight_decay=5e-4, warmup_epochs=2),
         data="data",
         image_size=224,
         thresholds=(0.3, 0.4, 0.5),
     ),
-    # About two minutes on 2 CPU cores: the real handwritten digits (10 classes, 1,442 training images, 8x8
-    # upscaled) at 32x32, the smallest size VGG's five pools take; 2 epochs (2,884 training images, about
-    # what 3 epochs of the 1,000-image synthetic set cost before). Thresholds for 10 classes (chance 0.1):
-    # 0.5, 0.8 and 0.9 test accuracy. At 32x32 the VGG classifier's adaptive pool copies a 1x1 feature map
-    # 49 times, which multiplies the step of its first linear layer: without clipping VGG16-BN diverges at
-    # any lr that trains in a few epochs.
     "smoke": Preset(
         recipe=Recipe(epochs=2, batch_size=32, lr=0.1, weight_decay=5e-4, warmup_epochs=0.5, clip_grad_norm=2.0),
         data="digits",
@@ -165,12 +136,6 @@ PRESETS = {
         thresholds=(0.5, 0.8, 0.9),
         gradnorm_steps=60,
     ),
-    # He et al. 2016, "Deep Residual Learning for Image Recognition", §4.2 (CIFAR-10): SGD with momentum 0.9,
-    # lr 0.1, weight decay 1e-4, batch 128, the rate divided by 10 at 32k and 48k iterations and training
-    # ended at 64k: 164 epochs of the 50,000 training images (390 steps each, 63,960 in all) under the step
-    # schedule, milestones at 1/2 and 3/4 of training. No warm-up (the paper warms up only ResNet-110, at
-    # lr 0.01 for about 400 iterations). The data's pad-crop-flip augmentation is the paper's: 4 pixels of
-    # zeros on each side, a random 32x32 crop of the 40x40 result, a horizontal flip; 32x32, no upscaling.
     "cifar": Preset(
         recipe=Recipe(epochs=164, batch_size=128, lr=0.1, weight_decay=1e-4, schedule="step", warmup_epochs=0),
         data="cifar10",
@@ -251,13 +216,7 @@ class RunRequest:
         "upscaled to S*256/224 first; CIFAR: padded by 4, so S <= 40; default: the preset's).",
         min=16,
     )
-    seeds: list[int] = option(
-        help="Seed; repeat for several runs per model.",
-        flags=("--seed",),
-        default_factory=lambda: [0],
-        min=0,
-        max=SEED_MAX,
-    )
+    seeds: list[int] = option([0], "Seed; repeat for several runs per model.", flags=("--seed",), min=0, max=SEED_MAX)
     holdout_per_class: int = option(
         0,
         "Hold out this many training images per class as a validation split (0: none); the best epoch is "
@@ -271,10 +230,10 @@ class RunRequest:
         None, "Test-accuracy threshold, a fraction in (0, 1]; repeatable.", flags=("--threshold",), min=0, max=1
     )
     gradnorm_steps: int | None = option(None, "Record per-layer gradient norms for this many first steps.", min=0)
-    device: str = device_option()
-    precision: str = precision_option()
-    compile: bool = compile_option()
-    channels_last: bool | None = channels_last_option()
+    device: str = option("auto", "auto, cpu, cuda or cuda:N.")
+    precision: str = option("auto", "auto: bf16 where the GPU supports it, else fp32.", choices=PRECISION_CHOICES)
+    compile: bool = option(False, "torch.compile the model.", flags=("--compile/--no-compile",))
+    channels_last: bool | None = option(None, "Default: on for CUDA.", flags=("--channels-last/--no-channels-last",))
     deterministic: bool = option(False, "Deterministic algorithms (bit-exact resume on CPU).")
     sync_bn: bool = option(False, "SyncBatchNorm under torchrun.", flags=("--sync-bn",))
     gpus: str | None = option(None, "Comma-separated GPU ids: run the models concurrently, one per GPU.")
@@ -308,7 +267,9 @@ class RunRequest:
     tuning_trial: bool = option(
         False, "Record the run as a learning-rate tuning trial (`archbench tune` sets it).", flags=("--tuning-trial",)
     )
-    registry: Path | None = registry_option()
+    registry: Path | None = option(
+        None, "Folder of model TOML files to use instead of the built-in catalogue.", envvar="ARCHBENCH_REGISTRY"
+    )
 
     def __post_init__(self):
         paths_as_paths(self)
@@ -319,10 +280,7 @@ class RunRequest:
         return self.tuning or self.out / TUNING_FILE
 
     def check(self) -> None:
-        """Every check that needs neither torch nor the data: limits, choices, the rate, the tuning file `--lr
-        tuned` reads. `archbench run` and `tune` make them before importing anything heavy."""
-        import re
-
+        """Every check that needs neither torch nor the data, made before anything heavy is imported."""
         check_limits(self)
         self.recipe()  # the preset, the schedule and the optimiser
         lr = parse_lr(self.lr)
@@ -348,8 +306,7 @@ class RunRequest:
         return PRESETS[self.preset]
 
     def recipe(self) -> Recipe:
-        """The preset's recipe with this request's overrides (the lr before scaling to the batch); AdamW's
-        defaults where it replaces the preset's SGD."""
+        """The preset's recipe with this request's overrides (the lr before scaling to the batch)."""
         overrides = {
             f.name: getattr(self, f.name)
             for f in dataclasses.fields(self)
@@ -412,13 +369,13 @@ class BenchRequest:
     """What `archbench bench` was asked for (each field is also its command-line option)."""
 
     models: list[str] = option(None, "Registry names.", argument=True)
-    device: str = device_option()
+    device: str = same_option(RunRequest, "device")
     image_size: int = option(224, "Input size S.", min=16)
     batch_size: int = option(64, "Batch size.", min=1)
     steps: int = option(20, "Timed steps per measurement (after warm-up).", min=1)
-    precision: str = precision_option()
-    channels_last: bool | None = channels_last_option()
-    compile: bool = compile_option()
+    precision: str = same_option(RunRequest, "precision")
+    channels_last: bool | None = same_option(RunRequest, "channels_last")
+    compile: bool = same_option(RunRequest, "compile")
     num_classes: int = option(200, "Output classes.", min=1)
     data: str = option(
         "synthetic", "Data for the end-to-end numbers: a prepared folder, or a built-in set ('digits', 'synthetic')."
@@ -427,7 +384,7 @@ class BenchRequest:
         BENCH_DIR,
         "Folder for the result files (.json and .csv, named by device, precision, memory format and torch version).",
     )
-    registry: Path | None = registry_option()
+    registry: Path | None = same_option(RunRequest, "registry")
 
     def __post_init__(self):
         paths_as_paths(self)
@@ -468,7 +425,8 @@ class DataIdentity:
 
 
 def how_it_ran() -> Any:
-    """A RunConfig field that says how or where a run was carried out, not what it is (`MACHINE_KEYS`)."""
+    """A RunConfig field that says how or where a run was carried out, not what it is (`MACHINE_KEYS`): a tuning
+    trial recorded on another machine is the same trial."""
     return field(metadata={"machine": True})
 
 
@@ -488,8 +446,6 @@ class RunConfig:
     gradnorm_steps: int
     validation: dict | None  # the held-out split: per_class, seed, size and the fingerprint of its indices
     tuning_trial: bool
-    # How and where the run was carried out (`how_it_ran`): a tuning trial recorded on another machine is the
-    # same trial.
     optimizer_kernel: str = how_it_ran()  # torch's kernel: "fused" or "foreach" (records before it: `optimizer`)
     device: str = how_it_ran()
     precision: str = how_it_ran()
@@ -534,9 +490,8 @@ FIRST_NAMES = {new: old for old, new in RENAMED.items()}
 
 
 def upgrade_config(config: dict) -> dict:
-    """A config.json dict, of any version, in today's form: the fields renamed since under today's names, the
-    recipe fields added since with the value the run had (no `recipe.optimizer`: SGD). Read config.json through
-    it, and a record of any version reads as one written today."""
+    """A config.json dict, of any version, as one written today: renamed fields under today's names, recipe
+    fields added since with the value the run had."""
     config = {RENAMED.get(key, key): value for key, value in config.items()}
     if isinstance(config.get("recipe"), dict):
         config["recipe"] = {**ADDED_RECIPE_FIELDS, **config["recipe"]}
@@ -544,9 +499,8 @@ def upgrade_config(config: dict) -> dict:
 
 
 def run_identity(config: dict, *, machine: bool = True) -> dict:
-    """What makes a recorded run (a config.json dict, of any version) this run: everything but the record's
-    bookkeeping and the registry entry's notes; without `machine`, not how or where it ran either (what finds
-    a tuning trial again). In the first form of each field (`ADDED_RECIPE_FIELDS`, `RENAMED`)."""
+    """What makes a recorded run (a config.json dict, of any version) this run, in each field's first form:
+    everything but the record's bookkeeping and the entry's notes; without `machine`, not how or where it ran."""
     config = upgrade_config(config)
     dropped = RECORD_KEYS if machine else (*RECORD_KEYS, *MACHINE_KEYS)
     identity = {key: value for key, value in config.items() if key not in dropped}
@@ -562,8 +516,8 @@ def run_identity(config: dict, *, machine: bool = True) -> dict:
 
 
 def compile_backend() -> str:
-    """torch.compile's backend: inductor, or $ARCHBENCH_COMPILE_BACKEND (e.g. aot_eager, which captures the
-    same graphs without generating code: the quick check of the compiled path on a CPU)."""
+    """torch.compile's backend: inductor, or $ARCHBENCH_COMPILE_BACKEND (e.g. aot_eager: the same graphs without
+    generated code, the quick check of the compiled path on a CPU)."""
     import torch._dynamo  # only when compiling: importing dynamo costs about a second
 
     backend = os.environ.get("ARCHBENCH_COMPILE_BACKEND", "inductor")
@@ -606,10 +560,9 @@ def parse_lr(text: str | None) -> float | str | None:
 def resolve_lr(
     request: RunRequest, lr_scale: float | None, global_batch: int, tuned: TunedRate | None = None
 ) -> tuple[float, str]:
-    """The learning rate and where it came from: `--lr` as given; with `--lr tuned` the tuning file's rate for
-    this model; else the preset's, or the default of an optimiser other than the preset's (`ADAMW_DEFAULTS`,
-    unscaled). Rates are scaled linearly to the global batch that runs (Goyal et al.
-    2017); the preset's also by the registry entry's `lr_scale`."""
+    """The learning rate and where it came from: `--lr` as given, the tuning file's (`--lr tuned`), the preset's
+    or another optimiser's default. Tuned and preset rates are scaled linearly to the global batch (Goyal et
+    al. 2017), the preset's also by the registry entry's `lr_scale`."""
     lr = parse_lr(request.lr)
     if lr == "tuned":
         if tuned is None:
@@ -633,8 +586,7 @@ def resolve_lr(
 
 
 def lr_origin(lr_source) -> str | None:
-    """Which of `resolve_lr`'s sources a recorded `lr_source` names: "tuned" (a tuning file's rate), "--lr", or
-    "default" (the preset's, or another optimiser's own); None for a record without one."""
+    """Which of `resolve_lr`'s sources a recorded `lr_source` names: "tuned", "--lr" or "default" (None: none)."""
     if not isinstance(lr_source, str):
         return None
     return "tuned" if lr_source.startswith("tuned") else "--lr" if lr_source == "--lr" else "default"

@@ -1,7 +1,6 @@
-"""Where and how a model runs: the device, the precision and its autocast, the memory format, the RNGs.
-
-`train` and `bench` both resolve their options here, so `--device`, `--precision` and
-`--channels-last` mean the same thing in every command.
+"""Where and how a model runs: the device, the precision and its autocast, the memory format, the RNGs,
+the optimiser kernel, peak memory and CUDA's deterministic pooling (docs/gpu.md, "The CUDA path").
+`train` and `bench` both resolve their options here, so the options mean the same in every command.
 """
 
 from __future__ import annotations
@@ -10,6 +9,7 @@ import contextlib
 import functools
 import os
 import random
+import resource
 import sys
 
 import numpy as np
@@ -83,11 +83,8 @@ def seed_everything(seed: int, deterministic: bool) -> None:
 
 
 def rng_state(device: torch.device) -> dict:
-    """Every RNG a training step draws from, as tensors and plain values (loadable with weights_only).
-
-    On CUDA only the state of the device this process trains on: a resume sets it on the device the
-    resumed process trains on, whatever the number of GPUs the machine shows then.
-    """
+    """Every RNG a training step draws from, as tensors and plain values (loadable with weights_only); on
+    CUDA only this process's device, which a resume sets on whatever device it trains on."""
     np_state = np.random.get_state()
     return {
         "torch": torch.get_rng_state(),
@@ -108,14 +105,9 @@ def set_rng_state(state: dict, device: torch.device) -> None:
 
 
 def optimizer_kernel(device: torch.device, precision: str) -> str:
-    """The fastest correct optimiser kernel for this device, chosen once per run and recorded in config.json.
-
-    On CUDA the fused kernel: one launch for every parameter, and the GradScaler hands it the overflow
-    flag on the device instead of reading it back every step. Under fp16 the foreach kernel instead, so
-    the steps the scaler skips for overflow in the first iterations take the path every PyTorch version
-    has tested. Elsewhere foreach (a few multi-tensor ops instead of a Python loop over parameters).
-    SGD and AdamW have both kernels.
-    """
+    """The fastest correct optimiser kernel for this device, recorded in config.json: fused on CUDA (one
+    launch, and the GradScaler hands it the overflow flag on the device), except under fp16, where the
+    steps the scaler skips take foreach's well-tested path; foreach elsewhere."""
     if device.type == "cuda" and precision != "fp16":
         return "fused"
     return "foreach"
@@ -143,9 +135,6 @@ def make_optimizer(
     raise ValueError(f"unknown optimiser {optimizer!r}")  # requests are checked against OPTIMIZERS before this
 
 
-# ------------------------------------------------------------------------------------------ memory
-
-
 def reset_peak_memory(device: torch.device) -> None:
     """Start a run's peak-memory window: CUDA's allocator peak, or the process's peak RSS on Linux."""
     if device.type == "cuda":
@@ -158,29 +147,27 @@ def reset_peak_memory(device: torch.device) -> None:
         pass
 
 
-def peak_memory(device: torch.device) -> tuple[float | None, str]:
+def _proc_kib(path: str, field: str) -> int | None:
+    """A "Field: N kB" line of a Linux /proc file, in KiB; None where there is none."""
+    try:
+        with open(path) as f:
+            return next((int(line.split()[1]) for line in f if line.startswith(field + ":")), None)
+    except OSError:
+        return None
+
+
+def peak_memory(device: torch.device) -> tuple[float, str]:
     """(MiB, what was measured) since `reset_peak_memory`."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20, "cuda max_memory_allocated"
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024, "cpu peak RSS of the process"
-    except OSError:
-        pass
-    peak = process_peak_rss_bytes()
-    return (None, "not measured") if peak is None else (peak / 2**20, "cpu peak RSS since the process started")
+    if (peak := _proc_kib("/proc/self/status", "VmHWM")) is not None:
+        return peak / 1024, "cpu peak RSS of the process"
+    return process_peak_rss_bytes() / 2**20, "cpu peak RSS since the process started"
 
 
-def process_peak_rss_bytes() -> int | None:
+def process_peak_rss_bytes() -> int:
     """The process's peak resident set since it started (ru_maxrss: KiB on Linux, bytes on macOS)."""
-    try:
-        import resource
-
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    except (ImportError, OSError):
-        return None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak if sys.platform == "darwin" else peak * 1024
 
 
@@ -189,31 +176,20 @@ def available_memory(device: torch.device) -> int | None:
     elsewhere the free physical pages); None where neither can be read."""
     if device.type == "cuda":
         return torch.cuda.mem_get_info(device)[0]
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
+    if (available := _proc_kib("/proc/meminfo", "MemAvailable")) is not None:
+        return available * 1024
     try:
         return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError, AttributeError):
         return None
 
 
-# ------------------------------------------------------------------------------------------ determinism
-
-
 class DeterministicAdaptiveAvgPool2d(nn.AdaptiveAvgPool2d):
-    """`nn.AdaptiveAvgPool2d` whose backward is deterministic on CUDA.
-
-    CUDA has no deterministic kernel for adaptive average pooling's backward, so `--deterministic` would
-    stop a VGG (whose classifier pools to 7 x 7) at its first step. Where the input already has the
-    output size (a 7 x 7 map at 224 x 224 input) the pool is the identity and is skipped; otherwise it is
-    the same average written as two small averaging matrices, ``P_h @ x @ P_w^T``, whose backward is
-    matrix products. Same bins as PyTorch: output i averages inputs floor(i H / O) to ceil((i + 1) H / O).
-    """
+    """`nn.AdaptiveAvgPool2d` whose backward is deterministic on CUDA, which has no deterministic kernel
+    for it (`--deterministic` would stop a VGG, whose classifier pools to 7 x 7, at its first step): the
+    identity where the input already has the output size (7 x 7 at 224 x 224 input), else
+    ``P_h @ x @ P_w^T`` with PyTorch's bins (output i averages inputs floor(i H / O) to ceil((i + 1) H / O)),
+    whose backward is matrix products."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         height, width = x.shape[-2:]
@@ -242,14 +218,19 @@ def needs_deterministic_pooling(device: torch.device, deterministic: bool) -> bo
     return deterministic and device.type == "cuda"
 
 
+def replace_modules(model: nn.Module, kind: type[nn.Module], make) -> nn.Module:
+    """Swap every submodule of exactly type `kind` for `make(submodule)`, in place."""
+    for name, child in model.named_children():
+        if type(child) is kind:
+            setattr(model, name, make(child))
+        else:
+            replace_modules(child, kind, make)
+    return model
+
+
 def make_deterministic(model: nn.Module) -> nn.Module:
     """Swap every `nn.AdaptiveAvgPool2d` of `model` for `DeterministicAdaptiveAvgPool2d` (in place)."""
-    for name, child in model.named_children():
-        if type(child) is nn.AdaptiveAvgPool2d:
-            setattr(model, name, DeterministicAdaptiveAvgPool2d(child.output_size))
-        else:
-            make_deterministic(child)
-    return model
+    return replace_modules(model, nn.AdaptiveAvgPool2d, lambda pool: DeterministicAdaptiveAvgPool2d(pool.output_size))
 
 
 def compile_model(forward: nn.Module, backend: str) -> nn.Module:

@@ -7,6 +7,7 @@ DistributedDataParallel: NCCL on GPUs, gloo on CPU. Only rank 0 writes run recor
 from __future__ import annotations
 
 import datetime as dt
+import math
 import os
 from dataclasses import dataclass
 
@@ -15,6 +16,7 @@ import torch.distributed as dist
 import torch.distributed.nn.functional as dist_fn
 from torch import nn
 
+from archbench.devices import replace_modules
 from archbench.errors import ArchbenchError
 
 TIMEOUT_VARIABLE, DEFAULT_TIMEOUT_S = "ARCHBENCH_DIST_TIMEOUT", 600
@@ -26,8 +28,8 @@ def collective_timeout() -> dt.timedelta:
     try:
         seconds = float(text)
     except ValueError:
-        seconds = float("nan")
-    if not (seconds > 0 and seconds != float("inf")):
+        seconds = math.nan
+    if not (0 < seconds < math.inf):
         raise ArchbenchError(
             f"{TIMEOUT_VARIABLE}={text!r}: the collective timeout must be a positive number of seconds."
         )
@@ -136,16 +138,13 @@ def convert_sync_batchnorm(model: nn.Module, device: torch.device) -> nn.Module:
     """Every BatchNorm2d synchronised across ranks: PyTorch's SyncBatchNorm on GPUs, gloo's above on CPU."""
     if device.type != "cpu":
         return nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    for name, child in model.named_children():
-        if type(child) is nn.BatchNorm2d:
-            synced = GlooSyncBatchNorm(
-                child.num_features, child.eps, child.momentum, child.affine, child.track_running_stats
-            )
-            synced.load_state_dict(child.state_dict())
-            setattr(model, name, synced)
-        else:
-            convert_sync_batchnorm(child, device)
-    return model
+    return replace_modules(model, nn.BatchNorm2d, _gloo_batchnorm)
+
+
+def _gloo_batchnorm(bn: nn.BatchNorm2d) -> GlooSyncBatchNorm:
+    synced = GlooSyncBatchNorm(bn.num_features, bn.eps, bn.momentum, bn.affine, bn.track_running_stats)
+    synced.load_state_dict(bn.state_dict())
+    return synced
 
 
 def shutdown() -> None:

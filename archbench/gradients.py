@@ -1,23 +1,6 @@
-"""Per-layer gradient diagnostics over the first optimiser steps, recorded on the device without a host sync.
-
-For each conv and linear weight, in forward (registration) order, and each of the first `steps` steps:
-
-- ‖g‖, the gradient's L2 norm, and ‖w‖, the weight's, before the step;
-- ‖g‖/‖w‖, the relative update scale LARS uses (You et al. 2017): unlike ‖g‖ it does not grow with a
-  layer's size, so layers of different shapes compare;
-- ‖g‖/√n, the gradient's root mean square over the layer's n entries (another size-free measure);
-- the cosine between this step's gradient and the previous step's, a measure of gradient noise rather
-  than size (Balduzzi et al. 2017: in plain nets gradients decorrelate towards white noise with depth).
-
-`record` runs after backward and before clipping, so every measure is of the true (reduced, unscaled)
-gradient. Everything stays on the device until the run record is written.
-
-Cost: a recorded step adds two fused norms, one fused copy of the gradients into buffers allocated once
-(at the first recorded step, freed after the last) and one dot product per layer, read in place: no
-gradient-sized tensor is allocated per step. torch 2.11 has no fused (foreach) dot product, so the dots
-are one `torch.dot` per layer over memory-order views, each a single read of two tensors into a scalar.
-The previous step's gradients travel in the checkpoint while steps are still recorded, so a resumed run
-computes the first cosine after the resume exactly as an uninterrupted run does.
+"""Per-layer gradient diagnostics over the first optimiser steps, kept on the device without a host sync:
+for every conv and linear weight, ‖g‖, ‖w‖, ‖g‖/‖w‖, ‖g‖/√n and the cosine to the previous step's
+gradient. What each measure is for, and what recording costs, is in docs/architecture.md.
 """
 
 from __future__ import annotations
@@ -30,6 +13,7 @@ from torch import nn
 from archbench.runs import GradNormRow
 
 LAYER_KINDS = {nn.Conv2d: "conv", nn.Linear: "linear"}
+TABLES = ("grad_norms", "weight_norms", "cosines")  # (steps, layers) on the device; checkpointed
 
 
 def memory_order(t: torch.Tensor) -> torch.Tensor:
@@ -109,18 +93,13 @@ class GradientRecorder:
         ]
 
     def state_dict(self) -> dict:
-        state = {
-            "grad_norms": self.grad_norms.cpu(),
-            "weight_norms": self.weight_norms.cpu(),
-            "cosines": self.cosines.cpu(),
-        }
+        state = {name: getattr(self, name).cpu() for name in TABLES}
         if self.previous is not None:
             state["previous"] = [g.to("cpu", copy=True) for g in self.previous]  # not the reused buffers
         return state
 
     def load_state_dict(self, state: dict) -> None:
-        self.grad_norms.copy_(state["grad_norms"])
-        self.weight_norms.copy_(state["weight_norms"])
-        self.cosines.copy_(state["cosines"])
+        for name in TABLES:
+            getattr(self, name).copy_(state[name])
         device = self.grad_norms.device
         self.previous = self.hold([g.to(device) for g in state["previous"]]) if "previous" in state else None

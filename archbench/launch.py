@@ -1,14 +1,9 @@
 """Jobs: one (model, seed) run of a request in a child process of its own; and `archbench run --gpus`.
 
-A job reaches its child as a file, never as a command line: `write_job` writes the job's request (its
-one model and seed, the child's device, the options that dispatch jobs reset) as JSON, and the child
-runs it with `archbench.study.run_job` (`job_command`). The child names the run folder it opens in a
-second file the job names (`JobLog`); the parent follows the run in that folder (`archbench.status`)
-and takes its summary from there, never from the child's output, which it only shows.
-
-`--gpus 0,1,...`: a sweep on one machine, one job per GPU at a time. Each child is pinned to one GPU
-(CUDA_VISIBLE_DEVICES) and writes its own run record exactly as a single run would, so crash recovery
-and skipping of finished runs work the same. Jobs are queued: a GPU that finishes takes the next one.
+A job reaches its child as a file (`write_job`), which the child runs with `archbench.study.run_job`;
+the child names the run folder it opens in a second file (`JobLog`), and the parent follows the run and
+takes its summary from that folder, never from the child's output, which it only shows. `--gpus` runs
+the jobs on this machine's GPUs, one per GPU at a time (docs/cluster.md).
 """
 
 from __future__ import annotations
@@ -48,13 +43,9 @@ def label(job: RunRequest) -> str:
     return f"{job.models[0]} s{job.seeds[0]}{lr}"
 
 
-# ------------------------------------------------------------------------------------------ the job file
-
-
 def write_job(job: RunRequest, path: Path, device: str) -> Path:
     """Write `job` to `path` as its child reads it: the request it runs there (on `device`, quiet, without
-    --gpus, --launcher or --wait), its paths absolute strings (a child may start in another folder), and the
-    file where the child names its run folder."""
+    --gpus, --launcher or --wait; paths absolute, as a child may start in another folder), and `opened_file`."""
     request = replace(job, device=device, gpus=None, launcher=None, wait=False, quiet=True)
     fields = {name: str(v.resolve()) if isinstance(v, Path) else v for name, v in asdict(request).items()}
     if job.data not in (None, *builtin_names()) and Path(job.data).exists():
@@ -69,15 +60,14 @@ def opened_file(job_file: Path) -> Path:
 
 
 def job_command(job_file: Path, processes: int = 1) -> list[str]:
-    """The child's command: `python -m archbench.study JOB`, under `torchrun --standalone` with one process
-    per GPU when a job has several."""
+    """`python -m archbench.study JOB`, under `torchrun --standalone` when a job has several GPUs."""
     torchrun = ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(processes)]
     return [sys.executable, *(torchrun if processes > 1 else []), "-m", "archbench.study", str(job_file)]
 
 
 class JobLog(LogLines):
-    """A child's reporter: log lines (for people), and the run folder of the run it starts or skips named in
-    `opened`, with the step it starts from (for the parent)."""
+    """A child's reporter: log lines, and the run folder it starts (with its first step) or skips named in
+    `opened`, for the parent."""
 
     def __init__(self, console: Console, out: Path, opened: Path):
         super().__init__(console)
@@ -90,9 +80,6 @@ class JobLog(LogLines):
     def skip(self, label, summary):
         runs.write_json(self.opened, {"run": str((self.out / summary["model"] / summary["run_id"]).resolve())})
         super().skip(label, summary)
-
-
-# ------------------------------------------------------------------------------------------ following a job
 
 
 def opened_run(opened: Path) -> dict | None:
@@ -112,10 +99,8 @@ def recorded_summary(opened: Path) -> dict | None:
 
 
 def show_job(progress: Progress, task, opened: Path) -> bool:
-    """Draw a job's bar from the run folder its child named in `opened`: epochs recorded of the recipe's, and
-    whether the run resumed; False, drawing nothing, before the child has opened a run."""
-    note = opened_run(opened)
-    if note is None:
+    """Draw a job's bar from the run folder its child named in `opened`; False before it has named one."""
+    if (note := opened_run(opened)) is None:
         return False
     row = status.run_status(Path(note["run"]))
     state = "resumed" if note.get("step") else "training"
@@ -141,15 +126,9 @@ def run_child(command: list[str], env: dict[str, str], show: Callable[[str], obj
             proc.wait()
 
 
-# ------------------------------------------------------------------------------------------ --gpus
-
-
 def gpu_slot(gpu: str) -> tuple[dict[str, str], str]:
-    """The environment and `--device` for a child on GPU `gpu` (the one place a CUDA device is chosen).
-
-    `gpu` indexes the GPUs this process sees, so under a scheduler that set CUDA_VISIBLE_DEVICES=4,5,
-    `--gpus 0,1` means physical GPUs 4 and 5.
-    """
+    """The environment and `--device` for a child on GPU `gpu`, which indexes the GPUs this process sees
+    (under CUDA_VISIBLE_DEVICES=4,5, `--gpus 0,1` means physical GPUs 4 and 5)."""
     count = torch.cuda.device_count()
     if not gpu.isdigit() or int(gpu) >= count:
         raise ArchbenchError(f"--gpus names GPU '{gpu}' but this machine has {count} visible CUDA device(s).")
@@ -166,9 +145,9 @@ def run_on_gpus(jobs: list[RunRequest], gpus: str, console: Console) -> list[dic
     if len(set(slots_wanted)) != len(slots_wanted):
         raise ArchbenchError(f"--gpus {gpus} names a GPU twice; give each GPU once.")
     slots = {gpu: gpu_slot(gpu) for gpu in slots_wanted}
-    queued: queue.Queue = queue.Queue()
-    for index, job in enumerate(jobs):
-        queued.put((index, job))
+    queued: queue.SimpleQueue = queue.SimpleQueue()
+    for item in [*enumerate(jobs), *[None] * len(slots_wanted)]:  # then one "stop" per worker
+        queued.put(item)
 
     progress = job_progress(console)
     failures: list[str] = []
@@ -182,22 +161,18 @@ def run_on_gpus(jobs: list[RunRequest], gpus: str, console: Console) -> list[dic
         def show(line: str) -> None:
             progress.console.print(f"[dim]gpu {gpu}[/] {escape(line)}", highlight=False)
 
-        while True:
-            try:
-                index, job = queued.get_nowait()
-            except queue.Empty:
-                return
+        for index, job in iter(queued.get, None):
             job_file = write_job(job, folder / f"{index}.json", device)
             task = progress.add_task(f"gpu {gpu}: {label(job)}", total=None, state="starting")
-            following[task] = opened_file(job_file)
+            following[task] = opened = opened_file(job_file)
             code, _ = run_child(job_command(job_file), {**os.environ, **env}, show)
             with drawing:
                 del following[task]
-            show_job(progress, task, opened_file(job_file))
+            show_job(progress, task, opened)
             progress.update(task, state="done" if code == 0 else f"[red]exit {code}")
             if code not in (0, DIVERGED_EXIT):  # a divergence is a result, which its record says
                 failures.append(f"{label(job)} on gpu {gpu} (exit {code})")
-            elif (summary := recorded_summary(opened_file(job_file))) is not None:
+            elif (summary := recorded_summary(opened)) is not None:
                 results[index] = summary
 
     with tempfile.TemporaryDirectory(prefix="archbench-jobs-") as folder, progress:

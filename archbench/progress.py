@@ -51,13 +51,13 @@ def finish_line(label: str, summary: dict) -> str:
 
 def job_progress(console: Console) -> Progress:
     """One bar per job of a sweep or a cluster submission, with its state (queued, training, done, exit N)."""
+    return bars(console, TextColumn("{task.fields[state]}"), TimeElapsedColumn())
+
+
+def bars(console: Console, *columns) -> Progress:
+    """Bars named by their task, with steps done of all, then `columns`."""
     return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[state]}"),
-        TimeElapsedColumn(),
-        console=console,
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), *columns, console=console
     )
 
 
@@ -117,40 +117,36 @@ class LogLines(Reporter):
     def __init__(self, console: Console):
         self.console, self.epochs = console, 0
 
+    def say(self, line: str) -> None:
+        self.console.print(line, highlight=False, soft_wrap=True)
+
     def start(self, label, epochs, steps_per_epoch, done_steps, run_path=None):
         super().start(label, epochs, steps_per_epoch, done_steps, run_path)
         self.epochs = epochs
-        self.console.print(start_line(label, epochs, steps_per_epoch, done_steps), highlight=False, soft_wrap=True)
+        self.say(start_line(label, epochs, steps_per_epoch, done_steps))
 
     def epoch(self, label, row):
-        self.console.print(epoch_line(label, row, self.epochs), highlight=False, soft_wrap=True)
+        self.say(epoch_line(label, row, self.epochs))
 
     def finish(self, label, summary):
         super().finish(label, summary)
-        self.console.print(finish_line(label, summary), highlight=False, soft_wrap=True)
+        self.say(finish_line(label, summary))
 
     def skip(self, label, summary):
-        self.console.print(
-            f"{label}: already recorded as {summary['run_id']} ({summary['status']}); --fresh runs it again",
-            highlight=False,
-            soft_wrap=True,
-        )
+        self.say(f"{label}: already recorded as {summary['run_id']} ({summary['status']}); --fresh runs it again")
 
 
 class Bars(LogLines):
-    """One bar per model over all its steps, with loss, accuracy, images/s and ETA."""
+    """One bar per model over all its steps, with loss, accuracy, images/s and ETA (lines print above it)."""
 
     def __init__(self, console: Console):
         super().__init__(console)
-        self.progress = Progress(
-            TextColumn("[bold]{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
+        self.progress = bars(
+            console,
             TextColumn("ep {task.fields[epoch]}"),
             TextColumn("{task.fields[measured]}"),
             TimeElapsedColumn(),
             TimeRemainingColumn(),
-            console=console,
         )
         self.progress.start()
         self.task = None
@@ -159,9 +155,7 @@ class Bars(LogLines):
         Reporter.start(self, label, epochs, steps_per_epoch, done_steps, run_path)
         self.epochs = epochs
         if done_steps:
-            self.progress.console.print(
-                start_line(label, epochs, steps_per_epoch, done_steps), highlight=False, soft_wrap=True
-            )
+            self.say(start_line(label, epochs, steps_per_epoch, done_steps))
         self.task = self.progress.add_task(
             label,
             total=epochs * steps_per_epoch,
@@ -173,13 +167,6 @@ class Bars(LogLines):
     def step(self, advance, epoch, loss, acc, images_per_s, lr=None):
         measured = f"loss {loss:.3f} acc {100 * acc:5.1f}% {images_per_s:.0f} img/s"
         self.progress.update(self.task, advance=advance, epoch=epoch, measured=measured)
-
-    def epoch(self, label, row):
-        self.progress.console.print(epoch_line(label, row, self.epochs), highlight=False, soft_wrap=True)
-
-    def finish(self, label, summary):
-        Reporter.finish(self, label, summary)
-        self.progress.console.print(finish_line(label, summary), highlight=False, soft_wrap=True)
 
     def close(self):
         self.progress.stop()

@@ -20,21 +20,14 @@ def utc_now() -> str:
 def git_state(path: Path | None = None) -> tuple[str | None, bool | None]:
     """(commit, dirty) of the checkout archbench runs from, or (None, None) outside one."""
     cwd = path or Path(archbench.__file__).resolve().parent.parent
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=5, check=True).stdout
+
     try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=5, check=True
-        ).stdout.strip()
-        status = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=cwd,
-            capture_output=True,
-            text=True,
-            timeout=5,
-            check=True,
-        ).stdout
+        return git("rev-parse", "HEAD").strip(), bool(git("status", "--porcelain", "--untracked-files=no").strip())
     except (OSError, subprocess.SubprocessError):
         return None, None
-    return commit, bool(status.strip())
 
 
 def device_name(device: torch.device) -> str:

@@ -51,16 +51,42 @@ REPRODUCTION = ReproductionAccuracy(
 )
 
 CONVERGENCE = ConvergenceClaim(
-    quote="ResNet converges in fewer epochs than VGG11/VGG16 (about 30 vs 40)",
-    source=PROJECT_BRIEF,
+    quote="ResNet converges in fewer epochs than VGG11/VGG16 (about 30 vs 40)", source=PROJECT_BRIEF
 )
 
 _IMAGENET_10CROP = ("ImageNet", "10-crop, He et al. recipe (SGD, batch 256, lr 0.1 with plateau drops)")
 _TINY_NATIVE = ("Tiny-ImageNet-200", "from scratch at 64x64 with modified stems, 100 epochs, cosine lr 0.1")
 
+
+@dataclass(frozen=True)
+class DepthError:
+    """One row of He et al. 2016, Table 2: a plain or residual net of one depth, ImageNet top-1 error."""
+
+    label: str  # the name the paper uses
+    depth: int
+    residual: bool
+    top1_error: float  # percent, 10-crop testing
+    source: str
+
+
+HE_2016_TABLE2_PROTOCOL = "ImageNet, top-1 error, 10-crop testing"
+HE_2016_TABLE2: tuple[DepthError, ...] = (
+    DepthError("plain-18", 18, False, 27.94, HE_2016),
+    DepthError("ResNet-18", 18, True, 27.88, HE_2016),
+    DepthError("plain-34", 34, False, 28.54, HE_2016),
+    DepthError("ResNet-34", 34, True, 25.03, HE_2016),
+)
+
+
+def _imagenet_top1(model: str, label: str) -> PublishedResult:
+    """The HE_2016_TABLE2 row the paper calls `label`, as a published reference for `model`."""
+    row = next(row for row in HE_2016_TABLE2 if row.label == label)
+    return PublishedResult(model, label, *_IMAGENET_10CROP, "top-1 error (%)", str(row.top1_error), row.source)
+
+
 PUBLISHED: tuple[PublishedResult, ...] = (
-    PublishedResult("resnet18_plain", "plain-18", *_IMAGENET_10CROP, "top-1 error (%)", "27.94", HE_2016),
-    PublishedResult("resnet18", "ResNet-18", *_IMAGENET_10CROP, "top-1 error (%)", "27.88", HE_2016),
+    _imagenet_top1("resnet18_plain", "plain-18"),
+    _imagenet_top1("resnet18", "ResNet-18"),
     PublishedResult("vgg11", "VGG11", *_TINY_NATIVE, "test accuracy (%)", "51.8", GIUNG_BASELINE),
     PublishedResult("vgg11_bn", "VGG11-BN", *_TINY_NATIVE, "test accuracy (%)", "55.9", GIUNG_BASELINE),
     PublishedResult("vgg16", "VGG16", *_TINY_NATIVE, "test accuracy (%)", "53.8", GIUNG_BASELINE),
@@ -105,25 +131,6 @@ MODEL_COUNTS: tuple[ModelCount, ...] = (
     ModelCount("mobilenet_v3_small", 1_722_856, 0.0588, None, COUNTS_MEASURED),
 )
 
-
-@dataclass(frozen=True)
-class DepthError:
-    """One row of He et al. 2016, Table 2: a plain or residual net of one depth, ImageNet top-1 error."""
-
-    label: str  # the name the paper uses
-    depth: int
-    residual: bool
-    top1_error: float  # percent, 10-crop testing
-    source: str
-
-
-HE_2016_TABLE2_PROTOCOL = "ImageNet, top-1 error, 10-crop testing"
-HE_2016_TABLE2: tuple[DepthError, ...] = (
-    DepthError("plain-18", 18, False, 27.94, HE_2016),
-    DepthError("ResNet-18", 18, True, 27.88, HE_2016),
-    DepthError("plain-34", 34, False, 28.54, HE_2016),
-    DepthError("ResNet-34", 34, True, 25.03, HE_2016),
-)
 
 # Balduzzi et al. 2017, "The Shattered Gradients Problem: If resnets are the answer, then what is the
 # question?" (ICML): in plain nets, gradients decorrelate towards white noise with depth (exponentially);

@@ -1,34 +1,19 @@
-"""The model catalogue: one TOML file per architecture (name = file stem), validated on load.
+"""The model registry: one TOML file per architecture (name = file stem), checked on load.
 
-A file names a builder from ``archbench.models.BUILDERS`` and that builder's arguments::
-
-    description = "ResNet-18 (He et al. 2016): ..."
-    builder = "resnet"
-    [args]
-    layers = [2, 2, 2, 2]
-    [recipe]            # optional; the only key is lr_scale (multiplies the preset's learning rate)
-    lr_scale = 0.1
-
-Builders: ``resnet`` and ``vgg`` (archbench's own), ``torchvision`` (``[args] name = "convnext_tiny"`` plus
-the constructor's keyword arguments) and ``python`` (``[args] target = "mynet.py:make_net"`` plus the
-callable's keyword arguments). Reading a folder checks every file cheaply (keys, types, names, files);
-torchvision and user code are built only when an entry is used (``Entry.build``, ``check_forward``,
-``catalogue``). Every problem is an ArchbenchError of one line naming the file and the key.
-
-The folder is, first match wins: the ``path`` argument (``--registry``), ``$ARCHBENCH_REGISTRY``, the
-checkout's ``registry/`` beside the package, the copy an installed package carries as
-``archbench/registry_files`` (``archbench.catalogue.resolve_registry_dir``, which, like the cached
-``catalogue``, imports no torch).
+A file names a builder of ``archbench.models.BUILDERS`` and its ``[args]``, with a description and an
+optional ``[recipe] lr_scale``; docs/extending.md shows the format and the four builders. Reading a folder
+checks every file cheaply (keys, types, names, files); torchvision and user code are built only when an
+entry is used. Every problem is an ArchbenchError of one line naming the file and the key. The folder is
+found by `archbench.catalogue.resolve_registry_dir`.
 """
 
 from __future__ import annotations
 
-import copy
-import datetime
+import contextlib
 import difflib
 import hashlib
+import json
 import os
-import typing
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -36,12 +21,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-try:
-    import tomllib
-except ModuleNotFoundError:  # Python 3.10
-    import tomli as tomllib
-
-from archbench.catalogue import catalogue, registry_files, resolve_registry_dir  # noqa: F401 (catalogue: re-exported)
+from archbench.catalogue import catalogue, read_toml, registry_files, resolve_registry_dir, tomllib  # noqa: F401
 from archbench.devices import available_memory
 from archbench.errors import ArchbenchError
 from archbench.models import BUILDERS, ArgumentError, ModelTraits, read_traits
@@ -49,6 +29,7 @@ from archbench.models.builders import check_type, describe
 
 TOP_LEVEL_KEYS: dict[str, type] = {"description": str, "builder": str, "args": dict, "recipe": dict}
 RECIPE_KEYS: dict[str, type] = {"lr_scale": float}
+NO_GRAD = "does not require grad, so the loss reaches no parameter; compute it without torch.no_grad or detach"
 # (builder, folder, arguments) that passed the builder's check in this process: the registry is read again
 # by every lookup, and the check of an archbench builder builds the model on the meta device (~25 ms).
 _CHECKED: set[tuple[str, str, str]] = set()
@@ -70,17 +51,12 @@ class Entry:
     def build(self, **overrides) -> nn.Module:
         """A freshly initialised model; ``overrides`` (e.g. ``num_classes=10``) replace TOML arguments."""
         make = self._constructor()
-        try:
+        with naming(self.path):
             return make(**overrides)
-        except ArgumentError as e:
-            raise _error(self.path, e.key, e.problem) from None
 
     def build_on_meta(self, **overrides) -> nn.Module:
-        """The model on the meta device: its structure and shapes without memory or initialisation.
-
-        Code that cannot run on the meta device (sizes computed from tensor values, say) is built for real
-        on the CPU instead; if that fails too, its error is the one raised.
-        """
+        """The model on the meta device: its structure and shapes without memory or initialisation. Code that
+        cannot run there (sizes computed from tensor values, say) is built on the CPU instead."""
         make = self._constructor()  # imports happen outside the meta context, so module-level tensors are real
         try:
             with torch.device("meta"):
@@ -102,7 +78,6 @@ class Entry:
 
     @property
     def residual(self) -> bool | None:
-        """Whether the forward pass adds two activations; None if its graph could not be traced."""
         return self.traits.residual
 
     @property
@@ -111,21 +86,17 @@ class Entry:
 
     @property
     def depth(self) -> int:
-        """Conv and linear layers on the longest input-to-output path: 18 for resnet18 and resnet18_plain."""
         return self.traits.depth
 
     def identity(self) -> dict:
-        """Which model a run trained, as portable JSON: no path of this machine, the TOML file's sha256,
-        and for a ``python`` entry its ``target`` and the sha256 of its code (the files it may import too,
-        `archbench.catalogue.python_code`), so that a change to any of them is another model."""
-        try:
+        """Which model a run trained, as portable JSON: no path of this machine, the TOML file's sha256 and
+        what the builder says of its code (a ``python`` entry's ``target`` and ``source_sha256``)."""
+        with naming(self.path):
             source = BUILDERS[self.builder].source(self.args, self.path.parent)
-        except ArgumentError as e:
-            raise _error(self.path, e.key, e.problem) from None
         return {
             "name": self.name,
             "builder": self.builder,
-            "args": _plain(copy.deepcopy(self.args)),
+            "args": json.loads(json.dumps(self.args, default=lambda v: v.isoformat())),  # TOML dates as ISO 8601
             "description": self.description,
             "lr_scale": self.lr_scale,
             "toml_sha256": self.toml_sha256,
@@ -136,23 +107,15 @@ class Entry:
         }
 
     def _constructor(self):
-        try:
+        with naming(self.path):
             return BUILDERS[self.builder].constructor(self.args, self.path.parent)
-        except ArgumentError as e:
-            raise _error(self.path, e.key, e.problem) from None
 
 
 def check_forward(entry: Entry, image_size: int, num_classes: int) -> None:
-    """Raise one ArchbenchError line naming the entry's file unless its model, built for ``num_classes``,
-    maps ``image_size`` x ``image_size`` RGB images to one row of ``num_classes`` logits per image: in
-    training mode (a batch of 2, as batch norm needs) and in eval mode (a batch of 1); and unless it can
-    learn: it has trainable parameters, its training-mode output requires grad (the loss reaches a
-    parameter), and its backward pass runs.
-
-    Runs on the meta device: no memory, no arithmetic. Where the model cannot be built or run there (an
-    op without a meta kernel, sizes read from values), it is decided on a real CPU build. The global RNG
-    state is left as it was, so seeding after this call is unaffected.
-    """
+    """Raise one ArchbenchError line naming the entry's file unless its model maps ``image_size`` squared RGB
+    images to ``num_classes`` logits each, in training mode (a batch of 2, as batch norm needs) and eval mode
+    (a batch of 1), and can learn (docs/extending.md). Runs on the meta device, or on a real CPU build where
+    the meta device cannot decide; the global RNG state is left as it was."""
     with torch.random.fork_rng(devices=[]):
         model = entry.build_on_meta(num_classes=num_classes)
         device = next(iter([*model.parameters(), *model.buffers()]), torch.empty(0, device="meta")).device
@@ -161,14 +124,14 @@ def check_forward(entry: Entry, image_size: int, num_classes: int) -> None:
             model = entry.build(num_classes=num_classes)
             problem, _ = _forward_problem(model, image_size, num_classes, torch.device("cpu"))
     if problem is not None:
-        _fail(entry.path, "args", f"builds a model that {problem}")
+        raise ArchbenchError(f"{entry.path}: key 'args' builds a model that {problem}")
 
 
 def _forward_problem(
     model: nn.Module, image_size: int, num_classes: int, device: torch.device
 ) -> tuple[str | None, Exception | None]:
     """What is wrong with the model's forward and backward passes at this size (None if nothing), and the
-    exception. Training mode runs with autograd, then a backward pass to every trainable parameter."""
+    exception."""
     trainable = [p for p in model.parameters() if p.requires_grad]
     if not trainable:
         return "cannot learn: it has no trainable parameters (none requires grad); make some trainable", None
@@ -187,11 +150,7 @@ def _forward_problem(
             shape, want = tuple(out.shape), (batch, num_classes)
             return f"{cannot_run}: in {mode} mode its output for {batch} image(s) has shape {shape}, not {want}", None
         if training and not out.requires_grad:
-            return (
-                "cannot learn: its output in training mode does not require grad, so the loss reaches no "
-                "parameter; compute it without torch.no_grad or detach",
-                None,
-            )
+            return f"cannot learn: its output in training mode {NO_GRAD}", None
         if training:  # the backward pass, as far as the parameters (some may be unused)
             try:
                 torch.autograd.grad(out.float().sum(), trainable, allow_unused=True)
@@ -273,66 +232,41 @@ def build_model(name: str, registry: str | os.PathLike | None = None, **override
 
 
 def _load_entry(file: Path) -> Entry:
-    raw = file.read_bytes()
-    try:
-        data = tomllib.loads(raw.decode("utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-        raise ArchbenchError(f"{file}: not valid TOML: {e}") from None
-
-    for key, value in data.items():
-        if key not in TOP_LEVEL_KEYS:
-            _fail(file, key, f"is not allowed (allowed: {', '.join(TOP_LEVEL_KEYS)})")
-        _check_type(file, key, value, TOP_LEVEL_KEYS[key])
-    for key in ("description", "builder"):
-        if key not in data:
-            _fail(file, key, "is missing")
-    builder_name = data["builder"]
-    if builder_name not in BUILDERS:
-        _fail(file, "builder", f"names an unknown builder '{builder_name}' (known: {', '.join(BUILDERS)})")
-    args = data.get("args", {})
-    checked = (builder_name, str(file.parent.resolve()), repr(args))
-    if checked not in _CHECKED:
-        try:
-            BUILDERS[builder_name].check(args, file.parent)
-        except ArgumentError as e:
-            raise _error(file, e.key, e.problem) from None
-        _CHECKED.add(checked)
-
-    recipe = data.get("recipe", {})
-    for key, value in recipe.items():
-        if key not in RECIPE_KEYS:
-            _fail(file, f"recipe.{key}", f"is not allowed (allowed: {', '.join(RECIPE_KEYS)})")
-        _check_type(file, f"recipe.{key}", value, RECIPE_KEYS[key])
-    lr_scale = recipe.get("lr_scale")
-    if lr_scale is not None and not lr_scale > 0:
-        _fail(file, "recipe.lr_scale", f"must be positive, got {lr_scale}")
-
+    raw, data = read_toml(file)
+    with naming(file):
+        _check_table(data, TOP_LEVEL_KEYS)
+        for key in ("description", "builder"):
+            if key not in data:
+                raise ArgumentError(key, "is missing")
+        builder = data["builder"]
+        if builder not in BUILDERS:
+            raise ArgumentError("builder", f"names an unknown builder '{builder}' (known: {', '.join(BUILDERS)})")
+        args = data.get("args", {})
+        checked = (builder, str(file.parent.resolve()), repr(args))
+        if checked not in _CHECKED:
+            BUILDERS[builder].check(args, file.parent)
+            _CHECKED.add(checked)
+        recipe = data.get("recipe", {})
+        _check_table(recipe, RECIPE_KEYS, "recipe.")
+        lr_scale = recipe.get("lr_scale")
+        if lr_scale is not None and not lr_scale > 0:
+            raise ArgumentError("recipe.lr_scale", f"must be positive, got {lr_scale}")
     lr_scale = None if lr_scale is None else float(lr_scale)
-    sha256 = hashlib.sha256(raw).hexdigest()
-    return Entry(file.stem, data["description"], builder_name, args, lr_scale, file, sha256)
+    return Entry(file.stem, data["description"], builder, args, lr_scale, file, hashlib.sha256(raw).hexdigest())
 
 
-def _error(file: Path, key: str, problem: str) -> ArchbenchError:
-    return ArchbenchError(f"{file}: key '{key}' {problem}")
+def _check_table(table: dict, schema: dict[str, type], prefix: str = "") -> None:
+    """Raise ArgumentError for a key the schema does not name or a value not of its type."""
+    for key, value in table.items():
+        if key not in schema:
+            raise ArgumentError(prefix + key, f"is not allowed (allowed: {', '.join(schema)})")
+        check_type(prefix + key, value, schema[key])
 
 
-def _fail(file: Path, key: str, problem: str) -> typing.NoReturn:
-    raise _error(file, key, problem)
-
-
-def _check_type(file: Path, key: str, value, expected) -> None:
+@contextlib.contextmanager
+def naming(file: Path):
+    """A builder's ArgumentError as the one-line ArchbenchError that names the file and the key."""
     try:
-        check_type(key, value, expected)
+        yield
     except ArgumentError as e:
-        raise _error(file, e.key, e.problem) from None
-
-
-def _plain(value):
-    """TOML values as JSON can hold them: dates and times become ISO 8601 strings."""
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_plain(v) for v in value]
-    if isinstance(value, (datetime.date, datetime.time)):
-        return value.isoformat()
-    return value
+        raise ArchbenchError(f"{file}: {e}") from None

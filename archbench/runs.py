@@ -1,33 +1,14 @@
 """Run records on disk: one folder per run, `runs/<model>/<run_id>/`, and the one schema of their files.
 
-A run folder holds config.json (the resolved `RunConfig` plus provenance), metrics.csv (one
-`EpochMetrics` row per epoch), gradnorms.csv (one `GradNormRow` per early step and weight layer),
-clipping.csv (one `ClipRow` per early step: the global gradient norm before clipping and whether
-clipping bound) and summary.json (a `Summary`), all tracked by git, and checkpoint.pt (never tracked).
-The dataclasses below are the schema: the training loop writes through `write_record`, the report reads
-the columns they define, and the tests build their fixtures with the same writer, so a column exists in
-one place. Every file carries `SCHEMA_VERSION` (a `schema_version` key in the JSON files, a
-`schema_version` column, the same in every row, in the CSVs: pandas and spreadsheets read it as one more
-column); the report reads older versions, filling what they lack (`ADDED_IN`) as missing. Readers (the
-report, `archbench status`) hold the files to each other (`check_record`): a schema version this archbench
-cannot read, a config.json that no longer hashes to its `config_hash` (edited after the run), or a summary.json
-that does not sum up its metrics.csv or belongs to another config marks the run damaged, and a non-finite loss
-or accuracy in metrics.csv is divergence, whatever the summary says (`non_finite_epoch`).
-
-Names: the "holdout" is the split carved from the training set (`--holdout-per-class`) on which tuning
-and model selection are done; the "test" split is the study's test set, never used for a choice except
-where a run has no holdout (then `selected_on` says "test").
-
-Every file is written to a temporary name and moved into place with `os.replace`, so a crash leaves
-either the old file or the new one, never half of one.
-
-Resuming: rerunning the same command finds the unfinished run whose config hash matches and continues
-it from its checkpoint. Each process holds an exclusive lock on the run it writes, so two processes
-started at once never write to the same folder: the second one starts a run of its own.
+The dataclasses below are the schema of config.json, metrics.csv, gradnorms.csv, clipping.csv and summary.json:
+the training loop writes through `write_record`, the report and `archbench status` read the columns they define
+and hold the files to each other (`check_record`). Files are replaced atomically; a process locks the run it
+writes. The format, its versions and the resume rules are in docs/running.md (Run records).
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import datetime as dt
@@ -37,7 +18,6 @@ import io
 import json
 import os
 import secrets
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -50,10 +30,7 @@ from archbench.errors import ArchbenchError
 CHECKPOINT = "checkpoint.pt"
 CONFIG, METRICS, GRADNORMS, SUMMARY = "config.json", "metrics.csv", "gradnorms.csv", "summary.json"
 CLIPPING = "clipping.csv"
-# Version of the run-record schema below. 1: no version recorded, `val_*` names for the holdout, no
-# clipping record. 2: `holdout_*` names, `clip_fraction` and `test_top5` per epoch, clipping.csv.
-# 3: summary.json records the `config_hash` of the run it sums up.
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 3  # what each version changed: docs/running.md, Run records
 # Columns and keys renamed since version 1 (old name -> new name); readers of older records map them.
 RENAMED = {"val_loss": "holdout_loss", "val_acc": "holdout_acc", "best_val_acc": "best_holdout_acc"}
 # Columns and keys added in each version: a record of an older version lacks these (and only these).
@@ -156,29 +133,9 @@ def epochs_to_threshold(test_acc: list[float], thresholds) -> dict[str, int | No
     }
 
 
-def choose_epoch(history: list[EpochMetrics], on_holdout: bool) -> int | None:
-    """Index of the best epoch: by holdout accuracy when the run holds a split out, else by test accuracy
-    (which is test-set selection, and recorded as such). Ties go to the earliest epoch."""
-    if not history:
-        return None
-    scores = [row.holdout_acc if on_holdout else row.test_acc for row in history]
-    return int(np.argmax(scores))
-
-
-def time_to_threshold(history: list[EpochMetrics], thresholds) -> tuple[dict, dict]:
-    """Training seconds and images until the test accuracy first reaches each threshold (AlgoPerf's
-    time-to-result, on the study's test metric), or None."""
-    seconds, images = {}, {}
-    elapsed = np.cumsum([row.train_seconds for row in history]) if history else []
-    for key, epoch in epochs_to_threshold([row.test_acc for row in history], thresholds).items():
-        seconds[key] = None if epoch is None else float(elapsed[epoch - 1])
-        images[key] = None if epoch is None else history[epoch - 1].images_seen
-    return seconds, images
-
-
 def selection(history: list[EpochMetrics], on_holdout: bool) -> dict:
-    """The summary fields that say how far a run got and which epoch it chose, from its epoch history."""
-    best = choose_epoch(history, on_holdout)
+    """How far a run got and the epoch it chose: the best on the holdout, else on test (the earliest of a tie)."""
+    best = int(np.argmax([row.holdout_acc if on_holdout else row.test_acc for row in history])) if history else None
     last = history[-1] if history else None
     return {
         "epochs_completed": len(history),
@@ -193,14 +150,15 @@ def selection(history: list[EpochMetrics], on_holdout: bool) -> dict:
 
 
 def outcome(history: list[EpochMetrics], thresholds, on_holdout: bool) -> dict:
-    """The summary fields that the epoch history alone decides: what the loop writes into summary.json,
-    and what the report reads from metrics.csv for a run stopped before it wrote one."""
-    seconds_to, images_to = time_to_threshold(history, thresholds)
+    """The summary fields the epoch history alone decides (for a run stopped early, read from metrics.csv);
+    seconds and images to a threshold are AlgoPerf's time-to-result, on the study's test metric."""
+    epochs = epochs_to_threshold([row.test_acc for row in history], thresholds)
+    elapsed = np.cumsum([row.train_seconds for row in history])
     return {
         **selection(history, on_holdout),
-        "epochs_to_threshold": epochs_to_threshold([row.test_acc for row in history], thresholds),
-        "seconds_to_threshold": seconds_to,
-        "images_to_threshold": images_to,
+        "epochs_to_threshold": epochs,
+        "seconds_to_threshold": {k: None if e is None else float(elapsed[e - 1]) for k, e in epochs.items()},
+        "images_to_threshold": {k: None if e is None else history[e - 1].images_seen for k, e in epochs.items()},
     }
 
 
@@ -216,8 +174,7 @@ def added_since(version: int) -> set[str]:
 
 
 def current_summary(summary: dict) -> dict:
-    """summary.json in this version's names: keys renamed since an older version mapped, and an older
-    `selected_on` "val" (the holdout) read as "holdout"."""
+    """summary.json in this version's names (an older `selected_on` "val" is the holdout)."""
     summary = {RENAMED.get(k, k) if RENAMED.get(k) not in summary else k: v for k, v in summary.items()}
     if summary.get("selected_on") == "val":
         summary["selected_on"] = HOLDOUT
@@ -236,13 +193,9 @@ FINITE_HOLDOUT = ("holdout_loss", "holdout_acc")
 
 
 def non_finite_epoch(history: list[EpochMetrics], holdout: bool) -> int | None:
-    """The first epoch with a non-finite (or missing) loss or accuracy: the run diverged there, whatever its
-    summary says; None when every value is finite."""
+    """The first epoch with a non-finite (or missing) loss or accuracy, where the run diverged; None if none."""
     columns = FINITE + FINITE_HOLDOUT if holdout else FINITE
-    for row in history:
-        if not all(_finite(getattr(row, c)) for c in columns):
-            return int(row.epoch)
-    return None
+    return next((int(row.epoch) for row in history if not all(_finite(getattr(row, c)) for c in columns)), None)
 
 
 def _finite(value) -> bool:
@@ -250,8 +203,7 @@ def _finite(value) -> bool:
 
 
 class DamagedRecord(ArchbenchError):
-    """A run whose record files cannot be read or do not agree: `file` names the file at fault and the message
-    says why in one line, the same in `archbench status` and the report (which leave the run out)."""
+    """A run whose record files cannot be read or do not agree: `file` names the file at fault."""
 
     def __init__(self, file: str, reason: str):
         super().__init__(reason)
@@ -259,8 +211,7 @@ class DamagedRecord(ArchbenchError):
 
 
 def read_record(path: Path) -> dict:
-    """One of a run's JSON files (config.json, summary.json) as a dict; `DamagedRecord` when it is missing or
-    unreadable."""
+    """One of a run's JSON files as a dict; `DamagedRecord` when it is missing or unreadable."""
     if not path.exists():
         raise DamagedRecord(path.name, f"{path.name} is missing")
     try:
@@ -273,8 +224,7 @@ def read_record(path: Path) -> dict:
 
 
 def schema_version(value) -> int | None:
-    """A recorded `schema_version` as an int (absent: 1, the version that recorded none), or None when it is no
-    version (not a whole number, or below 1)."""
+    """A recorded `schema_version` as an int (absent: 1), or None when it is no version (not a whole number >= 1)."""
     if value is None:
         return 1
     if isinstance(value, float) and value.is_integer():
@@ -284,7 +234,7 @@ def schema_version(value) -> int | None:
 
 def version_problem(recorded: list[tuple[str, Any]]) -> tuple[str, str] | None:
     """The file at fault and why, when the `(file, schema_version)` pairs of one run's files cannot be read
-    together: a value that is no version, one newer than this archbench's, or files of different versions."""
+    together; None when they can."""
     versions: dict[int, str] = {}
     for name, value in recorded:
         version = schema_version(value)
@@ -304,8 +254,7 @@ def version_problem(recorded: list[tuple[str, Any]]) -> tuple[str, str] | None:
 
 def check_record(config: dict, summary: dict | None, history: list[EpochMetrics]) -> None:
     """Raise `DamagedRecord` unless one run's config.json, summary.json (current names; None: not written yet)
-    and metrics.csv `history` can be read together: one known schema version, a config.json that still hashes
-    to the `config_hash` it records, and a summary that sums up both (`disagreement`)."""
+    and metrics.csv `history` can be read together (docs/running.md, Run records)."""
     recorded = [(CONFIG, config.get("schema_version"))]
     recorded += [(SUMMARY, summary.get("schema_version"))] if summary else []
     recorded += [(METRICS, version) for version in dict.fromkeys(row.schema_version for row in history)]
@@ -324,8 +273,7 @@ def check_record(config: dict, summary: dict | None, history: list[EpochMetrics]
 
 
 def epochs_disagreement(summary: dict, history: list[EpochMetrics], config: dict) -> str | None:
-    """Why a run's epochs in metrics.csv do not fit config.json's `recipe.epochs` (a completed run has them all,
-    no run more), in one line; None when they do."""
+    """Why a run's epochs in metrics.csv do not fit config.json's `recipe.epochs`, in one line; None if they do."""
     planned, done = (config.get("recipe") or {}).get("epochs"), len(history)
     if isinstance(planned, int) and done > planned:
         return f"metrics.csv holds {done} epochs, more than config.json's recipe.epochs {planned}"
@@ -335,11 +283,8 @@ def epochs_disagreement(summary: dict, history: list[EpochMetrics], config: dict
 
 
 def disagreement(summary: dict, history: list[EpochMetrics], config_hash: str | None) -> str | None:
-    """Why summary.json (in current names) does not sum up metrics.csv's `history` or belong to the config
-    whose hash is `config_hash`, in one line; None when it does. Compared: the config hash (which a summary of
-    version 3 on must record); the epochs, the final and best accuracies and the chosen epoch, on the split the
-    summary says it selected on. A history with a non-finite value (a diverged run) is compared on its epochs
-    alone."""
+    """Why summary.json (in current names) does not sum up metrics.csv's `history` or belong to the config whose
+    hash is `config_hash`, in one line; None when it does. A diverged history is compared on its epochs alone."""
     version, recorded_hash = schema_version(summary.get("schema_version")), summary.get("config_hash")
     if recorded_hash is None and version is not None and version >= 3:
         return f"summary.json (schema version {version}) records no config_hash"
@@ -357,15 +302,13 @@ def disagreement(summary: dict, history: list[EpochMetrics], config_hash: str | 
 
 
 def _same(recorded, derived) -> bool:
-    """One value as summary.json recorded it and as metrics.csv gives it (numbers to 1e-9, NaN equal to NaN;
-    a value that is no number where a number is due differs)."""
+    """One value as summary.json recorded it and as metrics.csv gives it (numbers to 1e-9, NaN equal to NaN)."""
     if recorded is None or derived is None or isinstance(derived, str):
         return recorded == derived
     try:
-        a, b = float(recorded), float(derived)
+        return bool(np.isclose(float(recorded), float(derived), rtol=1e-9, atol=0.0, equal_nan=True))
     except (TypeError, ValueError):
         return False
-    return (np.isnan(a) and np.isnan(b)) or bool(np.isclose(a, b, rtol=1e-9, atol=0.0))
 
 
 def columns(row_type) -> tuple[str, ...]:
@@ -380,9 +323,8 @@ TIMING_COLUMNS = ("epoch_seconds", "train_images_per_s", "train_seconds")  # dif
 
 
 def read_metrics(path: Path, needed: tuple[str, ...] | None = ("epoch",)) -> list[EpochMetrics]:
-    """metrics.csv's rows (none: no file), numbers as floats, in this version's names: an older version's renamed
-    columns mapped, the columns it lacks None. A file without the columns `needed` (None: every column of its
-    schema version, `lacking`) raises `DamagedRecord`."""
+    """metrics.csv's rows (none: no file) in this version's names, numbers as floats, what an older version lacks
+    None; `DamagedRecord` without the columns `needed` (None: every column of its schema version)."""
     if not path.exists():
         return []
     with open(path, newline="", encoding="utf-8") as f:
@@ -401,8 +343,7 @@ def read_metrics(path: Path, needed: tuple[str, ...] | None = ("epoch",)) -> lis
 
 
 def lacking(header, columns: tuple[str, ...], version: int | None) -> list[str]:
-    """The `columns` a CSV of schema `version` holds that `header` lacks (an older version lacks those added
-    since; a version that is no version is checked as the first)."""
+    """The `columns` a CSV of schema `version` (no version: the first) holds that `header` lacks."""
     return [c for c in columns if c not in header and c not in added_since(version or 1)]
 
 
@@ -428,8 +369,7 @@ def write_record(
 
 
 def config_hash(config: dict) -> str:
-    """A stable hash of the run's identity (`archbench.config.run_identity`): everything that determines its
-    numbers, not where or when it ran; the same for a record written before a field was added or renamed."""
+    """A stable hash of the run's identity (`archbench.config.run_identity`)."""
     blob = json.dumps(run_identity(config), sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
 
@@ -437,35 +377,22 @@ def config_hash(config: dict) -> str:
 def _atomic_write(path: Path, write) -> None:
     """Write to a temporary name beside `path`, then rename: readers see the old file or the new one.
     A filesystem failure (no space left, not writable) is one line naming `path`, with nothing left behind."""
-    tmp = None
+    tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
+    created = False
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        with os.fdopen(fd, "wb") as f:
+        with open(tmp, "xb") as f:  # a new file of our own, with open()'s mode under the umask (mkstemp's: 0600)
+            created = True
             write(f)
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it 0600; give it the mode open() would
         os.replace(tmp, path)
     except BaseException as e:
-        if tmp is not None:
-            Path(tmp).unlink(missing_ok=True)
+        if created:
+            tmp.unlink(missing_ok=True)
         if isinstance(e, OSError):
             raise ArchbenchError(f"cannot write {path}: {e.strerror or e}") from None
         raise
-
-
-def _umask() -> int:
-    """The process umask, read from /proc where the system has it (setting it to read it is not thread-safe)."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("Umask:"):
-                return int(line.split()[1], 8)
-    except (OSError, ValueError, IndexError):
-        pass
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
 
 
 def write_text(path: Path, text: str) -> None:
@@ -513,11 +440,8 @@ def load_checkpoint(path: Path) -> dict | None:
 
 @dataclass
 class Run:
-    """A run folder opened by `open_run`, locked by this process until `close()`.
-
-    `status` is the recorded status of a run found already finished ("completed" or "diverged"):
-    rerunning the same command skips it rather than training it again.
-    """
+    """A run folder opened by `open_run`, locked by this process until `close()`; `status`: that of a run found
+    already finished, which the command skips."""
 
     path: Path
     run_id: str
@@ -540,19 +464,30 @@ def _try_lock(run_dir: Path) -> int | None:
     return fd
 
 
-def remove_stale_temporaries(run_dir: Path) -> list[Path]:
-    """Delete the temporary files an interrupted atomic write left (`.NAME.xxxx.tmp`); call with the lock held."""
-    stale = sorted(run_dir.glob(".*.tmp"))
-    for path in stale:
-        path.unlink(missing_ok=True)
-    return stale
-
-
 def recorded_status(run_dir: Path) -> str | None:
     try:
         return read_json(run_dir / SUMMARY).get("status")
     except (OSError, ValueError, AttributeError):
         return None
+
+
+def matching_runs(model_dir: Path, matches) -> list[Path]:
+    """The run folders under `model_dir`, newest first (run ids start with the time), whose config.json
+    `matches`; an unreadable one matches nothing."""
+    found = []
+    for run_dir in sorted(model_dir.iterdir(), reverse=True):
+        try:
+            config = read_json(run_dir / CONFIG)
+        except (OSError, ValueError):
+            continue
+        if isinstance(config, dict) and matches(config):
+            found.append(run_dir)
+    return found
+
+
+def finished_run(run_dirs: list[Path]) -> Path | None:
+    """The first of `run_dirs` recorded as finished (completed or diverged), or None."""
+    return next((run_dir for run_dir in run_dirs if recorded_status(run_dir) not in UNFINISHED), None)
 
 
 def new_run_id(seed: int, digest: str) -> str:
@@ -561,25 +496,15 @@ def new_run_id(seed: int, digest: str) -> str:
 
 
 def open_run(out: Path, config: dict, fresh: bool = False) -> Run:
-    """The run this config belongs to: a finished one (to skip), an unfinished one (to resume), or new.
-
-    With `fresh`, always a new one. A new run's folder gets config.json (with `run_id` and
-    `config_hash`) before this returns.
-    """
+    """The run this config belongs to: a finished one (to skip), an unfinished one (to resume), or (always with
+    `fresh`) a new one, whose config.json is written before this returns."""
     model_dir = out / config["model"]
     model_dir.mkdir(parents=True, exist_ok=True)
     digest = config_hash(config)
     if not fresh:
-        matching = []
-        for run_dir in sorted(model_dir.iterdir(), reverse=True):  # newest first: ids start with the time
-            try:
-                if read_json(run_dir / CONFIG).get("config_hash") == digest:
-                    matching.append(run_dir)
-            except (OSError, ValueError, AttributeError):
-                continue
-        for run_dir in matching:
-            if recorded_status(run_dir) not in UNFINISHED:
-                return Run(run_dir, run_dir.name, status=recorded_status(run_dir))
+        matching = matching_runs(model_dir, lambda recorded: recorded.get("config_hash") == digest)
+        if finished := finished_run(matching):
+            return Run(finished, finished.name, status=recorded_status(finished))
         for run_dir in matching:
             fd = _try_lock(run_dir)
             if fd is None:  # another process is running it right now
@@ -587,15 +512,14 @@ def open_run(out: Path, config: dict, fresh: bool = False) -> Run:
             if recorded_status(run_dir) not in UNFINISHED:  # it finished while we looked
                 os.close(fd)
                 return Run(run_dir, run_dir.name, status=recorded_status(run_dir))
-            remove_stale_temporaries(run_dir)
+            for stale in run_dir.glob(".*.tmp"):  # what an interrupted `_atomic_write` left; ours now, locked
+                stale.unlink(missing_ok=True)
             return Run(run_dir, run_dir.name, _lock_fd=fd)
     while True:
         run_id = new_run_id(config["seed"], digest)
-        try:
+        with contextlib.suppress(FileExistsError):
             (model_dir / run_id).mkdir()
             break
-        except FileExistsError:
-            continue
     run_dir = model_dir / run_id
     fd = _try_lock(run_dir)
     write_json(run_dir / CONFIG, {**config, "run_id": run_id, "config_hash": digest, "schema_version": SCHEMA_VERSION})

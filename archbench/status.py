@@ -1,37 +1,26 @@
 """`archbench status`: where a study stands, read from its run folders without disturbing them.
 
-Every run folder `runs/<model>/<run_id>/` becomes one row: its status, epochs done of the recipe's,
-last and best test accuracy, training images/s of the last epoch, time spent and, for a run in
-progress, the time it still needs (its mean epoch time x the epochs left).
-
-A run is *running* while another process holds its lock: `archbench run` keeps an exclusive flock on
-the run folder's `.lock` for as long as it trains. Testing that takes a shared lock on a separate file
-descriptor and releases it at once; nothing under a run folder is ever written or created here. A
-run whose lock is free but which has no final record (no summary.json, or one that still says
-"interrupted") is *interrupted*: rerunning its command resumes it from its last checkpoint. A
-config.json with `"tuning_trial": true` (or an older record's `"tuning": true`) marks a tuning trial.
-Each row shows the run's learning rate and its arm: `default` (the preset's rate), `tuned` (`--lr tuned`),
-`--lr` (a rate given on the command line) or `trial` (a tuning trial), so two runs of one model and seed
-are told apart; the end of the run id (hash and random part) names the folder.
-
-A damaged record (a missing or unreadable file, a metrics.csv without a column of its schema version, or
-files that disagree: `archbench.runs.check_record`) becomes a row saying which file is damaged, the reason
-under the table (the line the report names it with), and every other run is still shown. A run whose metrics.csv
-holds a non-finite loss or accuracy is diverged at that epoch, whatever its summary says.
+Every run folder `runs/<model>/<run_id>/` becomes one row (`run_status`); a run is *running* while
+another process holds its lock (`is_locked`), *interrupted* when its lock is free but it has no final
+record, and a damaged record becomes a row naming the damaged file while every other run is still
+shown. What the table shows is described in docs/running.md ("Where a study stands").
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import fcntl
+import itertools
 import math
 import os
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from rich import box
-from rich.console import Console
+from rich.console import Console, Group
 from rich.table import Table
 from rich.text import Text
 
@@ -68,39 +57,30 @@ class RunStatus:
         return self.status.startswith("damaged")
 
 
-# ------------------------------------------------------------------------------------------ reading
-
-
 def arm_of(lr_source: object, tuning: bool) -> str | None:
     """Which arm of a study a run belongs to, from its config's `recipe.lr_source` (see
     `archbench.config.resolve_lr`): a tuning trial, a tuned rate, a rate given with --lr, or the preset's."""
-    if tuning:
-        return "trial"
-    return lr_origin(lr_source)
+    return "trial" if tuning else lr_origin(lr_source)
 
 
 def is_locked(run_dir: Path) -> bool:
-    """Whether another process holds the run's lock (it is training right now).
-
-    A shared, non-blocking flock on a file descriptor of our own fails while the trainer holds its
-    exclusive one; when it succeeds it is released at once. The lock file is opened read-only and
-    never created.
-    """
+    """Whether another process holds the run's lock (it is training right now): a shared, non-blocking flock
+    on a descriptor of our own fails while the trainer holds its exclusive one (and is released at once);
+    the lock file is opened read-only and never created."""
     try:
         fd = os.open(run_dir / ".lock", os.O_RDONLY)
     except OSError:  # no lock file: no process has ever trained here
         return False
     try:
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        fcntl.flock(fd, fcntl.LOCK_UN)
     except BlockingIOError:
         return True
     except OSError:
-        return False
-    else:
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        return False
+        pass
     finally:
         os.close(fd)
+    return False
 
 
 def _metrics(path: Path) -> list[runs.EpochMetrics]:
@@ -163,15 +143,7 @@ def run_status(run_dir: Path) -> RunStatus:
 
 def run_folders(runs_dir: Path) -> list[Path]:
     """Every `runs_dir/<model>/<run_id>/` folder (hidden ones, such as job logs, left out)."""
-    if not runs_dir.is_dir():
-        return []
-    return sorted(
-        run_dir
-        for model_dir in runs_dir.iterdir()
-        if model_dir.is_dir() and not model_dir.name.startswith(".")
-        for run_dir in model_dir.iterdir()
-        if run_dir.is_dir() and not run_dir.name.startswith(".")
-    )
+    return sorted(d for d in runs_dir.glob("[!.]*/[!.]*") if d.is_dir())
 
 
 def study_status(runs_dir: Path) -> list[RunStatus]:
@@ -182,21 +154,13 @@ def study_status(runs_dir: Path) -> list[RunStatus]:
     return sorted(rows, key=lambda r: (r.model, r.tuning, r.seed if r.seed is not None else -1, r.lr or 0.0, r.run_id))
 
 
-# ------------------------------------------------------------------------------------------ showing
-
-
 def duration(seconds: float | None) -> str:
     """1h02m, 3m05s, 42s; a dash for unknown."""
     if seconds is None:
         return "—"
-    seconds = round(seconds)
-    hours, rest = divmod(seconds, 3600)
-    minutes, secs = divmod(rest, 60)
-    if hours:
-        return f"{hours}h{minutes:02d}m"
-    if minutes:
-        return f"{minutes}m{secs:02d}s"
-    return f"{secs}s"
+    minutes, secs = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
 
 
 def short_id(run_id: str) -> str:
@@ -259,13 +223,13 @@ def status_table(rows: list[RunStatus], title: str, width: int | None = None) ->
     for drop in (None, *OPTIONAL):
         if drop is not None:
             columns.remove(drop)
-        table = _table(title, columns, cells, total, len(rows))
+        table = _table(title, columns, cells, total)
         if width is None or _width(table) <= width:
             break
     return table
 
 
-def _table(title: str, columns: list[str], cells: dict, total: dict, n: int) -> Table:
+def _table(title: str, columns: list[str], cells: dict, total: dict) -> Table:
     captions = [text for c, text in CAPTIONS.items() if c in columns]
     if "best" not in columns:
         captions = [text.replace("last, best:", "last:") for text in captions]
@@ -276,8 +240,8 @@ def _table(title: str, columns: list[str], cells: dict, total: dict, n: int) -> 
         table.add_column(
             column, justify="left" if left_aligned else "right", no_wrap=True, style="dim" if column == "run" else None
         )
-    for i in range(n):
-        table.add_row(*(cells[c][i] for c in columns))
+    for row in zip(*(cells[c] for c in columns)):
+        table.add_row(*row)
     table.add_section()
     table.add_row(*(total.get(c, "") for c in columns), style="bold")
     return table
@@ -293,10 +257,7 @@ def _width(table: Table) -> int:
 
 def counts_line(rows: list[RunStatus]) -> str:
     """How many runs are in each status, e.g. "4 completed, 1 running, 2 tuning trials"."""
-    counts: dict[str, int] = {}
-    for r in rows:
-        key = "damaged" if r.damaged else r.status
-        counts[key] = counts.get(key, 0) + 1
+    counts = Counter("damaged" if r.damaged else r.status for r in rows)
     order = ("running", "interrupted", "completed", "diverged", "damaged")
     parts = [f"{counts[s]} {s}" for s in sorted(counts, key=lambda s: order.index(s) if s in order else len(order))]
     if trials := sum(r.tuning for r in rows):
@@ -314,8 +275,6 @@ def show_status(runs_dir: Path, console: Console | None = None) -> list[RunStatu
 
 def status_view(rows: list[RunStatus], runs_dir: Path, width: int):
     """The table and the counts line, as one renderable (what `show_status` prints and `--watch` redraws)."""
-    from rich.console import Group
-
     table = status_table(rows, title=f"archbench status: {runs_dir}", width=width)
     reasons = [f"{_name(r)} {short_id(r.run_id)}: {r.reason}" for r in rows if r.reason]
     return Group(table, Text(counts_line(rows)), *(Text(line, style="red") for line in reasons))
@@ -329,20 +288,15 @@ def status_json(runs_dir: Path) -> list[dict]:
 def watch_status(
     runs_dir: Path, every: float, console: Console | None = None, rounds: int | None = None
 ) -> list[RunStatus]:
-    """`archbench status --watch`: redraw the table in place every `every` seconds until Ctrl-C (or after
-    `rounds` redraws); returns the last rows."""
+    """`archbench status --watch`: redraw the table every `every` seconds until Ctrl-C (or `rounds` draws)."""
     from rich.live import Live
 
     console = console or Console()
     rows = study_status(Path(runs_dir))
-    done = 1
-    with Live(status_view(rows, runs_dir, console.width), console=console, auto_refresh=False) as live:
-        try:
-            while rounds is None or done < rounds:
-                time.sleep(every)
-                rows = study_status(Path(runs_dir))
-                live.update(status_view(rows, runs_dir, console.width), refresh=True)
-                done += 1
-        except KeyboardInterrupt:
-            pass
+    live = Live(status_view(rows, runs_dir, console.width), console=console, auto_refresh=False)
+    with live, contextlib.suppress(KeyboardInterrupt):
+        for _ in itertools.count() if rounds is None else range(rounds - 1):
+            time.sleep(every)
+            rows = study_status(Path(runs_dir))
+            live.update(status_view(rows, runs_dir, console.width), refresh=True)
     return rows

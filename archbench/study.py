@@ -1,11 +1,7 @@
 """A study, above the training loop: every (model, seed) run of its requests planned and checked before
-any run folder exists (`plan_runs`), then dispatched: trained in this process (`run_here`; under torchrun,
-on every rank of it), as one job per GPU with --gpus (`archbench.launch`), or as cluster jobs with
---launcher (`archbench.cluster`).
-
-A job's child process runs the job file its parent wrote with `run_job`, started as `python -m
-archbench.study JOB`: its request is trained here, as `archbench run` would train it, and each run folder
-it opens is named where the job says (`archbench.launch.JobLog`).
+any run folder exists (`plan_runs`), then trained in this process (`run_here`, on every rank under
+torchrun), as one job per GPU with --gpus (`archbench.launch`) or as cluster jobs with --launcher
+(`archbench.cluster`). A job's child process is ``python -m archbench.study JOB`` (`run_job`).
 """
 
 from __future__ import annotations
@@ -23,13 +19,7 @@ from archbench.config import RunRequest, parse_lr, resolve_config
 from archbench.data import resolve
 from archbench.data.loader import augmentation_named
 from archbench.data.split import Holdout, holdout
-from archbench.devices import (
-    PRECISIONS,
-    optimizer_kernel,
-    resolve_channels_last,
-    resolve_device,
-    resolve_precision,
-)
+from archbench.devices import PRECISIONS, optimizer_kernel, resolve_channels_last, resolve_device, resolve_precision
 from archbench.errors import DIVERGED_EXIT, ArchbenchError
 from archbench.progress import Bars, LogLines, Reporter, results_table
 from archbench.registry import check_forward, check_memory, get_entry
@@ -103,18 +93,14 @@ def study_data(request: RunRequest, console: Console):
 
 
 def run_models(request: RunRequest, console: Console | None = None) -> list[dict]:
-    """`archbench run`: every model x seed of `request`; see `run_requests`."""
+    """`archbench run`: every model x seed of `request` (`run_requests`)."""
     return run_requests([request], console)
 
 
 def run_requests(requests: list[RunRequest], console: Console | None = None) -> list[dict]:
-    """Every model x seed of every request through `train_one`, one after another in this process (or as
-    jobs: one per GPU with --gpus, one per cluster job with --launcher). `archbench tune` passes one
-    request per learning rate; they share the device, the data and the validation split.
-
-    Everything that can fail is checked before the first run folder is made (`plan_runs`). A model that
-    diverges is recorded as such and the next one still runs.
-    """
+    """Every model x seed of every request (`archbench tune`: one request per rate, sharing the device,
+    data and split), checked before the first run folder is made (`plan_runs`), then trained here or as
+    jobs. A model that diverges is recorded as such and the next one still runs."""
     console = console or Console()
     first = requests[0]
     for request in requests:
@@ -163,8 +149,8 @@ def run_here(requests: list[RunRequest], console: Console, opened: Path | None =
 
 
 def reporter_for(request: RunRequest, console: Console, is_main: bool, opened: Path | None) -> Reporter:
-    """What shows the runs: nothing on ranks other than 0, else a job's log lines (`opened`), --quiet's lines
-    or bars, behind TensorBoard with --tensorboard."""
+    """Nothing on ranks other than 0; else a job's log lines (`opened`), --quiet's lines or bars, behind
+    TensorBoard with --tensorboard."""
     if not is_main:
         return Reporter()
     shown = (
@@ -174,15 +160,13 @@ def reporter_for(request: RunRequest, console: Console, is_main: bool, opened: P
 
 
 def run_job(job_file: Path) -> list[dict]:
-    """Train the request of a job file (`archbench.launch.write_job`) here, naming the run folder it opens
-    in the file the job names."""
+    """Train the request of a job file (`archbench.launch.write_job`) here."""
     job = runs.read_json(Path(job_file))
     return run_here([RunRequest(**job["request"])], Console(), opened=Path(job["opened"]))
 
 
 def main(job_file: str) -> int:
-    """`python -m archbench.study JOB`: `run_job` with `archbench run`'s exit codes: 0, `DIVERGED_EXIT` when
-    the run diverged, the error's (after its one line) when it cannot run."""
+    """`python -m archbench.study JOB`: `run_job` with `archbench run`'s exit codes."""
     try:
         results = run_job(Path(job_file))
     except ArchbenchError as e:

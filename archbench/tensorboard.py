@@ -45,9 +45,7 @@ class TensorBoard(Reporter):
         from torch.utils.tensorboard import SummaryWriter
 
         self.inner, self.writer_type = inner, SummaryWriter
-        self.writer = None
-        self.global_step = 0
-        self.steps_per_epoch = 0
+        self.writer, self.global_step, self.steps_per_epoch = None, 0, 0
 
     def start(self, label, epochs, steps_per_epoch, done_steps, run_path=None):
         super().start(label, epochs, steps_per_epoch, done_steps, run_path)

@@ -1,17 +1,8 @@
-"""The one training loop every model in the study goes through.
-
-`archbench.study` checks everything it can before any run folder exists (`plan_runs`: names, options,
-the data, every model's forward pass at the requested size, the output folder), then trains each model
-and seed with `train_one`, which reads top to bottom: open the run folder, build the model and what trains
-it (`build_training`), resume from a checkpoint if there is one (`resume`), then for each epoch train
-(`train_epoch`, one `optimiser_step` per batch), evaluate on the test split and, when the run holds one
-out, on the validation split (`evaluate`), write the run record (`write_run_record`) and an atomic
-checkpoint (`save_checkpoint`). Precision, channels_last, torch.compile and DDP are switches of the same
-loop, never copies of it.
-
-The step has no host-device sync: the loss and accuracy sums, the count of steps whose gradient clipping
-bound, the early per-layer gradient diagnostics and the early global gradient norms stay on the device and
-are read every `LOG_EVERY` steps and at the end of the epoch.
+"""The one training loop every model in the study goes through: `train_one`, read top to bottom as named
+steps (docs/architecture.md follows a run through them). Precision, channels_last, torch.compile and DDP
+are switches of the same loop, never copies of it. The step has no host-device sync: the loss and accuracy
+sums, the clipping count and the early gradient diagnostics stay on the device and are read every
+`LOG_EVERY` steps and at the end of the epoch.
 """
 
 from __future__ import annotations
@@ -51,6 +42,7 @@ from archbench.devices import (
 from archbench.distributed import DistContext
 from archbench.errors import ArchbenchError
 from archbench.gradients import GradientRecorder
+from archbench.models.builders import one_line
 from archbench.progress import Reporter
 from archbench.provenance import provenance, utc_now
 from archbench.registry import Entry
@@ -58,13 +50,16 @@ from archbench.runs import EpochMetrics, Summary
 
 LOG_EVERY = 25  # steps between progress reads (each is one host-device sync)
 NEVER = torch.iinfo(torch.long).max  # "no non-finite loss yet"
+# The attributes of a `Training` a checkpoint holds, under their own names.
+CHECKPOINTED = ("model", "optimizer", "scheduler", "scaler", "gradients", "clipping")
+FRESH = "rerun with --fresh to start the run over."
 TOP5_CLASSES = 100  # top-5 accuracy is recorded from this many classes on (the ImageNet-family habit)
 
 
 @dataclass
 class Training:
-    """What one run trains with. The model, optimiser, scheduler, scaler and gradient recorder are
-    checkpointed; `forward` is the model as the step calls it (wrapped by DDP and/or torch.compile)."""
+    """What one run trains with (a checkpoint holds the `CHECKPOINTED` ones); `forward` is the model as the
+    step calls it (wrapped by DDP and/or torch.compile)."""
 
     model: nn.Module
     forward: nn.Module
@@ -123,9 +118,6 @@ class Plan:
     config: RunConfig
 
 
-# ------------------------------------------------------------------------------------------ recipe
-
-
 def lr_lambda(recipe: Recipe, steps_per_epoch: int) -> Callable[[int], float]:
     """Linear warm-up over `recipe.warmup_epochs`, then `recipe.schedule`: cosine decay to zero, constant, or
     step (times `STEP_FACTOR` from each of `STEP_MILESTONES`, fractions of all training steps)."""
@@ -144,9 +136,6 @@ def lr_lambda(recipe: Recipe, steps_per_epoch: int) -> Callable[[int], float]:
         return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
 
     return factor
-
-
-# ------------------------------------------------------------------------------------------ steps
 
 
 class ClipRecorder:
@@ -179,7 +168,7 @@ class ClipRecorder:
     def rows(self, steps_done: int) -> list[runs.ClipRow]:
         done = min(self.steps, steps_done)
         norms, bound = self.norms[:done].cpu().tolist(), self.bound[:done].cpu().tolist()
-        return [runs.ClipRow(i, norms[i], self.max_norm, int(bound[i])) for i in range(done)]
+        return [runs.ClipRow(i, norm, self.max_norm, int(b)) for i, (norm, b) in enumerate(zip(norms, bound))]
 
     def state_dict(self) -> dict:
         return {"norms": self.norms.cpu(), "bound": self.bound.cpu()}
@@ -224,6 +213,7 @@ def build_training(
         nesterov=recipe.nesterov,
         kernel=config.optimizer_kernel,
     )
+    recorded = min(config.gradnorm_steps, recipe.epochs * len(train_loader))  # steps the recorders keep
     forward = model
     if dist.enabled:  # BN buffers are synchronised once per epoch (`broadcast_buffers`), not every step
         device_ids = [device.index] if device.type == "cuda" else None
@@ -242,10 +232,8 @@ def build_training(
         val_loader=None
         if split is None
         else loader(data.train_images[split.val], data.train_labels[split.val], train=False),
-        gradients=GradientRecorder(model, min(config.gradnorm_steps, recipe.epochs * len(train_loader)), device),
-        clipping=ClipRecorder(
-            recipe.clip_grad_norm, min(config.gradnorm_steps, recipe.epochs * len(train_loader)), device
-        ),
+        gradients=GradientRecorder(model, recorded, device),
+        clipping=ClipRecorder(recipe.clip_grad_norm, recorded, device),
         recipe=recipe,
         compiled=config.compile,
     )
@@ -264,60 +252,43 @@ def resume(run_path: Path, t: Training, device: torch.device, dist: DistContext)
         return RunState(history=[])
     check_same_run(ckpt, run_path)
     try:
-        t.model.load_state_dict(ckpt["model"])
-        t.optimizer.load_state_dict(ckpt["optimizer"])
-        t.scheduler.load_state_dict(ckpt["scheduler"])
-        t.scaler.load_state_dict(ckpt["scaler"])
-        t.gradients.load_state_dict(ckpt["gradients"])
-        t.clipping.load_state_dict(ckpt["clipping"])  # every checkpoint that carries its run's identity has it
+        for name in CHECKPOINTED:
+            getattr(t, name).load_state_dict(ckpt[name])
         history = [EpochMetrics(**row) for row in ckpt["history"]]
         set_rng_state(ckpt["rng"][dist.rank], device)
-        state = RunState(
-            history=history,
-            step=ckpt["epoch"] * len(t.train_loader),
-            wall_before=ckpt["wall_seconds"],
-            compile_seconds=ckpt["compile_seconds"],
-        )
+        step = ckpt["epoch"] * len(t.train_loader)
+        state = RunState(history, step, wall_before=ckpt["wall_seconds"], compile_seconds=ckpt["compile_seconds"])
     except (KeyError, IndexError, TypeError, ValueError, RuntimeError) as e:
-        problem = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise ArchbenchError(
-            f"the checkpoint of run {run_path.name} does not fit this model and recipe ({problem}); "
-            "rerun with --fresh to start the run over."
+            f"the checkpoint of run {run_path.name} does not fit this model and recipe ({one_line(e)}); {FRESH}"
         ) from None
     if len(history) != ckpt["epoch"]:
-        raise ArchbenchError(
-            f"the checkpoint of run {run_path.name} is inconsistent (epoch {ckpt['epoch']}, "
-            f"{len(history)} recorded); rerun with --fresh to start the run over."
-        )
+        inconsistent = f"epoch {ckpt['epoch']}, {len(history)} recorded"
+        raise ArchbenchError(f"the checkpoint of run {run_path.name} is inconsistent ({inconsistent}); {FRESH}")
     return state
 
 
 def checkpoint_owner(run_path: Path) -> dict:
-    """Which run a checkpoint belongs to: the config hash and the data fingerprint of the run's config.json.
-    Every checkpoint carries it, and `resume` continues only a checkpoint of its own run."""
+    """Which run a checkpoint belongs to: the config hash and the data fingerprint of the run's config.json."""
     config = runs.read_json(run_path / runs.CONFIG)
     return {"config_hash": config["config_hash"], "data_fingerprint": config["data"]["fingerprint"]}
 
 
 def check_same_run(ckpt: dict, run_path: Path) -> None:
-    """Refuse, in one line, the checkpoint of another run (another seed, rate or data; copied in by hand) and
-    one that does not say whose it is (saved before checkpoints carried their run's identity, or with it
-    deleted): its history could be any run's."""
+    """Refuse, in one line, the checkpoint of another run (copied in by hand) and one that does not say whose
+    it is (older archbench, or edited): its history could be any run's."""
     ours = checkpoint_owner(run_path)
     if not isinstance(ckpt, dict) or not ours.keys() <= ckpt.keys():
         raise ArchbenchError(
-            f"the checkpoint in run {run_path.name} carries no run identity (older archbench, or edited): "
-            "rerun with --fresh to start the run over."
+            f"the checkpoint in run {run_path.name} carries no run identity (older archbench, or edited): {FRESH}"
         )
-    theirs = {key: ckpt.get(key) for key in ours}
-    if theirs == ours:
-        return
-    data = theirs["data_fingerprint"] != ours["data_fingerprint"]
-    raise ArchbenchError(
-        f"the checkpoint in run {run_path.name} belongs to another run (config hash {theirs['config_hash']}"
-        f"{', other data' if data else ''}; this run's is {ours['config_hash']}): "
-        "rerun with --fresh to start the run over."
-    )
+    theirs = {key: ckpt[key] for key in ours}
+    if theirs != ours:
+        data = ", other data" if theirs["data_fingerprint"] != ours["data_fingerprint"] else ""
+        raise ArchbenchError(
+            f"the checkpoint in run {run_path.name} belongs to another run (config hash {theirs['config_hash']}"
+            f"{data}; this run's is {ours['config_hash']}): {FRESH}"
+        )
 
 
 def optimiser_step(
@@ -391,27 +362,12 @@ def train_epoch(
         if (i + 1) % LOG_EVERY == 0 or i + 1 == steps:  # the deliberate sync point
             bad = int(dist.all_reduce_min(first_bad.clone()).item())
             if bad != NEVER:
-                return EpochResult(
-                    math.nan,
-                    math.nan,
-                    seen,
-                    seen - excluded,
-                    lr,
-                    time.perf_counter() - started,
-                    step,
-                    compile_seconds,
-                    diverged_at=bad,
-                )
+                seconds = time.perf_counter() - started
+                return EpochResult(math.nan, math.nan, seen, seen - excluded, lr, seconds, step, compile_seconds, bad)
             loss_sum, correct = sums.tolist()
             now = time.perf_counter()
-            reporter.step(
-                i + 1 - shown,
-                epoch + 1,
-                loss_sum / seen,
-                correct / seen,
-                (seen - seen_shown) * dist.world_size / max(now - tick, 1e-9),
-                lr=lr,
-            )
+            rate = (seen - seen_shown) * dist.world_size / max(now - tick, 1e-9)
+            reporter.step(i + 1 - shown, epoch + 1, loss_sum / seen, correct / seen, rate, lr=lr)
             shown, seen_shown, tick = i + 1, seen, now
     seconds = time.perf_counter() - started
     loss_sum, correct, clipped, samples, timed = dist.all_reduce_sum(
@@ -432,7 +388,7 @@ def train_epoch(
 
 def evaluate(model: nn.Module, loader: DeviceLoader, autocast, dist: DistContext) -> tuple[float, float, float | None]:
     """Loss, accuracy and, with `TOP5_CLASSES` classes or more, top-5 accuracy (else None) over a whole
-    evaluation split (sharded across ranks, then summed)."""
+    evaluation split, summed over the ranks' shards."""
     model.eval()
     sums = torch.zeros(4, dtype=torch.float64, device=loader.device)
     top5 = False
@@ -451,8 +407,7 @@ def evaluate(model: nn.Module, loader: DeviceLoader, autocast, dist: DistContext
 
 
 def finite(*evaluations: tuple[float, float, float | None] | None) -> bool:
-    """Whether every number of these evaluations is finite (None: no such split or metric). A non-finite
-    one ends the run as diverged, as a non-finite training loss does."""
+    """Whether every number of these evaluations is finite (None: no such split or metric)."""
     return all(math.isfinite(v) for e in evaluations if e is not None for v in e if v is not None)
 
 
@@ -499,12 +454,7 @@ def save_checkpoint(run_path: Path, t: Training, state: RunState, wall: float, r
     runs.save_checkpoint(
         run_path / runs.CHECKPOINT,
         {
-            "model": t.model.state_dict(),
-            "optimizer": t.optimizer.state_dict(),
-            "scheduler": t.scheduler.state_dict(),
-            "scaler": t.scaler.state_dict(),
-            "gradients": t.gradients.state_dict(),
-            "clipping": t.clipping.state_dict(),
+            **{name: getattr(t, name).state_dict() for name in CHECKPOINTED},
             "epoch": state.epoch,
             "history": [asdict(row) for row in state.history],
             "wall_seconds": wall,
@@ -516,8 +466,7 @@ def save_checkpoint(run_path: Path, t: Training, state: RunState, wall: float, r
 
 
 def model_size(model: nn.Module, image_size: int, dist: DistContext) -> dict:
-    """Parameters and fvcore GFLOPs (counted once, on rank 0, on the uncompiled model), with the ops fvcore
-    left out of them (for the report's method notes; never printed during a run)."""
+    """Parameters and fvcore GFLOPs (counted on rank 0, on the uncompiled model) with the ops fvcore left out."""
     gflops = None
     if dist.is_main:
         at_image_size, uncounted = flops.fvcore_count(model, image_size)
@@ -555,9 +504,6 @@ def epoch_row(
         holdout_acc=None if val is None else val[1],
         clip_fraction=result.clip_fraction,
     )
-
-
-# ------------------------------------------------------------------------------------------ the loop
 
 
 def train_one(
@@ -626,9 +572,8 @@ def train_one(
 
 
 def open_run(plan: Plan, request: RunRequest, device: torch.device, dist: DistContext):
-    """Rank 0 picks (or reopens) the run folder and the others follow it: the open run (rank 0's), its path
-    and id, and its summary when it is already finished (then there is nothing to train), held to its record
-    (`finished_summary`): a damaged one is refused in one line, before anything is written."""
+    """Rank 0 picks (or reopens) the run folder and the others follow: the open run (rank 0's), its path, id
+    and, when it is finished, its summary (`finished_summary`; a damaged record is refused in one line)."""
     # No path of this machine: the entry is recorded by name and TOML hash, the data by name and fingerprint,
     # so a run folder copied elsewhere means the same there.
     record = {**plan.config.to_json(), "provenance": provenance(device)}
@@ -644,10 +589,8 @@ def open_run(plan: Plan, request: RunRequest, device: torch.device, dist: DistCo
 
 
 def finished_summary(run_path: Path) -> tuple[dict, str | None]:
-    """A finished run's summary.json held to its metrics.csv and config.json as `archbench status` and the
-    report hold it: diverged when metrics.csv has a non-finite value (`runs.non_finite_epoch`), whatever the
-    summary says; and why the record is damaged (`runs.check_record`, or a metrics.csv that cannot be read),
-    None when it is not."""
+    """A finished run's summary.json as `archbench status` and the report read it (diverged when metrics.csv
+    has a non-finite value, whatever it says), and why the record is damaged (None when it is not)."""
     config = runs.read_json(run_path / runs.CONFIG)
     summary = runs.current_summary(runs.read_json(run_path / runs.SUMMARY))
     try:
@@ -665,9 +608,8 @@ def finished_summary(run_path: Path) -> tuple[dict, str | None]:
 def record_epoch(
     run_path: Path, t: Training, state: RunState, interim: Summary, device: torch.device, dist: DistContext
 ) -> None:
-    """After each epoch, on rank 0: the run record as it stands, then the checkpoint. A crash between them
-    redoes one epoch, and the files are rewritten from the checkpoint's history, so the record always
-    matches it. Every rank's RNG state goes into the checkpoint, so every rank resumes its own stream."""
+    """After each epoch, on rank 0: the run record as it stands, then the checkpoint (with every rank's RNG
+    state). A crash between them redoes one epoch and rewrites the record from the checkpoint's history."""
     rng = dist.all_gather(rng_state(device))
     if dist.is_main:
         write_run_record(run_path, state, t, interim)

@@ -1,16 +1,8 @@
 """`archbench tune`: the same learning-rate budget for every model, spent on a validation split.
 
-For each model, one short training per rate of a log-spaced grid (DeepOBS's protocol: tune per
-contestant, then rerun the best setting over several seeds), on the training split minus a held-out
-validation split, scored on that split and never on the test set. Each trial is a normal run record,
-marked as a tuning trial (resumable; a finished one is skipped when the command is rerun; a diverged one
-is a result, not a crash). The outcome is one tuning file (`archbench.tuning`) that `archbench run --lr
-tuned` reads; tuning more models into an existing file keeps the models it already holds.
-
-With `--launcher submitit` the trials are cluster jobs. Without `--wait` the command submits the trials
-not yet recorded as finished (none of a trial whose run is training right now) and returns; rerunning
-the same command once the jobs have ended finds every trial finished under --out and writes the file.
-Under torchrun every rank trains, and rank 0 alone reads the trials and writes the file.
+One short training per (model, rate) of a log-spaced grid, each a run record marked as a tuning trial, scored on
+a split carved from the training set; the outcome is one tuning file (`archbench.tuning`). With `--launcher`
+the trials are cluster jobs, collected by rerunning the command. docs/tuning.md has the protocol.
 """
 
 from __future__ import annotations
@@ -38,7 +30,7 @@ from archbench.config import (
     run_identity,
 )
 from archbench.data import resolve
-from archbench.data.split import Holdout, holdout
+from archbench.data.split import holdout
 from archbench.errors import ArchbenchError
 from archbench.provenance import utc_now
 from archbench.registry import Entry, get_entry
@@ -64,8 +56,8 @@ def trial_requests(request: TuneRequest, grid: list[float], epochs: int, per_cla
 
 
 def tune(request: TuneRequest, console: Console | None = None) -> dict | None:
-    """Run every trial, write the tuning file and return its content; None where this process writes no
-    file: a rank other than 0 under torchrun, or trials submitted to a cluster and not yet finished."""
+    """Run every trial, write the tuning file and return its content; None where this process writes none (a
+    rank other than 0, or cluster trials not yet finished)."""
     console = console or Console()
     grid = sorted(set(request.lrs or TUNE_GRID))
     bad = [lr for lr in grid if not (math.isfinite(lr) and lr > 0)]
@@ -75,13 +67,13 @@ def tune(request: TuneRequest, console: Console | None = None) -> dict | None:
     epochs = request.epochs or max(1, math.ceil(preset.recipe.epochs * TUNE_EPOCH_FRACTION))
     data = resolve(request.data or preset.data, console=console)
     per_class = request.holdout_per_class or default_val_per_class(data.train_labels)
-    split = holdout(data.train_labels, per_class, request.split_seed)  # checks per_class before anything runs
+    validation = holdout(data.train_labels, per_class, request.split_seed).record()  # checks per_class first
     path = request.tuning_file
     data_record = {"fingerprint": data.fingerprint, "synthetic": data.synthetic}
     requests = trial_requests(request, grid, epochs, per_class)
-    keep = existing_tuning(path, data=data_record, validation=split.record(), recipe=planned_recipe(requests[0]))
+    keep = existing_tuning(path, data=data_record, validation=validation, recipe=planned_recipe(requests[0]))
     if request.launcher:
-        summaries = launch_trials(requests, request, data, split, path, console)
+        summaries = launch_trials(requests, request, data, validation, path, console)
         if summaries is None:
             return None
     else:
@@ -94,7 +86,7 @@ def tune(request: TuneRequest, console: Console | None = None) -> dict | None:
         trials=[trial for trial, _ in read],
         configs=[config for _, config in read],
         data=data_record,
-        validation=split.record(),
+        validation=validation,
         provenance={"archbench_version": archbench.__version__, "finished_at": utc_now()},
         keep=keep,
     )
@@ -137,19 +129,14 @@ def planned_recipe(trial: RunRequest) -> dict:
 # ------------------------------------------------------------------------------------------ cluster jobs
 
 
-def _plain(value):
-    return json.loads(json.dumps(value))
-
-
 def trial_identity(config: dict) -> dict:
-    """What makes a recorded run this trial, from its config.json: the run's identity without the machine it ran
-    on (`archbench.config.run_identity`), so a trial finished on one node is found from another."""
+    """What makes a recorded run this trial: its identity without the machine, so a trial finished on one node is
+    found from another."""
     return run_identity(config, machine=False)
 
 
 def expected_identity(trial: RunRequest, entry: Entry, seed: int, data, validation: dict) -> dict:
-    """`trial_identity` of the run this trial of `entry` and `seed` will record: its config as the run will
-    resolve it. The machine is no part of the identity, so the one named here is any."""
+    """`trial_identity` of the run this trial of `entry` and `seed` will record (the machine named here is any)."""
     config = resolve_config(
         trial,
         entry,
@@ -161,7 +148,7 @@ def expected_identity(trial: RunRequest, entry: Entry, seed: int, data, validati
         optimizer_kernel="foreach",
         validation=validation,
     )
-    return _plain(trial_identity(config.to_json()))
+    return json.loads(json.dumps(trial_identity(config.to_json())))  # as a config.json read back holds it
 
 
 def trial_state(folder: Path, wanted: dict) -> tuple[dict | None, bool]:
@@ -169,37 +156,30 @@ def trial_state(folder: Path, wanted: dict) -> tuple[dict | None, bool]:
     none finished), and whether a run of it is training right now."""
     if not folder.is_dir():
         return None, False
-    matching = []
-    for run_dir in sorted(folder.iterdir(), reverse=True):  # newest first: run ids start with the time
-        try:
-            config = runs.read_json(run_dir / runs.CONFIG)
-        except (OSError, ValueError):
-            continue
-        if isinstance(config, dict) and trial_identity(config) == wanted:
-            matching.append(run_dir)
-    for run_dir in matching:
-        if runs.recorded_status(run_dir) not in runs.UNFINISHED:
-            return runs.read_json(run_dir / runs.SUMMARY), False
+    matching = runs.matching_runs(folder, lambda config: trial_identity(config) == wanted)
+    if finished := runs.finished_run(matching):
+        return runs.read_json(finished / runs.SUMMARY), False
     return None, any(is_locked(run_dir) for run_dir in matching)
 
 
 def launch_trials(
-    requests: list[RunRequest], request: TuneRequest, data, split: Holdout, path: Path, console: Console
+    requests: list[RunRequest], request: TuneRequest, data, validation: dict, path: Path, console: Console
 ) -> list[dict] | None:
-    """With --launcher: submit every trial not finished under --out and not training now; the summaries of
-    all trials once every one is recorded as finished, else None (after saying how to collect them)."""
+    """With --launcher: submit every trial neither finished under --out nor training now; the summaries of all
+    trials once every one is finished, else None (after saying how to collect them)."""
     check_request(request)
     trials = [(trial, model, seed) for trial in requests for model in trial.models for seed in trial.seeds]
     entries = {model: get_entry(model, registry=request.registry) for model in request.models}
-    validation = split.record()
     wanted = [expected_identity(t, entries[m], s, data, validation) for t, m, s in trials]
-    folders = [trial.out / model for trial, model, _ in trials]
-    states = [trial_state(folder, identity) for folder, identity in zip(folders, wanted)]
+
+    def trial_states() -> list[tuple[dict | None, bool]]:
+        return [trial_state(trial.out / model, identity) for (trial, model, _), identity in zip(trials, wanted)]
+
+    states = trial_states()
     todo = [t for t, (summary, running) in zip(trials, states) if summary is None and not running]
     if todo:
         run_requests([dataclasses.replace(trial, models=[model], seeds=[seed]) for trial, model, seed in todo], console)
-        # with --wait, the submitted ones have ended
-        states = [trial_state(folder, identity) for folder, identity in zip(folders, wanted)]
+        states = trial_states()  # with --wait, the submitted ones have ended
     unfinished = sum(summary is None for summary, _ in states)
     if unfinished:
         console.print(
@@ -214,9 +194,8 @@ def launch_trials(
 
 
 def read_trial(summary: dict, out: Path) -> tuple[Trial, dict]:
-    """A finished trial's scores, from its run record held together as `archbench run` holds a finished run
-    (`archbench.train.finished_summary`: a non-finite value is a diverged rate, a damaged record is refused
-    in one line), and its config.json."""
+    """A finished trial's scores and its config.json, the record held together as `archbench run` holds it
+    (`archbench.train.finished_summary`)."""
     run_dir = out / summary["model"] / summary["run_id"]
     config = runs.read_json(run_dir / runs.CONFIG)
     summary, damage = finished_summary(run_dir)

@@ -1,22 +1,9 @@
 """The tuning file: per model, the learning rate chosen on the validation split, and the whole grid behind it.
 
-`archbench tune` writes one per study (JSON, indented, sorted keys); `archbench run --lr tuned` reads it.
-A rate is chosen per model as the one whose trials reach the highest validation accuracy (mean over
-seeds), ties broken by the lower validation loss; trials that diverged score nothing. An exact tie, or a
-model whose every trial diverged, is written down as such and no rate is chosen for it: `--lr tuned`
-then says so rather than guess.
-
-The file names what its rates are tied to: the data (its fingerprint), the validation split, the
-trials' recipe (`recipe`: preset, image size, precision and every recipe field but the rate), each
-model's registry TOML hash, the hash of its code (a python entry's `source_sha256`) and global batch,
-and the code that trained the trials (git commit, dirty state, torch version). `--lr tuned` refuses it
-on other data, for a model whose registry entry or code has changed since, and for a run whose recipe
-differs in a field that changes what a rate means (`archbench.config.RATE_FIELDS`; a different batch is
-fine: the rate is scaled to it). A file is read only if every field its readers use has its JSON type
-(`FILE_FIELDS`, `MODEL_FIELDS`), and a rate is trusted only where it is a positive number the file says
-was tried. A second `archbench tune` into the
-same file keeps the models it does not tune, provided it runs on the same data, split and recipe
-(`STUDY_FIELDS`: the tuning budget too); otherwise it is refused, so one file is one study.
+`archbench tune` writes one per study (`write_tuning`: JSON, indented, sorted keys); `archbench run --lr tuned`
+reads it (`read_tuning`), and refuses it where its rates do not carry over: other data, a changed registry entry
+or code, a recipe that differs in a field that changes what a rate means. A file is read only if every field
+its readers use has its JSON type (`FILE_FIELDS`, `MODEL_FIELDS`). The rule and the checks are in docs/tuning.md.
 """
 
 from __future__ import annotations
@@ -33,7 +20,7 @@ from archbench.errors import ArchbenchError
 
 FORMAT_VERSION = 1
 CHOSEN, TIE, ALL_DIVERGED = "chosen", "tie", "all diverged"
-# What every model of one tuning file shares: the above and the tuning budget (epochs per trial).
+# What every model of one tuning file shares: RATE_FIELDS and the tuning budget (epochs per trial).
 STUDY_FIELDS = (*RATE_FIELDS, "epochs")
 RULE = (
     "highest validation accuracy (mean over seeds), ties broken by lower validation loss; diverged rates score nothing"
@@ -92,24 +79,19 @@ class Trial:
 
 
 def choose(trials: list[Trial]) -> dict:
-    """One model's grid: the score of every rate (mean over its seeds) and the choice, with its status."""
-    by_lr: dict[float, list[Trial]] = {}
-    for trial in trials:
-        by_lr.setdefault(trial.lr, []).append(trial)
+    """One model's grid: the score of every rate (mean over its seeds) and the choice, with its status: the
+    highest validation accuracy, ties broken by the lower validation loss; a rate with a diverged seed scores
+    nothing, and an exact tie chooses nothing."""
     grid = []
-    for lr in sorted(by_lr):
-        done = [t for t in by_lr[lr] if t.status == "completed" and t.val_acc is not None]
-        diverged = len(done) < len(by_lr[lr])
-        grid.append(
-            {
-                "lr": lr,
-                "seeds": len(by_lr[lr]),
-                "diverged": diverged,
-                "val_acc": None if diverged else sum(t.val_acc for t in done) / len(done),
-                "val_loss": None if diverged else sum(t.val_loss for t in done) / len(done),
-                "test_acc": None if diverged else sum(t.test_acc for t in done) / len(done),
-            }
-        )
+    for lr in sorted({t.lr for t in trials}):
+        tried = [t for t in trials if t.lr == lr]
+        done = [t for t in tried if t.status == "completed" and t.val_acc is not None]
+        diverged = len(done) < len(tried)
+        scores = {
+            key: None if diverged else sum(getattr(t, key) for t in done) / len(done)
+            for key in ("val_acc", "val_loss", "test_acc")
+        }
+        grid.append({"lr": lr, "seeds": len(tried), "diverged": diverged, **scores})
     scored = [g for g in grid if g["val_acc"] is not None and math.isfinite(g["val_loss"])]
     if not scored:
         return {"status": ALL_DIVERGED, "lr": None, "tied": [], "grid": grid}
@@ -121,9 +103,8 @@ def choose(trials: list[Trial]) -> dict:
 
 
 def grid_edge(choice: dict) -> tuple[str, list[float]] | None:
-    """Whether a model's chosen rate is the highest or lowest of its grid (where the best may lie beyond it,
-    as DeepOBS and AlgoPerf warn), and the next two rates past that edge at the grid's own step there;
-    None for a rate inside the grid, a grid of one rate, or no choice."""
+    """Which edge of its grid ("top", "bottom") a model's chosen rate is at, where the best may lie beyond it (as
+    DeepOBS and AlgoPerf warn), and the next two rates past it at the grid's step there; else None."""
     rates = sorted(g["lr"] for g in choice["grid"])
     if choice["status"] != CHOSEN or len(rates) < 2 or choice["lr"] not in (rates[0], rates[-1]):
         return None
@@ -135,16 +116,14 @@ def grid_edge(choice: dict) -> tuple[str, list[float]] | None:
 
 
 def recipe_record(config: dict) -> dict:
-    """The recipe a trial ran with, from its config.json (of any version): what the tuning file records as
-    `recipe`, every recipe field but the rate itself."""
+    """The tuning file's `recipe` from a trial's config.json (of any version): every recipe field but the rate."""
     config = upgrade_config(config)
     recipe = {name: value for name, value in config["recipe"].items() if name not in ("lr", "lr_source")}
     return {"preset": config["preset"], "image_size": config["image_size"], **recipe, "precision": config["precision"]}
 
 
 def recorded_recipe(content: dict) -> dict | None:
-    """A tuning file's `recipe` in today's form (a file from before a recipe field was added: its value then),
-    or None when the file records none."""
+    """A tuning file's `recipe` in today's form, or None when the file records none."""
     recorded = content.get("recipe")
     return upgrade_config({"recipe": recorded})["recipe"] if isinstance(recorded, dict) else None
 
@@ -167,13 +146,13 @@ def write_tuning(
     keep: dict | None = None,
 ) -> dict:
     """Write the tuning file for `trials` (`configs`: their config.json, in the same order) and return its
-    content. `keep` is a tuning file already at `path` (see `existing_tuning`): its models that `trials` do
-    not tune stay in the file, with their trials."""
+    content; the models of `keep` (the file already at `path`) that `trials` do not tune stay in it."""
     if not trials:
         raise ArchbenchError(f"no finished tuning trial to write into {path}; rerun `archbench tune`.")
     recipe = recipe_record(configs[0])
     recipe["precision"] = ", ".join(sorted({c["precision"] for c in configs}))
-    code = {
+    provenance = {  # with the code that trained the trials
+        **provenance,
         "git_commit": sorted({str(c["provenance"].get("git_commit")) for c in configs}),
         "git_dirty": any(c["provenance"].get("git_dirty") for c in configs),
         "torch": sorted({str(c["provenance"].get("torch")) for c in configs}),
@@ -185,7 +164,7 @@ def write_tuning(
             **choose([t for t in trials if t.model == model]),
             "global_batch_size": own[0]["recipe"]["global_batch_size"],
             **{key: sorted({c["entry"].get(field) or "" for c in own}) for key, field, _, _ in ENTRY_HASHES},
-            "provenance": {**provenance, **code},
+            "provenance": provenance,
         }
     listed = [vars(t) for t in trials]
     if keep is not None:
@@ -202,7 +181,7 @@ def write_tuning(
         "validation": validation,
         "models": models,
         "trials": sorted(listed, key=lambda t: (t["model"], t["lr"], t["seed"])),
-        "provenance": {**provenance, **code},
+        "provenance": provenance,
     }
     runs.write_json(path, content)
     return content
@@ -226,19 +205,19 @@ def _load(path: Path, remedy: str = "rerun `archbench tune`") -> dict:
 
 
 def _problem(content: dict) -> str | None:
-    """What is wrong with a tuning file's fields (`FILE_FIELDS`, and each model's `MODEL_FIELDS` and status),
-    in words; None when nothing is."""
+    """What is wrong with a tuning file's fields and statuses, in words; None when nothing is."""
     if problem := _type_problem(content, FILE_FIELDS):
         return problem
     for model, choice in content["models"].items():
-        if problem := _type_problem(choice, MODEL_FIELDS, f"models.{model}") or _status_problem(choice, model):
+        if problem := _type_problem(choice, MODEL_FIELDS, f"models.{model}"):
             return problem
+        if choice["status"] not in STATUSES:
+            return f"models.{model}.status is {_shown(choice['status'])}, not one of {', '.join(STATUSES)}"
     return None
 
 
 def _type_problem(content, fields: dict, name: str = "") -> str | None:
-    """The first field of `fields` that `content` lacks or holds with another JSON type, in words; None
-    when there is none. A field below one that is absent (where allowed) is not looked for."""
+    """The first field of `fields` that `content` lacks or holds with another JSON type, in words; None if none."""
     if not isinstance(content, dict):
         return f"{name} is {_shown(content)}, not an object"
     for field, kinds in fields.items():
@@ -248,13 +227,6 @@ def _type_problem(content, fields: dict, name: str = "") -> str | None:
                 return f"{where} is missing"
             if not any(matches(value, kind) for kind in kinds):  # an integer is a number; a bool neither
                 return f"{where} is {_shown(value)}, not {' or '.join(JSON_NAMES[k] for k in kinds if k is not ABSENT)}"
-    return None
-
-
-def _status_problem(choice: dict, model: str) -> str | None:
-    """Whether a model's status is one `rate_for` knows, in words where it is not."""
-    if choice["status"] not in STATUSES:
-        return f"models.{model}.status is {_shown(choice['status'])}, not one of {', '.join(STATUSES)}"
     return None
 
 
@@ -279,9 +251,8 @@ def _shown(value) -> str:
 
 
 def existing_tuning(path: Path, *, data: dict, validation: dict, recipe: dict) -> dict | None:
-    """The tuning file already at `path`, whose other models a new tuning keeps, or None when there is none.
-    One made on other data, another validation split or another recipe (`STUDY_FIELDS`) is refused: its
-    rates and the new ones could not be compared."""
+    """The tuning file already at `path`, whose other models a new tuning keeps (None: there is none); one made on
+    other data, split or recipe (`STUDY_FIELDS`) is refused, its rates and the new ones being incomparable."""
     path = Path(path)
     if not path.exists():
         return None
@@ -341,8 +312,7 @@ class Tuning:
         return TunedRate(lr=float(lr), global_batch=int(batch), source=source)
 
     def check_entry(self, model: str, toml_sha256: str, source_sha256: str | None = None) -> None:
-        """Refuse a model whose registry TOML or, for a python entry, whose code (by their hashes) is not the
-        one its rate was tuned with: the rate belongs to that architecture."""
+        """Refuse a model whose registry TOML or (a python entry) code is not the one its rate was tuned with."""
         for (key, _, what, label), now in zip(ENTRY_HASHES, (toml_sha256, source_sha256)):
             if now is None:  # a builder without code of its own
                 continue
@@ -359,9 +329,8 @@ class Tuning:
                 )
 
     def check_recipe(self, config) -> None:
-        """Refuse a run (a `RunConfig`) whose model's registry entry has changed since it was tuned, or whose
-        recipe differs from the trials' in a field that changes what a rate means (`RATE_FIELDS`); its batch
-        may differ (the rate is scaled), and so may its precision."""
+        """Refuse a run (a `RunConfig`) whose registry entry has changed since it was tuned, or whose recipe
+        differs from the trials' in a `RATE_FIELDS` field (its batch and precision may differ)."""
         self.check_entry(config.model, config.entry.get("toml_sha256"), config.entry.get("source_sha256"))
         recorded = recorded_recipe(self.content)
         if recorded is None:

@@ -68,7 +68,7 @@ def test_a_study_file_sets_options_by_their_command_line_names_and_the_command_l
         ('seed = [0, "a"]\n', "seed must be an integer or a list of them"),
         ("epochs = 0\n", "epochs: Input should be greater than or equal to 1"),
         ('preset = "smokey"\n', "preset: "),
-        ("lr = [0.1\n", "is not valid TOML"),
+        ("lr = [0.1\n", ": not valid TOML"),
     ],
 )
 def test_a_bad_study_file_is_one_line_naming_the_file_and_the_key(tmp_path, text, problem):

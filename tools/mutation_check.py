@@ -358,9 +358,9 @@ MUTATIONS = [
     ),
     Mutation(
         "vgg-bn-missing",
-        "archbench/models/vgg.py::make_layers",
-        "[conv, nn.BatchNorm2d(v), nn.ReLU(inplace=True)] if",
-        "[conv, nn.ReLU(inplace=True)] if",
+        "archbench/models/vgg.py::vgg",
+        "make_layers(cfg, batch_norm)",
+        "make_layers(cfg, False)",
         "VGG-BN is torchvision's vgg*_bn",
         (MODELS,),
     ),

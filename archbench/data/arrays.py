@@ -1,10 +1,4 @@
-"""What every data source hands to the packer: a data set's splits as in-memory arrays.
-
-A source module (Tiny-ImageNet, CIFAR, an ImageFolder tree, the embedded digits) reads its official
-format into `SourceArrays`; the packer turns that into the one verified form on disk (uint8 arrays,
-a manifest with the image shape, classes, per-channel statistics of the training split, counts and
-checksums), so everything after packing is the same for every source.
-"""
+"""What every data source hands to the packer: a data set's splits as in-memory arrays (`SourceArrays`)."""
 
 from __future__ import annotations
 

@@ -1,34 +1,8 @@
 """CIFAR-10 and CIFAR-100 from the official python-format archives, and their training augmentation.
 
-The archives (https://www.cs.toronto.edu/~kriz/cifar.html; URLs and md5s as torchvision's
-``datasets/cifar.py`` publishes them) hold pickled batches::
-
-    cifar-10-python.tar.gz     cifar-10-batches-py/data_batch_1 ... data_batch_5, test_batch, batches.meta
-    cifar-100-python.tar.gz    cifar-100-python/train, test, meta
-
-A batch is a dict with ``data`` (uint8 N x 3072: 1024 red, 1024 green, 1024 blue values, each a 32 x 32
-image in row-major order), ``labels`` (CIFAR-10) or ``fine_labels`` and ``coarse_labels`` (CIFAR-100),
-``filenames`` and ``batch_label``; the meta file names the classes in label order (``label_names``;
-``fine_label_names`` and ``coarse_label_names``). CIFAR-100 trains on its 100 fine labels; the 20 coarse
-classes and the coarse class of each fine class are recorded in the manifest's ``extra``.
-
-Unpickling can run any code a file names, so a batch is read by an unpickler that builds nothing but
-plain containers and the three numpy objects an array needs (``_reconstruct``, ``ndarray``, ``dtype``);
-any other global (``os.system``, ``builtins.eval``, a class) stops the read before it is looked up.
-Only the known keys are accepted, with the types and ranges above. The archive is read in place (no
-extraction), each member's size checked against the limits on inflation before it is read
-(`archbench.data.download.refuse_inflation`): a damaged, truncated or inflating archive, a missing
-member or a batch that is not CIFAR's is one line naming the file, and nothing is written.
-
-``--source`` may be the official URL (the default), another URL, the archive or the folder it extracts
-to. The official archive, or a folder whose every file has its published md5, is recorded as
-``verified``; anything else is used with one line saying so and recorded as unverified.
-
-Training augmentation (He et al. 2016, "Deep Residual Learning for Image Recognition", §4.2): "4 pixels
-are padded on each side, and a 32 x 32 crop is randomly sampled from the padded image or its horizontal
-flip"; evaluation uses the image as it is. `pad_crop_flip` does this for a whole batch on the device
-with one gather (tests/test_source_cifar.py checks it against torchvision's ``pad`` + ``crop`` +
-``hflip``).
+The archives' pickled batches are read in place by an unpickler that builds only plain containers and
+numpy arrays, and every key, type and range is checked; anything else is one line naming the file.
+docs/data.md#cifar-10-and-cifar-100 describes the format, the checks and the augmentation's source.
 """
 
 from __future__ import annotations
@@ -44,11 +18,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from rich.console import Console
+from torchvision import datasets
 
 from archbench.data.arrays import SourceArrays
 from archbench.data.download import download, refuse_inflation
 from archbench.data.files import file_digest
-from archbench.data.packed import say
+from archbench.data.packed import say, unverified
 from archbench.errors import ArchbenchError
 
 PADDING = 4  # pixels of zeros on each side before the random crop (He et al. 2016, §4.2)
@@ -79,45 +54,27 @@ class Variant:
     coarse_classes: int = 0  # CIFAR-100's superclasses (0: none)
 
 
-CIFAR10 = Variant(
-    name="cifar10",
-    url="https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
-    md5="c58f30108f718f92721af3b95e74349a",
-    folder="cifar-10-batches-py",
-    train=tuple(f"data_batch_{i}" for i in range(1, 6)),
-    test="test_batch",
-    meta="batches.meta",
-    member_md5={
-        "data_batch_1": "c99cafc152244af753f735de768cd75f",
-        "data_batch_2": "d4bba439e000b95fd0a9bffe97cbabec",
-        "data_batch_3": "54ebc095f3ab1f0389bbae665268c751",
-        "data_batch_4": "634d18415352ddfa80567beed471001a",
-        "data_batch_5": "482c414d41f54cd18b22e5b47cb7c3cb",
-        "test_batch": "40351d587109b95175f43aff81a1287e",
-        "batches.meta": "5ff9c542aee3614f3951f8cda6e48888",
-    },
-    labels="labels",
-    label_names="label_names",
-    num_classes=10,
-)
-CIFAR100 = Variant(
-    name="cifar100",
-    url="https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",
-    md5="eb9058c3a382ffc7106e4002c42a8d85",
-    folder="cifar-100-python",
-    train=("train",),
-    test="test",
-    meta="meta",
-    member_md5={
-        "train": "16019d7e3df5f24257cddd939b257f8d",
-        "test": "f0ef6b0ae62326f3e7ffdfab6717acfc",
-        "meta": "7973b15100ade9c7d40fb424638fde48",
-    },
-    labels="fine_labels",
-    label_names="fine_label_names",
-    num_classes=100,
-    coarse_classes=20,
-)
+def _variant(name: str, published: type, labels: str, num_classes: int, coarse_classes: int = 0) -> Variant:
+    """A CIFAR data set with the archive, members and md5s torchvision publishes for it (``published``)."""
+    meta = published.meta
+    return Variant(
+        name=name,
+        url=published.url,
+        md5=published.tgz_md5,
+        folder=published.base_folder,
+        train=tuple(member for member, _ in published.train_list),
+        test=published.test_list[0][0],
+        meta=meta["filename"],
+        member_md5=dict([*published.train_list, *published.test_list, (meta["filename"], meta["md5"])]),
+        labels=labels,
+        label_names=meta["key"],
+        num_classes=num_classes,
+        coarse_classes=coarse_classes,
+    )
+
+
+CIFAR10 = _variant("cifar10", datasets.CIFAR10, "labels", 10)
+CIFAR100 = _variant("cifar100", datasets.CIFAR100, "fine_labels", 100, coarse_classes=20)
 VARIANTS = {variant.name: variant for variant in (CIFAR10, CIFAR100)}
 
 
@@ -128,8 +85,7 @@ VARIANTS = {variant.name: variant for variant in (CIFAR10, CIFAR100)}
 def load(
     variant: Variant, source: str | Path | None, root: Path, console: Console | None = None
 ) -> tuple[SourceArrays, dict]:
-    """`fetch` and `read` the data set; once it has been read, an unverified source is said in one line (one
-    that cannot be read is only its error)."""
+    """`fetch` and `read` the data set, then say in one line if the source is unverified."""
     path, record = fetch(variant, source, root, console)
     arrays = read(variant, path)
     if not record["verified"]:
@@ -138,41 +94,40 @@ def load(
             if record["kind"] == "folder"
             else f"has {record['checksum']}, not the official {variant.name} md5:{variant.md5}"
         )
-        say(console, f"[yellow]unverified:[/] {record['location']} {differs}; using it, recorded as unverified")
+        say(console, unverified(record["location"], differs))
     return arrays, record
 
 
-def fetch(variant: Variant, source: str | Path | None, root: Path, console: Console | None = None) -> tuple[Path, dict]:
-    """The archive or folder to read, and the manifest's ``source`` record for it.
+def read_source(
+    name: str, location: str | None, root: Path, *, image_size: int | None, skip_bad: bool, console: Console | None
+) -> tuple[SourceArrays, dict]:
+    """The reader contract of `archbench.data.sources` for ``name`` (cifar10 or cifar100): `load`."""
+    return load(VARIANTS[name], location, root, console)
 
-    ``source``: None or a URL (downloaded into ``root``, resumably; the official URL with its md5 checked),
-    a local archive, or a folder holding the extracted batches. The record is ``{kind, location, checksum,
-    verified}``.
-    """
+
+def fetch(variant: Variant, source: str | Path | None, root: Path, console: Console | None = None) -> tuple[Path, dict]:
+    """The archive or folder to read (``source``: None or a URL, downloaded into ``root``; an archive; the
+    extracted folder) and the manifest's ``source`` record for it: ``{kind, location, checksum, verified}``."""
     text = str(source) if source is not None else variant.url
     if text.startswith(("http://", "https://")):
         name = Path(text.split("?")[0]).name or Path(variant.url).name
         path = download(text, Path(root) / name, md5=variant.md5 if text == variant.url else None, console=console)
-        kind, location = "url", text
+        kind = "url"
     else:
         path = Path(text).expanduser()
         if not path.exists():
             raise ArchbenchError(f"--source {text} is neither an http(s) URL nor an existing archive or folder")
-        kind, location = ("folder", str(batches_folder(variant, path))) if path.is_dir() else ("file", str(path))
+        kind = "folder" if path.is_dir() else "file"
     if kind == "folder":
-        folder = Path(location)
-        digests = {member: _member_md5(folder / member) for member in variant.member_md5}
+        path = batches_folder(variant, path)
+        digests = {m: file_digest(path / m, "md5") if (path / m).is_file() else None for m in variant.member_md5}
         checksum = "md5:" + ",".join(f"{member}={digest}" for member, digest in sorted(digests.items()))
         verified = digests == variant.member_md5
     else:
         md5 = file_digest(path, "md5")
         checksum, verified = f"md5:{md5}", md5 == variant.md5
-    return (Path(location) if kind == "folder" else path), {
-        "kind": kind,
-        "location": location,
-        "checksum": checksum,
-        "verified": verified,
-    }
+    location = text if kind == "url" else str(path)
+    return path, {"kind": kind, "location": location, "checksum": checksum, "verified": verified}
 
 
 def batches_folder(variant: Variant, folder: Path) -> Path:
@@ -187,10 +142,6 @@ def batches_folder(variant: Variant, folder: Path) -> Path:
     )
 
 
-def _member_md5(path: Path) -> str | None:
-    return file_digest(path, "md5") if path.is_file() else None
-
-
 # ----------------------------------------------------------------------------------------------------
 # reading
 
@@ -202,18 +153,15 @@ def read(variant: Variant, path: Path) -> SourceArrays:
     members = _folder_members(variant, path) if path.is_dir() else _archive_members(variant, path)
     meta = _checked_meta(variant, members[variant.meta])
     names = meta[variant.label_names]
-    splits = {
-        "train": [_checked_batch(variant, members[m], len(names), meta) for m in variant.train],
-        "test": [_checked_batch(variant, members[variant.test], len(names), meta)],
-    }
+    files = {"train": variant.train, "test": (variant.test,)}
+    splits = {split: [_checked_batch(variant, members[m], len(names)) for m in files[split]] for split in files}
     images = {split: np.concatenate([b.images for b in batches]) for split, batches in splits.items()}
     labels = {split: np.concatenate([b.labels for b in batches]) for split, batches in splits.items()}
-    batch_members = {"train": variant.train, "test": [variant.test]}
     for split in splits:
         if not len(labels[split]):
-            where = ", ".join(members[m].where for m in batch_members[split])
+            where = ", ".join(members[m].where for m in files[split])
             raise ArchbenchError(
-                f"{where} hold{'s' if len(batch_members[split]) == 1 else ''} no images: the {split} split is empty"
+                f"{where} hold{'s' if len(files[split]) == 1 else ''} no images: the {split} split is empty"
             )
     if (untrained := np.flatnonzero(np.bincount(labels["train"], minlength=len(names)) == 0)).size:
         raise ArchbenchError(
@@ -279,12 +227,14 @@ def _folder_members(variant: Variant, folder: Path) -> dict[str, _Member]:
     return members
 
 
-class _ArraysOnly(pickle.Unpickler):
-    """Unpickles plain containers, strings, numbers and numpy arrays; refuses every other global by name.
+def _reason(error: BaseException) -> str:
+    """An error's message on one line (a damaged archive's or pickle's may span several)."""
+    return " ".join(str(error).split()) or type(error).__name__
 
-    ``find_class`` is the only way a pickle reaches a callable, so a file naming anything else (``os.system``,
-    ``builtins.exec``, ``_codecs.encode``, a class) stops here, before it is even imported.
-    """
+
+class _ArraysOnly(pickle.Unpickler):
+    """Unpickles plain containers, strings, numbers and numpy arrays; refuses every other global by name
+    (``find_class`` is a pickle's only way to a callable, so nothing else is even imported)."""
 
     def find_class(self, module: str, name: str):
         allowed = _ARRAY_GLOBALS.get((module, name))
@@ -295,8 +245,7 @@ class _ArraysOnly(pickle.Unpickler):
 
 def _reconstruct():
     """numpy's array unpickling helper, from where this numpy keeps it (``numpy._core`` since numpy 2)."""
-    core = getattr(np, "_core", None) or np.core
-    return core.multiarray._reconstruct
+    return (getattr(np, "_core", None) or np.core).multiarray._reconstruct
 
 
 # The official batches were pickled by Python 2 with numpy 1.x, which named the helper numpy.core.multiarray.
@@ -349,7 +298,7 @@ class _Batch:
     coarse: np.ndarray | None
 
 
-def _checked_batch(variant: Variant, member: _Member, num_classes: int, meta: dict) -> _Batch:
+def _checked_batch(variant: Variant, member: _Member, num_classes: int) -> _Batch:
     batch = _unpickle(member, "batch")
     data = batch.get("data")
     if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != PIXELS:
@@ -401,13 +350,8 @@ def _coarse_of_class(
 def pad_crop_flip(
     x: torch.Tensor, size: int, offsets: torch.Tensor | None = None, flips: torch.Tensor | None = None
 ) -> torch.Tensor:
-    """uint8 B x H x W x C -> B x size x size x C: zero-pad by `PADDING`, crop at ``offsets``, flip.
-
-    ``offsets`` are B x 2 integers (top, left) in the padded image, from 0 to H + 2 * PADDING - size;
-    without them every image is cut at the centre (the image itself when size == H). ``flips`` (B
-    booleans) mirror the crop left to right. One gather for the whole batch, on ``x``'s device; the
-    pixels are copied, never interpolated.
-    """
+    """uint8 B x H x W x C -> B x size x size x C: zero-pad by `PADDING`, crop at ``offsets`` (B x 2: top, left
+    in the padded image; default: the centre), mirror where ``flips``; one gather on ``x``'s device."""
     batch, height, width, _ = x.shape
     if offsets is None:  # rounded as torchvision's center_crop rounds
         centre = [int(round(crop_room(side, size) / 2.0)) for side in (height, width)]
@@ -432,10 +376,3 @@ def crop_room(height: int, size: int) -> int:
             f"use --image-size {height + 2 * PADDING} or less"
         )
     return room
-
-
-# ----------------------------------------------------------------------------------------------------
-
-
-def _reason(error: BaseException) -> str:
-    return " ".join(str(error).split()) or type(error).__name__

@@ -1,21 +1,8 @@
 """Real handwritten digits, offline: the UCI optical-recognition digits as scikit-learn bundles them.
 
-1,797 images of the digits 0-9 written by 13 people (E. Alpaydin and C. Kaynak, 1998; the test part of the
-UCI set), each an 8 x 8 grid of counts 0-16 (on-pixels of a 4 x 4 block of a 32 x 32 bitmap). Licence:
-CC BY 4.0; attribution: `ATTRIBUTION`. scikit-learn ships the file inside its wheel
-(``sklearn/datasets/data/digits.csv.gz``, read by ``sklearn.datasets.load_digits``), so no download is
-needed; it is read here directly (64 pixel columns, then the label, one image a row) without importing
-scikit-learn. ``--source FILE`` reads another copy of that CSV (gzipped or not).
-
-Packed form: values scaled to uint8 by ``round(v * 255 / 16)``, the gray level copied to 3 channels, 8 x 8
-x 3. The split is fixed and recorded (`SPLIT_RULE`): within each class, in file order, every fifth image
-is a test image (1,442 train, 355 test), with no random draw to depend on. Training augmentation:
-``upscale-crop``, the study's upscale to S*256/224 and random S crop without the horizontal flip (a
-mirrored digit is another glyph, or none). The content (the decompressed CSV) has a known sha256; a copy
-that differs is used, said so in one line, and recorded as unverified.
-
-``--data digits`` needs no `prepare`: the set is packed once into ``$ARCHBENCH_CACHE`` (default
-``~/.cache/archbench``), beside the default synthetic set, and verified like any packed data.
+The CSV inside scikit-learn's wheel is read directly (64 pixel columns, then the label, one image a row),
+without importing scikit-learn, and split by a fixed rule (`SPLIT_RULE`). docs/data.md#the-digits gives
+the source, the licence, the scaling and the split.
 """
 
 from __future__ import annotations
@@ -25,6 +12,7 @@ import hashlib
 import importlib.util
 import io
 import zlib
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -32,8 +20,7 @@ from rich.console import Console
 
 from archbench.data.arrays import SourceArrays
 from archbench.data.download import MAX_INFLATED_BYTES, MAX_RATIO, refuse_inflation
-from archbench.data.files import cache_dir, remove_abandoned, staged
-from archbench.data.packed import FORMAT_VERSION, PACKED_DIR, check_cache, say
+from archbench.data.packed import FORMAT_VERSION, built_once
 from archbench.errors import ArchbenchError
 
 DATASET = "digits"
@@ -163,13 +150,6 @@ def _parse(content: bytes, path: Path) -> tuple[np.ndarray, np.ndarray]:
 def builtin_root(console: Console | None = None) -> Path:
     """The packed digits in the archbench cache, built (once, offline) on first use; rebuilt if damaged."""
     from archbench.data.sources import prepare_arrays
-    from archbench.data.synthetic import _install_unless_intact
 
-    final = cache_dir() / f"digits-f{FORMAT_VERSION}"
-    remove_abandoned(cache_dir())
-    if check_cache(final / PACKED_DIR)[0] is not None:
-        return final
-    say(console, f"packing the digits (once) in {final}")
-    with staged(final, "building", install=_install_unless_intact) as staging:
-        prepare_arrays(DATASET, staging, None, console=None)
-    return final
+    build = partial(prepare_arrays, DATASET, location=None, console=None)
+    return built_once(f"digits-f{FORMAT_VERSION}", "packing the digits", build, console)

@@ -1,18 +1,8 @@
 """Getting an archive onto disk and out of it: a resumable, checksummed download and a safe extraction.
 
-The official zip is about 248 MB from a server that is sometimes slow, so a download that dies halfway
-must not start over: bytes go to ``<name>.partial`` and a rerun asks for the rest with an HTTP Range
-request. The file only takes its final name after its md5 matches, so a file with the final name is
-always complete. Extraction refuses any member that would land outside the target folder (absolute
-paths, ``..``) before it writes anything, names the member a damaged zip fails on, and builds the
-folder beside its final place so a failed extraction never leaves a half-filled folder behind.
-
-Before any archive is unpacked (a zip extracted, a tar's members read, a gzip decompressed), the size it
-inflates to is checked against `MAX_INFLATED_BYTES` and `MAX_RATIO` times its own size (`refuse_inflation`):
-the data sets' archives inflate to well under a gigabyte and about their own size, a zip bomb to
-thousands of times its size. A zip's sizes are in its directory (and zipfile stops a member at its
-recorded size), so a bomb is refused before anything is written; a tar's are in each member's header,
-checked before that member is read or skipped.
+A download goes to ``<name>.partial``, resumes with an HTTP Range request and takes its final name only
+once its md5 matches; an extraction refuses members outside its folder and archives that inflate beyond
+`MAX_INFLATED_BYTES` or `MAX_RATIO` times their size (docs/data.md#downloads-and-archives).
 """
 
 from __future__ import annotations
@@ -24,14 +14,11 @@ import urllib.error
 import urllib.request
 import zipfile
 import zlib
-from collections.abc import Iterator
-from contextlib import contextmanager
-from pathlib import Path, PurePosixPath
-from typing import BinaryIO
+from pathlib import Path, PureWindowsPath
 
 from rich.console import Console
 
-from archbench.data.files import file_digest, progress, staged, writing
+from archbench.data.files import file_digest, progress, reason, staged, writing
 from archbench.errors import ArchbenchError
 
 CHUNK_BYTES = 1 << 20
@@ -51,10 +38,8 @@ def download(
 ) -> Path:
     """Fetch ``url`` to ``dest``, resuming ``dest.partial`` if a previous run left one.
 
-    A ``dest`` that already exists is reused when it matches ``md5`` (or when no md5 is known); one with
-    another md5 was put there by hand (downloads are verified before renaming), so it is left alone and
-    refused in one line. A wrong checksum of the download deletes the partial file, since resuming from bad
-    bytes could never succeed, and raises.
+    An existing ``dest`` with another md5 was put there by hand (downloads are verified before renaming), so
+    it is refused, not replaced; a download with the wrong md5 is deleted, as resuming it could never succeed.
     """
     dest = Path(dest)
     if dest.exists():
@@ -93,10 +78,9 @@ def _fetch_into(url: str, partial: Path, console: Console | None, timeout: float
             return
         raise ArchbenchError(f"the server answered HTTP {e.code} ({e.reason}) for {url}") from None
     except (urllib.error.URLError, OSError) as e:
-        reason = getattr(e, "reason", e)
         raise ArchbenchError(
-            f"cannot reach {url} ({reason}): without network access, pass a local copy of the zip or its "
-            "extracted folder with --source ZIP|FOLDER, or train on the synthetic set with --data synthetic"
+            f"cannot reach {url} ({getattr(e, 'reason', e)}): without network access, pass a local copy of the zip "
+            "or its extracted folder with --source ZIP|FOLDER, or train on the synthetic set with --data synthetic"
         ) from None
     with response:
         resumed = have > 0 and response.status == 206 and _range_start(response) == have
@@ -104,13 +88,15 @@ def _fetch_into(url: str, partial: Path, console: Console | None, timeout: float
             have = 0  # the server sent the whole file: start the partial file over
         length = response.headers.get("Content-Length")
         total = have + int(length) if length is not None else None
-        with _appending(partial, resumed) as out, progress(console, transfer=True) as bars:
+        mode = "ab" if resumed else "wb"
+        # A write error is one line naming the partial file, whose bytes so far a rerun resumes after.
+        with writing(partial), open(partial, mode) as out, progress(console, transfer=True) as bars:
             task = bars.add_task(f"downloading {Path(url).name}", total=total, completed=have)
-            while True:  # a network error keeps the bytes so far for a resume; a write error ends in _appending
+            while True:  # a network error keeps the bytes so far for a resume; a write error ends in `writing`
                 try:
                     chunk = response.read(CHUNK_BYTES)
                 except (OSError, http.client.HTTPException) as e:
-                    error = str(e) or type(e).__name__
+                    error = reason(e)
                     break
                 if not chunk:
                     error = None if total is None or out.tell() >= total else "connection closed early"
@@ -124,16 +110,6 @@ def _fetch_into(url: str, partial: Path, console: Console | None, timeout: float
                 )
 
 
-@contextmanager
-def _appending(partial: Path, resume: bool) -> Iterator[BinaryIO]:
-    """``partial`` open for appending (or from scratch); a write error is one line naming it.
-
-    The bytes written before a failure are a prefix of the file, so a rerun resumes after them.
-    """
-    with writing(partial), open(partial, "ab" if resume else "wb") as out:
-        yield out
-
-
 def _range_start(response) -> int | None:
     """First byte offset of a 206 answer, from ``Content-Range: bytes START-END/TOTAL``."""
     match = re.match(r"bytes (\d+)-", response.headers.get("Content-Range", ""))
@@ -141,13 +117,8 @@ def _range_start(response) -> int | None:
 
 
 def extract_zip(zip_path: Path, dest: Path) -> Path:
-    """Extract ``zip_path`` into a fresh folder ``dest``, refusing members that would escape it.
-
-    Every member name is checked before anything is written; the folder is filled under a temporary
-    name beside ``dest`` and renamed into place, replacing an older extraction only once complete. A
-    member whose bytes are damaged (a CRC mismatch, a broken deflate stream) stops the extraction with
-    one line naming it.
-    """
+    """Extract ``zip_path`` into a fresh folder ``dest`` (staged), after checking every member name stays in it;
+    a damaged member stops the extraction with one line naming it."""
     zip_path, dest = Path(zip_path), Path(dest)
     try:
         archive = zipfile.ZipFile(zip_path)
@@ -188,7 +159,5 @@ def refuse_inflation(archive: Path, inflated: int, partial: bool = False) -> Non
 
 def is_safe_member(name: str) -> bool:
     """A member is safe when it is a relative path with no ``..`` part (on any platform's separators)."""
-    normalised = name.replace("\\", "/")
-    if normalised.startswith("/") or re.match(r"^[A-Za-z]:", normalised):
-        return False
-    return ".." not in PurePosixPath(normalised).parts
+    path = PureWindowsPath(name)  # reads / and \ alike as separators, and C: as a drive
+    return not path.drive and not path.root and ".." not in path.parts

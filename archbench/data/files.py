@@ -1,15 +1,8 @@
 """Files and folders for the data commands: build beside and rename in, digests, UTF-8 text, progress bars.
 
-Every folder the data commands make (the packed cache, an extraction, a synthetic layout, the default
-synthetic set) is built in a hidden staging folder beside its final place, ``.<name>.<tag>-<8 hex>``,
-and renamed in only when complete (`staged`), so a reader never sees half of one and a failure leaves
-nothing behind: not the staging folder, not the parent folders made for it, and not a change to what
-was there before. A killed process cannot clean up, so a builder holds a lock on its staging folder from
-before the folder takes its staging name (the system releases it when the process ends, however it
-ends), and the next run of a data command removes every staging folder that no living process holds
-(`remove_abandoned`); where the filesystem has no such locks, none is removed. A filesystem error on
-the way (a read-only folder, a full disk, a file where a folder should be) becomes one `ArchbenchError`
-line naming the folder being written and what went wrong.
+Every folder the data commands make is built in a locked staging folder ``.<name>.<tag>-<8 hex>`` beside its
+place and renamed in when complete (`staged`); a later run removes those no living process holds
+(`remove_abandoned`). docs/data.md#staging-folders says why.
 """
 
 from __future__ import annotations
@@ -22,6 +15,7 @@ import shutil
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
+from itertools import takewhile
 from pathlib import Path
 
 try:
@@ -43,7 +37,6 @@ from rich.progress import (
 
 from archbench.errors import ArchbenchError
 
-READ_BYTES = 1 << 20  # hashing runs at the digest's speed from 64 KiB up; larger buffers gain nothing
 _STAGING_PART = re.compile(r"^\.(?P<name>.+)\.[a-z]+-[0-9a-f]{8}$")
 
 
@@ -57,10 +50,8 @@ def cache_dir() -> Path:
 
 
 def replace_dir(new: Path, dest: Path) -> None:
-    """Put folder ``new`` at ``dest``; an existing ``dest`` is moved aside first and then deleted.
-
-    If ``new`` cannot be renamed in, the old ``dest`` is moved back, so ``dest`` is never lost.
-    """
+    """Put folder ``new`` at ``dest``; an existing ``dest`` is moved aside first (and back if ``new`` cannot be
+    renamed in), then deleted."""
     old = None
     if dest.exists():
         old = dest.with_name(f".{dest.name}.old-{uuid.uuid4().hex[:8]}")
@@ -77,12 +68,8 @@ def replace_dir(new: Path, dest: Path) -> None:
 
 @contextmanager
 def staged(dest: Path, tag: str, install: Callable[[Path, Path], None] = replace_dir) -> Iterator[Path]:
-    """A new empty folder beside ``dest`` to build it in, installed at ``dest`` when the block succeeds.
-
-    ``install(staging, dest)`` puts the finished folder in place (default: `replace_dir`). Whatever
-    happens, the staging folder is gone afterwards; on failure, so are the parent folders made for it,
-    and ``dest`` is as it was. An OSError becomes an `ArchbenchError` naming ``dest``.
-    """
+    """A new empty folder beside ``dest`` to build it in, put in place by ``install(staging, dest)`` when the
+    block succeeds; on failure nothing is left behind (docs/data.md#staging-folders)."""
     dest = Path(dest)
     staging = dest.with_name(f".{dest.name}.{tag}-{uuid.uuid4().hex[:8]}")
     made: list[Path] = []
@@ -176,6 +163,11 @@ def describe(error: OSError) -> str:
     return reason[:1].lower() + reason[1:]
 
 
+def reason(error: BaseException) -> str:
+    """An exception's message, or its type's name where it has none."""
+    return str(error) or type(error).__name__
+
+
 def public_path(path: Path) -> Path:
     """``path`` with every staging folder named as the folder it becomes, as a user would look for it."""
     path = Path(path)
@@ -184,12 +176,8 @@ def public_path(path: Path) -> Path:
 
 
 def allocate(path: Path) -> None:
-    """Reserve the disk blocks of all of ``path``, a file about to be filled through a memory map.
-
-    A store into a memory-mapped page that the disk has no room for kills the process with SIGBUS; with
-    the blocks reserved first, a full disk is an ENOSPC error here instead. Filesystems that cannot
-    reserve space keep the old behaviour.
-    """
+    """Reserve the disk blocks of ``path``, a file about to be filled through a memory map: a store into a page
+    the disk has no room for kills the process with SIGBUS, a full disk here is an ENOSPC error instead."""
     if not hasattr(os, "posix_fallocate"):
         return
     fd = os.open(path, os.O_RDWR)
@@ -204,11 +192,7 @@ def allocate(path: Path) -> None:
 
 def _missing_folders(folder: Path) -> list[Path]:
     """The folders that ``mkdir(parents=True)`` would make for ``folder``, deepest first."""
-    missing = []
-    while not folder.exists() and folder != folder.parent:
-        missing.append(folder)
-        folder = folder.parent
-    return missing
+    return list(takewhile(lambda path: not path.exists(), (folder, *folder.parents)))
 
 
 def _refuse_file_in_the_way(dest: Path) -> None:
@@ -247,11 +231,9 @@ def folder_listing_digest(folder: Path) -> str:
 def file_digest(path: Path, algorithm: str = "sha256") -> str:
     """Hex digest of a file's bytes, read in 1 MiB pieces (the file need not fit in memory)."""
     digest = hashlib.new(algorithm)
-    buffer = bytearray(READ_BYTES)
-    view = memoryview(buffer)
-    with open(path, "rb", buffering=0) as f:
-        while size := f.readinto(buffer):
-            digest.update(view[:size])
+    with open(path, "rb") as f:  # hashlib.file_digest does this from Python 3.11, and 3.10 is supported
+        for piece in iter(lambda: f.read(1 << 20), b""):
+            digest.update(piece)
     return digest.hexdigest()
 
 

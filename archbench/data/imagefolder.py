@@ -1,33 +1,8 @@
 """Your own images in torchvision's ImageFolder layout, as one square size of RGB arrays.
 
-The layout::
-
-    SOURCE/train/<class>/**/<image>        the training split
-    SOURCE/test/<class>/**/<image>         the test split (or SOURCE/val/...; test/ wins when both exist)
-
-Classes are the sorted names of the class folders of ``train/`` (label i is the i-th), and the images
-are the files torchvision's ``ImageFolder`` takes (its ``find_classes`` and ``make_dataset`` list them,
-with its ``IMG_EXTENSIONS``), so labels match ``torchvision.datasets.ImageFolder`` on the same tree.
-The test split's class folders must be the same names (a test class may be empty: a split need not
-show every class); every training class needs at least one image.
-
-Each image is decoded once and made RGB:
-
-- grayscale (``L``, ``1``) repeats its one channel, a palette image (``P``) takes its palette colours;
-- 16-bit grayscale (PIL modes ``I;16*`` and ``I``, as 16-bit PNGs open) is scaled to 8 bits as
-  ``round(v / 257)`` (65535 -> 255), never clipped at 255; a 32-bit integer image (mode ``I``, e.g. a
-  TIFF) with values outside 0-65535 is refused, as are 32-bit floats (mode ``F``): neither has a fixed
-  8-bit scale;
-- transparency (an alpha channel, or a palette's or PNG's transparent colour) is composited over black,
-  so a transparent pixel is 0, as the zero padding of a crop;
-- CMYK and the other modes PIL can convert go through PIL's ``convert("RGB")``; orientation tags are
-  not applied, as in torchvision's ``ImageFolder``.
-
-It is then resized once to ``S x S`` the way torchvision's ``Resize(S)`` + ``CenterCrop(S)`` does
-(shorter side to S, bilinear with antialiasing, centre crop). ``S`` is ``--image-size``, by default the
-median shorter side of the training images. An unreadable image is one line naming the file; with
-``skip_bad`` it is left out instead (its label with it, so labels stay aligned) and its path recorded in
-``repairs["skipped_files"]`` (the manifest's ``skipped`` and ``skipped_files``).
+The classes and files are those torchvision's ``ImageFolder`` takes, so the labels are its labels; each
+image is made 8-bit RGB (`to_rgb`) and resized as ``Resize(S)`` + ``CenterCrop(S)``.
+docs/data.md#your-own-images gives the layout and the conversion rules.
 """
 
 from __future__ import annotations
@@ -44,14 +19,14 @@ from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as TF
 
 from archbench.data.arrays import SourceArrays
-from archbench.data.files import folder_listing_digest, progress
+from archbench.data.files import folder_listing_digest, progress, reason
 from archbench.data.packed import say
 from archbench.errors import ArchbenchError
 
 TEST_FOLDERS = ("test", "val")  # the first that exists is the test split
 SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I"})
 ALPHA_MODES = frozenset({"RGBA", "RGBa", "LA", "La", "PA"})
-DECODE_WORKERS = os.cpu_count() or 1
+DECODE_WORKERS = os.cpu_count() or 1  # decoding is CPU-bound: more threads than cores gain nothing
 
 
 def read_imagefolder(
@@ -73,7 +48,7 @@ def read_imagefolder(
 def read(
     source: Path | str, image_size: int | None = None, skip_bad: bool = False, console: Console | None = None
 ) -> SourceArrays:
-    """The train and test splits of the ImageFolder tree at ``source`` (see the module docstring)."""
+    """The train and test splits of the ImageFolder tree at ``source`` (docs/data.md#your-own-images)."""
     source = Path(source).expanduser()
     if not source.is_dir():
         raise ArchbenchError(f"--source {source} is not a folder: an ImageFolder source is a folder holding train/")
@@ -86,23 +61,16 @@ def read(
     if test_dir.name == "test" and (source / "val").is_dir():
         say(console, f"using {test_dir} as the test split ({source / 'val'} is not read)")
     classes = _classes(train_dir)
-    test_classes = _classes(test_dir)
-    if test_classes != classes:
-        only_train, only_test = sorted(set(classes) - set(test_classes)), sorted(set(test_classes) - set(classes))
-        difference = "; ".join(
-            text
-            for text in (
-                f"only {train_dir} has {', '.join(only_train)}" if only_train else "",
-                f"only {test_dir} has {', '.join(only_test)}" if only_test else "",
-            )
-            if text
-        )
+    if (test_classes := _classes(test_dir)) != classes:
+        only = {train_dir: set(classes) - set(test_classes), test_dir: set(test_classes) - set(classes)}
+        difference = "; ".join(f"only {d} has {', '.join(sorted(names))}" for d, names in only.items() if names)
         raise ArchbenchError(
             f"the train and test class folders differ ({difference}): both splits need the same classes"
         )
     index = {name: i for i, name in enumerate(classes)}
-    items = {"train": _items(train_dir, index), "test": _items(test_dir, index)}
-    for split, folder in (("train", train_dir), ("test", test_dir)):
+    folders = {"train": train_dir, "test": test_dir}
+    items = {split: _items(folder, index) for split, folder in folders.items()}
+    for split, folder in folders.items():
         if not items[split]:
             raise ArchbenchError(f"{folder} holds no images ({', '.join(IMG_EXTENSIONS)}): the {split} split is empty")
     counts = np.bincount([label for _, label in items["train"]], minlength=len(classes))
@@ -122,9 +90,9 @@ def read(
         )
         arrays = {
             split: _decode_split(pool, split, items[split], image_size, source, skip_bad, skipped, console)
-            for split in ("train", "test")
+            for split in folders
         }
-    for split, folder in (("train", train_dir), ("test", test_dir)):
+    for split, folder in folders.items():
         if len(arrays[split][1]) == 0:
             raise ArchbenchError(f"--skip-bad skipped every image of {folder}, leaving the {split} split empty")
     kept = np.bincount(arrays["train"][1], minlength=len(classes))
@@ -167,7 +135,7 @@ def _median_side(pool: ThreadPoolExecutor, items: list[tuple[Path, int]], source
     for (path, _), side in zip(items, pool.map(_shorter_side, [path for path, _ in items])):
         if isinstance(side, str):
             if not skip_bad:
-                raise _unreadable(path, side)
+                raise unreadable(path, side)
             continue  # the decoding pass records it as skipped
         sides.append(side)
     if not sides:
@@ -180,7 +148,7 @@ def _shorter_side(path: Path) -> int | str:
         with Image.open(path) as image:
             return min(image.size)
     except Exception as e:  # a damaged file can make PIL raise almost anything
-        return _reason(e)
+        return reason(e)
 
 
 def _decode_split(
@@ -202,7 +170,7 @@ def _decode_split(
             bars.advance(task)
             if isinstance(pixels, str):
                 if not skip_bad:
-                    raise _unreadable(path, pixels)
+                    raise unreadable(path, pixels)
                 skipped.append(path.relative_to(source).as_posix())
                 continue
             images[count] = pixels
@@ -212,13 +180,13 @@ def _decode_split(
 
 
 def decode(path: Path, size: int) -> np.ndarray | str:
-    """The image at ``path`` as uint8 size x size x 3 (see the module docstring), or why it cannot be read."""
+    """The image at ``path`` as uint8 size x size x 3 (docs/data.md#your-own-images), or why it cannot be read."""
     try:
         with Image.open(path) as image:
             image.load()
             rgb = to_rgb(image)
     except Exception as e:  # a damaged file can make PIL raise almost anything
-        return _reason(e)
+        return reason(e)
     resized = TF.resize(rgb, size, interpolation=InterpolationMode.BILINEAR, antialias=True)
     return np.asarray(TF.center_crop(resized, size), dtype=np.uint8)
 
@@ -240,11 +208,8 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image if image.mode == "RGB" else image.convert("RGB")
 
 
-def _unreadable(path: Path, reason: str) -> ArchbenchError:
+def unreadable(path: Path, why: str) -> ArchbenchError:
+    """The error for an image that cannot be decoded, without --skip-bad."""
     return ArchbenchError(
-        f"{path} is not a readable image ({reason}): replace it, or rerun with --skip-bad to skip such files"
+        f"{path} is not a readable image ({why}): replace it, or rerun with --skip-bad to skip such files"
     )
-
-
-def _reason(error: BaseException) -> str:
-    return str(error) or type(error).__name__

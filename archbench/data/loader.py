@@ -1,26 +1,9 @@
 """Batches made on the training device: the packed split lives there as uint8, augmentation is tensor ops.
 
-Each data set names its augmentation in its manifest (`AUGMENTATIONS`), and the loader normalises with
-the manifest's per-channel mean and standard deviation of the training split's pixels (for every source,
-Tiny-ImageNet included: its statistics are within a few hundredths of the ImageNet constants it used
-before, and one rule for every source leaves nothing to choose per data set).
-
-``upscale-crop-flip`` (Tiny-ImageNet, the synthetic set, ImageFolder): upscale to U = round(S * 256 / 224),
-random S crop, horizontal flip with probability 0.5; evaluation upscales to U and takes the centre S crop
-(for the study's S = 224 from 64 x 64 images: 64 -> 256, 224 crops). ``upscale-crop`` (the digits): the
-same without the flip, since a mirrored digit is another glyph. ``pad-crop-flip`` (CIFAR, He et al. 2016
-§4.2): 4 pixels of zeros on each side, random S crop, flip; evaluation the centre crop (see
-`archbench.data.cifar`). A new augmentation is one `Augmentation` added to `AUGMENTATIONS`.
-
-Resize-then-crop is never materialised: one bilinear ``grid_sample`` over the H x W source evaluates
-exactly the S x S pixels of the crop. Output pixel k of a crop at offset o in the U x U image sits at
-``(k + o + 0.5) * H / U - 0.5`` in source pixels (the half-pixel convention of ``F.interpolate`` with
-``align_corners=False``), which in grid_sample's normalised coordinates is ``(2 * (k + o) + 1) / U - 1``.
-Border padding reproduces the resize's edge clamping, so the result equals torchvision's
-``resize(antialias=False)`` + ``crop`` up to float rounding (tests/test_data.py checks this). The
-normalised coordinates do not depend on the source's size, so where U is smaller than the source and the
-"upscale" shrinks the image, the source is first resized to U x U with antialiasing and the same grid then
-picks the crop's pixels exactly.
+Each data set names its augmentation in its manifest (`AUGMENTATIONS`) and is normalised with the
+manifest's per-channel statistics of its training split. Resize-then-crop is one bilinear ``grid_sample``
+that evaluates exactly the crop's pixels; docs/data.md#normalisation-and-augmentation gives the
+augmentations, the sampling coordinates and how they match torchvision.
 """
 
 from __future__ import annotations
@@ -35,6 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from archbench.data.cifar import crop_room, pad_crop_flip
 from archbench.errors import ArchbenchError
 
 UNIT = ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))  # mean and std that leave pixels scaled to [0, 1], not normalised
@@ -57,12 +41,10 @@ def transform_batch(
     std: tuple[float, ...] = UNIT[1],
     augmentation: str = "upscale-crop-flip",
 ) -> torch.Tensor:
-    """uint8 B x H x W x 3 -> normalised B x 3 x S x S: ``augmentation``'s geometry (default: upscale to U,
-    crop S x S, flip), then ``(x / 255 - mean) / std`` per channel (default: just x / 255).
+    """uint8 B x H x W x 3 -> B x 3 x S x S: ``augmentation``'s geometry at ``offsets`` (B x 2: top, left;
+    default: the centre crop) with ``flips``, then ``(x / 255 - mean) / std`` per channel.
 
-    ``offsets`` (B x 2 integers: top, left of each crop; default: the centre crop) and ``flips`` (B
-    booleans; default: none) make the function pure, so tests can compare it with torchvision. The
-    arithmetic is float32; the result is written once in the training ``dtype`` (bf16 or fp16 under
+    The arithmetic is float32; the result is written once in the training ``dtype`` (bf16 or fp16 under
     autocast, which then has nothing left to cast at the first conv) and memory format.
     """
     geometry = augmentation_named(augmentation)
@@ -74,15 +56,8 @@ def transform_batch(
     return out.to(dtype=dtype, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
 
 
-def _upscale_crop(
-    x: torch.Tensor,
-    image_size: int,
-    offsets: torch.Tensor,
-    flips: torch.Tensor | None,
-    scale: torch.Tensor,
-    shift: torch.Tensor,
-) -> torch.Tensor:
-    """Upscale to U, crop S x S at ``offsets``, flip: one grid_sample (module docstring)."""
+def _upscale_crop(x: torch.Tensor, image_size: int, offsets, flips, scale, shift) -> torch.Tensor:
+    """Upscale to U, crop S x S at ``offsets``, flip: one grid_sample (docs/data.md gives the coordinates)."""
     _, height, width, _ = x.shape
     upscaled = upscaled_size(image_size)
     # Normalising first is exact (bilinear weights sum to 1) and touches H x W pixels instead of S x S.
@@ -93,33 +68,16 @@ def _upscale_crop(
     return F.grid_sample(source, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
-def _pad_crop(
-    x: torch.Tensor,
-    image_size: int,
-    offsets: torch.Tensor,
-    flips: torch.Tensor | None,
-    scale: torch.Tensor,
-    shift: torch.Tensor,
-) -> torch.Tensor:
+def _pad_crop(x: torch.Tensor, image_size: int, offsets, flips, scale, shift) -> torch.Tensor:
     """CIFAR's zero padding, crop at ``offsets`` and flip on the uint8 pixels (a copy), then normalise."""
-    from archbench.data.cifar import pad_crop_flip
-
     cropped = pad_crop_flip(x, image_size, offsets, flips)
     return torch.addcmul(shift, cropped.permute(0, 3, 1, 2).float(), scale)
 
 
-def _pad_room(image_size: int, height: int) -> int:
-    from archbench.data.cifar import crop_room
-
-    return crop_room(height, image_size)
-
-
 @dataclass(frozen=True)
 class Augmentation:
-    """A training augmentation: crop offsets drawn from ``[0, room(S, H)]`` per axis, a flip with probability 0.5
-    if ``flip``, and ``apply(x, S, offsets, flips, scale, shift)`` making the float B x 3 x S x S batch from
-    uint8 B x H x W x 3 (normalised by ``x * scale + shift``). Evaluation takes offsets ``room // 2``
-    (rounded as torchvision's ``center_crop``) and no flip."""
+    """Crop offsets in ``[0, room(S, H)]`` per axis, a flip if ``flip``, and ``apply(x, S, offsets, flips, scale,
+    shift)`` making the normalised (``x * scale + shift``) float batch; evaluation crops at the centre."""
 
     description: str
     flip: bool
@@ -137,7 +95,9 @@ AUGMENTATIONS: dict[str, Augmentation] = {
     "upscale-crop": Augmentation(
         "upscale to S*256/224, random S crop, no flip", False, lambda s, h: upscaled_size(s) - s, _upscale_crop
     ),
-    "pad-crop-flip": Augmentation("4-pixel zero padding, random S crop, horizontal flip", True, _pad_room, _pad_crop),
+    "pad-crop-flip": Augmentation(
+        "4-pixel zero padding, random S crop, horizontal flip", True, lambda s, h: crop_room(h, s), _pad_crop
+    ),
 }
 
 
@@ -179,23 +139,11 @@ def epoch_generator(seed: int, epoch: int) -> torch.Generator:
 class DeviceLoader:
     """Iterate (x, y) batches of one packed split held on ``device``, sharded over ``world_size`` ranks.
 
-    The uint8 N x H x W x 3 images are uploaded once (1.2 GB for Tiny-ImageNet's train split); each batch
-    is a gather plus `transform_batch` with the data's ``mean``, ``std`` and ``augmentation`` (pass
-    ``**data.transform``), with no worker processes and no per-image Python.
-
-    Order and augmentation of epoch e come from a CPU generator seeded by (seed, e) (see `set_epoch`):
-    in training a permutation of all N samples plus a crop offset and a flip flag for each of the N
-    positions (the flags are drawn, and ignored, for an augmentation without flips), so a sample's
-    augmentation does not depend on the number of ranks; in evaluation the identity order, the centre
-    crop and no flip.
-
-    Training batches all hold exactly ``batch_size`` images, so a compiled step sees one shape: an epoch
-    is the first ``steps x batch_size x world_size`` positions of the permutation, where ``steps =
-    N // (batch_size x world_size)``, and rank r takes positions r, r + world_size, ... of them. The
-    last ``N mod (batch_size x world_size)`` positions wait for a later epoch's shuffle (timm's training
-    loader drops its last batch the same way); within an epoch the ranks' shards are disjoint and no
-    image is seen twice. Evaluation covers every image once: each rank's shard of all N positions is
-    split into equal-as-possible batches (``tensor_split``), the same number on every rank.
+    The images are uploaded once; each batch is a gather plus `transform_batch` with the data's settings
+    (pass ``**data.transform``). Epoch e's order and augmentation come from a CPU generator seeded by
+    (seed, e). Training batches are all full, so a compiled step sees one shape (the remainder waits for a
+    later epoch's shuffle); evaluation covers every image once, in order, centre-cropped and unflipped.
+    docs/data.md#normalisation-and-augmentation gives the sharding.
     """
 
     def __init__(
@@ -305,7 +253,5 @@ class DeviceLoader:
 
 def _upload(images: np.ndarray, device: torch.device) -> torch.Tensor:
     """Copy the array once onto ``device`` (a memory-mapped split is read into memory here)."""
-    array = np.ascontiguousarray(images)
-    if not array.flags.writeable:  # torch tensors need writable memory; np.load(mmap_mode="r") is not
-        array = np.array(array)
-    return torch.from_numpy(array).to(device)
+    # torch tensors need contiguous, writable memory; np.load(mmap_mode="r") gives neither guarantee
+    return torch.from_numpy(np.require(images, requirements=["C", "W"])).to(device)

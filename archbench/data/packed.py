@@ -1,49 +1,19 @@
 """The one form every data set takes on disk: packed uint8 arrays and a manifest, verified before use.
 
-Whatever the source (Tiny-ImageNet's JPEG layout, the embedded digits, CIFAR's pickles, an ImageFolder
-tree), `prepare` ends in a folder holding::
-
-    train_images.npy   uint8, N x H x W x 3        test_images.npy   uint8, M x H x W x 3
-    train_labels.npy   int64, N                    test_labels.npy   int64, M
-    manifest.json
-
-The test split is the set a study reports its accuracy on (Tiny-ImageNet's ``val/`` folder, CIFAR's test
-batch, the digits' recorded test share); a holdout split for tuning is carved from train at run time
-(`archbench.data.split`). The manifest records: the data set's name (``dataset``), the classes in label
-order and their readable names, the image shape, counts per split and per class, each array's size,
-shape, dtype and sha256, the per-channel mean and standard deviation of the training split's pixels
-(scaled to [0, 1]; the loader normalises with them), the augmentation the source trains with
-(`archbench.data.loader.AUGMENTATIONS`), where the data came from and whether its archive matched the
-official checksum (``source.verified``), and source-specific facts (``extra``: a licence, a split rule).
-The fingerprint every run records is the hash of everything the manifest says about the data: all its
-fields but `NOT_FINGERPRINTED` (the fingerprint itself, the format version, and where and when this copy
-was made: the same bytes prepared from the official zip or from its extracted folder keep one
-fingerprint). It covers the name, whether the set is synthetic and how it was generated, the classes and
-their names, the array checksums, the normalisation, the augmentation, the images skipped or repaired and
-the source's own facts (``extra``): equal fingerprints, the same data said to be the same thing.
-
-What a run records is what it trained on: before a cache is used (`load_packed`) or reused (`prepare`),
-`verify_cache` checks that
-
-- every array file has the sha256 its manifest records: all bytes are read, once per file per process
-  (a file whose path, inode, size and modification time were verified before is not read again);
-- every field has its type (`MANIFEST_TYPES`), and the fingerprint is the hash of what it covers (above),
-  so a one-field edit of manifest.json is refused;
-- the manifest's counts, number of classes and image shape agree with the arrays;
-- every label lies in [0, num_classes), every class has training images, no split is empty, and the
-  images per class are the counts the manifest records (the packer refuses to write such a set too).
-
-Any failure is one line naming the file at fault and the command that rebuilds it. A cache is always
-built in a staging folder beside its place and renamed in when complete (`archbench.data.files.staged`),
-so a reader never sees half of one and a failure leaves nothing behind.
+Whatever the source, `prepare` ends in a folder of four .npy arrays (train and test images and labels) and
+manifest.json (`MANIFEST_TYPES`); `verify_cache` checks all of it against itself before a cache is used or
+reused, so what a run records is what it trained on. docs/data.md#the-packed-form-for-every-source lists the
+manifest's fields, what the fingerprint covers and every check.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shlex
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -53,7 +23,16 @@ from rich.console import Console
 
 from archbench.annotations import matches, type_name
 from archbench.data.arrays import SourceArrays
-from archbench.data.files import accessing, describe, file_digest, public_path, staged
+from archbench.data.files import (
+    accessing,
+    cache_dir,
+    describe,
+    file_digest,
+    public_path,
+    remove_abandoned,
+    replace_dir,
+    staged,
+)
 from archbench.errors import ArchbenchError
 
 FORMAT_VERSION = 4  # 4: fingerprint of all but NOT_FINGERPRINTED (3: classes, arrays, normalisation, augmentation)
@@ -93,6 +72,10 @@ STATS_CHUNK = 4096  # images per pass when summing pixels: bounded memory for an
 RECENT_NS = 2_000_000_000
 
 
+def _manifest_field(name: str) -> property:
+    return property(lambda data: data.manifest[name], doc=f"The manifest's {name!r}.")
+
+
 @dataclass(frozen=True)
 class PackedData:
     """A prepared dataset: memory-mapped uint8 images (N x H x W x 3) and int64 labels per split."""
@@ -104,29 +87,12 @@ class PackedData:
     test_images: np.ndarray
     test_labels: np.ndarray
 
-    @property
-    def dataset(self) -> str:
-        return self.manifest["dataset"]
-
-    @property
-    def num_classes(self) -> int:
-        return self.manifest["num_classes"]
-
-    @property
-    def classes(self) -> list[str]:
-        return self.manifest["classes"]
-
-    @property
-    def names(self) -> dict[str, str]:
-        return self.manifest["names"]
-
-    @property
-    def fingerprint(self) -> str:
-        return self.manifest["fingerprint"]
-
-    @property
-    def synthetic(self) -> bool:
-        return self.manifest["synthetic"]
+    dataset = _manifest_field("dataset")
+    num_classes = _manifest_field("num_classes")
+    classes = _manifest_field("classes")
+    names = _manifest_field("names")
+    fingerprint = _manifest_field("fingerprint")
+    synthetic = _manifest_field("synthetic")
 
     @property
     def transform(self) -> dict:
@@ -153,11 +119,8 @@ class DamagedCache(ArchbenchError):
 
 
 def channel_statistics(images: np.ndarray) -> tuple[list[float], list[float]]:
-    """Per-channel mean and (population) standard deviation of uint8 N x H x W x 3 pixels, scaled to [0, 1].
-
-    Sums are exact integers (int64), read in chunks, so the result does not depend on the split's size
-    or order and a memory-mapped split is never loaded whole.
-    """
+    """Per-channel mean and population std of uint8 N x H x W x 3 pixels, scaled to [0, 1]: exact int64 sums
+    read in chunks, so the result does not depend on order and a memory-mapped split is never loaded whole."""
     total = np.zeros(3, dtype=np.int64)
     squares = np.zeros(3, dtype=np.int64)
     for start in range(0, len(images), STATS_CHUNK):
@@ -183,12 +146,8 @@ def write_manifest(
     repairs: dict | None = None,
     synthetic_params: dict | None = None,
 ) -> dict:
-    """Write manifest.json for the four arrays already in ``packed`` and check the result (`verify_cache`,
-    short of re-hashing the files just hashed); return the manifest.
-
-    ``source`` is ``{kind, location, checksum, verified}``; ``repairs`` the packer's counts of skipped,
-    resized and converted images (none by default).
-    """
+    """Write manifest.json for the four arrays already in ``packed``, check it (`verify_cache`, short of
+    re-hashing the files just hashed) and return it; ``repairs`` defaults to nothing skipped or changed."""
     arrays = {name: _array_record(packed / f"{name}.npy") for name in ARRAYS}
     labels = {split: np.load(packed / f"{split}_labels.npy") for split in SPLITS}
     train_images = np.load(packed / "train_images.npy", mmap_mode="r")
@@ -309,8 +268,8 @@ def fingerprint(manifest: dict) -> str:
 
 
 def verify_cache(packed: Path, hash_files: bool = True) -> tuple[dict, dict[str, np.ndarray]]:
-    """The manifest and memory-mapped arrays of the cache in ``packed``, after every check in the module
-    docstring; the first check that fails raises `DamagedCache` naming the file at fault."""
+    """The manifest and memory-mapped arrays of the cache in ``packed``, after every check (docs/data.md); the
+    first that fails raises `DamagedCache` naming the file at fault."""
     manifest = _read_manifest(packed)
     arrays = {name: _checked_array(packed, manifest["arrays"][name], hash_files) for name in ARRAYS}
     for split in SPLITS:
@@ -496,11 +455,7 @@ def packed_dir(root: Path) -> Path:
 
 
 def load_packed(root: Path | str) -> PackedData:
-    """Memory-map a prepared dataset (``archbench data prepare DATASET --root ROOT``) after `verify_cache`.
-
-    Verifying reads every byte once per process (about a second for Tiny-ImageNet's train split); the
-    images are then memory-mapped, not read.
-    """
+    """Memory-map a prepared dataset (``archbench data prepare DATASET --root ROOT``) after `verify_cache`."""
     root = Path(root)
     with accessing(root):
         if root.exists() and not root.is_dir():
@@ -528,14 +483,14 @@ def _rebuild_arguments(packed: Path) -> str:
     """`` DATASET [--source S] [--image-size N]`` for the rebuild command, as a manifest says them that is older
     or still matches its fingerprint (an edited one may name another data set); nothing for Tiny-ImageNet and
     synthetic sets, which find their recorded source themselves."""
+    manifest = recorded_manifest(packed)
     try:
-        manifest = json.loads((packed / "manifest.json").read_text(encoding="utf-8"))
         if manifest["format_version"] == FORMAT_VERSION and manifest["fingerprint"] != fingerprint(manifest):
             return ""
         dataset, location = manifest.get("dataset"), manifest.get("source", {}).get("location")
         extra = manifest.get("extra", {})
         size = extra.get("image_size") if extra.get("image_size_from") == "--image-size" else None
-    except (OSError, ValueError, AttributeError, KeyError, TypeError):
+    except (AttributeError, KeyError, TypeError):
         return ""
     if not isinstance(dataset, str) or dataset in ("tiny-imagenet", "synthetic"):
         return ""
@@ -543,6 +498,37 @@ def _rebuild_arguments(packed: Path) -> str:
     if isinstance(location, str) and (location.startswith(("http://", "https://")) or Path(location).exists()):
         arguments += f" --source {shlex.quote(location)}"
     return arguments + (f" --image-size {size}" if isinstance(size, int) else "")
+
+
+def built_once(name: str, doing: str, build: Callable[[Path], object], console: Console | None) -> Path:
+    """``cache_dir() / name``, a data set ``build(folder)`` makes there on first use and again if it is damaged;
+    concurrent first uses each build their own copy, and the first intact one stays."""
+    final = cache_dir() / name
+    remove_abandoned(cache_dir())
+    if check_cache(final / PACKED_DIR)[0] is not None:
+        return final
+    say(console, f"{doing} (once) in {final}")
+    with staged(final, "building", install=_install_unless_intact) as staging:
+        build(staging)
+    return final
+
+
+def _install_unless_intact(staging: Path, final: Path) -> None:
+    """Rename ``staging`` to ``final``, unless another process has just put an intact set there."""
+    try:
+        os.rename(staging, final)
+    except OSError:  # another process got there first, or a damaged set sits there
+        if check_cache(final / PACKED_DIR)[0] is None:
+            replace_dir(staging, final)
+
+
+def recorded_manifest(packed: Path) -> dict:
+    """manifest.json as it stands, unchecked ({} where there is no readable JSON object)."""
+    try:
+        manifest = json.loads((packed / "manifest.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return manifest if isinstance(manifest, dict) else {}
 
 
 def _prepared_root(root: Path, packed: Path) -> Path:
@@ -553,3 +539,8 @@ def _prepared_root(root: Path, packed: Path) -> Path:
 def say(console: Console | None, message: str) -> None:
     if console is not None:
         console.print(message, highlight=False, soft_wrap=True)
+
+
+def unverified(location: str, differs: str) -> str:
+    """The line that says a source is not the official one (``differs``: how), and is used all the same."""
+    return f"[yellow]unverified:[/] {location} {differs}; using it, recorded as unverified"

@@ -1,29 +1,20 @@
 """Data sources by name: how each is prepared, all ending in the same packed, verified form.
 
-`SOURCES` maps the names `archbench data prepare DATASET` takes to a `DataSource`. Most sources are
-*readers*: a function that reads the source's official format into `SourceArrays` (both splits in
-memory) and says where it came from; `prepare_arrays` then packs them (`archbench.data.packed`). A
-reader's contract::
+`SOURCES` maps the names `archbench data prepare DATASET` takes to a `DataSource`. Most are *readers*,
+packed by `prepare_arrays`; Tiny-ImageNet streams its JPEGs to disk with its own `prepare`. A reader::
 
     read(location: str | None, root: Path, *, image_size: int | None, skip_bad: bool, console)
         -> (SourceArrays, {"kind": ..., "location": ..., "checksum": ..., "official": checksum or None})
 
-``location`` is ``--source`` (None: the official one, downloaded into ``root`` if need be); ``official``
-is the checksum the official archive has (None where there is none to compare, e.g. a folder). The packed
-manifest records ``verified: checksum == official``; a source with an official checksum that does not
-match is used, with one line saying so. A reader that judges this itself (CIFAR: an archive, or every
-extracted file against its published md5) returns ``verified`` instead of ``official``, and says the line.
-Tiny-ImageNet streams 110,000 JPEGs to disk and has its own `prepare`, ending in the same form.
-
-Each source names its training augmentation (`archbench.data.loader.AUGMENTATIONS`), recorded in the
-manifest; the loader applies it. Sources marked ``builtin`` need no `prepare`: ``--data NAME`` builds
-them offline on first use into the archbench cache (`resolve`), as it does the synthetic set.
+``location`` is ``--source`` (None: the official one, downloaded into ``root`` if need be); ``official`` is
+the official archive's checksum (None where there is none). The manifest records ``verified: checksum ==
+official``, and a mismatch is said in one line; a reader that judges this itself (CIFAR) returns
+``verified`` instead of ``official`` and says the line.
 """
 
 from __future__ import annotations
 
 import importlib
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,18 +22,28 @@ from pathlib import Path
 from rich.console import Console
 
 from archbench.data.files import accessing, remove_abandoned, require_folder
-from archbench.data.packed import PACKED_DIR, PackedData, load_packed, pack_arrays, reusable_cache, say
+from archbench.data.packed import (
+    PACKED_DIR,
+    PackedData,
+    load_packed,
+    pack_arrays,
+    recorded_manifest,
+    reusable_cache,
+    say,
+    unverified,
+)
 from archbench.errors import ArchbenchError
 
 DEFAULT_DATASET = "tiny-imagenet"
 DATA_DIR = Path("data")  # where `prepare` puts a data set by default: data/ for Tiny-ImageNet, data/NAME for others
 
 
-def _lazy(module: str, function: str) -> Callable:
-    """``module.function``, imported when first called (a source's dependencies load only when it is used)."""
+def _lazy(module: str, function: str, *bound) -> Callable:
+    """``module.function`` with the arguments ``bound`` first, imported when first called (a source's
+    dependencies load only when it is used)."""
 
     def call(*args, **kwargs):
-        return getattr(importlib.import_module(module), function)(*args, **kwargs)
+        return getattr(importlib.import_module(module), function)(*bound, *args, **kwargs)
 
     call.__qualname__ = f"{module}.{function}"
     return call
@@ -53,7 +54,7 @@ class DataSource:
     name: str
     summary: str
     augmentation: str  # a key of archbench.data.loader.AUGMENTATIONS
-    read: Callable | None = None  # a reader (module docstring); None for a source with its own `prepare`
+    read: Callable | None = None  # a reader (the contract above); None for a source with its own `prepare`
     prepare: Callable | None = None  # prepare(root, source, skip_bad, console) -> manifest
     builtin: Callable[[Console | None], Path] | None = None  # root of the offline copy, built on first use
     takes_image_size: bool = False  # whether --image-size applies
@@ -72,13 +73,13 @@ SOURCES: dict[str, DataSource] = {
             "cifar10",
             "CIFAR-10 (10 classes, 32x32): the official python-format archive",
             "pad-crop-flip",
-            read=lambda *args, **kwargs: _read_cifar("cifar10", *args, **kwargs),
+            read=_lazy("archbench.data.cifar", "read_source", "cifar10"),
         ),
         DataSource(
             "cifar100",
             "CIFAR-100 (100 fine classes, 32x32): the official python-format archive",
             "pad-crop-flip",
-            read=lambda *args, **kwargs: _read_cifar("cifar100", *args, **kwargs),
+            read=_lazy("archbench.data.cifar", "read_source", "cifar100"),
         ),
         DataSource(
             "imagefolder",
@@ -97,15 +98,6 @@ SOURCES: dict[str, DataSource] = {
     )
 }
 SYNTHETIC = "synthetic"  # the default synthetic set: a built-in --data name, made by `archbench data synth`
-
-
-def _read_cifar(
-    name: str, location: str | None, root: Path, *, image_size: int | None, skip_bad: bool, console: Console | None
-) -> tuple:
-    """The reader contract over `archbench.data.cifar` (which checks the archive and says when it is unverified)."""
-    from archbench.data import cifar
-
-    return cifar.load(cifar.VARIANTS[name], location, root, console)
 
 
 def source(name: str) -> DataSource:
@@ -161,7 +153,7 @@ def prepare_arrays(
     require_folder(root, "--root")
     with accessing(root):
         packed = root / PACKED_DIR
-        checked = location is None and image_size is None and _packed_dataset(packed) == name
+        checked = location is None and image_size is None and recorded_manifest(packed).get("dataset") == name
         if checked:
             # no source named: an intact cache of this data set is the answer, before any read or download
             if (manifest := reusable_cache(packed, None, skip_bad, console)) is not None:
@@ -171,23 +163,13 @@ def prepare_arrays(
         verified = origin.pop("verified", official is not None and origin["checksum"] == official)
         if official is not None and not verified:
             say(
-                console,
-                f"[yellow]unverified:[/] {origin['location']} has {origin['checksum']}, not the official {name} "
-                f"{official}; using it, recorded as unverified",
+                console, unverified(origin["location"], f"has {origin['checksum']}, not the official {name} {official}")
             )
         info = {**origin, "verified": verified}
         manifest = None if checked else reusable_cache(packed, info["checksum"], skip_bad, console)
         if manifest is not None and manifest["dataset"] == name:
             return manifest
         return pack_arrays(arrays, packed, dataset=name, source=info, augmentation=spec.augmentation, console=console)
-
-
-def _packed_dataset(packed: Path) -> str | None:
-    """The data set a packed cache's manifest names (None where there is no readable manifest)."""
-    try:
-        return json.loads((packed / "manifest.json").read_text(encoding="utf-8")).get("dataset")
-    except (OSError, ValueError, AttributeError):
-        return None
 
 
 def resolve(spec: str | Path = SYNTHETIC, console: Console | None = None) -> PackedData:

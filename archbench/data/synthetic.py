@@ -1,30 +1,9 @@
 """A synthetic twin of Tiny-ImageNet-200: the same files on disk, generated classes, fully deterministic.
 
-It exists so that every test and smoke run works offline on a laptop, through the same code path as the
-real data: `make_synthetic` writes JPEGs in the exact Tiny-ImageNet layout (``wnids.txt`` unsorted,
-``words.txt`` with more wnids than classes, ``train/<wnid>/images/`` with ``<wnid>_boxes.txt``,
-``val/images/`` labelled by ``val/val_annotations.txt``, an unlabelled ``test/images/``, about one image in
-29 saved as grayscale) and then calls `archbench.data.tinyimagenet.prepare` on them.
-
-What the classes look like. Each 64x64 image shows one main object on a cluttered background. A class
-fixes three properties of that object:
-
-- its shape, cycling fastest over classes: disc, square, triangle, ring, cross, diamond;
-- its texture, the next digit: solid, striped, checked, dotted (classes 24-47 repeat these combinations
-  with a finer texture, later ones differ by hue only);
-- its base hue, spread round the colour wheel by the golden ratio, so that neighbouring classes get
-  distant hues but many classes have similar ones.
-
-Every image draws, independently: the object's position, radius (10-20 px) and rotation; a hue jitter
-(s.d. 0.04), saturation and brightness; the texture's phase and its dark tone; a background of a random
-low-saturation colour with smooth colour blobs; in half the images a smaller distractor object of a
-random shape and any hue; Gaussian pixel noise; and JPEG compression at quality 90. Colour alone
-therefore separates the classes only in part (grayscale images lose it entirely), so a network has to
-learn shape and texture as well: a small CNN's accuracy climbs over several epochs instead of saturating
-in the first.
-
-The default set behind ``--data synthetic`` (10 classes, 100 train and 20 val images each, seed 0) is
-generated once into ``$ARCHBENCH_CACHE`` (default ``~/.cache/archbench``) and shared by later runs.
+It lets every test and smoke run work offline through the same code path as the real data:
+`make_synthetic` writes JPEGs in the exact Tiny-ImageNet layout and then calls
+`archbench.data.tinyimagenet.prepare` on them. docs/data.md#the-synthetic-set says what the classes look
+like and why.
 """
 
 from __future__ import annotations
@@ -40,15 +19,33 @@ import numpy as np
 from PIL import Image
 from rich.console import Console
 
-from archbench.data.files import cache_dir, read_text, remove_abandoned, replace_dir, require_folder, staged
-from archbench.data.tinyimagenet import IMAGE_SIZE, PACKED_DIR, SYNTHETIC_MARKER, check_cache, prepare
+from archbench.data.files import read_text, remove_abandoned, require_folder, staged
+from archbench.data.packed import built_once, say
+from archbench.data.tinyimagenet import IMAGE_SIZE, SYNTHETIC_MARKER, prepare
 from archbench.errors import ArchbenchError
 
 GENERATOR_VERSION = 1  # bump when the pictures change, so cached default sets are regenerated
 LAYOUT_DIR = "tiny-imagenet-200"  # the folder name inside the official zip
 DEFAULT_PARAMS = {"classes": 10, "train_per_class": 100, "val_per_class": 20, "seed": 0}
-SHAPES = ("disc", "square", "triangle", "ring", "cross", "diamond")
-TEXTURES = ("solid", "striped", "checked", "dotted")
+# Each shape's mask over the object's frame (u, v), in units of its radius.
+_SHAPES = {
+    "disc": lambda u, v: u * u + v * v <= 1.0,
+    "square": lambda u, v: np.maximum(np.abs(u), np.abs(v)) <= 0.8,
+    # equilateral, inscribed in the unit circle
+    "triangle": lambda u, v: (v <= 0.5) & (0.866 * u - 0.5 * v <= 0.5) & (-0.866 * u - 0.5 * v <= 0.5),
+    "ring": lambda u, v: (u * u + v * v <= 1.0) & (u * u + v * v >= 0.3),
+    "cross": lambda u, v: ((np.abs(u) <= 0.3) & (np.abs(v) <= 1.0)) | ((np.abs(v) <= 0.3) & (np.abs(u) <= 1.0)),
+    "diamond": lambda u, v: np.abs(u) + np.abs(v) <= 1.0,
+}
+# Each texture: True where the object shows its colour, False where it shows its dark tone; ``a`` and ``b`` are
+# the phases along u and v, in radians.
+_TEXTURES = {
+    "solid": lambda a, b: np.ones_like(a, dtype=bool),
+    "striped": lambda a, b: np.sin(a) > 0,
+    "checked": lambda a, b: (np.sin(a) > 0) ^ (np.sin(b) > 0),
+    "dotted": lambda a, b: np.cos(a) + np.cos(b) < 0.9,
+}
+SHAPES, TEXTURES = tuple(_SHAPES), tuple(_TEXTURES)
 GOLDEN = 0.6180339887498949
 GRAYSCALE_EVERY = 29  # one image in 29 is stored as grayscale, like a sprinkling of the real set's
 WNID_BASE = 99_000_000  # synthetic wnids n99000000, n99000001, ...: never a real ImageNet wnid
@@ -70,7 +67,7 @@ _BLOBS = _interpolation_matrix(4)
 
 
 def class_style(c: int) -> dict:
-    """Shape, texture, texture frequency and base hue of class ``c`` (see the module docstring)."""
+    """Shape, texture, texture frequency and base hue of class ``c`` (docs/data.md#the-synthetic-set)."""
     combination = c // len(SHAPES)
     return {
         "shape": SHAPES[c % len(SHAPES)],
@@ -101,35 +98,8 @@ def _object_frame(cx: float, cy: float, radius: float, angle: float) -> tuple[np
     return (dx * cos + dy * sin) / radius, (-dx * sin + dy * cos) / radius
 
 
-def _shape_mask(shape: str, u: np.ndarray, v: np.ndarray) -> np.ndarray:
-    r2 = u * u + v * v
-    if shape == "disc":
-        return r2 <= 1.0
-    if shape == "ring":
-        return (r2 <= 1.0) & (r2 >= 0.3)
-    if shape == "square":
-        return np.maximum(np.abs(u), np.abs(v)) <= 0.8
-    if shape == "diamond":
-        return np.abs(u) + np.abs(v) <= 1.0
-    if shape == "cross":
-        return ((np.abs(u) <= 0.3) & (np.abs(v) <= 1.0)) | ((np.abs(v) <= 0.3) & (np.abs(u) <= 1.0))
-    if shape == "triangle":  # equilateral, inscribed in the unit circle
-        return (v <= 0.5) & (0.866 * u - 0.5 * v <= 0.5) & (-0.866 * u - 0.5 * v <= 0.5)
-    raise ValueError(f"unknown shape {shape!r}")
-
-
 def _texture(texture: str, u: np.ndarray, v: np.ndarray, frequency: float, phase: float) -> np.ndarray:
-    """1 where the object shows its colour, 0 where it shows its dark tone."""
-    a, b = np.sin(np.pi * frequency * u + phase) > 0, np.sin(np.pi * frequency * v + phase) > 0
-    if texture == "solid":
-        return np.ones_like(u, dtype=bool)
-    if texture == "striped":
-        return a
-    if texture == "checked":
-        return a ^ b
-    if texture == "dotted":
-        return np.cos(np.pi * frequency * u + phase) + np.cos(np.pi * frequency * v + phase) < 0.9
-    raise ValueError(f"unknown texture {texture!r}")
+    return _TEXTURES[texture](np.pi * frequency * u + phase, np.pi * frequency * v + phase)
 
 
 def _rgb(hue: float, saturation: float, value: float) -> np.ndarray:
@@ -153,9 +123,9 @@ def render(c: int, rng: np.random.Generator) -> tuple[np.ndarray, tuple[int, int
     if rng.random() < 0.5:  # a distractor, drawn first so that the class object covers it
         u, v = _object_frame(*rng.uniform(6, 58, 2), rng.uniform(4, 8), rng.uniform(0, 2 * np.pi))
         solid = np.ones_like(u, dtype=bool)
-        _draw(canvas, _shape_mask(SHAPES[rng.integers(len(SHAPES))], u, v), solid, _rgb(rng.random(), 0.8, 0.9), 1.0)
+        _draw(canvas, _SHAPES[SHAPES[rng.integers(len(SHAPES))]](u, v), solid, _rgb(rng.random(), 0.8, 0.9), 1.0)
     u, v = _object_frame(*rng.uniform(16, 48, 2), rng.uniform(10, 20), rng.uniform(0, 2 * np.pi))
-    mask = _shape_mask(style["shape"], u, v)
+    mask = _SHAPES[style["shape"]](u, v)
     colour = _rgb(style["hue"] + rng.normal(0, 0.04), rng.uniform(0.55, 1.0), rng.uniform(0.6, 1.0))
     texture = _texture(style["texture"], u, v, style["frequency"], rng.uniform(0, 2 * np.pi))
     _draw(canvas, mask, texture, colour, rng.uniform(0.2, 0.45))
@@ -195,8 +165,7 @@ def synthetic_params(classes: int, train_per_class: int, val_per_class: int, see
 def write_layout(folder: Path, params: dict, console: Console | None = None) -> Path:
     """Write the JPEG layout for ``params`` into ``folder`` (built beside it, then renamed in)."""
     folder = Path(folder)
-    if console is not None:
-        console.print(f"writing synthetic JPEGs into {folder}", highlight=False, soft_wrap=True)
+    say(console, f"writing synthetic JPEGs into {folder}")
     with staged(folder, "writing") as staging:
         _write_layout_files(staging, params)
     return folder
@@ -277,11 +246,8 @@ def make_synthetic(
     seed: int = 0,
     console: Console | None = None,
 ) -> dict:
-    """Write (unless already there) and prepare a synthetic set under ``root``; return its manifest.
-
-    The JPEGs go to ``root/tiny-imagenet-200/`` and the packed cache to ``root/packed/``, exactly where
-    `archbench data prepare` puts the real set, so ``--data ROOT`` works for both.
-    """
+    """Write (unless already there) and prepare a synthetic set under ``root``, where `archbench data prepare`
+    puts the real one (``root/tiny-imagenet-200/``, ``root/packed/``); return its manifest."""
     params = synthetic_params(classes, train_per_class, val_per_class, seed)
     root = Path(root)
     require_folder(root, "--root")
@@ -297,31 +263,12 @@ def make_synthetic(
 
 
 def default_synthetic(console: Console | None = None) -> Path:
-    """Root of the default synthetic set, generated on first use and shared by every later run.
-
-    A set that fails `check_cache` (damaged, or of another format version) is generated again.
-    Concurrent first uses each build in a private folder and rename it into place; a rename that finds
-    the place taken by an intact set simply discards its own copy.
-    """
+    """Root of the default synthetic set, generated on first use and shared by every later run."""
     params = DEFAULT_PARAMS
-    final = cache_dir() / (
+    name = (
         f"synthetic-c{params['classes']}-t{params['train_per_class']}-v{params['val_per_class']}"
         f"-s{params['seed']}-g{GENERATOR_VERSION}"
     )
-    remove_abandoned(cache_dir())
-    if check_cache(final / PACKED_DIR)[0] is not None:
-        return final
-    if console is not None:
-        console.print(f"generating the default synthetic set (once) in {final}", highlight=False, soft_wrap=True)
-    with staged(final, "building", install=_install_unless_intact) as staging:
-        make_synthetic(staging, **params)
-    return final
-
-
-def _install_unless_intact(staging: Path, final: Path) -> None:
-    """Rename ``staging`` to ``final``, unless another process has just put an intact set there."""
-    try:
-        os.rename(staging, final)
-    except OSError:  # another process got there first, or a damaged set sits there
-        if check_cache(final / PACKED_DIR)[0] is None:
-            replace_dir(staging, final)
+    return built_once(
+        name, "generating the default synthetic set", lambda staging: make_synthetic(staging, **params), console
+    )

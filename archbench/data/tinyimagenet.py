@@ -1,32 +1,9 @@
-"""Tiny-ImageNet-200 on disk: read the distributed layout, decode it in parallel, pack it for fast loading.
+"""Tiny-ImageNet-200: read the distributed layout, decode it in parallel, pack it for fast loading.
 
-The layout, as the official zip holds it (and as `archbench data synth` writes it)::
-
-    wnids.txt                                the 200 class wnids, NOT sorted
-    words.txt                                wnid<TAB>name for all of ImageNet (far more than 200 lines)
-    train/<wnid>/images/<wnid>_<i>.JPEG      500 per class, some grayscale
-    train/<wnid>/<wnid>_boxes.txt
-    val/images/val_<i>.JPEG                  10,000, labelled only by val/val_annotations.txt
-    val/val_annotations.txt                  file<TAB>wnid<TAB>x0<TAB>y0<TAB>x1<TAB>y1
-
-Class order is the sorted wnid list (label i is ``sorted(wnids)[i]``), recorded in the manifest, so labels
-do not depend on the order of wnids.txt. The splits are what the layout says, or refused in one line: the
-class folders of ``train/`` are exactly the wnids (one more or one fewer is named), and every entry of
-val_annotations.txt names a file of ``val/images/`` (an absolute path, a ``..`` or a link out is named,
-and so is an image listed twice). Images are made RGB as an ImageFolder's are
-(`archbench.data.imagefolder.to_rgb`: 16-bit scaled, transparency over black).
-
-The ``val/`` folder is the study's test split (the official test images have no labels). Decoding
-110,000 small JPEGs per training run would cost more than the training step on a GPU, so `prepare`
-decodes them once into ``<root>/packed/``, the packed form every source shares (`archbench.data.packed`:
-uint8 N x 64 x 64 x 3 arrays memory-mapped in well under a second, the manifest, the checks before every
-use). A downloaded zip stays in ``<root>`` and its extraction in ``<root>/extracted/``, so a rebuild
-needs no network; `prepare` reuses a cache that passes the checks and was built from the same source,
-and rebuilds one that is stale (other source), damaged or of another format version.
-
-The official zip, or the official URL, is checked against its published md5 and recorded as
-``verified``. Another URL or a zip with another md5 is accepted with one line saying so and recorded
-as unverified; an extracted folder cannot be checked and is recorded as unverified.
+Decoding 110,000 small JPEGs per run would cost more than a GPU's training step, so `prepare` decodes
+them once, straight into the memory-mapped arrays of the packed form every source shares
+(`archbench.data.packed`). docs/data.md#tiny-imagenet-200 gives the layout, the checks on it, the class
+order and which sources are recorded as verified.
 """
 
 from __future__ import annotations
@@ -54,21 +31,21 @@ from archbench.data.files import (
     folder_listing_digest,
     progress,
     read_text,
+    reason,
     require_folder,
     staged,
 )
-from archbench.data.imagefolder import to_rgb
-from archbench.data.packed import (  # noqa: F401 (ARRAYS, check_cache, load_packed, PackedData: this module's API too)
+from archbench.data.imagefolder import DECODE_WORKERS, to_rgb, unreadable
+from archbench.data.packed import (  # noqa: F401 (ARRAYS, check_cache, load_packed: this module's API too)
     ARRAYS,
     PACKED_DIR,
     SPLITS,
-    DamagedCache,
-    PackedData,
     check_cache,
     load_packed,
+    recorded_manifest,
     reusable_cache,
     say,
-    verify_cache,
+    unverified,
     write_manifest,
 )
 from archbench.data.sources import SOURCES
@@ -84,7 +61,6 @@ EXTRACTED_DIR = "extracted"
 SYNTHETIC_MARKER = "archbench_synthetic.json"  # written by archbench.data.synthetic beside wnids.txt
 IMAGE_SUFFIXES = {".jpeg", ".jpg", ".png"}
 DECODE_CHUNK = 64  # images per thread-pool task: large enough to amortise the task overhead
-DECODE_WORKERS = os.cpu_count() or 1  # decoding is CPU-bound: more threads than cores gain nothing
 
 
 @dataclass
@@ -95,13 +71,8 @@ class Layout:
     classes: list[str]
     names: dict[str, str]
     train: list[tuple[Path, int]]
-    val: list[tuple[Path, int]]
+    test: list[tuple[Path, int]]  # the val/ folder's images (the official test/ folder has no labels)
     synthetic_params: dict | None
-
-    @property
-    def test(self) -> list[tuple[Path, int]]:
-        """The val/ folder's images: the test split (the official test/ folder has no labels)."""
-        return self.val
 
 
 @dataclass(frozen=True)
@@ -133,63 +104,46 @@ class SplitReport:
 def prepare(
     root: Path | str, source: str | Path | None = None, skip_bad: bool = False, console: Console | None = None
 ) -> dict:
-    """Make ``<root>/packed`` hold Tiny-ImageNet from ``source`` and return its manifest.
-
-    ``source`` is a URL, a local zip or an extracted folder. Without one, a valid cache already in
-    ``root`` is reused whatever it was built from, and otherwise the official zip is downloaded. With
-    one, the cache is reused only if it was built from the same bytes (md5 of the zip, or a listing
-    digest of the folder), and, when it skipped bad images, only if ``skip_bad`` allows skipping. A cache
-    that fails `verify_cache` is rebuilt, without a ``source`` from the one its manifest records.
-    """
+    """Make ``<root>/packed`` hold Tiny-ImageNet from ``source`` (a URL, a zip or an extracted folder; None:
+    an intact cache, else the recorded source, else the official zip) and return its manifest."""
     root = Path(root)
     require_folder(root, "--root")
-    with accessing(root):
-        return _prepare(root, source, skip_bad, console)
-
-
-def _prepare(root: Path, source: str | Path | None, skip_bad: bool, console: Console | None) -> dict:
     packed = root / PACKED_DIR
-    if source is None:
-        manifest = reusable_cache(packed, None, skip_bad=True, console=console)
-        if manifest is not None:
+    with accessing(root):
+        if source is None:
+            if (manifest := reusable_cache(packed, None, skip_bad=True, console=console)) is not None:
+                return manifest
+            source = _recorded_source(root, packed) or TINY_IMAGENET_URL
+        src = parse_source(source)
+        known = _source_checksum(src)
+        if src.kind == "zip":
+            _note_unverified(src, known, console)
+        if known is not None and (manifest := reusable_cache(packed, known, skip_bad, console)) is not None:
             return manifest
-        source = _recorded_source(root, packed) or TINY_IMAGENET_URL
-    src = parse_source(source)
-    known = _source_checksum(src)
-    if src.kind == "zip":
-        _note_unverified(src, known, console)
-    if known is not None and (manifest := reusable_cache(packed, known, skip_bad, console)) is not None:
-        return manifest
-    folder, checksum = _materialise(src, known, root, console)
-    if src.kind == "url":
-        _note_unverified(src, checksum, console)
-    if known is None and (manifest := reusable_cache(packed, checksum, skip_bad, console)) is not None:
-        return manifest
-    source_info = {
-        "kind": src.kind,
-        "location": _display_location(src, root),
-        "checksum": checksum,
-        "verified": checksum == OFFICIAL_CHECKSUM,
-    }
-    return pack(read_layout(folder), packed, source_info, skip_bad=skip_bad, console=console)
+        folder, checksum = _materialise(src, known, root, console)
+        if src.kind == "url":
+            _note_unverified(src, checksum, console)
+        if known is None and (manifest := reusable_cache(packed, checksum, skip_bad, console)) is not None:
+            return manifest
+        verified = checksum == OFFICIAL_CHECKSUM
+        info = {"kind": src.kind, "location": _display_location(src, root), "checksum": checksum, "verified": verified}
+        return pack(read_layout(folder), packed, info, skip_bad=skip_bad, console=console)
 
 
 def _note_unverified(src: Source, checksum: str, console: Console | None) -> None:
-    """One line when a zip or URL is not the official archive: it is used, and recorded as unverified."""
+    """One line when a zip or URL is not the official archive."""
     if checksum != OFFICIAL_CHECKSUM:
         say(
-            console,
-            f"[yellow]unverified:[/] {src.location} has {checksum}, not the official Tiny-ImageNet-200 "
-            f"{OFFICIAL_CHECKSUM}; using it, recorded as unverified",
+            console, unverified(src.location, f"has {checksum}, not the official Tiny-ImageNet-200 {OFFICIAL_CHECKSUM}")
         )
 
 
 def _recorded_source(root: Path, packed: Path) -> str | None:
     """The source an unusable cache's manifest names, if it can still be read and is still there."""
     try:
-        recorded = json.loads((packed / "manifest.json").read_text(encoding="utf-8"))["source"]
+        recorded = recorded_manifest(packed)["source"]
         kind, location = recorded["kind"], recorded["location"]
-    except (OSError, ValueError, KeyError, TypeError):
+    except (KeyError, TypeError):
         return None
     if kind == "url":
         return location
@@ -262,9 +216,7 @@ def _display_location(src: Source, root: Path) -> str:
 def read_layout(folder: Path) -> Layout:
     """List and label every train and val image; raise a one-line error for each kind of bad layout."""
     folder = Path(folder)
-    wnids_file = folder / "wnids.txt"
-    if not wnids_file.is_file():
-        raise ArchbenchError(f"{wnids_file} is missing, so {folder} is not a Tiny-ImageNet-200 folder")
+    wnids_file = folder / "wnids.txt"  # there: the folder is what `locate_dataset` found
     wnids = [line.strip() for line in read_text(wnids_file).splitlines() if line.strip()]
     if not wnids:
         raise ArchbenchError(f"{wnids_file} lists no classes")
@@ -280,7 +232,7 @@ def read_layout(folder: Path) -> Layout:
         classes=classes,
         names={wnid: words.get(wnid, wnid) for wnid in classes},
         train=[(path, label_of[wnid]) for wnid in classes for path in _class_images(folder, wnid)],
-        val=_val_images(folder, label_of),
+        test=_val_images(folder, label_of),
         synthetic_params=_read_marker(marker) if marker.is_file() else None,
     )
 
@@ -365,7 +317,7 @@ def decode_image(path: Path) -> Decoded:
                 rgb = rgb.resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.BILINEAR)
             return Decoded(np.asarray(rgb, dtype=np.uint8), converted, resized, None)
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-        return Decoded(None, False, False, str(e) or type(e).__name__)
+        return Decoded(None, False, False, reason(e))
 
 
 def _decode_chunk(paths: list[Path]) -> list[Decoded]:
@@ -373,10 +325,8 @@ def _decode_chunk(paths: list[Path]) -> list[Decoded]:
 
 
 def _decode_in_order(pool: ThreadPoolExecutor, paths: list[Path], on_chunk) -> Iterator[Decoded]:
-    """Decode on the pool (PIL releases the GIL), in order, with a bounded number of chunks in flight.
-
-    The bound keeps memory flat and lets a failure cancel the little work still queued.
-    """
+    """Decode on the pool (PIL releases the GIL), in order, with a bounded number of chunks in flight: memory
+    stays flat and a failure cancels the little work still queued."""
     chunks = iter([paths[i : i + DECODE_CHUNK] for i in range(0, len(paths), DECODE_CHUNK)])
     pending = deque(pool.submit(_decode_chunk, chunk) for chunk in islice(chunks, 4 * DECODE_WORKERS))
     while pending:
@@ -390,12 +340,7 @@ def _decode_in_order(pool: ThreadPoolExecutor, paths: list[Path], on_chunk) -> I
 def pack(
     layout: Layout, packed: Path, source_info: dict, skip_bad: bool = False, console: Console | None = None
 ) -> dict:
-    """Decode every image of ``layout`` into ``packed`` (built beside it, renamed in when complete).
-
-    The finished cache passes the same checks as a loaded one (`verify_cache`, short of re-hashing the
-    files it has just hashed); with ``skip_bad``, a set left with an empty split or a class without
-    training images is refused, naming it.
-    """
+    """Decode every image of ``layout`` into ``packed`` (built beside it, renamed in when complete)."""
     say(console, f"packing {len(layout.train):,} train and {len(layout.test):,} test images from {layout.folder}")
     pool = ThreadPoolExecutor(max_workers=DECODE_WORKERS)
     try:
@@ -439,10 +384,7 @@ def _pack_split(layout: Layout, split: str, out: Path, pool, skip_bad: bool, pro
         relative = path.relative_to(layout.folder).as_posix()
         if decoded.error is not None:
             if not skip_bad:
-                raise ArchbenchError(
-                    f"{path} is not a readable image ({decoded.error}): "
-                    "replace it, or rerun with --skip-bad to skip such files"
-                )
+                raise unreadable(path, decoded.error)
             report.skipped.append(relative)
             continue
         images[report.count] = decoded.pixels

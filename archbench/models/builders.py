@@ -1,17 +1,10 @@
 """What a registry builder is, and the checks every builder shares.
 
-A builder turns a registry entry's ``[args]`` into a model in two steps, so that reading the registry
-stays cheap and failures still name the TOML key at fault:
-
-- ``check(args, folder)`` runs when the registry is read, on every command: no model is built from
-  torchvision or user code here, only what is cheap to validate (types, names, files).
-- ``constructor(args, folder)`` resolves everything the model needs (imports user code, reads
-  signatures) and returns a callable that builds the model from the overrides (``num_classes=...``).
-  The caller chooses the device context (``torch.device("meta")`` to read shapes without memory), so
-  module-level code of an imported file never runs on the meta device.
-
-Both raise :class:`ArgumentError` with the TOML key (``args.layers``, or ``args`` for the arguments as a
-whole); the registry turns it into one line naming the file and the key.
+A builder turns an entry's ``[args]`` in two steps: ``check`` (cheap, on every registry read: types,
+names, files; no torchvision or user model is built) and ``constructor`` (imports and reads what the
+model needs, and returns a callable that builds it from overrides such as ``num_classes``; the caller
+picks the device context). Both raise :class:`ArgumentError` naming the TOML key, which the registry
+turns into one line naming the file (docs/extending.md).
 """
 
 from __future__ import annotations
@@ -90,21 +83,19 @@ def check_call(function: Callable, args: dict, label: str) -> None:
         params = inspect.signature(function).parameters
     except (TypeError, ValueError):  # no signature to read (some built-ins): the call itself will tell
         return
-    open_ended = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    open_ended = any(p.kind is p.VAR_KEYWORD for p in params.values())
     named = {k: p for k, p in params.items() if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL, p.POSITIONAL_ONLY)}
     try:
         hints = typing.get_type_hints(function.__init__ if inspect.isclass(function) else function)
     except Exception:  # annotations that do not resolve (forward references, missing imports): no type checks
         hints = {}
     for key, value in args.items():
-        if key not in named:
-            if open_ended:
-                continue
-            raise ArgumentError(f"args.{key}", f"is not an argument of {label} ({', '.join(named) or 'none'})")
-        if key in hints:
+        if key in hints and key in named:
             check_type(f"args.{key}", value, hints[key])
+        elif key not in named and not open_ended:
+            raise ArgumentError(f"args.{key}", f"is not an argument of {label} ({', '.join(named) or 'none'})")
     for key, param in named.items():
-        if param.default is inspect.Parameter.empty and key not in args and key != "num_classes":
+        if param.default is param.empty and key not in args and key != "num_classes":
             raise ArgumentError(f"args.{key}", f"is missing ({label} requires it)")
 
 

@@ -1,18 +1,9 @@
 """``builder = "python"``: a network of your own, from a callable in a .py file or an importable module.
 
-::
-
-    builder = "python"
-    [args]
-    target = "mynet.py:make_net"   # a file beside this TOML (relative to its folder), or a module on
-                                   # the Python path: target = "mypackage.models:make_net"
-    width = 32                     # every other argument goes to make_net, with num_classes
-
-``target`` is the one argument archbench reads; the callable (a function, or an nn.Module class) gets the
-rest as keyword arguments together with ``num_classes``, and must return an nn.Module. Reading the
-registry only checks that ``target`` is well formed and that a named file exists; the code is imported
-when the entry is built (``archbench list``, ``run``, ``bench``). A file target is executed afresh on each
-build, with its folder on ``sys.path`` meanwhile so that it can import files beside it.
+``target`` (``"mynet.py:make_net"`` beside the TOML, or ``"mypackage.models:make_net"``) is the one
+argument archbench reads; the rest go to the callable with ``num_classes`` (docs/extending.md). Reading
+the registry only checks that ``target`` is well formed and that a named file exists; the code is
+imported when the entry is built, a file afresh on each build with its folder on ``sys.path`` meanwhile.
 """
 
 from __future__ import annotations
@@ -21,16 +12,17 @@ import hashlib
 import importlib
 import importlib.util
 import inspect
+import operator
 import re
 import sys
 import types
 from collections.abc import Callable
-from pathlib import Path, PurePath
+from pathlib import Path
 
 from torch import nn
 
 from archbench.catalogue import python_code_sha256
-from archbench.models.builders import DEFAULT_NUM_CLASSES, ArgumentError, Builder, check_call, describe
+from archbench.models.builders import DEFAULT_NUM_CLASSES, ArgumentError, Builder, check_call, check_type, describe
 
 TARGET = re.compile(r"(?P<where>[^:]+):(?P<attr>[A-Za-z_]\w*(\.[A-Za-z_]\w*)*)")
 MODULE = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
@@ -44,19 +36,15 @@ class PythonBuilder(Builder):
         target = args.get("target")
         if target is None:
             raise ArgumentError("args.target", f"is missing (the callable that builds the model: {EXAMPLE})")
-        if not isinstance(target, str):
-            raise ArgumentError("args.target", f"must be str, got {target!r}")
+        check_type("args.target", target, str)
         match = TARGET.fullmatch(target)
-        if match is None:
+        where = match.group("where") if match else ""
+        if not (where.endswith(".py") or MODULE.fullmatch(where)):
             raise ArgumentError("args.target", f"must be {EXAMPLE}, got {target!r}")
-        where = match.group("where")
-        if where.endswith(".py"):
-            if PurePath(where).is_absolute() or Path(where).is_absolute():
-                raise ArgumentError("args.target", f"must name a file relative to the TOML's folder, got '{where}'")
-            if not (folder / where).is_file():
-                raise ArgumentError("args.target", f"names {where}, which is not a file in {folder}")
-        elif not MODULE.fullmatch(where):
-            raise ArgumentError("args.target", f"must be {EXAMPLE}, got {target!r}")
+        if where.endswith(".py") and Path(where).is_absolute():
+            raise ArgumentError("args.target", f"must name a file relative to the TOML's folder, got '{where}'")
+        if where.endswith(".py") and not (folder / where).is_file():
+            raise ArgumentError("args.target", f"names {where}, which is not a file in {folder}")
 
     def constructor(self, args: dict, folder: Path) -> Callable[..., nn.Module]:
         self.check(args, folder)
@@ -80,9 +68,7 @@ class PythonBuilder(Builder):
         return build
 
     def source(self, args: dict, folder: Path) -> dict:
-        """The target and the sha256 of the entry's code, as the catalogue defines it
-        (`archbench.catalogue.python_code`): the target file and every .py file beside it, which it may
-        import, so that editing any of them makes it another model; or the file of a target module."""
+        """The target and the sha256 of its code (`archbench.catalogue.python_code`)."""
         target = args["target"]
         try:
             digest = python_code_sha256(target, folder)
@@ -94,18 +80,14 @@ class PythonBuilder(Builder):
 def load_target(target: str, folder: Path) -> Callable:
     """The callable ``target`` names."""
     where, _, attr = target.rpartition(":")
-    if where.endswith(".py"):
-        module = _execute_file(folder / where)
-    else:
-        try:
-            module = importlib.import_module(where)
-        except Exception as e:
-            raise ArgumentError("args.target", f"cannot be imported: {describe(e)}") from None
-    found = module
-    for part in attr.split("."):
-        if not hasattr(found, part):
-            raise ArgumentError("args.target", f"names '{attr}', which {where} does not define")
-        found = getattr(found, part)
+    try:
+        module = _execute_file(folder / where) if where.endswith(".py") else importlib.import_module(where)
+    except Exception as e:
+        raise ArgumentError("args.target", f"cannot be imported: {describe(e)}") from None
+    try:
+        found = operator.attrgetter(attr)(module)
+    except AttributeError:
+        raise ArgumentError("args.target", f"names '{attr}', which {where} does not define") from None
     if not callable(found):
         raise ArgumentError("args.target", f"names '{attr}' in {where}, a {type(found).__name__}, not a callable")
     return found
@@ -123,9 +105,9 @@ def _execute_file(path: Path) -> types.ModuleType:
     sys.path.insert(0, str(path.parent))
     try:
         spec.loader.exec_module(module)
-    except Exception as e:
+    except Exception:
         sys.modules.pop(name, None)
-        raise ArgumentError("args.target", f"cannot be imported: {describe(e)}") from None
+        raise
     finally:
         sys.path.remove(str(path.parent))
     return module

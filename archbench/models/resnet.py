@@ -1,8 +1,8 @@
 """ResNet (He et al. 2016) with the shortcut as a flag, so plain-18 and ResNet-18 share every line.
 
-Two stems and two shortcuts cover both of the paper's families: the ImageNet networks (7x7/2 stem and
-max-pool, 1x1 projection shortcuts, "option B") and the CIFAR-10 networks of §4.2 (3x3 stem, no max-pool,
-parameter-free "option A" shortcuts). Module names follow torchvision's ``models/resnet.py`` (conv1, bn1,
+Two stems and two shortcuts cover both of the paper's families: the ImageNet networks (7x7/2 conv + BN +
+ReLU + 3x3/2 max-pool, 1x1 projection shortcuts, "option B") and the CIFAR-10 networks of §4.2 (3x3/1 conv
++ BN + ReLU, no max-pool, parameter-free "option A" shortcuts). Module names are torchvision's (conv1, bn1,
 layer1..4, downsample, fc), so a torchvision state_dict loads with an identity key mapping.
 """
 
@@ -13,13 +13,10 @@ from typing import Literal, get_args
 
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torchvision.models import resnet as resnet_models
 
 Stem = Literal["imagenet", "cifar"]
 Shortcut = Literal["B", "A"]
-
-
-def conv3x3(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
-    return nn.Conv2d(in_planes, out_planes, kernel_size=3, stride=stride, padding=1, bias=False)
 
 
 class PadShortcut(nn.Module):
@@ -35,28 +32,19 @@ class PadShortcut(nn.Module):
         return F.pad(x[:, :, :: self.stride, :: self.stride], (0, 0, 0, 0, 0, self.extra))
 
 
-class BasicBlock(nn.Module):
-    """conv3x3 (stride s) -> BN -> ReLU -> conv3x3 -> BN -> (+ shortcut, if residual) -> ReLU.
-
-    The shortcut is the identity, or where the shape changes a 1x1 conv + BN (``shortcut="B"``) or a
-    :class:`PadShortcut` (``shortcut="A"``). With ``residual=False`` there is no shortcut at all: the block
-    is ReLU(BN(conv(ReLU(BN(conv(x)))))).
-    """
+class BasicBlock(resnet_models.BasicBlock):
+    """torchvision's block, whose shortcut is the identity or, where the shape changes, a 1x1 conv + BN
+    (``shortcut="B"``) or a :class:`PadShortcut` (``"A"``); with ``residual=False`` it has no shortcut at all:
+    ReLU(BN(conv(ReLU(BN(conv(x))))))."""
 
     def __init__(self, inplanes: int, planes: int, stride: int, residual: bool, shortcut: Shortcut = "B"):
-        super().__init__()
+        super().__init__(inplanes, planes, stride)
         self.residual = residual
-        self.conv1 = conv3x3(inplanes, planes, stride)
-        self.bn1 = nn.BatchNorm2d(planes)
-        self.relu = nn.ReLU(inplace=True)
-        self.conv2 = conv3x3(planes, planes)
-        self.bn2 = nn.BatchNorm2d(planes)
-        self.downsample = None
-        if residual and (stride != 1 or inplanes != planes) and shortcut == "A":
-            self.downsample = PadShortcut(inplanes, planes, stride)
-        elif residual and (stride != 1 or inplanes != planes):  # option B
-            self.downsample = nn.Sequential(
-                nn.Conv2d(inplanes, planes, kernel_size=1, stride=stride, bias=False), nn.BatchNorm2d(planes)
+        if residual and (stride != 1 or inplanes != planes):  # made after the block's convs, as torchvision's
+            self.downsample = (
+                PadShortcut(inplanes, planes, stride)
+                if shortcut == "A"
+                else nn.Sequential(resnet_models.conv1x1(inplanes, planes, stride), nn.BatchNorm2d(planes))
             )
 
     def forward(self, x: Tensor) -> Tensor:
@@ -69,8 +57,7 @@ class BasicBlock(nn.Module):
 
 class ResNet(nn.Module):
     """A stem, stages of BasicBlocks (stride 2 from the second), global average pool, one fully connected
-    layer. The ``"imagenet"`` stem is 7x7/2 conv + BN + ReLU + 3x3/2 max-pool; the ``"cifar"`` stem is a
-    3x3/1 conv + BN + ReLU with no max-pool. No defaults here: ``resnet()`` holds them."""
+    layer. No defaults here: ``resnet()`` holds them."""
 
     def __init__(
         self,
@@ -84,19 +71,19 @@ class ResNet(nn.Module):
         shortcut: Shortcut,
     ):
         super().__init__()
-        self.inplanes = widths[0]
         if stem == "cifar":
-            self.conv1 = conv3x3(3, self.inplanes)
+            self.conv1 = resnet_models.conv3x3(3, widths[0])
             self.maxpool = nn.Identity()
         else:
-            self.conv1 = nn.Conv2d(3, self.inplanes, kernel_size=7, stride=2, padding=3, bias=False)
+            self.conv1 = nn.Conv2d(3, widths[0], kernel_size=7, stride=2, padding=3, bias=False)
             self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
-        self.bn1 = nn.BatchNorm2d(self.inplanes)
+        self.bn1 = nn.BatchNorm2d(widths[0])
         self.relu = nn.ReLU(inplace=True)
         self.stages = [f"layer{i + 1}" for i in range(len(layers))]
-        for i, (name, blocks, width) in enumerate(zip(self.stages, layers, widths)):
-            stride = 1 if i == 0 else 2
-            self.add_module(name, self._make_layer(width, blocks, stride, residual=residual, shortcut=shortcut))
+        for i, (name, blocks, planes) in enumerate(zip(self.stages, layers, widths)):
+            inplanes, stride = (widths[0], 1) if i == 0 else (widths[i - 1], 2)
+            rest = (BasicBlock(planes, planes, 1, residual, shortcut) for _ in range(1, blocks))
+            self.add_module(name, nn.Sequential(BasicBlock(inplanes, planes, stride, residual, shortcut), *rest))
         self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
         self.fc = nn.Linear(widths[-1], num_classes)  # PyTorch's default Linear init, as torchvision
 
@@ -104,19 +91,13 @@ class ResNet(nn.Module):
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
             elif isinstance(m, nn.BatchNorm2d):
-                nn.init.constant_(m.weight, 1)
-                nn.init.constant_(m.bias, 0)
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
         if zero_init_last_bn:
             # Each residual block starts as the identity (Goyal et al. 2017; torchvision's zero_init_residual).
             for m in self.modules():
                 if isinstance(m, BasicBlock):
-                    nn.init.constant_(m.bn2.weight, 0)
-
-    def _make_layer(self, planes: int, blocks: int, stride: int, residual: bool, shortcut: Shortcut) -> nn.Sequential:
-        layers = [BasicBlock(self.inplanes, planes, stride, residual, shortcut)]
-        self.inplanes = planes
-        layers += [BasicBlock(planes, planes, 1, residual, shortcut) for _ in range(1, blocks)]
-        return nn.Sequential(*layers)
+                    nn.init.zeros_(m.bn2.weight)
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
@@ -134,14 +115,12 @@ def resnet(
     stem: Stem = "imagenet",
     shortcut: Shortcut = "B",
 ) -> ResNet:
-    """ResNet-18 is ``resnet([2, 2, 2, 2])``, ResNet-34 ``resnet([3, 4, 6, 3])``; plain-18 is
-    ``resnet([2, 2, 2, 2], residual=False)``. He et al.'s CIFAR ResNet-20 (§4.2) is
-    ``resnet([3, 3, 3], [16, 32, 64], stem="cifar", shortcut="A")``.
+    """ResNet-18 is ``resnet([2, 2, 2, 2])``, plain-18 ``resnet([2, 2, 2, 2], residual=False)``, He et al.'s
+    CIFAR ResNet-20 (§4.2) ``resnet([3, 3, 3], [16, 32, 64], stem="cifar", shortcut="A")``.
 
-    ``zero_init_last_bn`` (default: same as ``residual``) sets the gamma of each block's last BN to 0.
-    That is right for a residual block, which then starts as the identity, and wrong for a plain block:
-    with no shortcut a zero gamma makes the block's output ReLU(beta) = 0 whatever its input, cutting the
-    forward signal and every earlier layer's gradient. So plain-18 keeps the usual gamma = 1.
+    ``zero_init_last_bn`` (default: same as ``residual``) sets the gamma of each block's last BN to 0: a
+    residual block then starts as the identity, but a plain block would output ReLU(beta) = 0 whatever its
+    input, cutting the forward signal and every earlier gradient. So plain-18 keeps gamma = 1.
     """
     if not layers or len(layers) != len(widths) or min(layers) < 1 or min(widths) < 1:
         raise ValueError(f"layers {layers} and widths {widths} must be lists of positive ints of the same length")

@@ -1,14 +1,6 @@
-"""``builder = "torchvision"``: any image classifier of ``torchvision.models``, trained from scratch.
-
-``[args]`` are the arguments of ``torchvision.models.get_model``: ``name`` (e.g. ``"resnet50"``,
-``"convnext_tiny"``) and the constructor's keyword arguments. archbench always passes ``weights=None``
-and the data's ``num_classes``. GoogLeNet and Inception-v3 are built with ``aux_logits=False`` (the
-loop trains on one output) and ``init_weights=True`` (their own initialisation, without the warning
-torchvision gives when it is left unset).
-
-When the registry is read, only the name and the arguments' names and types are checked, from the
-signatures of the constructor, the module-level helpers it calls and the model class it returns; the
-model itself is built when the entry is used.
+"""``builder = "torchvision"``: any image classifier of ``torchvision.models``, trained from scratch with the
+data's ``num_classes`` (docs/extending.md). Reading the registry checks only the name and the arguments'
+names and types, from signatures; the model is built when the entry is used.
 """
 
 from __future__ import annotations
@@ -27,6 +19,10 @@ from torch import nn
 from archbench.models.builders import DEFAULT_NUM_CLASSES, ArgumentError, Builder, check_type, describe
 
 FROM_SCRATCH = ("weights", "progress")  # get_model arguments archbench sets itself
+UNBOUND = r"(unexpected keyword|multiple values for (?:keyword )?)argument '(\w+)'"  # a TypeError's words
+# Where a constructor takes them (GoogLeNet, Inception-v3): one output, as the loop trains on one, and the
+# model's own initialisation, without the warning torchvision gives when it is left unset.
+OWN_DEFAULTS = {"aux_logits": False, "init_weights": True}
 # Other torchvision model families, by the module list_models() is asked with: not image classifiers.
 OTHER_TASKS = {
     "detection": "an object detection",
@@ -46,12 +42,10 @@ class TorchvisionBuilder(Builder):
             raise ArgumentError("args.aux_logits", "must be false: archbench trains on the main output only")
         accepted = constructor_parameters(name)
         for key, value in args.items():
-            if key == "name":
-                continue
             if key in FROM_SCRATCH:
                 raise ArgumentError(f"args.{key}", "is set by archbench: models are always trained from scratch")
-            if accepted is None:
-                continue  # the signatures could not be read: the constructor itself checks
+            if key == "name" or accepted is None:  # None: the signatures could not be read, the constructor checks
+                continue
             if key not in accepted:
                 known = ", ".join(sorted(accepted))
                 raise ArgumentError(f"args.{key}", f"is not an argument of torchvision's {name} ({known})")
@@ -68,14 +62,11 @@ class TorchvisionBuilder(Builder):
         def build(**overrides) -> nn.Module:
             try:
                 return function(weights=None, **{**kwargs, **overrides})
-            except TypeError as e:
-                match = re.search(r"(unexpected keyword|multiple values for (?:keyword )?)argument '(\w+)'", str(e))
-                if match is None:
-                    raise ArgumentError("args", f"is rejected by torchvision's {name}: {describe(e)}") from None
-                unexpected, key = match.group(1).startswith("unexpected"), match.group(2)
-                problem = "is not an argument of" if unexpected else "is fixed by"
-                raise ArgumentError(f"args.{key}", f"{problem} torchvision's {name}") from None
             except Exception as e:  # e.g. ValueError: resnext50_32x4d with groups = 2
+                match = isinstance(e, TypeError) and re.search(UNBOUND, str(e))
+                if match:
+                    problem = "is not an argument of" if match.group(1).startswith("unexpected") else "is fixed by"
+                    raise ArgumentError(f"args.{match.group(2)}", f"{problem} torchvision's {name}") from None
                 raise ArgumentError("args", f"is rejected by torchvision's {name}: {describe(e)}") from None
 
         return build
@@ -86,8 +77,7 @@ def _classifier_name(args: dict) -> str:
     name = args.get("name")
     if name is None:
         raise ArgumentError("args.name", 'is missing (the torchvision model, e.g. name = "resnet50")')
-    if not isinstance(name, str):
-        raise ArgumentError("args.name", f"must be str, got {name!r}")
+    check_type("args.name", name, str)
     import torchvision.models
 
     classifiers = torchvision.models.list_models(module=torchvision.models)
@@ -103,14 +93,10 @@ def _classifier_name(args: dict) -> str:
 
 @cache
 def constructor_parameters(name: str) -> dict[str, typing.Any] | None:
-    """Every keyword a torchvision classifier's constructor takes, with its annotation.
-
-    torchvision's constructors pass ``**kwargs`` through module-level helpers (``_resnet``,
-    ``_mobilenet_v3_conf``) to the model class they return (``ResNet``, ``MobileNetV3``), and some of those
-    classes take ``**kwargs`` and ignore them, so the constructor would accept a misspelt argument. The
-    union of the named parameters along that chain is what it really uses. None where the chain cannot be
-    read (no return annotation), so that nothing is rejected on a guess.
-    """
+    """Every keyword a torchvision classifier's constructor takes, with its annotation: the union of the
+    named parameters along the chain its ``**kwargs`` travel (module-level helpers such as ``_resnet``, then
+    the model class it returns), since some classes take ``**kwargs`` and ignore a misspelt one. None where
+    the chain cannot be read (no return annotation), so that nothing is rejected on a guess."""
     from torchvision.models import get_model_builder
 
     function = inspect.unwrap(get_model_builder(name))
@@ -140,9 +126,9 @@ def _helpers(function: Callable) -> list[Callable]:
     while i < len(chain):
         for name in chain[i].__code__.co_names:
             callee = getattr(module, name, None)
-            if name.startswith("_") and inspect.isfunction(callee) and callee.__module__ == module.__name__:
-                if callee not in chain:
-                    chain.append(callee)
+            private = name.startswith("_") and inspect.isfunction(callee) and callee.__module__ == module.__name__
+            if private and callee not in chain:
+                chain.append(callee)
         i += 1
     return chain
 
@@ -150,9 +136,4 @@ def _helpers(function: Callable) -> list[Callable]:
 def _archbench_defaults(name: str) -> dict:
     """Where archbench's defaults differ from torchvision's: one output, the model's own initialisation."""
     accepted = constructor_parameters(name) or {}
-    defaults: dict = {"num_classes": DEFAULT_NUM_CLASSES}
-    if "aux_logits" in accepted:
-        defaults["aux_logits"] = False
-    if "init_weights" in accepted:
-        defaults["init_weights"] = True
-    return defaults
+    return {"num_classes": DEFAULT_NUM_CLASSES} | {k: v for k, v in OWN_DEFAULTS.items() if k in accepted}

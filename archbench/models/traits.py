@@ -1,9 +1,6 @@
-"""What a model is, read from the module itself: residual connections, batch norm, depth in weight layers.
-
-Nothing here looks at a builder's name or arguments, so archbench's own models, torchvision's and a
-user's are described by one rule. Build the model on the meta device (``with torch.device("meta")``)
-to read its traits without memory: nothing is computed, the forward graph is traced symbolically.
-"""
+"""What a model is, read from the module itself (never from a builder's name or arguments), so every
+builder's models are described by one rule (docs/extending.md). A model built on the meta device is
+read without memory: the forward graph is traced symbolically."""
 
 from __future__ import annotations
 
@@ -17,36 +14,23 @@ from torch import fx, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.conv import _ConvNd
 
-# A call that adds two tensors. (An in-place `out += x` traces as operator.add.)
-ADD_FUNCTIONS = {operator.add, operator.iadd, torch.add}
-ADD_METHODS = {"add", "add_"}
+# A call that adds two tensors, as (node.op, node.target). (An in-place `out += x` traces as operator.add.)
+ADDS = {("call_function", f) for f in (operator.add, operator.iadd, torch.add)}
+ADDS |= {("call_method", "add"), ("call_method", "add_")}
 # Calls whose result describes a tensor (its size, rank, type) rather than being an activation.
 SHAPE_METHODS = {"size", "dim", "ndimension", "numel", "nelement", "type", "get_device"}
 SHAPE_ATTRIBUTES = {"shape", "ndim", "dtype", "device", "is_cuda"}
 # Weight layers as functions, for models that call them directly with their own parameters.
-WEIGHT_FUNCTIONS = {
-    F.linear,
-    F.conv1d,
-    F.conv2d,
-    F.conv3d,
-    F.conv_transpose1d,
-    F.conv_transpose2d,
-    F.conv_transpose3d,
-}
+WEIGHT_FUNCTIONS = {F.linear, F.conv1d, F.conv2d, F.conv3d, F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d}
 
 
 @dataclass(frozen=True)
 class ModelTraits:
-    """``residual``: the forward pass adds two activations (a shortcut, or any sum of two branches that
-    both depend on the input); None when the forward graph could not be traced, so it is unknown.
-    ``batch_norm``: the model holds a batch-norm layer (BatchNorm1d/2d/3d, SyncBatchNorm; not GroupNorm or
-    LayerNorm). ``depth``: conv and linear layers on the longest input-to-output path of the forward graph
-    (an nn.MultiheadAttention counts as two, its input and output projections), so 18 for ResNet-18, whose
-    1x1 shortcut projections lie on shorter paths; when the graph could not be traced, the number of conv
-    and linear modules."""
+    """As docs/extending.md defines them; an nn.MultiheadAttention counts as two weight layers (its input
+    and output projections)."""
 
-    residual: bool | None
-    batch_norm: bool
+    residual: bool | None  # None: the forward graph could not be traced
+    batch_norm: bool  # BatchNorm1d/2d/3d, SyncBatchNorm; not GroupNorm or LayerNorm
     depth: int
 
 
@@ -55,9 +39,8 @@ def read_traits(model: nn.Module) -> ModelTraits:
     batch_norm = any(isinstance(m, _BatchNorm) for m in model.modules())
     graph = _trace(model)
     if graph is None:
-        return ModelTraits(residual=None, batch_norm=batch_norm, depth=_count_weight_modules(model))
-    depth = _longest_path(graph, dict(model.named_modules()))
-    return ModelTraits(residual=_adds_two_activations(graph), batch_norm=batch_norm, depth=depth)
+        return ModelTraits(None, batch_norm, sum(isinstance(m, (_ConvNd, nn.Linear)) for m in model.modules()))
+    return ModelTraits(_adds_two_activations(graph), batch_norm, _longest_path(graph, dict(model.named_modules())))
 
 
 def _trace(model: nn.Module) -> fx.Graph | None:
@@ -77,11 +60,9 @@ def _activations(graph: fx.Graph) -> set[fx.Node]:
     except a shape query and what is computed only from shapes and constants."""
     found: set[fx.Node] = set()
     for node in graph.nodes:
-        if node.op == "placeholder":
+        computed = node.op in ("call_function", "call_method", "call_module") and not _is_shape_query(node)
+        if node.op == "placeholder" or (computed and not found.isdisjoint(node.all_input_nodes)):
             found.add(node)
-        elif node.op in ("call_function", "call_method", "call_module") and not _is_shape_query(node):
-            if any(i in found for i in node.all_input_nodes):
-                found.add(node)
     return found
 
 
@@ -95,13 +76,10 @@ def _is_shape_query(node: fx.Node) -> bool:
 
 def _adds_two_activations(graph: fx.Graph) -> bool:
     activations = _activations(graph)
-    for node in graph.nodes:
-        is_add = (node.op == "call_function" and node.target in ADD_FUNCTIONS) or (
-            node.op == "call_method" and node.target in ADD_METHODS
-        )
-        if is_add and len({i for i in node.all_input_nodes if i in activations}) >= 2:
-            return True
-    return False
+    return any(
+        (node.op, node.target) in ADDS and len(activations.intersection(node.all_input_nodes)) >= 2
+        for node in graph.nodes
+    )
 
 
 def _longest_path(graph: fx.Graph, modules: dict[str, nn.Module]) -> int:
@@ -120,7 +98,3 @@ def _weight_layers(node: fx.Node, modules: dict[str, nn.Module]) -> int:
             return 2
         return int(isinstance(module, (_ConvNd, nn.Linear)))
     return int(node.op == "call_function" and node.target in WEIGHT_FUNCTIONS)
-
-
-def _count_weight_modules(model: nn.Module) -> int:
-    return sum(isinstance(m, (_ConvNd, nn.Linear)) for m in model.modules())

@@ -1,33 +1,13 @@
-"""VGG (Simonyan & Zisserman 2015), configurations as in the paper's Table 1, with and without BN.
-
-Module names follow torchvision's ``models/vgg.py`` (features, avgpool, classifier), so a torchvision
-state_dict loads with an identity key mapping.
+"""VGG (Simonyan & Zisserman 2015) with and without BN: torchvision's conv features (``make_layers`` and the
+paper's Table 1 configurations, ``cfgs``: VGG11 is A, VGG13 B, VGG16 D, VGG19 E) under a classifier whose
+hidden width, dropout and pool size are arguments. Module names are torchvision's, so its state_dict loads
+with an identity key mapping.
 """
 
 from __future__ import annotations
 
 from torch import Tensor, nn
-
-# Numbers are 3x3 conv widths, "M" a 2x2/2 max-pool. VGG11 is A, VGG13 B, VGG16 D, VGG19 E.
-cfgs: dict[str, list[int | str]] = {
-    "A": [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
-    "B": [64, 64, "M", 128, 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
-    "D": [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"],
-    "E": [64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M", 512, 512, 512, 512, "M"],
-}
-
-
-def make_layers(cfg: list[int | str], batch_norm: bool = False) -> nn.Sequential:
-    layers: list[nn.Module] = []
-    in_channels = 3
-    for v in cfg:
-        if v == "M":
-            layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
-        else:
-            conv = nn.Conv2d(in_channels, v, kernel_size=3, padding=1)
-            layers += [conv, nn.BatchNorm2d(v), nn.ReLU(inplace=True)] if batch_norm else [conv, nn.ReLU(inplace=True)]
-            in_channels = v
-    return nn.Sequential(*layers)
+from torchvision.models.vgg import cfgs, make_layers
 
 
 class VGG(nn.Module):
@@ -48,16 +28,16 @@ class VGG(nn.Module):
             nn.Dropout(p=dropout),
             nn.Linear(hidden, num_classes),
         )
-        for m in self.modules():
+        for m in self.modules():  # torchvision's initialisation
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-                nn.init.constant_(m.bias, 0)
+                nn.init.zeros_(m.bias)
             elif isinstance(m, nn.BatchNorm2d):
-                nn.init.constant_(m.weight, 1)
-                nn.init.constant_(m.bias, 0)
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
             elif isinstance(m, nn.Linear):
                 nn.init.normal_(m.weight, 0, 0.01)
-                nn.init.constant_(m.bias, 0)
+                nn.init.zeros_(m.bias)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.classifier(self.avgpool(self.features(x)).flatten(1))
@@ -71,7 +51,8 @@ def vgg(
     pool_size: int = 7,
     num_classes: int = 200,
 ) -> VGG:
-    """VGG11 is ``vgg("A")``, VGG16-BN is ``vgg("D", batch_norm=True)``; ``config`` may also be a list."""
+    """VGG11 is ``vgg("A")``, VGG16-BN is ``vgg("D", batch_norm=True)``; ``config`` may also be a list of
+    3x3 conv widths and "M" for a 2x2/2 max-pool."""
     cfg = cfgs.get(config) if isinstance(config, str) else config
     if cfg is None:
         raise ValueError(f"config '{config}' is not one of {', '.join(cfgs)} (or a list of widths and 'M')")

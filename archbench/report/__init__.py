@@ -1,13 +1,5 @@
-"""`archbench report`: REPORT.md from the recorded runs, with its figures and a discussion from the numbers.
-
-`load` reads the run records and result files, `study` groups the runs and derives the tables every section
-shares (`gradient_measures`, `sensitivity`), `stats` holds the statistics, `comparisons` the pairs, `claims`
-every test the report runs (once each, Holm-adjusted per family: REPORT-claims.csv), `results` the per-seed
-results table (REPORT-results.csv), `summary` the first screen, `sections`, `speed`, `depth`, `sensitivity`
-and `discussion` write the markdown, `figures` the PNGs. `SECTIONS` is the one list of the report's numbered
-sections, in order; a section that returns None is left out and the numbers close up. The same runs give byte-
-identical output: no generation time, sorted rows, fixed float formats.
-"""
+"""`archbench report`: REPORT.md, its figures and CSVs from the recorded runs. `SECTIONS` is the one list of
+the report's numbered sections, in order; how the report is built is in docs/report.md."""
 
 from __future__ import annotations
 
@@ -64,8 +56,15 @@ SECTIONS = (
 )
 
 
-def _relative(path: Path, start: Path) -> str:
-    return Path(os.path.relpath(Path(path).resolve(), start.resolve())).as_posix()
+# the figures' file names after the report's stem, in the order of `FigureFiles`
+FIGURES = (
+    "training-curves",
+    "gradnorm-depth",
+    "gradient-cosine",
+    "lr-sensitivity",
+    "accuracy-cost",
+    "performance-profile",
+)
 
 
 def render(study: Study) -> str:
@@ -111,7 +110,7 @@ def write_report(
     base = out.parent
 
     def relative(path: Path) -> str:
-        return _relative(Path(path), base)
+        return Path(os.path.relpath(Path(path).resolve(), base.resolve())).as_posix()
 
     paths = {
         "--runs": Path(runs_dir),
@@ -121,31 +120,14 @@ def write_report(
         "--gpu-results": Path(gpu_results),
     }
     labels = {flag: relative(path) for flag, path in paths.items()}
+    read = ("--runs", "--benchmarks", "--bench-results", "--gpu-results")  # in the order of `Inputs`' fields
     inputs = Inputs(
-        runs_dir=Path(runs_dir),
-        latency=Path(benchmarks),
-        bench_results=Path(bench_results),
-        gpu_results=Path(gpu_results),
-        runs_label=labels["--runs"],
-        latency_label=labels["--benchmarks"],
-        bench_label=labels["--bench-results"],
-        gpu_label=labels["--gpu-results"],
-        command=_command(Path(runs_dir), paths, labels),
+        *(paths[flag] for flag in read),
+        *(labels[flag] for flag in read),
+        command=_command(paths["--runs"], paths, labels),
         relative=relative,
     )
-    files = FigureFiles(
-        *(
-            f"{out.stem}-{name}.png"
-            for name in (
-                "training-curves",
-                "gradnorm-depth",
-                "gradient-cosine",
-                "lr-sensitivity",
-                "accuracy-cost",
-                "performance-profile",
-            )
-        )
-    )
+    files = FigureFiles(*(f"{out.stem}-{name}.png" for name in FIGURES))
     reset_schema_notes()
     study = load_study(inputs, files)
     study = dataclasses.replace(study, claims=build_claims(study))

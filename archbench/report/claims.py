@@ -1,66 +1,73 @@
-"""Claims as data: every test the report runs, once, as one row of REPORT-claims.csv.
-
-A claim compares two groups of runs (or one group against a reference value) on one metric. Claims come
-in families, and the p-values of a family are adjusted together with Holm's step-down procedure
-(`stats.holm`); a claim is "resolved" only when its adjusted p < ALPHA. The families:
-
-- accuracy: final-epoch test accuracy of every residual twin (ResNet against plain at each depth), BN twin
-  and ResNet-VGG pair, within one learning-rate arm;
-- depth: the deeper net of a depth group against the shallower one (plain and residual apart);
-- time-to-threshold: epochs to the main threshold for the same pairs, a seed that never reached it
-  (diverged or too slow) infinite, ranked above every finite time by an exact rank test
-  (`stats.compare_times`), never replaced by a number;
-- gradient-step0 and gradient-early: per model, the sign of log10(first/last ‖g‖/‖w‖) tested against 0
-  (below 0: the early layers get smaller relative updates than the last, towards vanishing; above: towards
-  exploding), named by its 95% interval (`direction`), and per residual or BN twin the difference of
-  |log10 ratio| (which of the two is further from balance). Step 0 precedes any update and a seed fixes the
-  initialisation, so it does not depend on the learning rate or the arm: it is tested once per
-  architecture. The early window does depend on the rate, so there only pairs trained at the same rate
-  are compared, and a pair at different rates is listed as not compared.
-
-Nothing is tested twice: pairs are formed over every group, a group whose runs are identical to another's
-(`study.identical`) standing in with its twin's runs, and a pair is skipped only when both its sides stand
-for a pair already tested.
-"""
+"""Claims as data: every test the report runs, once, as one row of REPORT-claims.csv, Holm-adjusted within
+its family (`stats.holm`), and the pairs they compare (residual twins, BN twins, ResNet against VGG), found by
+the models' traits, never by their names. The families and pairs are in docs/report.md."""
 
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
 
-from archbench.report.comparisons import BN, RESIDUAL, RESNET_VGG, by_seed, pairs
 from archbench.report.depth import depth_groups
 from archbench.report.gradient_measures import EARLY, STEP0
 from archbench.report.stats import ALPHA, Comparison, compare, compare_times, holm, one_sample, t_interval
 from archbench.report.study import SHARED, Study, traits
 from archbench.report.thresholds import epochs_to
 
+RESIDUAL, BN, RESNET_VGG = "residual connections", "BN", "ResNet against VGG"
+
+
+class Pair(NamedTuple):
+    """Two labels compared: `a` has the feature (or is the ResNet), `b` lacks it (or is the VGG)."""
+
+    kind: str  # RESIDUAL, BN or RESNET_VGG
+    a: str
+    b: str
+    arm: str
+
+
+def _twin(kinds: pd.DataFrame, x: str, y: str, differ: str, same: str) -> bool:
+    kx, ky = kinds.loc[x], kinds.loc[y]
+    return (
+        kx["builder"] == ky["builder"]
+        and kx["depth"] == ky["depth"]
+        and kx["arm"] == ky["arm"]
+        and kx["fingerprint"] == ky["fingerprint"]
+        and kx[same] == ky[same]
+        and bool(kx[differ]) != bool(ky[differ])
+    )
+
+
+def pairs(kinds: pd.DataFrame) -> list[Pair]:
+    """Every tested pair among the labels of `kinds` (see `study.traits`), in a fixed order."""
+    labels = sorted(kinds.index)
+    out = []
+    for kind, differ, same in ((RESIDUAL, "residual", "batch_norm"), (BN, "batch_norm", "residual")):
+        for i, x in enumerate(labels):
+            for y in labels[i + 1 :]:
+                if _twin(kinds, x, y, differ, same):
+                    with_, without = (x, y) if kinds.loc[x, differ] else (y, x)
+                    out.append(Pair(kind, with_, without, kinds.loc[x, "arm"]))
+    # the records carry no family trait: a ResNet or a VGG is read from the registry builder
+    resnets = [m for m in labels if kinds.loc[m, "builder"] == "resnet" and bool(kinds.loc[m, "residual"])]
+    vggs = [m for m in labels if kinds.loc[m, "builder"] == "vgg"]
+    out += [
+        Pair(RESNET_VGG, r, v, kinds.loc[r, "arm"])
+        for r in resnets
+        for v in vggs
+        if kinds.loc[r, ["arm", "fingerprint"]].equals(kinds.loc[v, ["arm", "fingerprint"]])
+    ]
+    return out
+
+
 ACCURACY, DEPTH, TIME = "accuracy", "depth", "time-to-threshold"
 GRADIENT = {STEP0: "gradient-step0", EARLY: "gradient-early"}
 FAMILIES = (ACCURACY, DEPTH, TIME, GRADIENT[STEP0], GRADIENT[EARLY])
-COLUMNS = (
-    "family",
-    "claim",
-    "arm",
-    "model_a",
-    "model_b",
-    "metric",
-    "n_a",
-    "n_b",
-    "test",
-    "statistic",
-    "p",
-    "p_adjusted",
-    "verdict",
-    "mean_a",
-    "mean_b",
-    "difference",
-    "constant_difference",
-    "note",
-    "of_a",
-    "of_b",
+COLUMNS = tuple(
+    "family claim arm model_a model_b metric n_a n_b test statistic p p_adjusted verdict mean_a mean_b "
+    "difference constant_difference note of_a of_b".split()
 )
 RESOLVED, NOT_RESOLVED = "resolved", "not resolved"
 VANISHING, EXPLODING, BALANCED = "vanishing", "exploding", "balanced"
@@ -115,11 +122,6 @@ def _row(family, claim, arm, a, b, metric, c: Comparison, note: str = "", of=(""
     }
 
 
-def _untested(family, claim, arm, a, b, metric, note: str) -> dict:
-    c = Comparison(math.nan, math.nan, 0, 0, None, math.nan)
-    return _row(family, claim, arm, a, b, metric, c, note)
-
-
 def _rates(table: pd.DataFrame) -> dict[str, tuple[float, ...]]:
     return {label: tuple(sorted(set(rows["lr"]))) for label, rows in table.groupby("label", sort=True)}
 
@@ -139,28 +141,25 @@ def _selected(study: Study) -> pd.DataFrame:
     return study.runs[study.runs["selected"]]
 
 
-def _all_kinds(study: Study) -> pd.DataFrame:
-    return traits(_selected(study))
-
-
 def _stand_in(study: Study, label: str) -> str:
     """The group whose runs stand for `label`: itself, or the group its runs are identical to."""
     return study.identical.get(label, label)
 
 
 def _stand_in_note(study: Study, *labels: str) -> str:
-    same = [f"{x} = {study.identical[x]} (identical runs)" for x in labels if x in study.identical]
-    return "; ".join(same)
+    return "; ".join(f"{x} = {study.identical[x]} (identical runs)" for x in labels if x in study.identical)
 
 
 def _join(*notes: str) -> str:
     return "; ".join(x for x in notes if x)
 
 
-def tested_pairs(study: Study, kinds: pd.DataFrame) -> list:
-    """Every pair of `pairs(kinds)` over all groups, identical groups standing in with their twin's runs; a
-    pair whose two sides both stand for a pair already listed is skipped (pairs of real groups first)."""
-    ordered = sorted(pairs(kinds), key=lambda pr: (pr.a in study.identical) + (pr.b in study.identical))
+def tested_pairs(study: Study) -> list:
+    """Every pair of `pairs` over all groups, identical groups standing in with their twin's runs; a pair
+    whose two sides both stand for a pair already listed is skipped (pairs of real groups first)."""
+    ordered = sorted(
+        pairs(traits(_selected(study))), key=lambda pr: (pr.a in study.identical) + (pr.b in study.identical)
+    )
     seen, out = set(), []
     for pair in ordered:
         key = (pair.kind, _stand_in(study, pair.a), _stand_in(study, pair.b))
@@ -170,68 +169,65 @@ def tested_pairs(study: Study, kinds: pd.DataFrame) -> list:
     return out
 
 
-def _of(values: dict[int, float], total: int) -> str:
-    return f"{sum(math.isfinite(v) for v in values.values())}/{total}"
+def _of(values: dict[int, float]) -> str:
+    """How many of the seeds reached it: "k/n"."""
+    return f"{sum(math.isfinite(v) for v in values.values())}/{len(values)}"
+
+
+def _accuracy_row(study: Study, family: str, claim: str, arm: str, a: str, b: str, rates: dict) -> dict:
+    """Groups `a` and `b` compared on final test accuracy, each by its stand-in's runs."""
+    sa, sb = _stand_in(study, a), _stand_in(study, b)
+    acc_a, acc_b = _acc(study.counted, sa), _acc(study.counted, sb)
+    chosen = _selected(study)["label"]
+    of = (f"{len(acc_a)}/{(chosen == sa).sum()}", f"{len(acc_b)}/{(chosen == sb).sum()}")  # completed / chosen
+    note = _join(_rate_note(rates, a, b), _stand_in_note(study, a, b))
+    return _row(family, claim, arm, a, b, "final test accuracy (%)", compare(acc_a, acc_b), note, of)
 
 
 def _pair_claims(study: Study, threshold: float | None) -> list[dict]:
-    counted, selected = study.counted, _selected(study)
+    selected = _selected(study)
     rates = _rates(selected)
     rows = []
-    for pair in tested_pairs(study, _all_kinds(study)):
-        sa, sb = _stand_in(study, pair.a), _stand_in(study, pair.b)
-        note = _join(_rate_note(rates, pair.a, pair.b), _stand_in_note(study, pair.a, pair.b))
+    for pair in tested_pairs(study):
         claim = f"{QUESTION[pair.kind]}: {pair.a} vs {pair.b}"
-        a, b = selected[selected["label"] == sa], selected[selected["label"] == sb]
-        acc_a, acc_b = _acc(counted, sa), _acc(counted, sb)
-        of = (f"{len(acc_a)}/{len(a)}", f"{len(acc_b)}/{len(b)}")  # completed / chosen
-        c = compare(acc_a, acc_b)
-        rows.append(_row(ACCURACY, claim, pair.arm, pair.a, pair.b, "final test accuracy (%)", c, note, of))
+        rows.append(_accuracy_row(study, ACCURACY, claim, pair.arm, pair.a, pair.b, rates))
         if threshold is not None:
-            ea, eb = epochs_to(a, threshold), epochs_to(b, threshold)
-            c = compare_times(ea, eb)
-            metric = f"epochs to {100 * threshold:g}% test accuracy"
-            of = (_of(ea, len(ea)), _of(eb, len(eb)))  # reached / chosen
+            ea, eb = (
+                epochs_to(selected[selected["label"] == _stand_in(study, x)], threshold) for x in (pair.a, pair.b)
+            )
+            of = (_of(ea), _of(eb))  # reached / chosen
             reach = f"reached in {pair.a} {of[0]}, {pair.b} {of[1]} seeds; never reached = ∞"
-            rows.append(_row(TIME, claim, pair.arm, pair.a, pair.b, metric, c, _join(note, reach), of))
+            note = _join(_rate_note(rates, pair.a, pair.b), _stand_in_note(study, pair.a, pair.b), reach)
+            metric = f"epochs to {100 * threshold:g}% test accuracy"
+            rows.append(_row(TIME, claim, pair.arm, pair.a, pair.b, metric, compare_times(ea, eb), note, of))
     return rows
 
 
 def _acc(counted: pd.DataFrame, label: str) -> dict[int, float]:
-    return by_seed(counted[counted["label"] == label], "final_test_acc", 100.0)
+    rows = counted[counted["label"] == label]
+    return {int(seed): 100.0 * float(acc) for seed, acc in zip(rows["seed"], rows["final_test_acc"])}
 
 
 def _depth_claims(study: Study) -> list[dict]:
-    counted, selected, rows, seen = study.counted, _selected(study), [], set()
-    rates = _rates(selected)
-    for group in sorted(depth_groups(_all_kinds(study)), key=lambda g: g.arm != SHARED):
+    rates, rows, seen = _rates(_selected(study)), [], set()
+    for group in sorted(depth_groups(traits(_selected(study))), key=lambda g: g.arm != SHARED):
         for shallow, deep in zip(group.depths, group.depths[1:]):
             for residual in (False, True):
                 for a in group.cells.get((deep, residual), []):
                     for b in group.cells.get((shallow, residual), []):
-                        sa, sb = _stand_in(study, a), _stand_in(study, b)
-                        if (sa, sb) in seen:
+                        if (_stand_in(study, a), _stand_in(study, b)) in seen:
                             continue
-                        seen.add((sa, sb))
-                        kind = "residual" if residual else "plain"
-                        claim = f"depth, {kind} {shallow} to {deep} layers: {a} vs {b}"
-                        acc_a, acc_b = _acc(counted, sa), _acc(counted, sb)
-                        n_a, n_b = (int((selected["label"] == x).sum()) for x in (sa, sb))
-                        of = (f"{len(acc_a)}/{n_a}", f"{len(acc_b)}/{n_b}")
-                        note = _join(_rate_note(rates, a, b), _stand_in_note(study, a, b))
-                        c = compare(acc_a, acc_b)
-                        rows.append(_row(DEPTH, claim, group.arm, a, b, "final test accuracy (%)", c, note, of))
+                        seen.add((_stand_in(study, a), _stand_in(study, b)))
+                        claim = f"depth, {'residual' if residual else 'plain'} {shallow} to {deep} layers: {a} vs {b}"
+                        rows.append(_accuracy_row(study, DEPTH, claim, group.arm, a, b, rates))
     return rows
 
 
 def log_ratios(per_run: pd.DataFrame, label: str, window: str) -> dict[int, float]:
     """{seed: log10(first/last ‖g‖/‖w‖)} of one group at step 0 or over the early window (finite only)."""
     rows = per_run[per_run["label"] == label]
-    out = {}
-    for seed, ratio in zip(rows["seed"], rows[f"ratio_{window}"]):
-        if ratio is not None and np.isfinite(ratio) and ratio > 0:
-            out[int(seed)] = math.log10(ratio)
-    return out
+    ratios = zip(rows["seed"], rows[f"ratio_{window}"])
+    return {int(seed): math.log10(r) for seed, r in ratios if r is not None and np.isfinite(r) and r > 0}
 
 
 def _step0_label(kinds: pd.DataFrame) -> dict[str, str]:
@@ -245,6 +241,7 @@ def _step0_label(kinds: pd.DataFrame) -> dict[str, str]:
 
 def _gradient_claims(study: Study) -> list[dict]:
     per_run, kinds = study.gradients.per_run, study.kinds
+    chosen = _selected(study)["label"]
     rates = _rates(_selected(study))
     rows = []
     if per_run.empty:
@@ -253,24 +250,23 @@ def _gradient_claims(study: Study) -> list[dict]:
     step0 = _step0_label(kinds)
     for window in (STEP0, EARLY):
         family = GRADIENT[window]
-        labels = sorted(step0.values()) if window == STEP0 else sorted(kinds.index)
-        for label in labels:
+        for label in sorted(step0.values()) if window == STEP0 else sorted(kinds.index):
             values = log_ratios(per_run, label, window)
             c = one_sample(values)
             name = kinds.loc[label, "name_label"] if window == STEP0 else label
             at = "step 0" if window == STEP0 else f"early window, lr {_rate_text(rates.get(label, ()))}"
-            sign = "below" if c.mean_a < 0 else "above"
-            claim = (
-                f"{name}: log10 ratio {sign} 0, gradients {direction(list(values.values()))} by its 95% interval ({at})"
-            )
+            sign, named = "below" if c.mean_a < 0 else "above", direction(list(values.values()))
+            claim = f"{name}: log10 ratio {sign} 0, gradients {named} by its 95% interval ({at})"
             arm = ALL_ARMS if window == STEP0 else kinds.loc[label, "arm"]
-            of = (f"{len(values)}/{int((_selected(study)['label'] == label).sum())}", "")
-            rows.append(_row(family, claim, arm, name if window == STEP0 else label, "", metric, c, "", of))
+            rows.append(
+                _row(family, claim, arm, name, "", metric, c, "", (f"{len(values)}/{(chosen == label).sum()}", ""))
+            )
         seen = set()
-        for pair in tested_pairs(study, _all_kinds(study)):
+        for pair in tested_pairs(study):
             if pair.kind == RESNET_VGG:
                 continue
             sa, sb = _stand_in(study, pair.a), _stand_in(study, pair.b)
+            differ = ""
             if window == STEP0:  # one test per pair of architectures, whatever the arm
                 names = (kinds.loc[sa, "name_label"], kinds.loc[sb, "name_label"])
                 if names in seen:
@@ -280,23 +276,14 @@ def _gradient_claims(study: Study) -> list[dict]:
                 a_name, b_name, arm, note = *names, ALL_ARMS, ""
             else:
                 a_name, b_name, arm = pair.a, pair.b, pair.arm
-                note = _rate_note(rates, pair.a, pair.b)
-                if note:
-                    claim = f"{QUESTION[pair.kind]}, distance from balance: {a_name} vs {b_name}"
-                    rows.append(_untested(family, claim, arm, a_name, b_name, abs_metric, f"not compared: {note}"))
-                    continue
-                note = _stand_in_note(study, pair.a, pair.b)
+                differ = _rate_note(rates, pair.a, pair.b)
+                note = f"not compared: {differ}" if differ else _stand_in_note(study, pair.a, pair.b)
             claim = f"{QUESTION[pair.kind]}, distance from balance: {a_name} vs {b_name}"
             a = {s: abs(v) for s, v in log_ratios(per_run, sa, window).items()}
             b = {s: abs(v) for s, v in log_ratios(per_run, sb, window).items()}
-            rows.append(_row(family, claim, arm, a_name, b_name, abs_metric, compare(a, b), note))
+            c = Comparison(math.nan, math.nan, 0, 0, None, math.nan) if differ else compare(a, b)
+            rows.append(_row(family, claim, arm, a_name, b_name, abs_metric, c, note))
     return rows
-
-
-def verdict_of(test: str, p_adjusted: float) -> str:
-    if not test:
-        return "not tested"
-    return RESOLVED if p_adjusted < ALPHA else NOT_RESOLVED
 
 
 def build_claims(study: Study) -> pd.DataFrame:
@@ -311,5 +298,8 @@ def build_claims(study: Study) -> pd.DataFrame:
     frame["p_adjusted"] = math.nan
     for _, rows_of in frame.groupby("family", sort=False):
         frame.loc[rows_of.index, "p_adjusted"] = holm(rows_of["p"])
-    frame["verdict"] = [verdict_of(t, p) for t, p in zip(frame["test"], frame["p_adjusted"])]
+    frame["verdict"] = [
+        "not tested" if not test else RESOLVED if p < ALPHA else NOT_RESOLVED
+        for test, p in zip(frame["test"], frame["p_adjusted"])
+    ]
     return frame[list(COLUMNS)]

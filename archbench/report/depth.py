@@ -1,11 +1,5 @@
-"""The depth study: plain and residual nets of the same builder at two or more depths (e.g. 18 and 34
-layers), beside He et al. 2016: Table 2 (ImageNet) for Tiny-ImageNet runs, Table 6 (CIFAR-10) for CIFAR-10
-runs, no reference rows for other data. The tests of depth are claims (`claims`, family "depth").
-
-A depth group is found by traits: one builder with a residual variant, one BN setting and one
-learning-rate arm, with counted runs at two or more depths. The section appears only when one exists.
-Degradation (He et al. 2016): the deeper plain net ends worse than the shallower one.
-"""
+"""The depth study: plain and residual nets of one builder at two or more depths, beside He et al. 2016's
+published rows (docs/report.md). The tests of depth are claims (`claims`, family "depth")."""
 
 from __future__ import annotations
 
@@ -46,10 +40,6 @@ def depth_groups(kinds: pd.DataFrame) -> list[DepthGroup]:
     return groups
 
 
-def _error(values) -> list[float]:
-    return [1.0 - v for v in values]
-
-
 TINY_IMAGENET, CIFAR10 = "Tiny-ImageNet", "CIFAR-10"
 
 
@@ -62,13 +52,11 @@ def dataset_family(names) -> str | None:
     return found.pop() if len(found) == 1 else None
 
 
-def reference_rows(family: str | None) -> tuple[tuple[references.DepthError, ...], str, str]:
-    """The published depth rows for runs on `family`, their source and protocol (none for other data)."""
-    if family == CIFAR10:
-        return references.HE_2016_TABLE6, references.HE_2016_CIFAR, references.HE_2016_CIFAR_PROTOCOL
-    if family == TINY_IMAGENET:
-        return references.HE_2016_TABLE2, references.HE_2016, references.HE_2016_TABLE2_PROTOCOL
-    return (), "", ""
+REFERENCES = {  # data family -> He et al. 2016's published depth rows, their source and protocol
+    CIFAR10: (references.HE_2016_TABLE6, references.HE_2016_CIFAR, references.HE_2016_CIFAR_PROTOCOL),
+    TINY_IMAGENET: (references.HE_2016_TABLE2, references.HE_2016, references.HE_2016_TABLE2_PROTOCOL),
+}
+NO_REFERENCE = ((), "", "")  # for other data
 
 
 def _group_table(group: DepthGroup, counted: pd.DataFrame, family: str | None) -> str:
@@ -82,11 +70,10 @@ def _group_table(group: DepthGroup, counted: pd.DataFrame, family: str | None) -
                     "depth": str(depth),
                     "residual": "yes" if residual else "no",
                     "final test acc (%)": pct(acc, accuracy_resolution(counted)),
-                    "test error (%)": pct(_error(acc), accuracy_resolution(counted)),
+                    "test error (%)": pct(1.0 - acc, accuracy_resolution(counted)),
                 }
             )
-    refs, _, _ = reference_rows(family)
-    for ref in refs:
+    for ref in REFERENCES.get(family, NO_REFERENCE)[0]:
         if ref.depth in group.depths or family == CIFAR10:
             rows.append(
                 {
@@ -112,7 +99,7 @@ def depth_section(study: Study) -> str | None:
             f"({' and '.join(str(d) for d in group.depths)} layers):",
             _group_table(group, study.counted, family),
         ]
-    refs, source, protocol = reference_rows(family)
+    refs, source, protocol = REFERENCES.get(family, NO_REFERENCE)
     text = (
         "Final test accuracy and error (100 - accuracy) at the last epoch, mean over seeds with the 95% "
         "confidence interval."
@@ -126,7 +113,7 @@ def depth_section(study: Study) -> str | None:
             text += f" Plain nets: {references.HE_2016_CIFAR_PLAIN}."
     else:
         text += " No published reference is set beside these runs: none was measured on this data set."
-    counts = study.claims["family"].value_counts().get("depth", 0) if study.claims is not None else 0
-    text += f" The depth claims ({counts} rows of REPORT-claims.csv) are in the discussion."
+    depth_claims = (study.claims["family"] == "depth").sum()
+    text += f" The depth claims ({depth_claims} rows of REPORT-claims.csv) are in the discussion."
     parts.append(text)
     return "\n\n".join(parts)

@@ -1,10 +1,5 @@
 """The report's discussion: one sentence per row of REPORT-claims.csv (`claims.build_claims`), family by
-family, each saying how many rows it rests on; no test is run here.
-
-Accuracy claims use the final-epoch test accuracy: its epoch is fixed before training, so it is selected on
-no split. Gradient claims use the scale-free ‖g‖/‖w‖ of the first weight layer over the last's, and are set
-beside what the literature expects (He et al. 2016 §4.1, Yang et al. 2019).
-"""
+family, set beside what the literature expects; no test is run here."""
 
 from __future__ import annotations
 
@@ -41,8 +36,8 @@ FAMILY_TITLES = {
 }
 
 
-def _number(x: float, digits: int = 2) -> str:
-    return "—" if x is None or not math.isfinite(x) else f"{x:.{digits}f}"
+def _number(x: float) -> str:
+    return "—" if x is None or not math.isfinite(x) else f"{x:.2f}"
 
 
 def mean_text(mean: float, of: str) -> str:
@@ -82,7 +77,7 @@ def outcome(row) -> str:
     return f"{RESOLVED}: {higher} higher"
 
 
-def _named(claim: str) -> str:
+def named_direction(claim: str) -> str:
     """The direction a gradient claim names (`claims.direction`)."""
     return next((d for d in (VANISHING, EXPLODING, BALANCED, UNDETERMINED) if f"gradients {d} " in claim), "")
 
@@ -104,7 +99,7 @@ def expectation(kinds: pd.DataFrame, row) -> str:
     mine = kinds[kinds["name_label"] == row.model_a]
     if mine.empty or bool(mine["residual"].iloc[0]) or not bool(mine["batch_norm"].iloc[0]):
         return ""
-    named = _named(row.claim)
+    named = named_direction(row.claim)
     if named not in EXPECTED:
         return ""
     he, yang = EXPECTED[named]
@@ -205,10 +200,9 @@ def _no_tuned_runs_sentences(study: Study) -> list[str]:
 
 
 def discussion_section(study: Study) -> str:
-    claims = study.claims if study.claims is not None else pd.DataFrame()
     parts = ["\n".join(f"- {s}" for s in _caveats(study))] if _caveats(study) else []
     for family in FAMILIES:
-        rows = claims[claims["family"] == family] if len(claims) else claims
+        rows = study.claims[study.claims["family"] == family]  # `build_claims` gives every column, rows or not
         if rows.empty:
             continue
         tested = int((rows["test"] != "").sum())

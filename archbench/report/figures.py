@@ -1,12 +1,9 @@
-"""The report's figures: matplotlib on the Agg canvas, fixed size and style, byte-stable PNGs.
-
-No pyplot state is touched: each figure is a `matplotlib.figure.Figure` drawn under matplotlib's default
-style (whatever a user's matplotlibrc says) and saved without the "Software" metadata, so the same
-numbers give the same bytes.
-"""
+"""The report's figures: `matplotlib.figure.Figure`s (no pyplot state) under matplotlib's default style,
+saved without the "Software" metadata, so the same numbers give the same bytes."""
 
 from __future__ import annotations
 
+import contextlib
 import re
 from pathlib import Path
 
@@ -19,17 +16,19 @@ from matplotlib.figure import Figure
 
 from archbench.report.gradient_measures import COSINE, EARLY, STEP0, column
 from archbench.report.sensitivity import Sensitivity
-from archbench.report.study import TUNED_TAG
+from archbench.report.stats import t_interval
+from archbench.report.study import SHARED, TUNED_TAG
 
 DPI = 100
-PNG_METADATA = {"Software": None}
 SHORTCUT_NOTE = "open circles: 1x1 shortcut projections"
-
-
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "h", "*", "p")
-
-
+POINT = dict(markersize=6, capsize=3, linestyle="none")  # a model's mean ± interval
+OPEN_CIRCLE = dict(linestyle="none", marker="o", markersize=8, markerfacecolor="none")  # a shortcut projection
+OPEN_SQUARE = dict(linestyle="none", marker="s", markersize=10, markerfacecolor="none")  # the default rate
 ARM_LINES = {"": "-", TUNED_TAG: "--"}  # the registry-default arm solid, tuned dashed, a rate set by --lr dotted
+# A label's arm tag (`study._tag`): what tells the arms of one model apart; the rest of the label (a setup's tag
+# included, see `study.split_setups`) names the model and picks its colour.
+ARM_TAG = re.compile(rf"{re.escape(TUNED_TAG)}| \(--lr [^)]*\)")
 
 
 def _styles(labels: list[str], every: list[str] | None = None) -> dict[str, dict]:
@@ -52,9 +51,9 @@ def _styles(labels: list[str], every: list[str] | None = None) -> dict[str, dict
     }
 
 
-# A label's arm tag (`study._tag`): what tells the arms of one model apart; the rest of the label (a setup's tag
-# included, see `study.split_setups`) names the model and picks its colour.
-ARM_TAG = re.compile(rf"{re.escape(TUNED_TAG)}| \(--lr [^)]*\)")
+def _line(style: dict) -> dict:
+    """The keywords of a model's line: its colour, marker and the line style of its arm."""
+    return {k: style[k] for k in ("color", "marker", "linestyle")}
 
 
 def _arm_tag(label: str) -> str:
@@ -76,36 +75,29 @@ def once_per_model(labels: list[str]) -> list[str]:
 
 def _legend_outside(fig: Figure, axes) -> None:
     """One legend for the figure, to the right of every panel (never over the data)."""
-    handles, names = {}, {}
+    handles = {}
     for ax in np.ravel(axes):
         for h, n in zip(*ax.get_legend_handles_labels()):
-            if n not in names:
-                handles[n], names[n] = h, n
+            handles.setdefault(n, h)
     if handles:
         fig.legend(list(handles.values()), list(handles), loc="outside right upper", fontsize=8)
 
 
 def _band(values: np.ndarray) -> tuple[float, float]:
     """Mean and 95% t half-width over seeds (0 with one seed)."""
-    from archbench.report.stats import t_interval
-
     interval = t_interval(values)
-    half = interval.half_width if np.isfinite(interval.half_width) else 0.0
-    return interval.mean, half
+    return interval.mean, interval.half_width if np.isfinite(interval.half_width) else 0.0
 
 
-def _integer_epochs(ax, epochs) -> None:
-    epochs = sorted({int(e) for e in epochs})
-    if len(epochs) <= 12:
-        ax.set_xticks(epochs)
-    else:
-        ax.xaxis.get_major_locator().set_params(integer=True)
-
-
-def _save(fig: Figure, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, format="png", dpi=DPI, metadata=PNG_METADATA)
-    return path
+@contextlib.contextmanager
+def _figure(path: Path, figsize: tuple[float, float], *grid: int, **subplots):
+    """A figure and its axes under matplotlib's default style, saved to `path` (without the "Software"
+    metadata) when the block ends."""
+    with matplotlib.style.context("default"):
+        fig = Figure(figsize=figsize, dpi=DPI, layout="constrained")
+        yield fig, fig.subplots(*grid, **subplots)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, format="png", dpi=DPI, metadata={"Software": None})
 
 
 def _empty(ax, text: str) -> None:
@@ -114,52 +106,59 @@ def _empty(ax, text: str) -> None:
     ax.set_yticks([])
 
 
-def plot_training_curves(curves: pd.DataFrame, labels: list[str], path: Path) -> Path:
-    """Test accuracy (%) and train loss against epoch: one row of panels per learning-rate arm, one line per
-    model (mean over seeds) in its own colour and marker, with a 95% band over seeds.
+def _log_grid(ax, **labels) -> None:
+    ax.set_xscale("log")
+    ax.set(**labels)
+    ax.grid(True, which="both", alpha=0.3)
 
-    `curves` has columns label, arm, seed, epoch, test_acc (fraction), train_loss: one row per run and epoch.
-    """
+
+def plot_training_curves(curves: pd.DataFrame, labels: list[str], path: Path) -> Path:
+    """Test accuracy (%) and train loss against epoch, one row of panels per learning-rate arm: per model the
+    mean over seeds with a 95% band (`curves`: one row per run and epoch, test_acc a fraction)."""
     styles = _styles(labels)
-    arms = sorted(curves["arm"].unique(), key=lambda a: (a != "registry default rates", a)) if len(curves) else []
-    with matplotlib.style.context("default"):
-        fig = Figure(figsize=(12, 3.6 * max(1, len(arms)) + 0.4), dpi=DPI, layout="constrained")
-        axes = np.atleast_2d(fig.subplots(max(1, len(arms)), 2, squeeze=False))
+    arms = sorted(curves["arm"].unique(), key=lambda a: (a != SHARED, a)) if len(curves) else []
+    rows = max(1, len(arms))
+    with _figure(path, (12, 3.6 * rows + 0.4), rows, 2, squeeze=False) as (fig, axes):
         if not arms:
-            _empty(axes[0][0], "no epochs recorded")
-            _empty(axes[0][1], "no epochs recorded")
-            return _save(fig, path)
+            for ax in axes[0]:
+                _empty(ax, "no epochs recorded")
+            return path
         for (acc_ax, loss_ax), arm in zip(axes, arms):
             mine = curves[curves["arm"] == arm]
             for label in labels:
-                rows = mine[mine["label"] == label]
-                if rows.empty:
-                    continue
                 for ax, key, scale in ((acc_ax, "test_acc", 100.0), (loss_ax, "train_loss", 1.0)):
-                    stats = [(e, *_band(scale * g[key].to_numpy(float))) for e, g in rows.groupby("epoch", sort=True)]
+                    by_epoch = mine[mine["label"] == label].groupby("epoch", sort=True)[key]
+                    if not by_epoch.ngroups:
+                        continue
+                    stats = [(e, *_band(scale * g.to_numpy(float))) for e, g in by_epoch]
                     epochs, mean, half = (np.array(x) for x in zip(*stats))
-                    style = styles[label]
-                    ax.plot(
-                        epochs,
-                        mean,
-                        color=style["color"],
-                        marker=style["marker"],
-                        linestyle=style["linestyle"],
-                        markersize=4,
-                        label=_model(label),
-                    )
+                    ax.plot(epochs, mean, **_line(styles[label]), markersize=4, label=_model(label))
                     low, high = mean - half, mean + half
                     if key == "test_acc":  # an accuracy band stays within 0-100%
                         low, high = np.clip(low, 0.0, 100.0), np.clip(high, 0.0, 100.0)
-                    ax.fill_between(epochs, low, high, color=style["color"], alpha=0.15, linewidth=0)
+                    ax.fill_between(epochs, low, high, color=styles[label]["color"], alpha=0.15, linewidth=0)
             acc_ax.set(xlabel="epoch", ylabel="test accuracy (%)", title=f"Test accuracy, {arm}")
             loss_ax.set(xlabel="epoch", ylabel="train loss", title=f"Train loss, {arm}")
+            epochs = sorted({int(e) for e in mine["epoch"]})
             for ax in (acc_ax, loss_ax):
                 ax.grid(True, alpha=0.3)
-                _integer_epochs(ax, mine["epoch"])
+                if len(epochs) <= 12:
+                    ax.set_xticks(epochs)
+                else:
+                    ax.xaxis.get_major_locator().set_params(integer=True)
         fig.suptitle("Mean over seeds, 95% band (Student's t over seeds)", fontsize=10)
         _legend_outside(fig, axes)
-        return _save(fig, path)
+    return path
+
+
+def _pareto_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """The points no other point is both left of (cheaper) and above (more accurate)."""
+    front, best = [], -np.inf
+    for x, y in sorted(points):
+        if y > best:
+            front.append((x, y))
+            best = y
+    return front
 
 
 def plot_accuracy_vs_cost(results: pd.DataFrame, labels: list[str], path: Path) -> Path:
@@ -171,9 +170,7 @@ def plot_accuracy_vs_cost(results: pd.DataFrame, labels: list[str], path: Path) 
         ("gflops_224", "GFLOPs at 224x224 (log scale)", "GFLOPs"),
         ("train_seconds", "training seconds (log scale)", "training seconds"),
     )
-    with matplotlib.style.context("default"):
-        fig = Figure(figsize=(15, 4.4), dpi=DPI, layout="constrained")
-        axes = fig.subplots(1, 3, sharey=True)
+    with _figure(path, (15, 4.4), 1, 3, sharey=True) as (fig, axes):
         for ax, (key, xlabel, name) in zip(axes, panels):
             points = []
             for label in labels:
@@ -189,33 +186,24 @@ def plot_accuracy_vs_cost(results: pd.DataFrame, labels: list[str], path: Path) 
                     [x.mean()],
                     [mean],
                     yerr=[half],
+                    **POINT,
                     color=style["color"],
                     marker=style["marker"],
                     fillstyle=style["fill"],
-                    markersize=6,
-                    capsize=3,
-                    linestyle="none",
                     label=f"{label} ({len(rows)}/{len(every)} completed)",
                 )
                 points.append((float(x.mean()), mean))
             if not points:
                 _empty(ax, f"no {key} recorded")
                 continue
-            front, best = [], -np.inf
-            for x, y in sorted(points):
-                if y > best:
-                    front.append((x, y))
-                    best = y
-            ax.plot(*zip(*front), color="0.4", linewidth=1, linestyle="--", label="Pareto front")
-            ax.set_xscale("log")
+            ax.plot(*zip(*_pareto_front(points)), color="0.4", linewidth=1, linestyle="--", label="Pareto front")
+            _log_grid(ax, xlabel=xlabel, title=f"Accuracy against {name}")
             ax.xaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
             ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
             ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
-            ax.set(xlabel=xlabel, title=f"Accuracy against {name}")
-            ax.grid(True, which="both", alpha=0.3)
         axes[0].set_ylabel("final test accuracy (%)")
         _legend_outside(fig, axes)
-        return _save(fig, path)
+    return path
 
 
 def plot_performance_profile(results: pd.DataFrame, labels: list[str], threshold: float | None, path: Path) -> Path:
@@ -223,45 +211,40 @@ def plot_performance_profile(results: pd.DataFrame, labels: list[str], threshold
     model, the fraction of its runs whose time is within τ times the best time any model took on the same
     seed and arm; a run that never reached the threshold counts as infinite time (never within any τ)."""
     styles = _styles(labels)
-    with matplotlib.style.context("default"):
-        fig = Figure(figsize=(9, 4.5), dpi=DPI, layout="constrained")
-        ax = fig.subplots()
-        column = None if threshold is None else f"seconds_to_{threshold:g}"
-        if column is None or column not in results.columns or results.empty:
+    with _figure(path, (9, 4.5)) as (fig, ax):
+        seconds = None if threshold is None else f"seconds_to_{threshold:g}"
+        if seconds is None or seconds not in results.columns or results.empty:
             _empty(ax, "no threshold recorded")
-            return _save(fig, path)
+            return path
         table = results[results["label"].isin(labels)]
-        best = table.groupby(["arm", "seed"])[column].transform("min")
-        ratio = table[column] / best
+        ratio = table[seconds] / table.groupby(["arm", "seed"])[seconds].transform("min")
         finite = ratio[np.isfinite(ratio)]
-        top = max(2.0, float(finite.max()) * 1.05) if len(finite) else 2.0
-        taus = np.geomspace(1.0, top, 200)
+        taus = np.geomspace(1.0, max(2.0, float(finite.max()) * 1.05) if len(finite) else 2.0, 200)
         for label in labels:
             r = ratio[table["label"] == label].to_numpy(float)
             if r.size == 0:
                 continue
             fraction = [(r <= tau).mean() for tau in taus]
             style = styles[label]
-            reached = int(np.isfinite(r).sum())
+            reached = f"{int(np.isfinite(r).sum())}/{r.size} reached"
             ax.step(
                 taus,
                 fraction,
                 where="post",
                 color=style["color"],
                 linestyle=style["linestyle"],
-                label=f"{label} ({reached}/{r.size} reached)",
+                label=f"{label} ({reached})",
             )
             ax.plot(taus[::40], fraction[::40], linestyle="none", color=style["color"], marker=style["marker"])
-        ax.set_xscale("log")
         ax.set_ylim(-0.02, 1.02)
-        ax.set(
+        _log_grid(
+            ax,
             xlabel="τ: training seconds to the threshold / the best on the same seed and arm (log scale)",
             ylabel="fraction of runs within τ",
             title=f"Performance profile: time to {100 * threshold:g}% test accuracy (never reached = ∞)",
         )
-        ax.grid(True, which="both", alpha=0.3)
         _legend_outside(fig, ax)
-        return _save(fig, path)
+    return path
 
 
 def _depth_lines(ax, by_depth: pd.DataFrame, labels: list[str], measure: str, positive: bool, every=None) -> bool:
@@ -276,26 +259,10 @@ def _depth_lines(ax, by_depth: pd.DataFrame, labels: list[str], measure: str, po
         rows = rows[keep]
         if rows.empty:
             continue
-        style = styles[label]
-        ax.plot(
-            rows["layer_index"],
-            rows[measure],
-            color=style["color"],
-            marker=style["marker"],
-            linestyle=style["linestyle"],
-            markersize=4,
-            label=label,
-        )
+        colour = styles[label]["color"]
+        ax.plot(rows["layer_index"], rows[measure], **_line(styles[label]), markersize=4, label=label)
         shortcuts = rows[rows["layer"].astype(str).str.contains("downsample")]
-        ax.plot(
-            shortcuts["layer_index"],
-            shortcuts[measure],
-            linestyle="none",
-            marker="o",
-            markersize=8,
-            markerfacecolor="none",
-            markeredgecolor=style["color"],
-        )
+        ax.plot(shortcuts["layer_index"], shortcuts[measure], **OPEN_CIRCLE, markeredgecolor=colour)
         drawn = True
     if drawn:
         ax.grid(True, which="both", alpha=0.3)
@@ -304,14 +271,9 @@ def _depth_lines(ax, by_depth: pd.DataFrame, labels: list[str], measure: str, po
 
 
 def plot_gradient_size_by_depth(by_depth: pd.DataFrame, labels: list[str], window: str, path: Path) -> Path:
-    """‖g‖/‖w‖ (log scale) against weight-layer index, one line per model: at step 0, and over `window`.
-
-    `by_depth` is `gradient_measures.by_depth`: per label and layer_index (0-based, forward order), the
-    layer's name and each measure averaged over seeds.
-    """
-    with matplotlib.style.context("default"):
-        fig = Figure(figsize=(12, 4.5), dpi=DPI, layout="constrained")
-        axes = fig.subplots(1, 2, sharey=True)
+    """‖g‖/‖w‖ (log scale) against weight-layer index (`gradient_measures.by_depth`), one line per model: at
+    step 0, and over `window`."""
+    with _figure(path, (12, 4.5), 1, 2, sharey=True) as (fig, axes):
         panels = (  # step 0 precedes any update: drawn once per architecture, whatever the arm
             (axes[0], STEP0, "step 0 (initialisation, every arm)", once_per_model(labels)),
             (axes[1], EARLY, window, labels),
@@ -325,77 +287,55 @@ def plot_gradient_size_by_depth(by_depth: pd.DataFrame, labels: list[str], windo
         fig.supxlabel(f"weight layer: 0 = first conv, forward order; {SHORTCUT_NOTE}", fontsize=10)
         axes[0].set_ylabel("‖g‖ / ‖w‖ (log scale)")
         _legend_outside(fig, axes)
-        return _save(fig, path)
+    return path
 
 
 def plot_cosine_by_depth(by_depth: pd.DataFrame, labels: list[str], window: str, path: Path) -> Path:
     """Mean cosine between consecutive steps' gradients over `window`, against weight-layer index."""
-    with matplotlib.style.context("default"):
-        fig = Figure(figsize=(8, 4.5), dpi=DPI, layout="constrained")
-        ax = fig.subplots()
-        if _depth_lines(ax, by_depth, labels, column(COSINE, EARLY), positive=False):
-            ax.axhline(0.0, color="0.5", linewidth=0.8)
-            ax.set(
-                xlabel=f"weight layer (0 = first conv, forward order; {SHORTCUT_NOTE})",
-                ylabel="cosine(g_t, g_t-1)",
-                title=f"Step-to-step gradient cosine by depth, {window}, mean over seeds",
-            )
-            _legend_outside(fig, ax)
-        else:
+    with _figure(path, (8, 4.5)) as (fig, ax):
+        if not _depth_lines(ax, by_depth, labels, column(COSINE, EARLY), positive=False):
             _empty(ax, "no step-to-step cosines recorded")
-        return _save(fig, path)
+            return path
+        ax.axhline(0.0, color="0.5", linewidth=0.8)
+        ax.set(
+            xlabel=f"weight layer (0 = first conv, forward order; {SHORTCUT_NOTE})",
+            ylabel="cosine(g_t, g_t-1)",
+            title=f"Step-to-step gradient cosine by depth, {window}, mean over seeds",
+        )
+        _legend_outside(fig, ax)
+    return path
 
 
 def plot_lr_sensitivity(sensitivity: Sensitivity, path: Path, every: list[str] | None = None) -> Path:
     """Validation accuracy (%) against learning rate (log x), one line per model; the chosen rate starred,
     the default rate in an open square, rates that scored nothing (a seed diverged) as x at 0. `every`: the
     report's labels, so each model keeps its colour (`_styles`)."""
-    labels = [m.model for m in sensitivity.models]
-    styles = _styles(labels, every)
-    colours = {label: style["color"] for label, style in styles.items()}
-    with matplotlib.style.context("default"):
-        fig = Figure(figsize=(8, 4.5), dpi=DPI, layout="constrained")
-        ax = fig.subplots()
+    styles = _styles([m.model for m in sensitivity.models], every)
+    with _figure(path, (8, 4.5)) as (fig, ax):
         drawn = False
         for m in sensitivity.models:
-            colour = colours[m.model]
+            colour = styles[m.model]["color"]
             scored = [p for p in m.points if p.scored]
             failed = [p for p in m.points if not p.scored]
             if scored:
-                ax.plot(
-                    [p.lr for p in scored],
-                    [100 * p.mean for p in scored],
-                    color=colour,
-                    marker=styles[m.model]["marker"],
-                    markersize=4,
-                    label=m.model,
-                )
-                drawn = True
+                lrs, accs = [p.lr for p in scored], [100 * p.mean for p in scored]
+                ax.plot(lrs, accs, color=colour, marker=styles[m.model]["marker"], markersize=4, label=m.model)
             if failed:
                 ax.plot([p.lr for p in failed], [0.0] * len(failed), linestyle="none", marker="x", color=colour)
-                drawn = True
+            drawn = drawn or bool(scored or failed)
             chosen, default = m.point_at(m.chosen), m.point_at(m.default.lr)
             if chosen is not None and chosen.scored:
                 ax.plot([chosen.lr], [100 * chosen.mean], linestyle="none", marker="*", markersize=14, color=colour)
             if default is not None and default.scored:
-                ax.plot(
-                    [default.lr],
-                    [100 * default.mean],
-                    linestyle="none",
-                    marker="s",
-                    markersize=10,
-                    markerfacecolor="none",
-                    markeredgecolor=colour,
-                )
-        if drawn:
-            ax.set_xscale("log")
-            ax.set(
-                xlabel="learning rate (log scale)",
-                ylabel="validation accuracy (%)",
-                title="Learning-rate sensitivity (mean over seeds; * chosen, □ default, x diverged)",
-            )
-            ax.grid(True, which="both", alpha=0.3)
-            _legend_outside(fig, ax)
-        else:
+                ax.plot([default.lr], [100 * default.mean], **OPEN_SQUARE, markeredgecolor=colour)
+        if not drawn:
             _empty(ax, "no tuning trials recorded")
-        return _save(fig, path)
+            return path
+        _log_grid(
+            ax,
+            xlabel="learning rate (log scale)",
+            ylabel="validation accuracy (%)",
+            title="Learning-rate sensitivity (mean over seeds; * chosen, □ default, x diverged)",
+        )
+        _legend_outside(fig, ax)
+    return path

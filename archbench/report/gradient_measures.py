@@ -1,10 +1,5 @@
-"""Early-training gradient measures per run and layer, from gradnorms.csv (see `archbench.gradients`).
-
-Step 0 (the gradient at initialisation, before any update) is kept apart from the steps after it: the
-"early" window is the optimiser steps 1 to EARLY_STEPS, the same steps for every model (fewer only when a
-study recorded fewer steps: then the steps every counted run recorded). Claims rest on the scale-free ‖g‖/‖w‖ (and the
-step-to-step cosine); ‖g‖/√n and the raw ‖g‖ are shown beside them and never used to decide anything.
-"""
+"""Early-training gradient measures per run and layer from gradnorms.csv: step 0 apart from the early window
+(docs/report.md). Claims rest on ‖g‖/‖w‖ and the cosine; ‖g‖/√n and ‖g‖ are shown only."""
 
 from __future__ import annotations
 
@@ -47,14 +42,7 @@ def per_layer(grads: pd.DataFrame) -> pd.DataFrame:
     last = min(EARLY_STEPS, int(grads.groupby(RUN_KEYS)["step"].max().min()))
     later = grads[(grads["step"] > 0) & (grads["step"] <= last)].groupby(keys, sort=True)[[*SIZES, COSINE]].mean()
     table = table.join(at_start.add_suffix(f"_{STEP0}")).join(later.add_suffix(f"_{EARLY}"))
-    for name in LAYER_COLUMNS:
-        if name not in table.columns:
-            table[name] = np.nan
-    return table.reset_index()
-
-
-def _ratio(a: float, b: float) -> float:
-    return a / b if np.isfinite(a) and np.isfinite(b) and b != 0 else float("nan")
+    return table.reindex(columns=["layer", "steps", *LAYER_COLUMNS]).reset_index()
 
 
 def per_run(layers: pd.DataFrame) -> pd.DataFrame:
@@ -69,8 +57,8 @@ def per_run(layers: pd.DataFrame) -> pd.DataFrame:
         for name in LAYER_COLUMNS:
             row[f"first_{name}"], row[f"last_{name}"] = first[name], last[name]
         for window in (STEP0, EARLY):
-            name = column("grad_to_weight", window)
-            row[f"ratio_{window}"] = _ratio(first[name], last[name])
+            a, b = first[column("grad_to_weight", window)], last[column("grad_to_weight", window)]
+            row[f"ratio_{window}"] = a / b if np.isfinite(a) and np.isfinite(b) and b != 0 else float("nan")
         rows.append(row)
     columns = [
         *RUN_KEYS,
@@ -92,11 +80,6 @@ def by_depth(layers: pd.DataFrame) -> pd.DataFrame:
     return grouped.agg(layer=("layer", "first"), **{c: (c, "mean") for c in LAYER_COLUMNS}).reset_index()
 
 
-def depth_bin(count: int) -> np.ndarray:
-    """The bin of each of `count` layers in forward order: DEPTH_BINS groups of (nearly) equal count."""
-    return (np.arange(count) * DEPTH_BINS) // max(1, count)
-
-
 def by_bin(layers: pd.DataFrame) -> pd.DataFrame:
     """Per run and depth bin (0 to DEPTH_BINS - 1): the number of weight layers the run has and every
     measure averaged over the bin's layers (NaNs left out), so a bin's mean and interval over seeds come
@@ -104,7 +87,7 @@ def by_bin(layers: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for key, g in layers.groupby(RUN_KEYS, sort=True):
         g = g.sort_values("layer_index")
-        bins = depth_bin(len(g))
+        bins = (np.arange(len(g)) * DEPTH_BINS) // len(g)  # DEPTH_BINS groups of (nearly) equal count
         for b in range(DEPTH_BINS):
             row = {**dict(zip(RUN_KEYS, key)), "bin": b, "layers": len(g)}
             row.update(g.loc[bins == b, LAYER_COLUMNS].mean().to_dict())

@@ -1,23 +1,5 @@
-"""Reading what the report is made from: run records, tuning files, latency, bench and GPU result files.
-
-Which runs count (`select_runs`, `counted_runs`): per group (a model's architecture and learning-rate
-source, see `archbench.report.study`) and seed, the newest completed run (by `provenance.started_at`,
-ties broken by run id). A group and seed with no completed run is shown from its newest run, marked
-with its status. Every table averages, per group, over the seeds whose chosen run completed, or, for a
-group with no completed run, over its chosen runs. A run folder without summary.json counts as
-interrupted; a folder with no recorded epoch (no summary and no metrics row, or an interrupted summary
-with no epoch) is not a run and is only counted. A diverged run is a result, epochs or not.
-
-The columns are those of the run-record schema in `archbench.runs`. A record of an older schema version
-is read, not refused: renamed columns and keys are mapped (`archbench.runs.RENAMED`) and columns it
-lacks (`archbench.runs.ADDED_IN`) are filled as missing, which `schema_note` says in one line.
-
-A run's records must be readable and agree (`archbench.runs.check_record`): a record file that cannot be read,
-a schema version this archbench cannot read, a config.json edited after the run, or a summary.json that does not
-sum up its metrics.csv or belongs to another config makes the run damaged: it is in no table, and the report
-names it with the reason (as `archbench status` does). A run whose metrics.csv holds a non-finite loss or
-accuracy diverged at that epoch, whatever its summary says (`archbench.runs.non_finite_epoch`).
-"""
+"""Reading what the report is made from: run records, tuning files, latency, bench and GPU result files; which
+runs count (`select_runs`, `counted_runs`). The rules for older and damaged records are in docs/report.md."""
 
 from __future__ import annotations
 
@@ -58,9 +40,6 @@ from archbench.runs import (
     read_record,
 )
 from archbench.tuning import FORMAT_VERSION as TUNING_FORMAT
-
-# The summary.json fields the report reads (the schema is `archbench.runs.Summary`).
-SUMMARY_READ = ("status", *OUTCOME_FIELDS)
 
 BENCHMARK_COMMAND = "pytest benchmarks/test_forward_latency.py --benchmark-json benchmarks/forward_latency.json"
 
@@ -165,11 +144,6 @@ def _history(metrics: pd.DataFrame) -> list[EpochMetrics]:
     ]
 
 
-def _summary_from_metrics(history: list[EpochMetrics], thresholds: list[float], on_holdout: bool) -> dict:
-    """What summary.json would say, for a run stopped before writing one (by the loop's own rules)."""
-    return {"status": "interrupted", "diverged_at_step": None, **outcome(history, thresholds, on_holdout)}
-
-
 def _num(value) -> float:
     return float("nan") if value is None else float(value)
 
@@ -184,9 +158,10 @@ def _per_threshold(summary: dict, path: Path, key: str, kind) -> dict[float, flo
 def architecture_key(builder, args, source: str | None = None) -> str:
     """A short hash of what builds the network: the registry entry's builder and arguments, and the hash of
     the source file that defines it where the entry records one (a `python` entry)."""
-    what = {"builder": builder, "args": args, **({"source_sha256": source} if source is not None else {})}
-    blob = json.dumps(what, sort_keys=True, default=str).encode()
-    return hashlib.sha256(blob).hexdigest()[:6]
+    what = {"builder": builder, "args": args}
+    if source is not None:
+        what["source_sha256"] = source
+    return _digest(what)[:6]
 
 
 def _digest(obj) -> str:
@@ -228,10 +203,8 @@ def numbers_key(metrics: pd.DataFrame) -> str:
 
 
 def _read_run(run_dir: Path) -> dict | None:
-    """One run folder as a row, or None when it holds no recorded epoch (then it is not a run: a run
-    stopped before its first epoch ended). A diverged run is a result even with no epoch. Raises
-    `archbench.runs.DamagedRecord` when a record file cannot be read or the files disagree
-    (`archbench.runs.check_record`)."""
+    """One run folder as a row, or None when it holds no recorded epoch; `archbench.runs.DamagedRecord` when
+    a record file cannot be read or the files disagree."""
     config_path = run_dir / CONFIG
     config = upgrade_config(read_record(config_path))
 
@@ -265,24 +238,22 @@ def _read_run(run_dir: Path) -> dict | None:
 def _read_summary(
     summary_path: Path, summary: dict | None, history: list[EpochMetrics], thresholds: list[float], on_holdout: bool
 ) -> dict:
-    """summary.json as recorded (`summary`, in current names, already held to metrics.csv and config.json),
-    checked for its fields, with its per-threshold maps typed; rebuilt from metrics.csv's `history` when the run
-    has none yet (an interrupted run)."""
+    """summary.json as recorded (already checked against the other records), its fields checked and its
+    per-threshold maps typed; rebuilt from metrics.csv's `history` for a run that has none yet."""
     if summary is not None:
-        for key in SUMMARY_READ:
+        for key in ("status", *OUTCOME_FIELDS):  # the fields the report reads (`archbench.runs.Summary`)
             _field(summary, summary_path, key)
         if summary["status"] not in STATUSES:
             raise ArchbenchError(
                 f"{summary_path} has an unknown status '{summary['status']}'; rerun or delete that run"
             )
-    else:
-        summary = _summary_from_metrics(history, thresholds, on_holdout)
-    return {
-        **summary,
-        "epochs_to_threshold": _per_threshold(summary, summary_path, "epochs_to_threshold", int),
-        "seconds_to_threshold": _per_threshold(summary, summary_path, "seconds_to_threshold", float),
-        "images_to_threshold": _per_threshold(summary, summary_path, "images_to_threshold", int),
-    }
+    else:  # what summary.json would say, by the loop's own rules
+        summary = {"status": "interrupted", "diverged_at_step": None, **outcome(history, thresholds, on_holdout)}
+    kinds = {"epochs_to_threshold": int, "seconds_to_threshold": float, "images_to_threshold": int}
+    return summary | {key: _per_threshold(summary, summary_path, key, kind) for key, kind in kinds.items()}
+
+
+PROVENANCE = ("archbench_version", "git_commit", "git_dirty", "torch", "torchvision", "cuda", "device_name", "python")
 
 
 def _config_fields(config: dict, cfg, run_dir: Path, thresholds: list[float], on_holdout: bool) -> dict:
@@ -307,32 +278,24 @@ def _config_fields(config: dict, cfg, run_dir: Path, thresholds: list[float], on
         **{f.name: cfg("recipe").get(f.name) for f in dataclasses.fields(Recipe) if f.metadata["report"]},
         "image_size": int(cfg("image_size")),
         "thresholds": tuple(thresholds),
-        "gradnorm_steps": cfg("gradnorm_steps"),
-        "device": cfg("device"),
-        "precision": cfg("precision"),
+        **{key: cfg(key) for key in ("gradnorm_steps", "device", "precision")},
         "compile": bool(cfg("compile")),
         "compile_backend": config.get("compile_backend"),
         "world_size": cfg("world_size"),
         "synthetic": bool(cfg("data", "synthetic")),
         "dataset": str(cfg("data", "name")),
-        "fingerprint": cfg("data", "fingerprint"),
-        "num_classes": cfg("data", "num_classes"),
-        "train_size": cfg("data", "train_size"),
+        **{key: cfg("data", key) for key in ("fingerprint", "num_classes", "train_size")},
         "test_size": cfg("data").get("test_size", cfg("data").get("val_size")),
-        "builder": entry.get("builder"),
+        **{key: entry.get(key) for key in ("builder", "depth", "residual", "batch_norm")},
         "architecture": architecture_key(entry.get("builder"), entry.get("args"), entry.get("source_sha256")),
-        "depth": entry.get("depth"),
-        "residual": entry.get("residual"),
-        "batch_norm": entry.get("batch_norm"),
-        "archbench_version": cfg("provenance", "archbench_version"),
-        "git_commit": cfg("provenance", "git_commit"),
-        "git_dirty": cfg("provenance", "git_dirty"),
-        "torch": cfg("provenance", "torch"),
-        "torchvision": cfg("provenance", "torchvision"),
-        "cuda": cfg("provenance", "cuda"),
-        "device_name": cfg("provenance", "device_name"),
-        "python": cfg("provenance", "python"),
+        **{key: cfg("provenance", key) for key in PROVENANCE},
     }
+
+
+# summary.json's numbers that may be null (NaN in the row)
+NUMBERS = tuple(
+    "final_train_acc final_test_acc best_test_acc best_epoch best_holdout_acc test_acc_at_best_epoch".split()
+)
 
 
 def _summary_fields(summary: dict, metrics: pd.DataFrame) -> dict:
@@ -343,32 +306,18 @@ def _summary_fields(summary: dict, metrics: pd.DataFrame) -> dict:
         "finished_at": summary.get("finished_at"),
         "diverged_at_step": summary.get("diverged_at_step"),
         "epochs_completed": int(summary["epochs_completed"] or 0),
-        "final_train_acc": _num(summary["final_train_acc"]),
-        "final_test_acc": _num(summary["final_test_acc"]),
-        "best_test_acc": _num(summary["best_test_acc"]),
-        "best_epoch": _num(summary["best_epoch"]),
+        **{key: _num(summary[key]) for key in NUMBERS},
         "selected_on": summary["selected_on"],
-        "best_holdout_acc": _num(summary["best_holdout_acc"]),
-        "test_acc_at_best_epoch": _num(summary["test_acc_at_best_epoch"]),
-        "epochs_to_threshold": summary["epochs_to_threshold"],
-        "seconds_to_threshold": summary["seconds_to_threshold"],
-        "images_to_threshold": summary["images_to_threshold"],
+        **{key: summary[key] for key in ("epochs_to_threshold", "seconds_to_threshold", "images_to_threshold")},
         "parameters": _num(summary.get("parameters")),
         "gflops_224": _num(gflops.get("at_224")),
-        "peak_memory_mb": _num(summary.get("peak_memory_mb")),
+        **{key: _num(summary.get(key)) for key in ("peak_memory_mb", "compile_seconds", "train_seconds")},
         "peak_memory_kind": summary.get("peak_memory_kind"),
-        "compile_seconds": _num(summary.get("compile_seconds")),
-        "train_seconds": _num(summary.get("train_seconds")),
-        "clip_fraction": _clip_fraction(metrics),
+        # the fraction of the run's optimiser steps whose gradient clipping bound (every epoch has the same
+        # number of steps); NaN for a record from before clipping was recorded
+        "clip_fraction": float(metrics["clip_fraction"].mean()),
         "numbers_key": numbers_key(metrics),
     }
-
-
-def _clip_fraction(metrics: pd.DataFrame) -> float:
-    """The fraction of the run's optimiser steps whose gradient clipping bound (every epoch has the same
-    number of steps); NaN for a record from before clipping was recorded."""
-    values = metrics["clip_fraction"].dropna()
-    return float(values.mean()) if len(values) else math.nan
 
 
 class RunFolders(NamedTuple):
@@ -381,11 +330,7 @@ def load_runs(runs_dir: Path) -> RunFolders:
     """Every run folder `runs_dir/<model>/<run_id>/`: the runs, and the folders that hold no run."""
     runs_dir = Path(runs_dir)
     run_dirs = sorted(
-        d
-        for model_dir in (runs_dir.iterdir() if runs_dir.is_dir() else ())
-        if model_dir.is_dir() and not model_dir.name.startswith(".")
-        for d in model_dir.iterdir()
-        if d.is_dir() and not d.name.startswith(".")
+        d for d in runs_dir.glob("*/*") if d.is_dir() and not any(p.startswith(".") for p in (d.name, d.parent.name))
     )
     if not run_dirs:
         raise ArchbenchError(f"no runs found under {runs_dir}/; record some with `archbench run ...`")
@@ -414,49 +359,38 @@ def load_runs(runs_dir: Path) -> RunFolders:
     return RunFolders(runs, ignored, damaged)
 
 
-def select_runs(runs: pd.DataFrame, group: str) -> pd.DataFrame:
-    """`runs` with `selected` marking, per `group` value and seed, the newest completed run (or the newest
-    run when none completed), and `superseded_by` naming, for a run not selected, the one that is."""
-    runs = runs.sort_values([group, "seed", "started_at", "run_id"], ignore_index=True)
-    chosen = {}
-    for key, rows in runs.groupby([group, "seed"], sort=True):
-        completed = rows[rows["status"] == "completed"]
-        chosen[key] = (completed if len(completed) else rows).iloc[-1]["run_id"]
-    keys = list(zip(runs[group], runs["seed"]))
+def _completed_or_all(rows: pd.DataFrame) -> pd.DataFrame:
+    completed = rows[rows["status"] == "completed"]
+    return completed if len(completed) else rows
+
+
+def select_runs(runs: pd.DataFrame) -> pd.DataFrame:
+    """`runs` with `selected` marking, per label and seed, the newest completed run (or the newest run when
+    none completed), and `superseded_by` naming, for a run not selected, the one that is."""
+    runs = runs.sort_values(["label", "seed", "started_at", "run_id"], ignore_index=True)
+    groups = runs.groupby(["label", "seed"], sort=True)
+    chosen = {key: _completed_or_all(rows).iloc[-1]["run_id"] for key, rows in groups}
+    keys = list(zip(runs["label"], runs["seed"]))
     runs["selected"] = [chosen[k] == r for k, r in zip(keys, runs["run_id"])]
     runs["superseded_by"] = [None if s else chosen[k] for k, s in zip(keys, runs["selected"])]
     return runs
 
 
-def counted_runs(runs: pd.DataFrame, group: str) -> pd.DataFrame:
-    """Per `group` value, the selected runs that completed, or all its selected runs when none did."""
-    chosen = runs[runs["selected"]]
-    parts = []
-    for _, rows in chosen.groupby(group, sort=True):
-        completed = rows[rows["status"] == "completed"]
-        parts.append(completed if len(completed) else rows)
-    return pd.concat(parts, ignore_index=True)
+def counted_runs(runs: pd.DataFrame) -> pd.DataFrame:
+    """Per label, the selected runs that completed, or all its selected runs when none did."""
+    groups = runs[runs["selected"]].groupby("label", sort=True)
+    return pd.concat([_completed_or_all(rows) for _, rows in groups], ignore_index=True)
 
 
-def _stacked(runs: pd.DataFrame, name: str, columns: tuple[str, ...], text_columns: tuple[str, ...] = ()):
-    """One CSV file of every given run, stacked, with their label, model, seed and run_id columns."""
+def load_csvs(runs: pd.DataFrame, name: str = METRICS) -> pd.DataFrame:
+    """One CSV file (metrics.csv, or gradnorms.csv) of every given run, stacked, with their label, model, seed
+    and run_id columns."""
+    columns, text = {METRICS: (METRICS_COLUMNS, ()), GRADNORMS: (GRADNORM_COLUMNS, GRADNORM_TEXT_COLUMNS)}[name]
     frames = [
-        _read_csv(Path(r.path) / name, columns, text_columns).assign(
-            label=r.label, model=r.model, seed=r.seed, run_id=r.run_id
-        )
+        _read_csv(Path(r.path) / name, columns, text).assign(label=r.label, model=r.model, seed=r.seed, run_id=r.run_id)
         for r in runs.itertuples()
     ]
     return pd.concat(frames, ignore_index=True)
-
-
-def load_curves(runs: pd.DataFrame) -> pd.DataFrame:
-    """metrics.csv of the given runs, stacked."""
-    return _stacked(runs, METRICS, METRICS_COLUMNS)
-
-
-def load_gradnorms(runs: pd.DataFrame) -> pd.DataFrame:
-    """gradnorms.csv of the given runs, stacked."""
-    return _stacked(runs, GRADNORMS, GRADNORM_COLUMNS, GRADNORM_TEXT_COLUMNS)
 
 
 def holdout_loss_at_best_epoch(run_path: str, best_epoch: float) -> float | None:
@@ -488,11 +422,8 @@ def load_tuning_files(runs_dir: Path, label_of) -> list[TuningFile]:
 
 
 def load_latency(path: Path) -> pd.DataFrame | None:
-    """Median forward latency per model, batch and implementation from a pytest-benchmark JSON.
-
-    One row per (model, batch, image_size, device, memory_format, threads) with the medians of both
-    implementations in seconds (NaN where one was not measured). None when the file does not exist.
-    """
+    """Per model, batch and setting, the median forward latency of both implementations in seconds (NaN where
+    one was not measured) from a pytest-benchmark JSON; None when the file does not exist."""
     path = Path(path)
     if not path.exists():
         return None
@@ -516,9 +447,7 @@ def load_latency(path: Path) -> pd.DataFrame | None:
                 "model": str(info["model"]),
                 "batch": int(info["batch"]),
                 "image_size": int(info.get("image_size") or 0),
-                "device": str(info.get("device", "?")),
-                "memory_format": str(info.get("memory_format", "?")),
-                "threads": str(info.get("threads", "?")),
+                **{key: str(info.get(key, "?")) for key in ("device", "memory_format", "threads")},
                 "impl": str(info["impl"]),
                 "median": median,
             }
@@ -528,25 +457,11 @@ def load_latency(path: Path) -> pd.DataFrame | None:
         return pd.DataFrame(columns=[*keys, "archbench", "torchvision"])
     table = pd.DataFrame(rows).drop_duplicates(keys + ["impl"], keep="last")
     wide = table.pivot(index=keys, columns="impl", values="median").reset_index()
-    for impl in ("archbench", "torchvision"):
-        if impl not in wide.columns:
-            wide[impl] = float("nan")
-    return wide[[*keys, "archbench", "torchvision"]].sort_values(keys, ignore_index=True)
+    return wide.reindex(columns=[*keys, "archbench", "torchvision"]).sort_values(keys, ignore_index=True)
 
 
 GPU_SCRIPT = "bash benchmarks/gpu.sh"
-GPU_KEYS = (
-    "measured_at",
-    "device",
-    "driver",
-    "torch",
-    "cuda",
-    "git_commit",
-    "cpu_check",
-    "loop",
-    "model_only",
-    "goals",
-)
+GPU_KEYS = tuple("measured_at device driver torch cuda git_commit cpu_check loop model_only goals".split())
 
 
 def load_gpu_results(path: Path) -> dict | None:
@@ -564,11 +479,8 @@ def load_gpu_results(path: Path) -> dict | None:
 
 
 def load_bench_results(folder: Path) -> pd.DataFrame | None:
-    """The newest `archbench bench` result per model, device and settings in `folder` and in the folder
-    `benchmarks/gpu.sh` writes its bench results to beside it (`archbench.bench_results.GPU_SCRIPT_BENCH`: with the
-    defaults, benchmarks/results and benchmarks/gpu/bench), or None when there is none. Each row keeps the
-    name of its `file`; `source` is the folder of a row from the GPU script's folder (None for a row from
-    `folder`)."""
+    """The newest `archbench bench` result per model, device and settings in `folder` and in the GPU script's
+    folder beside it (`bench_results.GPU_SCRIPT_BENCH`), `source` naming the latter; None when there is none."""
     folder = Path(folder)
     frames = []
     for where in (folder.parent / bench_results.GPU_SCRIPT_BENCH, folder):  # on a tie in time, `folder`'s row wins

@@ -26,25 +26,29 @@ from archbench.report.gradient_measures import (
 from archbench.report.load import schema_note
 from archbench.report.speed import bench_part, gpu_part, latency_cell, latency_part
 from archbench.report.stats import finite
-from archbench.report.study import Study, thresholds_of
-from archbench.report.summary import CHANCE_RULE, resolution
+from archbench.report.study import Study
+from archbench.report.summary import CHANCE_RULE
 from archbench.report.text import (
     DASH,
     INTERVAL_RULE,
     TEST_RULES,
+    accuracy_resolution,
     ci,
     counts,
     epochs_cell,
     geometric_ci,
     join,
+    listing,
     md,
     never_cell,
     pct,
+    per_label,
     seeds_text,
     status_note,
     threshold_label,
     unique,
 )
+from archbench.report.thresholds import thresholds_of
 from archbench.runs import HOLDOUT, TEST
 
 VALIDATION = HOLDOUT  # a summary's `selected_on` (TEST: no holdout)
@@ -52,44 +56,40 @@ VALIDATION = HOLDOUT  # a summary's `selected_on` (TEST: no holdout)
 
 def header_section(study: Study) -> str:
     listed = study.listed
-    lines = ["# archbench report", ""]
-    synthetic = listed[listed["synthetic"]]
-    if len(synthetic):
-        lines += [
-            f"> **WARNING: SYNTHETIC DATA.** {len(synthetic)} of the {len(listed)} runs in this report trained on "
-            "synthetic images. No number in this report is a result on real images; they show that the code "
-            "runs end to end, nothing about how these architectures compare.",
-            "",
-        ]
-    return "\n".join(lines).rstrip()
+    synthetic = int(listed["synthetic"].sum())
+    if not synthetic:
+        return "# archbench report"
+    return (
+        f"# archbench report\n\n> **WARNING: SYNTHETIC DATA.** {synthetic} of the {len(listed)} runs in this report "
+        "trained on synthetic images. No number in this report is a result on real images; they show that the code "
+        "runs end to end, nothing about how these architectures compare."
+    )
 
 
 def notes_section(study: Study) -> str:
     """What follows the summary: notes on the data and records, and how to regenerate the report."""
-    listed, inputs = study.listed, study.inputs
-    lines = []
-    fingerprints = unique(listed["fingerprint"])
+    inputs = study.inputs
+    parts = []
+    fingerprints = unique(study.listed["fingerprint"])
     if len(fingerprints) > 1:
-        lines += [
+        parts.append(
             f"> **Note:** the runs used {len(fingerprints)} different datasets (fingerprints "
-            f"{', '.join(f[:12] for f in fingerprints)}); numbers from different datasets do not compare.",
-            "",
-        ]
-    for clash in study.clashes:
-        lines += [
-            f"> **WARNING: one name, several architectures.** Runs named {clash.model} built "
-            f"{len(clash.variants)} different networks: {'; '.join(clash.variants)}. They are shown apart, "
-            "tagged with a hash of the registry entry's builder and arguments, and never averaged together.",
-            "",
-        ]
+            f"{', '.join(f[:12] for f in fingerprints)}); numbers from different datasets do not compare."
+        )
+    parts += [
+        f"> **WARNING: one name, several architectures.** Runs named {clash.model} built "
+        f"{len(clash.variants)} different networks: {'; '.join(clash.variants)}. They are shown apart, "
+        "tagged with a hash of the registry entry's builder and arguments, and never averaged together."
+        for clash in study.clashes
+    ]
     if note := schema_note():
-        lines += [f"> **Older run records:** {note}.", ""]
-    lines += [
+        parts.append(f"> **Older run records:** {note}.")
+    parts.append(
         f"Regenerate with `{inputs.command}` (from this file's folder); every number here is read from the run "
         f"records under `{inputs.runs_label}/`. Every test is a row of REPORT-claims.csv; every run that counts "
-        "is a row of REPORT-results.csv.",
-    ]
-    return "\n".join(lines)
+        "is a row of REPORT-results.csv."
+    )
+    return "\n\n".join(parts)
 
 
 def methods_section(study: Study) -> str:
@@ -130,23 +130,20 @@ def _recipe_rows(chosen: pd.DataFrame) -> pd.DataFrame:
         if f.metadata["report"]
         and (f.name not in ADDED_RECIPE_FIELDS or chosen.get(f.name, pd.Series()).ne(ADDED_RECIPE_FIELDS[f.name]).any())
     ]
-    rows = []
-    for label, group in chosen.groupby("label", sort=True):
-        rows.append(
-            {
-                "model": label,
-                "preset": ", ".join(unique(group["preset"])),
-                "epochs": ", ".join(unique(group["epochs_planned"])),
-                "global batch": ", ".join(unique(group["global_batch_size"])),
-                "image size": ", ".join(unique(group["image_size"])),
-                "lr": ", ".join(sorted({f"{lr:g}" for lr in group["lr"]})),
-                "lr source": ", ".join(unique(group["lr_source"])),
-                "registry lr_scale": ", ".join(f"{s:g}" for s in sorted(set(finite(group["lr_scale"])))) or DASH,
-                **{f.metadata["report"]: _recipe_cell(group[f.name]) for f in reported},
-                "holdout split": ", ".join(sorted({"yes" if v else "no" for v in group["holdout"]})),
-            }
-        )
-    return pd.DataFrame(rows)
+    return per_label(
+        chosen,
+        lambda _, group: {
+            "preset": listing(group["preset"]),
+            "epochs": listing(group["epochs_planned"]),
+            "global batch": listing(group["global_batch_size"]),
+            "image size": listing(group["image_size"]),
+            "lr": ", ".join(sorted({f"{lr:g}" for lr in group["lr"]})),
+            "lr source": listing(group["lr_source"]),
+            "registry lr_scale": ", ".join(f"{s:g}" for s in sorted(set(finite(group["lr_scale"])))) or DASH,
+            **{f.metadata["report"]: _recipe_cell(group[f.name]) for f in reported},
+            "holdout split": ", ".join(sorted({"yes" if v else "no" for v in group["holdout"]})),
+        },
+    )
 
 
 def _recipe_cell(values: pd.Series) -> str:
@@ -159,55 +156,43 @@ def _recipe_cell(values: pd.Series) -> str:
 def provenance_section(study: Study) -> str:
     runs = study.runs
     chosen = runs[runs["selected"]]
-    data = sorted(
-        {
-            f"{r.dataset} ({'SYNTHETIC' if r.synthetic else 'real images'}, {r.num_classes} classes, "
-            f"{r.train_size} train / {r.test_size} test images, fingerprint {str(r.fingerprint)[:12]})"
-            for r in chosen.itertuples()
-        }
-    )
-    commits = sorted(
-        {f"{str(r.git_commit)[:12]}{' (uncommitted changes)' if r.git_dirty else ''}" for r in chosen.itertuples()}
-    )
-    seeds = sorted({f"{m}: {seeds_text(g)}" for m, g in chosen.groupby("label", sort=True)})
-    devices = sorted(
-        {f"{r.device_name} ({r.device}, {r.precision}, {r.world_size} process(es))" for r in chosen.itertuples()}
-    )
+
+    def each(text, sep: str = "; ") -> str:  # the distinct texts `text(run)` gives over the chosen runs
+        return sep.join(sorted({text(r) for r in chosen.itertuples()}))
+
     finished = unique(chosen["finished_at"])
-    rows = [
-        ("data", "; ".join(data)),
-        ("devices", "; ".join(devices)),
-        ("archbench", ", ".join(unique(chosen["archbench_version"]))),
-        ("torch / torchvision", "; ".join(sorted({f"{r.torch} / {r.torchvision}" for r in chosen.itertuples()}))),
-        ("CUDA", ", ".join(unique(chosen["cuda"])) or "none (CPU)"),
-        ("python", ", ".join(unique(chosen["python"]))),
-        ("git commits", ", ".join(commits)),
-        ("presets", ", ".join(unique(chosen["preset"]))),
-        ("seeds", "; ".join(seeds)),
-        ("runs started", f"{chosen['started_at'].min()} to {chosen['started_at'].max()}"),
-        ("last run finished", finished[-1] if finished else DASH),
-        (
-            "run folders read",
-            f"{len(runs)} study runs ({int(chosen.shape[0])} counted; the others are listed under Run records)",
-        ),
-    ]
-    if len(study.trials):
-        rows.append(
-            (
-                "tuning trials",
-                f"{len(study.trials)} (shown under Learning-rate sensitivity only; never in the other tables)",
+    rows = {
+        "data": each(
+            lambda r: (
+                f"{r.dataset} ({'SYNTHETIC' if r.synthetic else 'real images'}, {r.num_classes} classes, "
+                f"{r.train_size} train / {r.test_size} test images, fingerprint {str(r.fingerprint)[:12]})"
             )
+        ),
+        "devices": each(lambda r: f"{r.device_name} ({r.device}, {r.precision}, {r.world_size} process(es))"),
+        "archbench": listing(chosen["archbench_version"]),
+        "torch / torchvision": each(lambda r: f"{r.torch} / {r.torchvision}"),
+        "CUDA": listing(chosen["cuda"]) or "none (CPU)",
+        "python": listing(chosen["python"]),
+        "git commits": each(
+            lambda r: f"{str(r.git_commit)[:12]}{' (uncommitted changes)' if r.git_dirty else ''}", ", "
+        ),
+        "presets": listing(chosen["preset"]),
+        "seeds": "; ".join(sorted({f"{m}: {seeds_text(g)}" for m, g in chosen.groupby("label", sort=True)})),
+        "runs started": f"{chosen['started_at'].min()} to {chosen['started_at'].max()}",
+        "last run finished": finished[-1] if finished else DASH,
+        "run folders read": f"{len(runs)} study runs ({len(chosen)} counted; the others are listed under Run records)",
+    }
+    if len(study.trials):
+        rows["tuning trials"] = (
+            f"{len(study.trials)} (shown under Learning-rate sensitivity only; never in the other tables)"
         )
     if study.ignored:
-        rows.append(
-            (
-                "folders without a recorded epoch",
-                f"{len(study.ignored)}, ignored (stopped before their first epoch ended): {', '.join(study.ignored)}",
-            )
+        rows["folders without a recorded epoch"] = (
+            f"{len(study.ignored)}, ignored (stopped before their first epoch ended): {', '.join(study.ignored)}"
         )
     return "\n\n".join(
         [
-            "\n".join(f"- {name}: {value}" for name, value in rows),
+            "\n".join(f"- {name}: {value}" for name, value in rows.items()),
             "Training recipe per model (\"lr source\" says whether the learning rate is the preset's, the preset's "
             "times the registry entry's `lr_scale`, set with `--lr`, or tuned per model on the holdout; "
             '"grad clip" is the global gradient-norm bound, — where none; "holdout split": whether the run '
@@ -215,6 +200,11 @@ def provenance_section(study: Study) -> str:
             md(_recipe_rows(chosen)),
         ]
     )
+
+
+def _whole(value) -> str:
+    """A whole number as a cell, — for none."""
+    return DASH if value is None or pd.isna(value) else str(int(value))
 
 
 def _compile_cell(group: pd.DataFrame) -> str:
@@ -227,28 +217,25 @@ def _compile_cell(group: pd.DataFrame) -> str:
 
 def architectures_section(study: Study) -> str:
     counted, latency = study.counted, study.latency
-    rows = []
-    for label, group in counted.groupby("label", sort=True):
+
+    def row(_, group: pd.DataFrame) -> dict:
         first = group.iloc[0]
-        params = finite(group["parameters"])
-        gflops = finite(group["gflops_224"])
-        rows.append(
-            {
-                "model": label,
-                "depth": DASH if first["depth"] is None or pd.isna(first["depth"]) else str(int(first["depth"])),
-                "residual": "yes" if first["residual"] else "no",
-                "BN": "yes" if first["batch_norm"] else "no",
-                "parameters": f"{int(params[0]):,}" if params else DASH,
-                "GFLOPs @224": f"{gflops[0]:.4f}" if gflops else DASH,
-                "peak memory (MB)": ci(group["peak_memory_mb"], ",.0f"),
-                "compile (s)": _compile_cell(group),
-                "latency b1 (ms)": latency_cell(latency, first["model"], 1),
-                "latency b32 (ms)": latency_cell(latency, first["model"], 32),
-            }
-        )
+        params, gflops = finite(group["parameters"]), finite(group["gflops_224"])
+        return {
+            "depth": _whole(first["depth"]),
+            "residual": "yes" if first["residual"] else "no",
+            "BN": "yes" if first["batch_norm"] else "no",
+            "parameters": f"{int(params[0]):,}" if params else DASH,
+            "GFLOPs @224": f"{gflops[0]:.4f}" if gflops else DASH,
+            "peak memory (MB)": ci(group["peak_memory_mb"], ",.0f"),
+            "compile (s)": _compile_cell(group),
+            "latency b1 (ms)": latency_cell(latency, first["model"], 1),
+            "latency b32 (ms)": latency_cell(latency, first["model"], 32),
+        }
+
     kinds = unique(counted["peak_memory_kind"])
     parts = [
-        md(pd.DataFrame(rows)),
+        md(per_label(counted, row)),
         "Depth counts the conv and linear weight layers on the main path. GFLOPs: fvcore at 224x224 in eval "
         "mode; fvcore counts one fused multiply-add as one flop (so these are GMACs; PyTorch's own "
         "`FlopCounterMode` counts 2 per multiply-add and reports about twice as much). "
@@ -277,55 +264,33 @@ def _val_chosen_cell(group: pd.DataFrame, res: str) -> str:
 def accuracy_section(study: Study) -> str:
     runs, counted = study.runs, study.counted
     chosen = runs[runs["selected"]]
-    res = resolution(study)  # what "all n seeds equal" is equal to within, as on the first screen
-    rows = []
-    for label, group in counted.groupby("label", sort=True):
-        rows.append(
-            {
-                "model": label,
-                "n": str(len(group)),
-                "status": status_note(chosen[chosen["label"] == label], group),
-                "final train acc (%)": pct(group["final_train_acc"]),
-                "final test acc (%)": pct(group["final_test_acc"], res),
-                "best epoch chosen on": _chosen_on(group),
-                "test acc at holdout-chosen epoch (%)": _val_chosen_cell(group, res),
-                "best test acc, test-selected (%)": pct(group["best_test_acc"], res),
-                "best epoch": epochs_cell(group["best_epoch"]),
-                "epochs run": counts(group["epochs_completed"]),
-            }
-        )
+    res = accuracy_resolution(counted)  # what "all n seeds equal" is equal to within, as on the first screen
+    wide = per_label(
+        counted,
+        lambda label, group: {
+            "n": str(len(group)),
+            "status": status_note(chosen[chosen["label"] == label], group),
+            "final train acc (%)": pct(group["final_train_acc"]),
+            "final test acc (%)": pct(group["final_test_acc"], res),
+            "best epoch chosen on": _chosen_on(group),
+            "test acc at holdout-chosen epoch (%)": _val_chosen_cell(group, res),
+            "best test acc, test-selected (%)": pct(group["best_test_acc"], res),
+            "best epoch": epochs_cell(group["best_epoch"]),
+            "epochs run": counts(group["epochs_completed"]),
+        },
+    )
     ref = references.REPRODUCTION
     tiny = dataset_family(counted["dataset"]) == TINY_IMAGENET
     if tiny:
-        rows.append(
-            {
-                "model": f"*reference: {ref.model}*",
-                "n": DASH,
-                "status": "*reference (not an archbench run)*",
-                "final train acc (%)": f"{ref.train_acc:.2f}",
-                "final test acc (%)": f"{ref.test_acc:.2f}",
-                "best epoch chosen on": DASH,
-                "test acc at holdout-chosen epoch (%)": DASH,
-                "best test acc, test-selected (%)": DASH,
-                "best epoch": DASH,
-                "epochs run": DASH,
-            }
-        )
-    published = pd.DataFrame(
-        [
-            {
-                "archbench model": p.model,
-                "as published": p.label,
-                "dataset": p.dataset,
-                "protocol": p.protocol,
-                "metric": p.metric,
-                "value": p.value,
-                "source": p.source,
-            }
-            for p in references.PUBLISHED
-        ]
-    )
-    wide = pd.DataFrame(rows)
+        wide.loc[len(wide)] = {
+            **dict.fromkeys(wide.columns, DASH),
+            "model": f"*reference: {ref.model}*",
+            "status": "*reference (not an archbench run)*",
+            "final train acc (%)": f"{ref.train_acc:.2f}",
+            "final test acc (%)": f"{ref.test_acc:.2f}",
+        }
+    published = pd.DataFrame(map(dataclasses.asdict, references.PUBLISHED))
+    published = published.rename(columns={"model": "archbench model", "label": "as published"})
     first = ["model", "n", "status", "final train acc (%)", "final test acc (%)"]
     notes = [
         "n: seeds behind each row. Which split chose what: final train and test accuracy are those of the last "
@@ -367,41 +332,39 @@ def _device_hours(group: pd.DataFrame, t: float) -> list[float]:
     ]
 
 
-def _time_to_result(counted: pd.DataFrame, thresholds: list[float]) -> pd.DataFrame:
-    rows = []
-    for label, group in counted.groupby("label", sort=True):
-        for t in thresholds:
-            reached = _reached(group, t)
-            every = len(reached) == len(group)
-            never = never_cell(len(reached), len(group))
-            rows.append(
-                {
-                    "model": label,
-                    "threshold": threshold_label(t),
-                    "seeds reached": f"{len(reached)}/{len(group)}",
-                    "epochs": _threshold_cell(group, t),
-                    "training seconds": ci(_reached(group, t, "seconds_to_threshold"), ".1f") if every else never,
-                    "device-hours": ci(_device_hours(group, t), ".3g") if every else never,
-                    "images": ci(_reached(group, t, "images_to_threshold"), ",.0f") if every else never,
-                    "device": "; ".join(sorted({f"{r.device_name} x{r.world_size}" for r in group.itertuples()})),
-                }
-            )
-    return pd.DataFrame(rows)
+def _time_to_result(counted: pd.DataFrame, t: float) -> pd.DataFrame:
+    def row(_, group: pd.DataFrame) -> dict:
+        reached = _reached(group, t)
+        every = len(reached) == len(group)
+        never = never_cell(len(reached), len(group))
+        return {
+            "threshold": threshold_label(t),
+            "seeds reached": f"{len(reached)}/{len(group)}",
+            "epochs": _threshold_cell(group, t),
+            "training seconds": ci(_reached(group, t, "seconds_to_threshold"), ".1f") if every else never,
+            "device-hours": ci(_device_hours(group, t), ".3g") if every else never,
+            "images": ci(_reached(group, t, "images_to_threshold"), ",.0f") if every else never,
+            "device": "; ".join(sorted({f"{r.device_name} x{r.world_size}" for r in group.itertuples()})),
+        }
+
+    return per_label(counted, row)
 
 
 def convergence_section(study: Study) -> str:
     counted = study.chosen  # every chosen run: a diverged seed counts as never reaching a threshold
     thresholds = thresholds_of(counted)
-    rows = []
-    for label, group in counted.groupby("label", sort=True):
-        row = {"model": label, "n": str(len(group)), "epochs run": counts(group["epochs_completed"])}
-        for t in thresholds:
-            row[f"epochs to {threshold_label(t)}"] = _threshold_cell(group, t)
-        rows.append(row)
+    table = per_label(
+        counted,
+        lambda _, group: {
+            "n": str(len(group)),
+            "epochs run": counts(group["epochs_completed"]),
+            **{f"epochs to {threshold_label(t)}": _threshold_cell(group, t) for t in thresholds},
+        },
+    )
     claim = references.CONVERGENCE
     return "\n\n".join(
         [
-            md(pd.DataFrame(rows)),
+            md(table),
             "Epochs until the test accuracy first reaches each threshold, over every chosen seed (diverged ones "
             "included): mean ± 95% interval when every seed reached it; ∞ (reached/total) when one did not "
             "(AlgoPerf counts a run that never reaches the target as infinite time; no mean of the others is given).",
@@ -409,7 +372,7 @@ def convergence_section(study: Study) -> str:
             "and compilation excluded): training seconds until the epoch that first reached it, device-hours = "
             "those seconds x processes / 3600 (GPU-hours on GPU runs; the device column says which hardware), and "
             "the training images seen by then; mean ± 95% interval when every seed reached it, else ∞ (reached/total):",
-            md(_time_to_result(counted, [] if study.main_threshold is None else [study.main_threshold])),
+            md(pd.DataFrame() if study.main_threshold is None else _time_to_result(counted, study.main_threshold)),
             f'> Reference claim, from {claim.source}: "{claim.quote}". It does not say which accuracy counts '
             "as converged, so its epochs are not directly comparable to a threshold column.\n>\n"
             "> He et al. 2016 (§4.1, plain-18 against ResNet-18 on ImageNet): "
@@ -418,70 +381,53 @@ def convergence_section(study: Study) -> str:
     )
 
 
-def _bin_headers() -> list[str]:
-    return [f"{100 * b // DEPTH_BINS}-{100 * (b + 1) // DEPTH_BINS}% depth" for b in range(DEPTH_BINS)]
-
-
 def _by_bins(bins: pd.DataFrame, windows: list[tuple[str, str]], fmt: str) -> pd.DataFrame:
     """Per label and window (column, name): per depth bin, the mean over seeds of each run's mean over the
     bin's layers, with its t half-width; n once per row, and in a cell only where fewer seeds have a value."""
+    headers = [f"{100 * b // DEPTH_BINS}-{100 * (b + 1) // DEPTH_BINS}% depth" for b in range(DEPTH_BINS)]
     rows = []
     for label, g in bins.groupby("label", sort=True):
         seeds = g["run_id"].nunique()
         for name, title in windows:
             row = {"model": label, "measured at": title, "weight layers": counts(g["layers"]), "n": str(seeds)}
-            for b, header in enumerate(_bin_headers()):
-                row[header] = ci(g.loc[g["bin"] == b, name], fmt, seeds=seeds)
-            rows.append(row)
+            rows.append(row | {h: ci(g.loc[g["bin"] == b, name], fmt, seeds=seeds) for b, h in enumerate(headers)})
     return pd.DataFrame(rows)
 
 
 def _size_rows(per_run: pd.DataFrame, window: str) -> pd.DataFrame:
-    rows = []
-    g2w = "grad_to_weight"
-    for label, g in per_run.groupby("label", sort=True):
-        rows.append(
-            {
-                "model": label,
-                "n": str(len(g)),
-                "first layer": ", ".join(unique(g["first_layer"])),
-                "last layer": ", ".join(unique(g["last_layer"])),
-                "first, step 0": ci(g[f"first_{column(g2w, STEP0)}"], ".3g"),
-                "last, step 0": ci(g[f"last_{column(g2w, STEP0)}"], ".3g"),
-                "first / last, step 0": geometric_ci(g[f"ratio_{STEP0}"], ".3g"),
-                f"first, {window}": ci(g[f"first_{column(g2w, EARLY)}"], ".3g"),
-                f"last, {window}": ci(g[f"last_{column(g2w, EARLY)}"], ".3g"),
-                f"first / last, {window}": geometric_ci(g[f"ratio_{EARLY}"], ".3g"),
-            }
-        )
-    return pd.DataFrame(rows)
+    def row(_, g: pd.DataFrame) -> dict:
+        cells = {"n": str(len(g)), "first layer": listing(g["first_layer"]), "last layer": listing(g["last_layer"])}
+        for key, title in ((STEP0, "step 0"), (EARLY, window)):
+            for end in ("first", "last"):
+                cells[f"{end}, {title}"] = ci(g[f"{end}_{column('grad_to_weight', key)}"], ".3g")
+            cells[f"first / last, {title}"] = geometric_ci(g[f"ratio_{key}"], ".3g")
+        return cells
+
+    return per_label(per_run, row)
 
 
 def _other_size_rows(per_run: pd.DataFrame) -> pd.DataFrame:
-    rows = []
-    for label, g in per_run.groupby("label", sort=True):
-        row = {"model": label}
-        for measure in SIZES[1:]:
-            for end in ("first", "last"):
-                row[f"{SYMBOLS[measure]} {end}"] = ci(g[f"{end}_{column(measure, EARLY)}"], ".3g")
-        rows.append(row)
-    return pd.DataFrame(rows)
+    return per_label(
+        per_run,
+        lambda _, g: {
+            f"{SYMBOLS[measure]} {end}": ci(g[f"{end}_{column(measure, EARLY)}"], ".3g")
+            for measure in SIZES[1:]
+            for end in ("first", "last")
+        },
+    )
 
 
 def _cosine_rows(per_run: pd.DataFrame) -> pd.DataFrame:
-    rows = []
-    for label, g in per_run.groupby("label", sort=True):
-        rows.append(
-            {
-                "model": label,
-                "n": str(len(g)),
-                "first layer": ", ".join(unique(g["first_layer"])),
-                "first-layer cosine": ci(g[f"first_{column(COSINE, EARLY)}"], ".3f"),
-                "last layer": ", ".join(unique(g["last_layer"])),
-                "last-layer cosine": ci(g[f"last_{column(COSINE, EARLY)}"], ".3f"),
-            }
-        )
-    return pd.DataFrame(rows)
+    return per_label(
+        per_run,
+        lambda _, g: {
+            "n": str(len(g)),
+            "first layer": listing(g["first_layer"]),
+            "first-layer cosine": ci(g[f"first_{column(COSINE, EARLY)}"], ".3f"),
+            "last layer": listing(g["last_layer"]),
+            "last-layer cosine": ci(g[f"last_{column(COSINE, EARLY)}"], ".3f"),
+        },
+    )
 
 
 def _zero_at_start(by_depth: pd.DataFrame) -> list[str]:
@@ -587,12 +533,8 @@ def run_records_section(study: Study) -> str:
                         "run id": bad["run_id"],
                         "status": bad["status"],
                         "epochs completed": bad["epochs_completed"].astype(str),
-                        "diverged at step": [
-                            DASH if v is None or pd.isna(v) else str(int(v)) for v in bad["diverged_at_step"]
-                        ],
-                        "non-finite in epoch": [
-                            DASH if v is None or pd.isna(v) else str(int(v)) for v in bad["diverged_at_epoch"]
-                        ],
+                        "diverged at step": bad["diverged_at_step"].map(_whole),
+                        "non-finite in epoch": bad["diverged_at_epoch"].map(_whole),
                         "started": bad["started_at"],
                         "in the tables": [
                             "yes (no completed run for this seed)" if s else f"no (run {b} of this seed completed)"

@@ -1,17 +1,10 @@
-"""Learning-rate sensitivity: validation accuracy against the rate, per model, from the tuning trials.
-
-Sources: the tuning trials recorded as runs (config `tuning_trial`) and the tuning files `archbench tune`
-writes (`archbench.tuning`); a trial listed in both counts once. The chosen rate is the tuning file's
-choice where a file tuned the model, else the same rule (`archbench.tuning.choose`) applied to the
-recorded trials. Tuneability, after DeepOBS: how far a model's validation accuracy moves between its
-best rate and its default one, the rate the preset gives it (the preset's lr, scaled to the batch, times
-the registry entry's `lr_scale`).
-"""
+"""Learning-rate sensitivity from the tuning trials and tuning files: validation accuracy against the rate
+per model, the chosen and default rates, and DeepOBS's tuneability (docs/report.md)."""
 
 from __future__ import annotations
 
 import math
-from typing import NamedTuple, Protocol
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -21,6 +14,9 @@ from archbench.errors import ArchbenchError
 from archbench.report.load import TuningFile, holdout_loss_at_best_epoch
 from archbench.report.text import DASH, md, pct
 from archbench.tuning import ALL_DIVERGED, CHOSEN, TIE, Trial, choose
+
+if TYPE_CHECKING:
+    from archbench.report.study import Study
 
 RECORDS = "the recorded trials"
 
@@ -246,31 +242,7 @@ def _grid_rows(s: Sensitivity) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-class _RunsLabel(Protocol):
-    @property
-    def runs_label(self) -> str: ...
-
-
-class _SensitivityFigure(Protocol):
-    @property
-    def lr_sensitivity(self) -> str: ...
-
-
-class SensitivityInputs(Protocol):
-    """What the section reads of the report's `Study`: the sensitivity, how the runs folder is named, and
-    the figure's file."""
-
-    @property
-    def sensitivity(self) -> Sensitivity | None: ...
-
-    @property
-    def inputs(self) -> _RunsLabel: ...
-
-    @property
-    def figures(self) -> _SensitivityFigure: ...
-
-
-def sensitivity_section(study: SensitivityInputs) -> str | None:
+def sensitivity_section(study: Study) -> str | None:
     s = study.sensitivity
     if s is None:
         return None

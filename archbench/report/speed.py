@@ -32,6 +32,11 @@ def value_cell(value) -> str:
     return str(value)
 
 
+def _rows_table(rows: list[dict], columns) -> str:
+    """A table of `rows` (dicts), a column per (key, header) of `columns`, every value a `value_cell`."""
+    return md(pd.DataFrame({header: [value_cell(r.get(key)) for r in rows] for key, header in columns}))
+
+
 def latency_cell(latency: pd.DataFrame | None, model: str, batch: int) -> str:
     if latency is None:
         return NOT_MEASURED
@@ -108,23 +113,19 @@ def bench_part(study: Study) -> list[str]:
     bench, label = study.bench, study.inputs.bench_label
     if bench is None:
         return [f"Throughput (`archbench bench`): not measured (no result files in `{label}/`; run `{BENCH_COMMAND}`)."]
-    sources = list(bench["source"]) if "source" in bench.columns else [None] * len(bench)
-    gpu_folders = sorted({study.inputs.relative(s) for s in sources if s})
-    table = {}
-    for key, header in BENCH_COLUMNS:
-        values = bench[key] if key in bench.columns else [None] * len(bench)
-        if key == "git_commit":
-            values = [None if v is None else str(v)[:12] for v in values]
-        if key == "file":  # a row from the GPU script's folder names that folder
-            values = [f"{study.inputs.relative(s)}/{v}" if s else v for s, v in zip(sources, values)]
-        table[header] = [value_cell(v) for v in values]
+    rows = bench.to_dict("records")
+    gpu_folders = sorted({study.inputs.relative(r["source"]) for r in rows if r["source"]})
+    for r in rows:
+        r["git_commit"] = None if r.get("git_commit") is None else str(r["git_commit"])[:12]
+        if r["source"]:  # a row from the GPU script's folder names that folder
+            r["file"] = f"{study.inputs.relative(r['source'])}/{r['file']}"
     where = f"`{label}/`" + "".join(f" and `{g}/` (written by {GPU_SCRIPT})" for g in gpu_folders)
     return [
         f"Throughput from `archbench bench` (the newest result per model, device and settings in {where}; each "
         "model measured in its own process; model only: synthetic batches already on the device; end to end: "
         'the training loop\'s own input pipeline; "batch" is the batch measured, smaller than the one asked '
         "for when that ran out of memory):",
-        md(pd.DataFrame(table)),
+        _rows_table(rows, BENCH_COLUMNS),
     ]
 
 
@@ -146,10 +147,6 @@ MODEL_ONLY_COLUMNS = (
     ("transform_over_forward", "batch transform / forward"),
 )
 GOAL_COLUMNS = (("goal", "goal"), ("value", "value"), ("target", "target"), ("met", "met"))
-
-
-def _rows_table(rows: list[dict], columns) -> str:
-    return md(pd.DataFrame({header: [value_cell(r.get(key)) for r in rows] for key, header in columns}))
 
 
 def gpu_part(study: Study) -> list[str]:

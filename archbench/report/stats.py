@@ -1,14 +1,5 @@
-"""Statistics over seeds: confidence intervals, tests of a difference, and Holm's adjustment per family.
-
-Every mean the report prints comes with a 95% confidence interval from Student's t over the seeds
-(`t_interval`). Every difference is tested once (`compare`, `one_sample`): a paired t-test on the seeds both
-sides ran (a seed fixes the initialisation and the data order, so seeds pair up; a seed only one side ran is
-dropped and named, `Comparison.dropped`), Welch's t-test only when fewer than two seeds are shared; when
-every seed shows the same difference the t statistic is undefined and the exact sign-flip test decides
-(with n seeds its smallest p is 2 / 2^n: 0.25 at 3 seeds, so it resolves nothing below 6). Times to a
-threshold, where a run that never arrived is ∞, are compared by exact rank tests (`compare_times`). The
-p-values of one family of claims are adjusted together (`holm`).
-"""
+"""Statistics over seeds: Student's t intervals, tests of a difference (`compare`, `compare_times`,
+`one_sample`) and Holm's adjustment per family. Which test decides when is in docs/report.md."""
 
 from __future__ import annotations
 
@@ -61,9 +52,8 @@ def t_interval(values, confidence: float = CONFIDENCE) -> Interval:
 @dataclass(frozen=True)
 class Comparison:
     """A test of mean(a) - mean(b) over seeds (or, for `one_sample`, of mean(a) against 0). `test` names the
-    test (PAIRED, WELCH, SIGN_FLIP, PERMUTATION, ONE_SAMPLE) or is None when nothing can be tested (fewer
-    than two seeds on a side); `p` is then NaN. `constant` is the difference every seed showed, when the
-    per-seed differences (or the values of a one-sample test) are all the same."""
+    test or is None when nothing can be tested (fewer than two seeds on a side; `p` is then NaN). `constant`
+    is the difference every seed showed, when the per-seed differences (or one-sample values) are all alike."""
 
     mean_a: float
     mean_b: float
@@ -86,31 +76,33 @@ class Comparison:
 
 
 def sign_flip_p(n: int, difference: float) -> float:
-    """Exact two-sided sign-flip p of n paired differences that all equal `difference`: of the 2^n sign
-    patterns equally likely under no difference, the two with every sign alike are as extreme as this one."""
+    """Exact two-sided sign-flip p of n paired differences that all equal `difference` (2 of 2^n patterns)."""
     return 1.0 if difference == 0 else min(1.0, 2.0 / 2**n)
 
 
-def compare(a: dict[int, float], b: dict[int, float]) -> Comparison:
-    """Test a difference of means between two models, each given as {seed: value}.
+def _paired(a: dict[int, float], b: dict[int, float]):
+    """`a` and `b` on their shared seeds (when at least two) and the seeds each side lost; else as they are."""
+    shared = a.keys() & b.keys()
+    if len(shared) < 2:
+        return a, b, ((), ())
+    dropped = (tuple(sorted(a.keys() - shared)), tuple(sorted(b.keys() - shared)))
+    return {s: a[s] for s in sorted(shared)}, {s: b[s] for s in sorted(shared)}, dropped
 
-    Paired t-test on the seeds both ran when they share at least two (the others dropped, named in
-    `dropped`, the means over the shared seeds); when every per-seed difference is the same d (the t
-    statistic is undefined), the exact sign-flip test (`sign_flip_p`), never Welch. Welch's t-test when
-    fewer than two seeds are shared; when neither side varies, the exact permutation test (two of the
-    C(n_a + n_b, n_a) splits are as extreme). Non-finite values are dropped with their seed first.
-    """
+
+def _sides(va: list[float], vb: list[float]) -> tuple[float, float, int, int]:
+    """Each side's mean (NaN for none; ∞ when a value is ∞) and count."""
+    return (float(np.mean(va)) if va else math.nan, float(np.mean(vb)) if vb else math.nan, len(va), len(vb))
+
+
+def compare(a: dict[int, float], b: dict[int, float]) -> Comparison:
+    """Test a difference of means between two models, each given as {seed: value}: paired t on the shared
+    seeds (the exact sign-flip test when every difference is the same), else Welch (the exact permutation test
+    when neither side varies). Non-finite values are dropped with their seed first."""
     a = {s: float(v) for s, v in a.items() if finite([v])}
     b = {s: float(v) for s, v in b.items() if finite([v])}
-    shared = a.keys() & b.keys()
-    dropped: tuple[tuple[int, ...], tuple[int, ...]] = ((), ())
-    if len(shared) >= 2 and a.keys() != b.keys():
-        dropped = (tuple(sorted(a.keys() - shared)), tuple(sorted(b.keys() - shared)))
-        a, b = {s: a[s] for s in shared}, {s: b[s] for s in shared}
+    a, b, dropped = _paired(a, b)
     va, vb = [a[s] for s in sorted(a)], [b[s] for s in sorted(b)]
-    mean_a = float(np.mean(va)) if va else math.nan
-    mean_b = float(np.mean(vb)) if vb else math.nan
-    sides = (mean_a, mean_b, len(va), len(vb))
+    sides = _sides(va, vb)
     if len(va) < 2 or len(vb) < 2:
         return Comparison(*sides, None, math.nan)
     with warnings.catch_warnings():  # scipy warns of precision loss on nearly equal values; the guards decide
@@ -123,7 +115,7 @@ def compare(a: dict[int, float], b: dict[int, float]) -> Comparison:
             result = scipy_stats.ttest_rel(va, vb)
             return Comparison(*sides, PAIRED, float(result.pvalue), float(result.statistic), None, dropped)
         if _no_spread(va) and _no_spread(vb):
-            d = mean_a - mean_b
+            d = sides[0] - sides[1]
             p = 1.0 if d == 0 else min(1.0, 2.0 / math.comb(len(va) + len(vb), len(va)))
             return Comparison(*sides, PERMUTATION, p, d, d)
         result = scipy_stats.ttest_ind(va, vb, equal_var=False)
@@ -134,28 +126,21 @@ def _exact_two_sided(observed: float, statistics: np.ndarray) -> float:
     return float(np.mean(np.abs(statistics) >= abs(observed) - 1e-9))
 
 
-def _mean(values: list[float]) -> float:
-    return float(np.mean(values)) if values else math.nan  # ∞ when a value is ∞
-
-
 MOST_SEEDS = 16  # exact enumeration up to 2^16 sign patterns; beyond, the normal approximation of the same statistic
 
 
 def compare_times(a: dict[int, float], b: dict[int, float]) -> Comparison:
-    """Test times to a threshold (fewer is sooner) where a run that never reached it is ∞: a lower bound,
-    not a value, so it ranks above every finite time and no mean is taken of it (the mean is then ∞).
-
-    On the seeds both ran (at least two; the others dropped and named): the exact Wilcoxon signed-rank test
-    over all 2^n sign patterns of the ranked |differences| (ties average their ranks; a zero difference,
-    ∞ against ∞ included, is left out). Fewer shared seeds: the exact rank-sum test over all splits. The
-    statistic is the signed-rank sum (or the rank sum of a minus its expectation)."""
+    """Test times to a threshold (fewer is sooner), a run that never reached it ∞ (ranked above every finite
+    time; a mean with an ∞ is ∞): the exact signed-rank test on the shared seeds, else the exact rank-sum
+    test. The statistic is the signed-rank sum (or the rank sum of a minus its expectation)."""
     a = {s: float(v) for s, v in a.items() if v is not None and not math.isnan(float(v))}
     b = {s: float(v) for s, v in b.items() if v is not None and not math.isnan(float(v))}
-    shared = sorted(a.keys() & b.keys())
-    if len(shared) >= 2:
-        dropped = (tuple(sorted(a.keys() - set(shared))), tuple(sorted(b.keys() - set(shared))))
-        va, vb = [a[s] for s in shared], [b[s] for s in shared]
-        sides = (_mean(va), _mean(vb), len(va), len(vb))
+    a, b, dropped = _paired(a, b)
+    va, vb = [a[s] for s in sorted(a)], [b[s] for s in sorted(b)]
+    sides = _sides(va, vb)
+    if len(va) < 2 or len(vb) < 2:
+        return Comparison(*sides, None, math.nan)
+    if a.keys() == b.keys():
         diffs = [0.0 if x == y else x - y for x, y in zip(va, vb)]
         constant = diffs[0] if len(set(diffs)) == 1 and math.isfinite(diffs[0]) else None
         nonzero = np.array([d for d in diffs if d != 0])
@@ -169,10 +154,6 @@ def compare_times(a: dict[int, float], b: dict[int, float]) -> Comparison:
         else:
             p = float(2 * scipy_stats.norm.sf(abs(observed) / math.sqrt(float(np.sum(ranks**2)))))
         return Comparison(*sides, SIGNED_RANK, p, observed, constant, dropped)
-    va, vb = [a[s] for s in sorted(a)], [b[s] for s in sorted(b)]
-    sides = (_mean(va), _mean(vb), len(va), len(vb))
-    if len(va) < 2 or len(vb) < 2:
-        return Comparison(*sides, None, math.nan)
     ranks = scipy_stats.rankdata(va + vb)
     centre = len(va) * (len(ranks) + 1) / 2
     observed = float(np.sum(ranks[: len(va)]) - centre)
@@ -197,9 +178,7 @@ def one_sample(values: dict[int, float]) -> Comparison:
 
 
 def holm(p_values) -> list[float]:
-    """Holm's step-down adjustment (Holm 1979) of one family's p-values: sort the m tested ones, multiply
-    the k-th smallest by m - k + 1, take the running maximum, cap at 1. NaN (untested) stays NaN and does
-    not count in m."""
+    """Holm's step-down adjustment (Holm 1979) of one family's p-values; NaN (untested) stays NaN, not in m."""
     p = [float(x) for x in p_values]
     tested = sorted((x, i) for i, x in enumerate(p) if not math.isnan(x))
     m, adjusted, running = len(tested), [math.nan] * len(p), 0.0

@@ -1,22 +1,5 @@
-"""What the report reads, loaded once: the runs, how they group, which of them count, and the tables
-derived from them.
-
-A group is one architecture trained on one data set with one recipe and one kind of learning rate. Runs
-group by model name and by architecture (the registry entry's builder and arguments, the source file's
-hash where recorded, and the parameter count): two architectures recorded under one name are shown apart,
-tagged with a short hash of what builds them, and named in a warning, never averaged together. Runs of
-one architecture and arm whose setups differ (`load.setup`: the data's fingerprint and the recipe, seed
-and machine left out) are shown apart too, each labelled with what differs, e.g. "resnet18 (lr 0.05)" or
-"resnet18 (data b3f1c2)". The learning-rate arm is part of the group: runs at the registry
-default rates (the preset's rate times the entry's lr_scale), runs at a rate from a tuning file (`lr_source`
-"tuned ..."), and runs at a rate set with `--lr` (one group per rate). Tuning trials (config
-`tuning_trial`) are never in a group: they appear in the learning-rate sensitivity section only.
-
-Identical runs are shown once: a group whose every chosen run has a twin in another group with the same
-recipe (`load.recipe_key`: everything that determines the numbers, whatever the rate was called) and the
-same per-epoch numbers (`load.numbers_key`) is folded into that group (`Study.identical`), e.g. a tuned
-rate that equals the registry default.
-"""
+"""What the report reads, loaded once (`Study`): the runs, how they group (`label_runs`), which of them count,
+and the tables derived from them. The grouping rules are in docs/report.md."""
 
 from __future__ import annotations
 
@@ -34,18 +17,19 @@ from archbench.config import lr_origin
 from archbench.errors import ArchbenchError
 from archbench.report.gradient_measures import GradientTables, gradient_tables
 from archbench.report.load import (
+    RunFolders,
     counted_runs,
     load_bench_results,
-    load_curves,
+    load_csvs,
     load_gpu_results,
-    load_gradnorms,
     load_latency,
     load_runs,
     load_tuning_files,
     select_runs,
 )
 from archbench.report.sensitivity import Sensitivity, load_sensitivity
-from archbench.report.thresholds import main_threshold
+from archbench.report.thresholds import main_threshold, thresholds_of
+from archbench.runs import GRADNORMS
 
 SHARED, TUNED, FIXED = "registry default rates", "tuned", "rate set by --lr"
 TUNED_TAG = " (tuned lr)"
@@ -95,15 +79,12 @@ class FigureFiles(NamedTuple):
 
 @dataclass(frozen=True)
 class Study:
-    """Everything the sections read. `runs` has every study run folder (no tuning trials, none without an
-    epoch) with its group `label` and `selected` marking the runs that count per group and seed;
-    `counted` the runs the tables average over; `listed` the chosen runs and every run that did not
-    complete; `trials` the tuning trials."""
+    """Everything the sections read."""
 
-    runs: pd.DataFrame
-    counted: pd.DataFrame
-    listed: pd.DataFrame
-    trials: pd.DataFrame
+    runs: pd.DataFrame  # every study run (no tuning trials), its group `label`, `selected` the runs that count
+    counted: pd.DataFrame  # the runs the tables average over
+    listed: pd.DataFrame  # the chosen runs and every run that did not complete
+    trials: pd.DataFrame  # the tuning trials
     ignored: list[str]  # run folders with no recorded epoch, as model/run_id
     damaged: list[str]  # run folders whose records disagree, as "model/run_id: why" (`archbench.runs.DamagedRecord`)
     clashes: list[ArchitectureClash]
@@ -153,8 +134,9 @@ def label_runs(runs: pd.DataFrame) -> tuple[pd.DataFrame, list[ArchitectureClash
     """`runs` with `label` (the group a run averages in) and `arm`; and every name with several architectures."""
     runs = runs.copy()
     runs["parameters"] = _fill_parameters(runs)
-    identity = [f"{a}:{p:.0f}" if np.isfinite(p) else a for a, p in zip(runs["architecture"], runs["parameters"])]
-    runs["identity"] = identity
+    runs["identity"] = [
+        f"{a}:{p:.0f}" if np.isfinite(p) else a for a, p in zip(runs["architecture"], runs["parameters"])
+    ]
     by_name = runs.groupby("model")["identity"].nunique()
     tags = {}
     for (model, ident), rows in runs.groupby(["model", "identity"], sort=True):
@@ -220,10 +202,6 @@ def split_setups(runs: pd.DataFrame) -> pd.Series:
     return labels
 
 
-def thresholds_of(runs: pd.DataFrame) -> list[float]:
-    return sorted({t for ts in runs["thresholds"] for t in ts})
-
-
 def traits(counted: pd.DataFrame) -> pd.DataFrame:
     """Per label: model, builder, depth, residual, batch_norm, arm, name_label and the data's fingerprint (from
     its first counted run)."""
@@ -254,32 +232,37 @@ def identical_groups(runs: pd.DataFrame) -> dict[str, str]:
     return out
 
 
-def load_study(inputs: Inputs, figures: FigureFiles) -> Study:
-    folders = load_runs(inputs.runs_dir)
+def study_runs(runs_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame, RunFolders, list[ArchitectureClash]]:
+    """The study runs under `runs_dir` labelled (`label_runs`), `selected` marking per group and seed the run
+    that counts; the tuning trials; the run folders as read; and every name with several architectures."""
+    folders = load_runs(runs_dir)
     all_runs, clashes = label_runs(folders.runs)
     is_trial = all_runs["tuning_trial"].astype(bool)
-    trials, study_runs = all_runs[is_trial], all_runs[~is_trial]
-    if study_runs.empty:
+    trials, study = all_runs[is_trial], all_runs[~is_trial]
+    if study.empty:
         raise ArchbenchError(
-            f"{inputs.runs_dir}/ holds only tuning trials ({len(trials)}); record the study itself "
-            "with `archbench run ...`"
+            f"{runs_dir}/ holds only tuning trials ({len(trials)}); record the study itself with `archbench run ...`"
         )
-    runs = select_runs(study_runs, "label")
+    return select_runs(study), trials.reset_index(drop=True), folders, clashes
+
+
+def load_study(inputs: Inputs, figures: FigureFiles) -> Study:
+    runs, trials, folders, clashes = study_runs(inputs.runs_dir)
     identical = identical_groups(runs)
-    counted = counted_runs(runs[~runs["label"].isin(identical)], "label")
-    curves = load_curves(counted)[["label", "seed", "epoch", "test_acc", "train_loss"]]
+    counted = counted_runs(runs[~runs["label"].isin(identical)])
+    curves = load_csvs(counted)[["label", "seed", "epoch", "test_acc", "train_loss"]]
     curves = curves.merge(counted[["label", "arm", "model"]].drop_duplicates("label"), on="label")
     selected = runs[runs["selected"] & ~runs["label"].isin(identical)]
     return Study(
         runs=runs,
         counted=counted,
         listed=runs[runs["selected"] | (runs["status"] != "completed")],
-        trials=trials.reset_index(drop=True),
+        trials=trials,
         ignored=folders.ignored,
         damaged=folders.damaged,
         clashes=clashes,
         curves=curves.sort_values(["label", "seed", "epoch"], ignore_index=True),
-        gradients=gradient_tables(load_gradnorms(counted)),
+        gradients=gradient_tables(load_csvs(counted, GRADNORMS)),
         sensitivity=load_sensitivity(trials, load_tuning_files(inputs.runs_dir, inputs.relative), runs),
         latency=load_latency(inputs.latency),
         bench=load_bench_results(inputs.bench_results),

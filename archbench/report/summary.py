@@ -9,18 +9,8 @@ import math
 import numpy as np
 import pandas as pd
 
-from archbench.report.claims import (
-    ACCURACY,
-    BALANCED,
-    EXPLODING,
-    FAMILIES,
-    QUESTION,
-    RESOLVED,
-    UNDETERMINED,
-    VANISHING,
-)
-from archbench.report.comparisons import BN, RESIDUAL, RESNET_VGG
-from archbench.report.discussion import constant_text, outcome
+from archbench.report.claims import ACCURACY, BN, FAMILIES, QUESTION, RESIDUAL, RESNET_VGG, RESOLVED
+from archbench.report.discussion import constant_text, named_direction, outcome
 from archbench.report.stats import t_interval
 from archbench.report.study import SHARED, Study
 from archbench.report.text import DASH, accuracy_resolution, join, md, never_cell, p_text, pct, threshold_label
@@ -33,11 +23,6 @@ def chance(study: Study) -> float | None:
     """1 / classes of the counted runs' data (None when they disagree or do not say)."""
     classes = {int(c) for c in study.counted["num_classes"].dropna()}
     return 1.0 / classes.pop() if len(classes) == 1 else None
-
-
-def resolution(study: Study) -> str:
-    """One test image's worth of accuracy, in points: the resolution of every accuracy."""
-    return accuracy_resolution(study.counted)
 
 
 NEAR_CHANCE = 2.0  # an accuracy interval wholly below this many times chance is marked "did not learn"
@@ -67,11 +52,7 @@ def chance_flag(values, chance_level: float | None) -> str:
 def clip_fractions(study: Study) -> dict[str, float]:
     """Per group, the mean over its chosen runs (diverged ones too: their steps were taken) of the fraction
     of steps whose gradient clipping bound."""
-    out = {}
-    for label, rows in study.chosen.groupby("label", sort=True):
-        values = rows["clip_fraction"].dropna()
-        out[label] = float(values.mean()) if len(values) else math.nan
-    return out
+    return dict(study.chosen.groupby("label", sort=True)["clip_fraction"].mean())
 
 
 def clipping_warning(study: Study) -> list[str]:
@@ -100,14 +81,10 @@ def _time_cell(rows: pd.DataFrame, t: float | None, key: str) -> str:
     """Mean time to `t` over the seeds; ∞ (reached/total) when a seed never reached it."""
     if t is None:
         return DASH
-    if key == "epochs":
-        values = list(epochs_to(rows, t).values())
-    else:
-        values = [math.inf if s is None else float(s) for s in (r.get(t) for r in rows["seconds_to_threshold"])]
+    values = list(epochs_to(rows, t, f"{key}_to_threshold").values())
     reached = [v for v in values if math.isfinite(v)]
-    digits = ".1f"
     if len(reached) == len(values) and values:
-        return format(float(np.mean(values)), digits)
+        return f"{np.mean(values):.1f}"
     return never_cell(len(reached), len(values))
 
 
@@ -119,7 +96,7 @@ def _of_runs(values: pd.Series) -> str:
 
 def model_rows(study: Study) -> pd.DataFrame:
     chosen, counted, t = study.chosen, study.counted, study.main_threshold
-    level, res, fractions = chance(study), resolution(study), clip_fractions(study)
+    level, res, fractions = chance(study), accuracy_resolution(counted), clip_fractions(study)
     rows = []
     for label in study.kinds.index:
         mine, done = chosen[chosen["label"] == label], counted[counted["label"] == label]
@@ -183,8 +160,7 @@ def _resolved_text(row, arms: bool) -> str:
     said = outcome(row).removeprefix(f"{RESOLVED}: ")
     if row.model_b:
         return f"{row.model_a} vs {row.model_b}{arm}: {said} (Holm {p_text(row.p_adjusted)})"
-    named = next((d for d in (VANISHING, EXPLODING, BALANCED, UNDETERMINED) if f"gradients {d} " in row.claim), "")
-    return f"{row.model_a}{arm}: {said}, {named} by its interval (Holm {p_text(row.p_adjusted)})"
+    return f"{row.model_a}{arm}: {said}, {named_direction(row.claim)} by its interval (Holm {p_text(row.p_adjusted)})"
 
 
 def family_line(family: str, rows: pd.DataFrame) -> str:
@@ -198,7 +174,7 @@ def family_line(family: str, rows: pd.DataFrame) -> str:
 
 def verdict_lines(study: Study) -> list[str]:
     claims = study.claims
-    if claims is None or claims.empty:
+    if claims.empty:
         return ["- No claim could be tested (too few groups or seeds)."]
     lines = []
     for family in FAMILIES:

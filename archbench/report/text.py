@@ -123,6 +123,16 @@ def unique(series) -> list:
     return sorted({str(v) for v in series if v is not None and not (isinstance(v, float) and math.isnan(v))})
 
 
+def listing(series) -> str:
+    """The distinct values of `series` (None and NaN left out), sorted as text and joined with commas."""
+    return ", ".join(unique(series))
+
+
+def per_label(frame: pd.DataFrame, row) -> pd.DataFrame:
+    """A table with one row per label of `frame`, in order: its `model`, then the cells `row(label, group)` gives."""
+    return pd.DataFrame([{"model": label, **row(label, group)} for label, group in frame.groupby("label", sort=True)])
+
+
 def seeds_text(group: pd.DataFrame) -> str:
     return ", ".join(str(s) for s in sorted(group["seed"]))
 

@@ -8,6 +8,11 @@ import math
 import pandas as pd
 
 
+def thresholds_of(runs: pd.DataFrame) -> list[float]:
+    """Every threshold the runs were given, in order."""
+    return sorted({t for ts in runs["thresholds"] for t in ts})
+
+
 def main_threshold(selected: pd.DataFrame, thresholds: list[float]) -> float | None:
     """The highest threshold that at least half of the groups reach in most of their seeds (so a time to it
     means something for most models); the lowest threshold when none is; None without thresholds."""
@@ -25,10 +30,11 @@ def main_threshold(selected: pd.DataFrame, thresholds: list[float]) -> float | N
     return min(thresholds)
 
 
-def epochs_to(rows: pd.DataFrame, t: float) -> dict[int, float]:
-    """{seed: epochs to threshold `t`}, infinite for a seed that never reached it (diverged or too slow)."""
+def epochs_to(rows: pd.DataFrame, t: float, key: str = "epochs_to_threshold") -> dict[int, float]:
+    """{seed: epochs (or, by `key`, seconds or images) to threshold `t`}, infinite for a seed that never
+    reached it (diverged or too slow)."""
     out = {}
     for r in rows.itertuples():
-        e = r.epochs_to_threshold.get(t)
+        e = getattr(r, key).get(t)
         out[int(r.seed)] = math.inf if e is None else float(e)
     return out
