@@ -29,6 +29,7 @@ import archbench
 from archbench.catalogue import read_toml
 from archbench.config import (
     BENCH_DIR,
+    DEFAULT_NUM_CLASSES,
     GPU_RESULTS_FILE,
     LATENCY_FILE,
     REPORT_FILE,
@@ -382,11 +383,6 @@ RunsOption = Annotated[Path, typer.Option("--runs", help="Folder of run records.
 # ------------------------------------------------------------------------------------------ commands
 
 
-# The output classes `list` counts parameters and FLOPs at: archbench.models.builders.DEFAULT_NUM_CLASSES
-# (tests/test_cli_surface.py checks they agree; written here so that `list` answers without importing torch).
-LISTED_CLASSES = 200
-
-
 @app.command("list", short_help="The model catalogue.")
 @friendly_errors
 def list_cmd(
@@ -405,7 +401,7 @@ def list_cmd(
     described = console.width >= 120  # else the descriptions follow the table, each on its own line
     table = Table(
         title="archbench models",
-        caption=f"Parameters and GFLOPs at {LISTED_CLASSES} output classes (a run builds the classifier for its "
+        caption=f"Parameters and GFLOPs at {DEFAULT_NUM_CLASSES} output classes (a run builds the classifier for its "
         "data's classes). GFLOPs: fvcore at 224x224, eval mode; fvcore counts one fused multiply-add as one flop. "
         "Depth: conv and linear layers on the longest input-to-output path.",
     )

@@ -59,6 +59,8 @@ def option_names(f: dataclasses.Field) -> list[str]:
 
 
 DEVICE_PATTERN = r"auto|cpu|cuda(:\d+)?"  # what --device accepts (`archbench.devices.resolve_device`)
+DEVICE_CHOICES = "auto, cpu, cuda or cuda:N"
+DEFAULT_NUM_CLASSES = 200  # Tiny-ImageNet-200's: what a model is built for unless its data says otherwise
 PRECISION_CHOICES = ("auto", "fp32", "bf16", "fp16")  # `auto` and the keys of `archbench.devices.PRECISIONS`
 LAUNCHERS = ("submitit",)
 CLUSTERS = ("slurm", "local")
@@ -230,7 +232,7 @@ class RunRequest:
         None, "Test-accuracy threshold, a fraction in (0, 1]; repeatable.", flags=("--threshold",), min=0, max=1
     )
     gradnorm_steps: int | None = option(None, "Record per-layer gradient norms for this many first steps.", min=0)
-    device: str = option("auto", "auto, cpu, cuda or cuda:N.")
+    device: str = option("auto", f"{DEVICE_CHOICES}.")
     precision: str = option("auto", "auto: bf16 where the GPU supports it, else fp32.", choices=PRECISION_CHOICES)
     compile: bool = option(False, "torch.compile the model.", flags=("--compile/--no-compile",))
     channels_last: bool | None = option(None, "Default: on for CUDA.", flags=("--channels-last/--no-channels-last",))
@@ -285,7 +287,7 @@ class RunRequest:
         self.recipe()  # the preset, the schedule and the optimiser
         lr = parse_lr(self.lr)
         if not re.fullmatch(DEVICE_PATTERN, self.device):
-            raise ArchbenchError(f"unknown device '{self.device}'; use auto, cpu, cuda or cuda:N.")
+            raise ArchbenchError(f"unknown device '{self.device}'; use {DEVICE_CHOICES}.")
         for f in cli_fields(type(self)):  # the choices each option declares
             value, allowed = getattr(self, f.name), f.metadata["choices"]
             if allowed and value is not None and value not in allowed:
@@ -376,7 +378,7 @@ class BenchRequest:
     precision: str = same_option(RunRequest, "precision")
     channels_last: bool | None = same_option(RunRequest, "channels_last")
     compile: bool = same_option(RunRequest, "compile")
-    num_classes: int = option(200, "Output classes.", min=1)
+    num_classes: int = option(DEFAULT_NUM_CLASSES, "Output classes.", min=1)
     data: str = option(
         "synthetic", "Data for the end-to-end numbers: a prepared folder, or a built-in set ('digits', 'synthetic')."
     )

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from archbench.config import DEVICE_CHOICES
 from archbench.errors import ArchbenchError
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -31,11 +32,11 @@ def resolve_device(name: str, local_rank: int | None = None) -> torch.device:
         if local_rank is not None:
             return torch.device("cuda", local_rank)
     elif name != "cpu":
-        raise ArchbenchError(f"unknown device '{name}'; use auto, cpu, cuda or cuda:N.")
+        raise ArchbenchError(f"unknown device '{name}'; use {DEVICE_CHOICES}.")
     try:
         return torch.device(name)
     except RuntimeError:
-        raise ArchbenchError(f"unknown device '{name}'; use auto, cpu, cuda or cuda:N.") from None
+        raise ArchbenchError(f"unknown device '{name}'; use {DEVICE_CHOICES}.") from None
 
 
 def resolve_precision(name: str, device: torch.device) -> str:

@@ -157,16 +157,14 @@ def test_the_licence_file_matches_the_declared_licence_and_the_metadata_is_compl
 
 
 def test_list_says_its_counts_are_at_the_class_count_it_builds(tiny_registry, tmp_path, monkeypatch):
-    from archbench.cli import LISTED_CLASSES
+    from archbench.config import DEFAULT_NUM_CLASSES
     from archbench.flops import count_parameters
-    from archbench.models.builders import DEFAULT_NUM_CLASSES
     from archbench.registry import load_registry
 
-    assert LISTED_CLASSES == DEFAULT_NUM_CLASSES
     monkeypatch.setenv("ARCHBENCH_CACHE", str(tmp_path / "cache"))
     result = runner.invoke(app, ["list", "--registry", str(tiny_registry)], env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output
-    assert f"Parameters and GFLOPs at {LISTED_CLASSES} output classes" in " ".join(result.output.split())
+    assert f"Parameters and GFLOPs at {DEFAULT_NUM_CLASSES} output classes" in " ".join(result.output.split())
     entry = load_registry(tiny_registry)["tiny_resnet"]
-    shown = f"{count_parameters(entry.build(num_classes=LISTED_CLASSES)):,}"
+    shown = f"{count_parameters(entry.build(num_classes=DEFAULT_NUM_CLASSES)):,}"
     assert any(line.split()[:2] == ["tiny_resnet", shown] for line in result.output.replace("│", " ").splitlines())

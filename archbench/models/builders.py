@@ -19,8 +19,6 @@ from torch import nn
 
 from archbench.annotations import matches, type_name
 
-DEFAULT_NUM_CLASSES = 200  # Tiny-ImageNet-200; the training data's class count overrides it
-
 
 class ArgumentError(ValueError):
     """A registry entry's argument that a builder cannot use; ``key`` is the TOML key, e.g. ``args.layers``."""

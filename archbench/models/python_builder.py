@@ -22,7 +22,8 @@ from pathlib import Path
 from torch import nn
 
 from archbench.catalogue import python_code_sha256
-from archbench.models.builders import DEFAULT_NUM_CLASSES, ArgumentError, Builder, check_call, check_type, describe
+from archbench.config import DEFAULT_NUM_CLASSES
+from archbench.models.builders import ArgumentError, Builder, check_call, check_type, describe
 
 TARGET = re.compile(r"(?P<where>[^:]+):(?P<attr>[A-Za-z_]\w*(\.[A-Za-z_]\w*)*)")
 MODULE = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")

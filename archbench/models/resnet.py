@@ -15,6 +15,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models import resnet as resnet_models
 
+from archbench.config import DEFAULT_NUM_CLASSES
+
 Stem = Literal["imagenet", "cifar"]
 Shortcut = Literal["B", "A"]
 
@@ -111,7 +113,7 @@ def resnet(
     widths: Sequence[int] = (64, 128, 256, 512),
     residual: bool = True,
     zero_init_last_bn: bool | None = None,
-    num_classes: int = 200,
+    num_classes: int = DEFAULT_NUM_CLASSES,
     stem: Stem = "imagenet",
     shortcut: Shortcut = "B",
 ) -> ResNet:

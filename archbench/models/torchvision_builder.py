@@ -16,7 +16,8 @@ from pathlib import Path
 
 from torch import nn
 
-from archbench.models.builders import DEFAULT_NUM_CLASSES, ArgumentError, Builder, check_type, describe
+from archbench.config import DEFAULT_NUM_CLASSES
+from archbench.models.builders import ArgumentError, Builder, check_type, describe
 
 FROM_SCRATCH = ("weights", "progress")  # get_model arguments archbench sets itself
 UNBOUND = r"(unexpected keyword|multiple values for (?:keyword )?)argument '(\w+)'"  # a TypeError's words

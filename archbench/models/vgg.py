@@ -9,6 +9,8 @@ from __future__ import annotations
 from torch import Tensor, nn
 from torchvision.models.vgg import cfgs, make_layers
 
+from archbench.config import DEFAULT_NUM_CLASSES
+
 
 class VGG(nn.Module):
     """Conv features, adaptive average pool to ``pool_size`` squared, then hidden-hidden-classes FC."""
@@ -49,7 +51,7 @@ def vgg(
     hidden: int = 4096,
     dropout: float = 0.5,
     pool_size: int = 7,
-    num_classes: int = 200,
+    num_classes: int = DEFAULT_NUM_CLASSES,
 ) -> VGG:
     """VGG11 is ``vgg("A")``, VGG16-BN is ``vgg("D", batch_norm=True)``; ``config`` may also be a list of
     3x3 conv widths and "M" for a 2x2/2 max-pool."""

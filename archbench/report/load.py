@@ -14,7 +14,7 @@ from typing import NamedTuple
 import pandas as pd
 
 from archbench import bench_results
-from archbench.config import TUNING_FILE, Recipe, run_identity, upgrade_config
+from archbench.config import LATENCY_FILE, TUNING_FILE, Recipe, run_identity, upgrade_config
 from archbench.errors import ArchbenchError
 from archbench.runs import (
     ADDED_IN,
@@ -41,7 +41,7 @@ from archbench.runs import (
 )
 from archbench.tuning import FORMAT_VERSION as TUNING_FORMAT
 
-BENCHMARK_COMMAND = "pytest benchmarks/test_forward_latency.py --benchmark-json benchmarks/forward_latency.json"
+BENCHMARK_COMMAND = f"pytest benchmarks/test_forward_latency.py --benchmark-json {LATENCY_FILE.as_posix()}"
 
 
 def _read_json(path: Path) -> dict:
