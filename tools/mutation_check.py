@@ -26,7 +26,7 @@ and the file restored whatever happens. A mutation is
 
 Usage, from the repository root (docs/mutation-testing.md says more):
 
-    .venv/bin/python tools/mutation_check.py                    # everything: 20 to 30 minutes on 2 CPU cores
+    .venv/bin/python tools/mutation_check.py                    # everything: 15 to 30 minutes on 2 CPU cores
     .venv/bin/python tools/mutation_check.py --list             # the mutations and the promise each breaks
     .venv/bin/python tools/mutation_check.py --only flip-rate --only crop-range
     .venv/bin/python tools/mutation_check.py --dry-run          # does every entry still apply? (seconds)
