@@ -1,5 +1,6 @@
 """Shared fixtures: a tiny registry and tiny synthetic datasets, built once per test session; the RNG and
-determinism state each test starts from; and `tiny_run_request`, the `run` request the loop's tests share."""
+determinism state each test starts from; `tiny_run_request`, the `run` request the loop's tests share; and
+`invoke` with `run_args`, the CLI as the failure tests call it."""
 
 from __future__ import annotations
 
@@ -11,7 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from typer.testing import CliRunner
 
+from archbench.cli import app
 from archbench.config import RunRequest, TuneRequest
 
 TINY_MODELS = {
@@ -128,3 +131,21 @@ def tiny_tune_request(registry, data, out, models=("tiny_resnet",), **overrides)
     each, 4 images per class held out."""
     settings = dict(lrs=[0.01, 0.1], epochs=1, holdout_per_class=4)
     return tiny_run_request(registry, data, out, models, TuneRequest, **{**settings, **overrides})
+
+
+def invoke(*args) -> tuple[int, str]:
+    """`archbench ARGS` in this process: its exit code and output; a traceback fails the test."""
+    result = CliRunner().invoke(app, [str(a) for a in args])
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise AssertionError(f"a traceback for {args}: {result.exception!r}") from result.exception
+    return result.exit_code, result.output
+
+
+def run_args(registry, data, out, *extra, model="tiny_resnet") -> list:
+    """`archbench run MODEL` on tiny data: the smoke preset, 1 epoch at 32x32, batch 16, CPU, quiet, into `out`."""
+    return [
+        "run",
+        model,
+        *["--data", data, "--preset", "smoke", "--epochs", 1, "--batch-size", 16, "--image-size", 32],
+        *["--device", "cpu", "--quiet", "--registry", registry, "--out", out, *extra],
+    ]

@@ -9,13 +9,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from typer.testing import CliRunner
+from conftest import invoke, run_args
 
-from archbench.cli import app
 from archbench.config import RunRequest
 from archbench.study import run_models
-
-runner = CliRunner()
 
 FIXED_SIZE_NET = '''
 from torch import nn
@@ -34,42 +31,10 @@ class Fixed(nn.Module):
 '''
 
 
-def invoke(*args) -> tuple[int, str]:
-    result = runner.invoke(app, [str(a) for a in args])
-    if result.exception is not None and not isinstance(result.exception, SystemExit):
-        raise AssertionError(f"a traceback for {args}: {result.exception!r}")
-    return result.exit_code, result.output
-
-
 def one_line(output: str) -> bool:
     """The whole answer is a single line, the error."""
     lines = output.strip().splitlines()
     return len(lines) == 1 and lines[0].startswith("error:")
-
-
-def run_args(tiny_registry, tiny_data, out, *extra):
-    return [
-        "run",
-        "tiny_resnet",
-        "--data",
-        tiny_data,
-        "--preset",
-        "smoke",
-        "--epochs",
-        1,
-        "--batch-size",
-        16,
-        "--image-size",
-        32,
-        "--device",
-        "cpu",
-        "--quiet",
-        "--registry",
-        tiny_registry,
-        "--out",
-        out,
-        *extra,
-    ]
 
 
 def test_a_model_that_fails_at_the_requested_size_creates_no_run(tiny_data, tmp_path):

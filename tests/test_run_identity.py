@@ -12,23 +12,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_tune_request
+from conftest import invoke, run_args, tiny_tune_request
 from rich.console import Console
-from typer.testing import CliRunner
 
 from archbench import registry, train
-from archbench.cli import app
 from archbench.errors import DIVERGED_EXIT, ArchbenchError
 from archbench.tune import read_trial, tune
-
-runner = CliRunner()
-
-
-def invoke(*args) -> tuple[int, str]:
-    result = runner.invoke(app, [str(a) for a in args])
-    if result.exception is not None and not isinstance(result.exception, SystemExit):
-        raise AssertionError(f"a traceback for {args}: {result.exception!r}")
-    return result.exit_code, result.output
 
 
 def error_line(output: str) -> str:
@@ -36,15 +25,6 @@ def error_line(output: str) -> str:
     lines = output.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:"), output
     return lines[0]
-
-
-def run_args(registry_dir, data, out, *extra, model="tiny_resnet"):
-    return [
-        "run",
-        model,
-        *["--data", data, "--preset", "smoke", "--epochs", 1, "--batch-size", 16, "--image-size", 32],
-        *["--device", "cpu", "--quiet", "--registry", registry_dir, "--out", out, *extra],
-    ]
 
 
 def read(path: Path) -> dict:
