@@ -22,9 +22,9 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import Progress
 
-from archbench import launch
+from archbench import distributed, launch
 from archbench.config import CLUSTERS, LAUNCHERS, RunRequest
-from archbench.errors import DIVERGED_EXIT, ArchbenchError
+from archbench.errors import DIVERGED_EXIT, ArchbenchError, not_installed
 from archbench.progress import job_progress, results_table
 
 MAX_TIMEOUTS = 10  # requeues after reaching the time limit (preemptions do not count)
@@ -32,7 +32,6 @@ LOG_FOLDER = ".submitit"  # under --out: submitit's pickles and each job's stdou
 POLL_SECONDS = {"slurm": 15.0, "local": 1.0}
 NOT_SHARED = ("/tmp", "/var/tmp", "/dev/shm")
 LOCAL_FILESYSTEMS = {"tmpfs", "ramfs", "devtmpfs", "overlay", "ext2", "ext3", "ext4", "xfs", "btrfs", "f2fs", "zfs"}
-INSTALL = "pip install 'archbench[slurm]'"
 
 
 @dataclass
@@ -78,7 +77,7 @@ def _submitit():
     try:
         import submitit
     except ImportError:
-        raise ArchbenchError(f"--launcher submitit needs submitit, which is not installed: {INSTALL}") from None
+        raise not_installed("--launcher submitit", "submitit", "slurm") from None
     return submitit
 
 
@@ -90,7 +89,7 @@ def check_request(request: RunRequest) -> None:
         raise ArchbenchError(f"unknown cluster '{request.cluster}'; use --cluster {' or '.join(CLUSTERS)}.")
     if request.gpus:
         raise ArchbenchError("--gpus runs a sweep on this machine and --launcher submits jobs; use one of them.")
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+    if distributed.torchrun_world_size() > 1:
         raise ArchbenchError(
             "--launcher submits jobs and returns; run it without torchrun "
             "(--gpus-per-job N runs torchrun inside each job)."

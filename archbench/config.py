@@ -297,9 +297,9 @@ class RunRequest:
 
             require_tensorboard()
         if lr == "tuned" and not self.tuning_file.is_file():
-            from archbench.tuning import _load
+            from archbench.tuning import load_tuning
 
-            _load(self.tuning_file)  # says, in one line, that it is missing
+            load_tuning(self.tuning_file)  # says, in one line, that it is missing
 
     @property
     def preset_spec(self) -> Preset:

@@ -90,9 +90,14 @@ class DistContext:
             dist.barrier()
 
 
+def torchrun_world_size() -> int:
+    """How many processes torchrun started this one among (1: it was not started by torchrun)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
 def from_environment(device: str) -> DistContext:
     """Join the process group torchrun describes in the environment (WORLD_SIZE > 1), else run alone."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    world_size = torchrun_world_size()
     if world_size <= 1:
         return DistContext()
     rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))

@@ -13,3 +13,8 @@ class ArchbenchError(Exception):
     def __init__(self, message: str):
         super().__init__(message)
         self.message = message
+
+
+def not_installed(option: str, package: str, extra: str) -> ArchbenchError:
+    """The one line for an option whose optional package is missing, with the command that installs it."""
+    return ArchbenchError(f"{option} needs {package}, which is not installed: pip install 'archbench[{extra}]'")

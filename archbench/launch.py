@@ -24,7 +24,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import Progress
 
-from archbench import runs, status
+from archbench import distributed, runs, status
 from archbench.config import RunRequest
 from archbench.data.sources import builtin_names
 from archbench.errors import DIVERGED_EXIT, ArchbenchError
@@ -140,7 +140,7 @@ def gpu_slot(gpu: str) -> tuple[dict[str, str], str]:
 def run_on_gpus(jobs: list[RunRequest], gpus: str, console: Console) -> list[dict]:
     """Run every job as its own child process, one per GPU at a time, and return their summaries."""
     slots_wanted = [g.strip() for g in gpus.split(",") if g.strip()]
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+    if distributed.torchrun_world_size() > 1:
         raise ArchbenchError("--gpus starts its own processes; use it without torchrun.")
     if len(set(slots_wanted)) != len(slots_wanted):
         raise ArchbenchError(f"--gpus {gpus} names a GPU twice; give each GPU once.")

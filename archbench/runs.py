@@ -268,7 +268,7 @@ def check_record(config: dict, summary: dict | None, history: list[EpochMetrics]
         )
     if reason := epochs_disagreement(summary or {}, history, config):
         raise DamagedRecord(SUMMARY if summary else METRICS, reason)
-    if summary and (reason := disagreement(summary, history, computed)):
+    if summary and (reason := disagreement(summary, history, computed, config.get("thresholds") or ())):
         raise DamagedRecord(SUMMARY, reason)
 
 
@@ -282,9 +282,10 @@ def epochs_disagreement(summary: dict, history: list[EpochMetrics], config: dict
     return None
 
 
-def disagreement(summary: dict, history: list[EpochMetrics], config_hash: str | None) -> str | None:
-    """Why summary.json (in current names) does not sum up metrics.csv's `history` or belong to the config whose
-    hash is `config_hash`, in one line; None when it does. A diverged history is compared on its epochs alone."""
+def disagreement(summary: dict, history: list[EpochMetrics], config_hash: str | None, thresholds=()) -> str | None:
+    """Why summary.json (in current names) does not sum up metrics.csv's `history` at config.json's `thresholds`
+    or belong to the config whose hash is `config_hash`, in one line; None when it does. A diverged history is
+    compared on its epochs alone."""
     version, recorded_hash = schema_version(summary.get("schema_version")), summary.get("config_hash")
     if recorded_hash is None and version is not None and version >= 3:
         return f"summary.json (schema version {version}) records no config_hash"
@@ -294,11 +295,20 @@ def disagreement(summary: dict, history: list[EpochMetrics], config_hash: str | 
     if non_finite_epoch(history, on_holdout) is not None:
         expected = {"epochs_completed": len(history)}
     else:
-        expected = selection(history, on_holdout)
-    for key, value in expected.items():
-        if not _same(summary.get(key), value):
-            return f"summary.json has {key} {summary.get(key)}, metrics.csv gives {value}"
+        expected = outcome(history, thresholds, on_holdout)
+    recorded = _spread(summary)
+    for key, value in _spread(expected).items():
+        if not _same(recorded.get(key), value):
+            return f"summary.json has {key} {recorded.get(key)}, metrics.csv gives {value}"
     return None
+
+
+def _spread(fields: dict) -> dict:
+    """Summary fields with each per-threshold map spread out: epochs_to_threshold[0.5], ..."""
+    spread = {}
+    for key, value in fields.items():
+        spread.update({f"{key}[{t}]": v for t, v in value.items()} if isinstance(value, dict) else {key: value})
+    return spread
 
 
 def _same(recorded, derived) -> bool:
@@ -322,33 +332,43 @@ GRADNORM_TEXT_COLUMNS = ("layer", "kind")
 TIMING_COLUMNS = ("epoch_seconds", "train_images_per_s", "train_seconds")  # differ between identical runs
 
 
-def read_metrics(path: Path, needed: tuple[str, ...] | None = ("epoch",)) -> list[EpochMetrics]:
-    """metrics.csv's rows (none: no file) in this version's names, numbers as floats, what an older version lacks
-    None; `DamagedRecord` without the columns `needed` (None: every column of its schema version)."""
+def read_rows(path: Path, row_type=EpochMetrics, needed: tuple[str, ...] | None = ("epoch",)) -> tuple[list, list]:
+    """One of a run's CSVs (none: no file) as `row_type` rows in this version's names, numbers as floats, and
+    the columns its older schema version lacked, read as None; `DamagedRecord` when it cannot be read or lacks
+    the columns `needed` (None: every column of its schema version)."""
     if not path.exists():
-        return []
-    with open(path, newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        reader.fieldnames = [RENAMED.get(name, name) for name in reader.fieldnames or ()]
-        rows = [EpochMetrics(**{c: _number(row.get(c)) for c in METRICS_COLUMNS}) for row in reader]
-    version = schema_version(rows[0].schema_version) if rows else SCHEMA_VERSION
-    missing = (
-        lacking(reader.fieldnames, METRICS_COLUMNS, version)
-        if needed is None
-        else sorted(set(needed) - set(reader.fieldnames))
-    )
-    if missing and (rows or needed is not None):
-        raise DamagedRecord(path.name, f"{path.name} lacks the column(s) {', '.join(missing)}")
-    return rows
+        return [], []
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            header = reader.fieldnames = [RENAMED.get(name, name) for name in reader.fieldnames or ()]
+            rows = [row_type(**{c: _value(path, c, row.get(c)) for c in columns(row_type)}) for row in reader]
+    except (csv.Error, UnicodeDecodeError):
+        raise DamagedRecord(path.name, f"{path.name} is not a readable CSV") from None
+    absent = [c for c in columns(row_type) if c not in header]
+    if needed is None:  # every column but those added after the file's version
+        version = schema_version(rows[0].schema_version) if rows else SCHEMA_VERSION
+        lacks = [c for c in absent if c not in added_since(version or 1)]
+    else:
+        lacks = sorted(set(needed) - set(header))
+    if lacks and (rows or needed is not None):
+        raise DamagedRecord(path.name, f"{path.name} lacks the column(s) {', '.join(lacks)}")
+    return rows, absent
 
 
-def lacking(header, columns: tuple[str, ...], version: int | None) -> list[str]:
-    """The `columns` a CSV of schema `version` (no version: the first) holds that `header` lacks."""
-    return [c for c in columns if c not in header and c not in added_since(version or 1)]
+def read_metrics(path: Path, needed: tuple[str, ...] | None = ("epoch",)) -> list[EpochMetrics]:
+    """metrics.csv's rows (`read_rows`)."""
+    return read_rows(path, EpochMetrics, needed)[0]
 
 
-def _number(text: str | None) -> float | None:
-    return None if text is None or text == "" else float(text)
+def _value(path: Path, column: str, text: str | None) -> float | str | None:
+    """A CSV cell: text in a text column, else a number; None when empty."""
+    if text is None or text == "" or column in GRADNORM_TEXT_COLUMNS:
+        return text or None
+    try:
+        return float(text)
+    except ValueError:
+        raise DamagedRecord(path.name, f"{path.name} has a non-numeric value in column '{column}'") from None
 
 
 def write_record(
@@ -485,6 +505,11 @@ def matching_runs(model_dir: Path, matches) -> list[Path]:
     return found
 
 
+def runs_with_hash(model_dir: Path, digest: str) -> list[Path]:
+    """The run folders under `model_dir` recorded with the config hash `digest`, newest first."""
+    return matching_runs(model_dir, lambda config: config.get("config_hash") == digest) if model_dir.is_dir() else []
+
+
 def finished_run(run_dirs: list[Path]) -> Path | None:
     """The first of `run_dirs` recorded as finished (completed or diverged), or None."""
     return next((run_dir for run_dir in run_dirs if recorded_status(run_dir) not in UNFINISHED), None)
@@ -502,7 +527,7 @@ def open_run(out: Path, config: dict, fresh: bool = False) -> Run:
     model_dir.mkdir(parents=True, exist_ok=True)
     digest = config_hash(config)
     if not fresh:
-        matching = matching_runs(model_dir, lambda recorded: recorded.get("config_hash") == digest)
+        matching = runs_with_hash(model_dir, digest)
         if finished := finished_run(matching):
             return Run(finished, finished.name, status=recorded_status(finished))
         for run_dir in matching:

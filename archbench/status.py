@@ -9,7 +9,6 @@ shown. What the table shows is described in docs/running.md ("Where a study stan
 from __future__ import annotations
 
 import contextlib
-import csv
 import fcntl
 import itertools
 import math
@@ -86,10 +85,7 @@ def is_locked(run_dir: Path) -> bool:
 def _metrics(path: Path) -> list[runs.EpochMetrics]:
     """metrics.csv's rows (none yet: no file), in this version's names, with every column of its schema version
     and a value in each of the columns `NEEDED`."""
-    try:
-        rows = runs.read_metrics(path, needed=None)
-    except (OSError, ValueError, TypeError, UnicodeDecodeError, csv.Error):
-        raise runs.DamagedRecord(path.name, f"{path.name} is not a readable CSV") from None
+    rows = runs.read_metrics(path, needed=None)
     if any(getattr(row, c) is None for row in rows for c in NEEDED):
         raise runs.DamagedRecord(path.name, f"{path.name} has an empty value in a column of {', '.join(NEEDED)}")
     return rows

@@ -24,7 +24,7 @@ from archbench.errors import DIVERGED_EXIT, ArchbenchError
 from archbench.progress import Bars, LogLines, Reporter, results_table
 from archbench.registry import check_forward, check_memory, get_entry
 from archbench.tensorboard import TensorBoard
-from archbench.train import Plan, train_one
+from archbench.train import Plan, damaged_run, finished_summary, train_one
 from archbench.tuning import read_tuning
 
 
@@ -69,7 +69,18 @@ def plan_runs(request: RunRequest, data, split: Holdout | None, device: torch.de
             dtype = PRECISIONS[precision] or torch.float32
             check_memory(entry, base.image_size, data.num_classes, base.recipe.batch_size, device, dtype)
         plans += [Plan(entry, replace(base, seed=seed)) for seed in request.seeds]
+    if not request.fresh:
+        refuse_damaged_records(plans, request.out)
     return plans
+
+
+def refuse_damaged_records(plans: list[Plan], out: Path) -> None:
+    """Stop before the first run trains if a plan's run is recorded as finished but its record is damaged,
+    rather than when the study reaches that run."""
+    for plan in plans:
+        recorded = runs.runs_with_hash(out / plan.config.model, runs.config_hash(plan.config.to_json()))
+        if (found := runs.finished_run(recorded)) and (damage := finished_summary(found)[1]):
+            raise damaged_run(found, damage)
 
 
 def ensure_writable(folder: Path) -> None:

@@ -23,18 +23,17 @@ import math
 from pathlib import Path
 
 from archbench import runs
-from archbench.errors import ArchbenchError
+from archbench.errors import not_installed
 from archbench.progress import Reporter
 
 FOLDER = "tensorboard"  # under each run folder
-INSTALL = "pip install 'archbench[tensorboard]'"
 DIAGNOSTICS = ("grad_norm", "grad_to_weight", "cosine_to_previous")  # gradnorms.csv columns written per layer
 
 
 def require_tensorboard() -> None:
     """One line when the tensorboard package is missing (checked without importing it)."""
     if importlib.util.find_spec("tensorboard") is None:
-        raise ArchbenchError(f"--tensorboard needs the tensorboard package, which is not installed: {INSTALL}")
+        raise not_installed("--tensorboard", "the tensorboard package", "tensorboard")
 
 
 class TensorBoard(Reporter):

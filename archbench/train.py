@@ -584,8 +584,12 @@ def open_run(plan: Plan, request: RunRequest, device: torch.device, dist: DistCo
     if finished:
         summary, damage = dist.broadcast(finished_summary(run_path) if dist.is_main else None)
         if damage:
-            raise ArchbenchError(f"run {run_path.name} is damaged ({damage}): rerun with --fresh to train it anew.")
+            raise damaged_run(run_path, damage)
     return run, run_path, run_id, summary
+
+
+def damaged_run(run_path: Path, damage: str) -> ArchbenchError:
+    return ArchbenchError(f"run {run_path.name} is damaged ({damage}): rerun with --fresh to train it anew.")
 
 
 def finished_summary(run_path: Path) -> tuple[dict, str | None]:
@@ -598,8 +602,6 @@ def finished_summary(run_path: Path) -> tuple[dict, str | None]:
         runs.check_record(config, summary, history)
     except runs.DamagedRecord as e:
         return summary, e.message
-    except ValueError as e:
-        return summary, f"{runs.METRICS} cannot be read: {e}"
     if runs.non_finite_epoch(history, runs.holdout_record(config) is not None) is not None:
         summary["status"] = "diverged"
     return summary, None

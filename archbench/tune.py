@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.table import Table
 
 import archbench
-from archbench import runs
+from archbench import distributed, runs
 from archbench.cluster import check_request
 from archbench.config import (
     TUNE_EPOCH_FRACTION,
@@ -116,7 +116,7 @@ def tune(request: TuneRequest, console: Console | None = None) -> dict | None:
 
 def is_main_rank() -> bool:
     """Whether this process is rank 0 of a torchrun job, or runs alone (as `archbench.distributed` reads it)."""
-    return int(os.environ.get("WORLD_SIZE", "1")) <= 1 or int(os.environ.get("RANK", "0")) == 0
+    return distributed.torchrun_world_size() <= 1 or int(os.environ.get("RANK", "0")) == 0
 
 
 def planned_recipe(trial: RunRequest) -> dict:

@@ -187,7 +187,8 @@ def write_tuning(
     return content
 
 
-def _load(path: Path, remedy: str = "rerun `archbench tune`") -> dict:
+def load_tuning(path: Path, remedy: str = "rerun `archbench tune`") -> dict:
+    """A tuning file's content, every field its readers use checked; one line naming the file when it cannot be."""
     try:
         content = runs.read_json(path)
     except FileNotFoundError:
@@ -257,7 +258,7 @@ def existing_tuning(path: Path, *, data: dict, validation: dict, recipe: dict) -
     if not path.exists():
         return None
     other_file = "write this tuning to another file with --tuning OTHER_FILE"
-    content = _load(path, remedy=f"move it away, or {other_file}")
+    content = load_tuning(path, remedy=f"move it away, or {other_file}")
     recorded = recorded_recipe(content)
     if content["data"]["fingerprint"] != data["fingerprint"]:
         problem = "other data"
@@ -348,7 +349,7 @@ class Tuning:
 def read_tuning(path: Path, data) -> Tuning:
     """The tuning file at `path`, which must have been made on `data`."""
     path = Path(path)
-    content = _load(path)
+    content = load_tuning(path)
     fingerprint = content["data"]["fingerprint"]
     if fingerprint != data.fingerprint:
         raise ArchbenchError(

@@ -260,6 +260,13 @@ def drop_column(run_dir: Path, column: str) -> None:
     pd.read_csv(run_dir / runs.METRICS).drop(columns=[column]).to_csv(run_dir / runs.METRICS, index=False)
 
 
+def scribble(run_dir: Path, column: str) -> None:
+    """Replace the first epoch's value in `column` of metrics.csv with text."""
+    metrics = pd.read_csv(run_dir / runs.METRICS).astype({column: object})
+    metrics.loc[0, column] = "n/a"
+    metrics.to_csv(run_dir / runs.METRICS, index=False)
+
+
 def stale_hash(reason: str) -> bool:
     return reason.startswith("config.json does not match its recorded hash ") and reason.endswith(
         "): edited after the run"
@@ -306,6 +313,15 @@ DAMAGE = {
     "truncated summary": (lambda d: truncate(d / runs.SUMMARY), "summary.json is not valid JSON"),
     "missing config": (lambda d: (d / runs.CONFIG).unlink(), "config.json is missing"),
     "missing column": (lambda d: drop_column(d, "clip_fraction"), "metrics.csv lacks the column(s) clip_fraction"),
+    "epochs to a threshold edited": (
+        lambda d: edit_json(d / runs.SUMMARY, **{"epochs_to_threshold__0.3": None}),
+        "summary.json has epochs_to_threshold[0.3] None, metrics.csv gives 2",
+    ),
+    "text in a number column": (
+        lambda d: scribble(d, "test_acc"),
+        "metrics.csv has a non-numeric value in column 'test_acc'",
+    ),
+    "not UTF-8": (lambda d: (d / runs.METRICS).write_bytes(b"epoch\n\xff\n"), "metrics.csv is not a readable CSV"),
 }
 
 

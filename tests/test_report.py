@@ -586,9 +586,10 @@ def test_discussion_says_when_tuned_rates_are_chosen_but_not_run(study, tmp_path
         for m, grid in {"resnet18": {0.1: 0.3, 1.0: 0.4}, "vgg11": {0.01: 0.2, 0.1: 0.25}}.items()
         for lr, acc in grid.items()
     ]
-    # what the report reads of a tuning file: its format, each model's choice and the trials
+    # a tuning file with the fields every reader checks: its format, study, each model's choice and the trials
     models = {m: choose([t for t in trials if t.model == m]) for m in ("resnet18", "vgg11")}
-    content = {"format_version": TUNING_FORMAT, "models": models, "trials": [vars(t) for t in trials]}
+    study_fields = {"data": {"fingerprint": "f"}, "validation": {"per_class": 5}, "epochs": 1, "global_batch_size": 32}
+    content = {"format_version": TUNING_FORMAT, **study_fields, "models": models, "trials": [vars(t) for t in trials]}
     (runs / "tuning.json").write_text(json.dumps(content), encoding="utf-8")
     discussion = section(generate(tmp_path, runs), ". Discussion")
     line = next(ln for ln in discussion.splitlines() if NO_TUNED_RUNS in ln)

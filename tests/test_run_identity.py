@@ -118,7 +118,7 @@ def set_metric(run: Path, column: str, value: str, row: int = 0) -> None:
             "final_test_acc 0.9",
         ),
         (lambda run: set_metric(run, "test_acc", "0.99"), "metrics.csv gives 0.99"),
-        (lambda run: set_metric(run, "test_acc", "many"), "metrics.csv cannot be read"),
+        (lambda run: set_metric(run, "test_acc", "many"), "metrics.csv has a non-numeric value in column 'test_acc'"),
     ],
     ids=["summary", "metrics", "unreadable"],
 )
@@ -133,6 +133,17 @@ def test_a_finished_run_found_again_whose_record_disagrees_is_refused(
     line = error_line(output)
     assert code == 2 and run.name in line and "damaged" in line and reason in line and "--fresh" in line
     assert files(run) == before and list((out / "tiny_resnet").iterdir()) == [run]  # nothing written
+
+
+def test_a_damaged_finished_run_stops_the_study_before_any_other_model_trains(tiny_registry, tiny_data, tmp_path):
+    out = tmp_path / "runs"
+    run = finished_run(out, tiny_registry, tiny_data)
+    set_metric(run, "test_acc", "0.99")
+    args = run_args(tiny_registry, tiny_data, out, model="tiny_plain")
+    args.insert(args.index("tiny_plain") + 1, "tiny_resnet")  # tiny_plain first, then the damaged tiny_resnet
+    code, output = invoke(*args)
+    assert code == 2 and run.name in error_line(output) and "damaged" in error_line(output)
+    assert not (out / "tiny_plain").exists()  # refused while planning: nothing trained before it
 
 
 def test_a_finished_run_found_again_with_a_non_finite_metric_is_reported_diverged(tiny_registry, tiny_data, tmp_path):

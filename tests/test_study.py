@@ -11,12 +11,9 @@ import time
 
 import pytest
 import tomllib
-from typer.testing import CliRunner
+from conftest import invoke
 
 from archbench import train
-from archbench.cli import app
-
-runner = CliRunner()
 
 
 def tiny_args(registry, data, out, *extra) -> list[str]:
@@ -24,13 +21,6 @@ def tiny_args(registry, data, out, *extra) -> list[str]:
         *["--data", str(data), "--registry", str(registry), "--preset", "smoke", "--epochs", "2"],
         *["--batch-size", "16", "--image-size", "32", "--device", "cpu", "--quiet", "--runs", str(out), *extra],
     ]
-
-
-def invoke(args: list[str]):
-    result = runner.invoke(app, [str(a) for a in args])
-    if result.exception is not None and not isinstance(result.exception, SystemExit):
-        raise AssertionError(f"a traceback for {args}: {result.exception!r}") from result.exception
-    return result
 
 
 # ------------------------------------------------------------------------------------------ study files
@@ -42,9 +32,9 @@ def test_a_study_file_sets_options_by_their_command_line_names_and_the_command_l
         'models = ["resnet18", "vgg11"]\nseed = [0, 1, 2]\npreset = "smoke"\nbatch-size = 64\n'
         f'runs = "{tmp_path / "study-runs"}"\nlr = 0.05\nnesterov = true\nholdout_per_class = 5\n'
     )
-    result = invoke(["run", "--config", study, "--print-config", "--batch-size", "8", "--seed", "4"])
-    assert result.exit_code == 0, result.output
-    resolved = tomllib.loads(result.output)
+    code, output = invoke("run", "--config", study, "--print-config", "--batch-size", "8", "--seed", "4")
+    assert code == 0, output
+    resolved = tomllib.loads(output)
     assert resolved["models"] == ["resnet18", "vgg11"]
     assert resolved["preset"] == "smoke" and resolved["lr"] == "0.05" and resolved["nesterov"] is True
     assert resolved["holdout-per-class"] == 5  # a key may be written with underscores too
@@ -53,8 +43,8 @@ def test_a_study_file_sets_options_by_their_command_line_names_and_the_command_l
     assert resolved["device"] == "auto"  # an option neither gave keeps its default
     # the printed study is itself a study file that resolves to the same study
     again = tmp_path / "again.toml"
-    again.write_text(result.output)
-    assert invoke(["run", "--config", again, "--print-config"]).output == result.output
+    again.write_text(output)
+    assert invoke("run", "--config", again, "--print-config")[1] == output
     assert not (tmp_path / "study-runs").exists()  # --print-config runs nothing
 
 
@@ -74,20 +64,20 @@ def test_a_study_file_sets_options_by_their_command_line_names_and_the_command_l
 def test_a_bad_study_file_is_one_line_naming_the_file_and_the_key(tmp_path, text, problem):
     study = tmp_path / "study.toml"
     study.write_text(text)
-    result = invoke(["run", "resnet18", "--config", study, "--runs", tmp_path / "runs"])
-    assert result.exit_code == 2, result.output
-    lines = result.output.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith(f"error: {study}"), result.output
-    assert problem in result.output
+    code, output = invoke("run", "resnet18", "--config", study, "--runs", tmp_path / "runs")
+    assert code == 2, output
+    lines = output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {study}"), output
+    assert problem in output
     assert not (tmp_path / "runs").exists()
 
 
 def test_tune_takes_a_study_file_with_its_grid(tmp_path):
     study = tmp_path / "study.toml"
     study.write_text('models = ["resnet18"]\nlr = [0.01, 0.1]\nholdout-per-class = 3\n')
-    result = invoke(["tune", "--config", study, "--print-config"])
-    assert result.exit_code == 0, result.output
-    resolved = tomllib.loads(result.output)
+    code, output = invoke("tune", "--config", study, "--print-config")
+    assert code == 0, output
+    resolved = tomllib.loads(output)
     assert resolved["lr"] == [0.01, 0.1] and resolved["holdout-per-class"] == 3
 
 
@@ -97,9 +87,9 @@ def test_a_study_run_from_a_file_is_recorded_in_its_runs_folder(tiny_registry, t
     study.write_text('models = ["tiny_resnet"]\nepochs = 1\n')
     args = [*tiny_args(tiny_registry, tiny_data, out), "--config", study]
     args[args.index("--epochs") + 1] = "1"
-    printed = invoke(["run", *args, "--print-config"]).output
-    result = invoke(["run", *args])
-    assert result.exit_code == 0, result.output
+    _, printed = invoke("run", *args, "--print-config")
+    code, output = invoke("run", *args)
+    assert code == 0, output
     assert (out / "study-run.toml").read_text() == printed
 
 
@@ -115,9 +105,9 @@ def test_ctrl_c_says_what_was_saved_and_the_command_that_resumes(tiny_registry, 
         raise KeyboardInterrupt
 
     monkeypatch.setattr(train, "record_epoch", stop_after_first_epoch)
-    result = invoke(["run", "tiny_resnet", *tiny_args(tiny_registry, tiny_data, out, "--fresh", "--seed", "3")])
-    assert result.exit_code == 130, result.output
-    (line,) = [line for line in result.output.splitlines() if line.startswith("interrupted:")]
+    code, output = invoke("run", "tiny_resnet", *tiny_args(tiny_registry, tiny_data, out, "--fresh", "--seed", "3"))
+    assert code == 130, output
+    (line,) = [line for line in output.splitlines() if line.startswith("interrupted:")]
     (run_dir,) = (out / "tiny_resnet").iterdir()
     assert f"tiny_resnet s3: 1 of 2 epochs saved in {run_dir}; resume with: " in line
     command = shlex.split(line.split("resume with: ")[1])
@@ -156,17 +146,16 @@ def test_ctrl_c_in_a_real_process_then_the_printed_command_resumes(tiny_registry
 # ------------------------------------------------------------------------------------------ TensorBoard
 
 
-def test_tensorboard_gets_step_epoch_and_gradient_scalars_in_each_run_folder(tiny_registry, tiny_data, tmp_path):
+def test_tensorboard_gets_step_epoch_and_gradient_scalars_in_each_run_folder(
+    tiny_registry, tiny_data, tmp_path, monkeypatch
+):
     pytest.importorskip("tensorboard")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     out = tmp_path / "runs"
-    result = runner.invoke(
-        app,
-        ["run", "tiny_resnet", *tiny_args(tiny_registry, tiny_data, out, "--gradnorm-steps", "3")],
-        env={"ARCHBENCH_TENSORBOARD": "1"},
-    )
-    assert result.exit_code == 0, result.output
+    monkeypatch.setenv("ARCHBENCH_TENSORBOARD", "1")
+    code, output = invoke("run", "tiny_resnet", *tiny_args(tiny_registry, tiny_data, out, "--gradnorm-steps", "3"))
+    assert code == 0, output
     (run_dir,) = (out / "tiny_resnet").iterdir()
     events = EventAccumulator(str(run_dir / "tensorboard"))
     events.Reload()
@@ -187,9 +176,9 @@ def test_tensorboard_missing_is_one_line_before_anything_runs(tmp_path, monkeypa
 
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "tensorboard" else real(name, *a))
-    result = invoke(["run", "resnet18", "--tensorboard", "--runs", tmp_path / "runs"])
-    assert result.exit_code == 2
-    assert result.output.strip() == (
+    code, output = invoke("run", "resnet18", "--tensorboard", "--runs", tmp_path / "runs")
+    assert code == 2
+    assert output.strip() == (
         "error: --tensorboard needs the tensorboard package, which is not installed: pip install "
         "'archbench[tensorboard]'"
     )

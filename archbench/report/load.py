@@ -19,27 +19,25 @@ from archbench.errors import ArchbenchError
 from archbench.runs import (
     ADDED_IN,
     CONFIG,
-    GRADNORM_COLUMNS,
     GRADNORM_TEXT_COLUMNS,
     GRADNORMS,
     METRICS,
-    METRICS_COLUMNS,
     OUTCOME_FIELDS,
-    RENAMED,
     STATUSES,
     SUMMARY,
     TIMING_COLUMNS,
-    DamagedRecord,
     EpochMetrics,
+    GradNormRow,
     check_record,
+    columns,
     current_summary,
     holdout_record,
-    lacking,
     non_finite_epoch,
     outcome,
     read_record,
+    read_rows,
 )
-from archbench.tuning import FORMAT_VERSION as TUNING_FORMAT
+from archbench.tuning import load_tuning
 
 BENCHMARK_COMMAND = f"pytest benchmarks/test_forward_latency.py --benchmark-json {LATENCY_FILE.as_posix()}"
 
@@ -65,10 +63,6 @@ def _field(obj: dict, path: Path, *keys: str):
     return value
 
 
-def _no_rows(columns: tuple[str, ...], text_columns: tuple[str, ...]) -> pd.DataFrame:
-    return pd.DataFrame({c: pd.Series(dtype=object if c in text_columns else float) for c in columns})
-
-
 # file name -> the columns some file of that name lacked (an older schema version), filled as missing.
 _FILLED: dict[str, set[str]] = {}
 
@@ -89,41 +83,19 @@ def reset_schema_notes() -> None:
     _FILLED.clear()
 
 
-def _read_csv(path: Path, columns: tuple[str, ...], text_columns: tuple[str, ...] = ()) -> pd.DataFrame:
-    """A run's CSV with the agreed columns, numbers parsed; a missing, empty or header-only file: no rows.
-    Columns an older schema version named otherwise are renamed; columns it lacks are filled as missing."""
-    if not path.exists() or path.stat().st_size == 0:
-        return _no_rows(columns, text_columns)
-    try:
-        frame = pd.read_csv(path, dtype={c: str for c in text_columns})
-    except (ValueError, pd.errors.ParserError) as e:
-        problem = str(e).splitlines()[0]
-        raise ArchbenchError(f"{path} is not a readable CSV ({problem}); rerun or delete that run") from None
-    if frame.empty:  # stopped before its first epoch (or step): train.py may write a bare header then
-        return _no_rows(columns, text_columns)
-    frame = frame.rename(columns={old: new for old, new in RENAMED.items() if new not in frame.columns})
-    if absent := lacking(frame.columns, columns, _version(frame)):
-        raise DamagedRecord(path.name, f"{path.name} lacks the column(s) {', '.join(absent)}")
-    missing = [c for c in columns if c not in frame.columns]
-    if missing:
-        _FILLED.setdefault(path.name, set()).update(missing)
-        for c in missing:
-            frame[c] = None
-    for c in columns:
-        if c not in text_columns:
-            try:
-                frame[c] = pd.to_numeric(frame[c]).astype(float)
-            except (ValueError, TypeError):
-                raise ArchbenchError(
-                    f"{path} has a non-numeric value in column '{c}'; rerun or delete that run"
-                ) from None
-    return frame[list(columns)]
+def _rows(path: Path, row_type=EpochMetrics) -> list:
+    """A run's CSV rows (`archbench.runs.read_rows`), noting the columns its older schema version lacked."""
+    rows, absent = read_rows(path, row_type, needed=None)
+    if rows and absent:
+        _FILLED.setdefault(path.name, set()).update(absent)
+    return rows
 
 
-def _version(frame: pd.DataFrame) -> int:
-    """The schema version a CSV was written in (1: before versions were recorded)."""
-    versions = frame["schema_version"].dropna() if "schema_version" in frame.columns else ()
-    return int(versions.iloc[0]) if len(versions) else 1
+def _frame(rows: list, row_type=EpochMetrics) -> pd.DataFrame:
+    """CSV rows as a frame of every column of their type, numbers as floats (NaN: missing)."""
+    names = columns(row_type)
+    frame = pd.DataFrame([dataclasses.astuple(row) for row in rows], columns=names)
+    return frame.astype({c: float for c in names if c not in GRADNORM_TEXT_COLUMNS})
 
 
 def _utc(stamp: str, path: Path) -> str:
@@ -136,12 +108,6 @@ def _utc(stamp: str, path: Path) -> str:
     if when.tzinfo is None:
         when = when.replace(tzinfo=dt.timezone.utc)
     return when.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _history(metrics: pd.DataFrame) -> list[EpochMetrics]:
-    return [
-        EpochMetrics(**{k: (None if pd.isna(v) else v) for k, v in row.items()}) for row in metrics.to_dict("records")
-    ]
 
 
 def _num(value) -> float:
@@ -213,8 +179,8 @@ def _read_run(run_dir: Path) -> dict | None:
 
     thresholds = sorted(float(t) for t in cfg("thresholds"))
     on_holdout = holdout_record(config) is not None
-    metrics = _read_csv(run_dir / METRICS, METRICS_COLUMNS)
-    history = _history(metrics)
+    history = _rows(run_dir / METRICS)
+    metrics = _frame(history)
     summary_path = run_dir / SUMMARY
     recorded = current_summary(read_record(summary_path)) if summary_path.exists() else None
     check_record(config, recorded, history)
@@ -385,9 +351,11 @@ def counted_runs(runs: pd.DataFrame) -> pd.DataFrame:
 def load_csvs(runs: pd.DataFrame, name: str = METRICS) -> pd.DataFrame:
     """One CSV file (metrics.csv, or gradnorms.csv) of every given run, stacked, with their label, model, seed
     and run_id columns."""
-    columns, text = {METRICS: (METRICS_COLUMNS, ()), GRADNORMS: (GRADNORM_COLUMNS, GRADNORM_TEXT_COLUMNS)}[name]
+    row_type = {METRICS: EpochMetrics, GRADNORMS: GradNormRow}[name]
     frames = [
-        _read_csv(Path(r.path) / name, columns, text).assign(label=r.label, model=r.model, seed=r.seed, run_id=r.run_id)
+        _frame(_rows(Path(r.path) / name, row_type), row_type).assign(
+            label=r.label, model=r.model, seed=r.seed, run_id=r.run_id
+        )
         for r in runs.itertuples()
     ]
     return pd.concat(frames, ignore_index=True)
@@ -397,7 +365,7 @@ def holdout_loss_at_best_epoch(run_path: str, best_epoch: float) -> float | None
     """The holdout loss of a run's chosen epoch (for a tuning trial's tie-break), or None."""
     if math.isnan(best_epoch):
         return None
-    metrics = _read_csv(Path(run_path) / METRICS, METRICS_COLUMNS)
+    metrics = _frame(_rows(Path(run_path) / METRICS))
     rows = metrics[metrics["epoch"] == best_epoch]
     return None if rows.empty or pd.isna(rows.iloc[0]["holdout_loss"]) else float(rows.iloc[0]["holdout_loss"])
 
@@ -409,16 +377,8 @@ class TuningFile(NamedTuple):
 
 def load_tuning_files(runs_dir: Path, label_of) -> list[TuningFile]:
     """Every tuning file (`tuning.json`, as `archbench tune` writes it) under `runs_dir`, by path."""
-    files = []
-    for path in sorted(Path(runs_dir).rglob(TUNING_FILE)):
-        content = _read_json(path)
-        if content.get("format_version") != TUNING_FORMAT or not isinstance(content.get("models"), dict):
-            raise ArchbenchError(
-                f"{path} is not an archbench tuning file (format {TUNING_FORMAT}); rerun "
-                "`archbench tune` or move the file away"
-            )
-        files.append(TuningFile(label_of(path), content))
-    return files
+    remedy = "rerun `archbench tune` or move the file away"
+    return [TuningFile(label_of(path), load_tuning(path, remedy)) for path in sorted(Path(runs_dir).rglob(TUNING_FILE))]
 
 
 def load_latency(path: Path) -> pd.DataFrame | None:
