@@ -7,6 +7,6 @@ def load_runs(path="runs"):
     """The study-wide per-seed results of the run records under `path` as a pandas DataFrame: one row per
     model group and seed (the run that counts), the same rows as REPORT-results.csv. Reading it imports
     neither torch nor the training code."""
-    from archbench.report.results import load_results
+    from archbench.report.study import load_results
 
     return load_results(path)

@@ -1,10 +1,7 @@
-"""`archbench bench`: training and inference images/s of each model, each measured in a process of its own.
-
-Models measured one after another in one process change each other's numbers
-(`archbench.references.TIMM_BENCHMARK_PITFALLS`), so every model is measured by a fresh
-``python -m archbench.bench`` process that builds it as the training loop does (`bench_config`,
-`archbench.train.build_training`), writes its numbers to a JSON file and exits. What each number
-measures, and the result files, are described in docs/speed.md.
+"""`archbench bench`: training and inference images/s of each model, each measured by a fresh
+``python -m archbench.bench`` process (models measured in one process change each other's numbers:
+`archbench.references.TIMM_BENCHMARK_PITFALLS`) that builds it as the training loop does (`bench_config`,
+`archbench.train.build_training`), writes its numbers to a JSON file and exits (docs/speed.md).
 """
 
 from __future__ import annotations

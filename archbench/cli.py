@@ -26,6 +26,7 @@ from rich.table import Table
 from typer.core import TyperArgument, TyperCommand, TyperGroup
 
 import archbench
+from archbench.annotations import matches
 from archbench.catalogue import read_toml
 from archbench.config import (
     BENCH_DIR,
@@ -39,6 +40,7 @@ from archbench.config import (
     TuneRequest,
     cli_fields,
     flag,
+    option,
     option_names,
     request_field,
 )
@@ -150,11 +152,6 @@ def friendly_errors(fn):
     return wrapper
 
 
-def _keyword(name: str, default, annotation) -> inspect.Parameter:
-    """A keyword parameter of a Typer command, `annotation` its type annotated with a typer.Option or Argument."""
-    return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation)
-
-
 def _optional(hint, help: str, metavar: str, *flags: str, **limits):
     """An option that may be left out, its default (None) not shown in the help."""
     option = typer.Option(*flags, help=help, metavar=metavar, show_default=False, **limits)
@@ -168,7 +165,7 @@ def _parameter(f: dataclasses.Field, hint) -> inspect.Parameter:
     if meta.get("choices"):  # shown in the help and checked while parsing, before anything is imported
         extra["metavar"] = f"<{'|'.join(meta['choices'])}>"
         extra["callback"] = _one_of(f.name, meta["choices"])
-    elif hint is not bool:  # INT, FLOAT, TEXT, PATH; a repeatable option its element's
+    elif hint is not bool and "metavar" not in meta:  # INT, FLOAT, TEXT, PATH; a repeatable option its element's
         element = typing.get_args(hint)[0] if typing.get_origin(hint) is list else hint
         extra["metavar"] = {"str": "TEXT"}.get(element.__name__, element.__name__.upper())
     if meta["argument"]:  # optional here: a study file may name the models
@@ -180,7 +177,8 @@ def _parameter(f: dataclasses.Field, hint) -> inspect.Parameter:
         marker = typer.Option(*meta["flags"], help=meta["help"], show_default=show, **extra)
     if default is None:
         hint = Optional[hint]  # noqa: UP045 (Typer reads typing.Optional)
-    return _keyword(f.name, default, Annotated[hint, marker])
+    annotation = Annotated[hint, marker]
+    return inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation)
 
 
 def _one_of(name: str, choices: tuple[str, ...]):
@@ -198,34 +196,31 @@ def _plain_type(hint):
     return args[0] if typing.get_origin(hint) in (typing.Union, types.UnionType) and len(args) == 1 else hint
 
 
-STUDY_PARAMETERS = [
-    _keyword(
-        "config",
+@dataclasses.dataclass
+class StudyOptions:
+    """The options of the commands that take a study file, beside their request's."""
+
+    config: Path | None = option(
         None,
-        _optional(
-            Path,
-            "Study file (TOML): models, seeds and any option by its command-line name, e.g. "
-            'models = ["resnet18"], seed = [0, 1], batch-size = 64. Command-line options override it.',
-            "FILE",
-            "--config",
-            "-c",
-        ),
-    ),
-    _keyword(
-        "print_config",
-        False,
-        Annotated[
-            bool, typer.Option("--print-config", help="Print the resolved study as TOML and exit without running.")
-        ],
-    ),
-]
+        "Study file (TOML): models, seeds and any option by its command-line name, e.g. "
+        'models = ["resnet18"], seed = [0, 1], batch-size = 64. Command-line options override it.',
+        flags=("--config", "-c"),
+        metavar="FILE",
+    )
+    print_config: bool = option(
+        False, "Print the resolved study as TOML and exit without running.", flags=("--print-config",)
+    )
+
+
+def _parameters(request_type) -> list[inspect.Parameter]:
+    hints = typing.get_type_hints(request_type)
+    return [_parameter(f, _plain_type(hints[f.name])) for f in cli_fields(request_type)]
 
 
 def request_command(request_type, handler, study: bool = False):
     """A Typer command whose parameters are `request_type`'s option fields and which calls
     ``handler(request_type(...))``; with `study`, it also takes `--config FILE` and `--print-config`."""
-    hints = typing.get_type_hints(request_type)
-    params = [_parameter(f, _plain_type(hints[f.name])) for f in cli_fields(request_type)]
+    params = [*_parameters(request_type), *(_parameters(StudyOptions) if study else [])]
     context = inspect.Parameter("ctx", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=typer.Context)
 
     def command(ctx: typer.Context, **kwargs):
@@ -260,7 +255,7 @@ def request_command(request_type, handler, study: bool = False):
         record()
         return result
 
-    command.__signature__ = inspect.Signature([context, *params, *(STUDY_PARAMETERS if study else [])])
+    command.__signature__ = inspect.Signature([context, *params])
     command.__annotations__ = {p.name: p.annotation for p in command.__signature__.parameters.values()}
     command.__doc__ = handler.__doc__
     command.__name__ = handler.__name__
@@ -270,12 +265,13 @@ def request_command(request_type, handler, study: bool = False):
 # ------------------------------------------------------------------------------------------ study files
 
 
-# The TOML value types an option of each type takes, and their name for an error message (else: a path).
+# The TOML values an option of each type takes (`archbench.annotations.matches`: an integer is a number, a
+# bool is neither; a text option takes a number too, lr = 0.1), and their name for an error message (else: a path).
 TOML_TYPES = {
-    bool: ((bool,), "true or false"),
-    int: ((int,), "an integer"),
-    float: ((int, float), "a number"),
-    str: ((str, int, float), "a string"),
+    bool: (bool, "true or false"),
+    int: (int, "an integer"),
+    float: (float, "a number"),
+    str: (str | float, "a string"),
 }
 
 
@@ -301,11 +297,9 @@ def read_study(path: Path, request_type, ctx: typer.Context) -> dict[str, Any]:
         many = typing.get_origin(hint) is list
         element = typing.get_args(hint)[0] if many else hint
         items = value if many and isinstance(value, list) else [value]
-        accepted, expected = TOML_TYPES.get(element, ((str,), "a path (a string)"))
-        if isinstance(value, list) and not many or not all(isinstance(v, accepted) for v in items):
+        accepted, expected = TOML_TYPES.get(element, (str, "a path (a string)"))
+        if isinstance(value, list) and not many or not all(matches(v, accepted) for v in items):
             expected = f"{expected} or a list of them" if many else expected
-            raise ArchbenchError(f"{path}: {key} must be {expected}, not {value!r}.")
-        if any(isinstance(v, bool) for v in items) and element is not bool:
             raise ArchbenchError(f"{path}: {key} must be {expected}, not {value!r}.")
         items = [str(v) if element is str else v for v in items]
         param = params[f.name]

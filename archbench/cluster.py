@@ -1,9 +1,6 @@
-"""`archbench run ... --launcher submitit`: every (model, seed) of a study as a cluster job of its own.
-
-Each job runs the job file of its (model, seed) in a child process, as a --gpus sweep does
-(`archbench.launch`), so resuming, skipping finished runs and the records themselves are the training
-loop's. The job files lie under --out/.submitit, where every node reads them; several jobs go to SLURM
-as one job array. Preemption, time limits and --gpus-per-job are described in docs/cluster.md.
+"""`archbench run ... --launcher submitit`: every (model, seed) of a study as a cluster job of its own, whose
+child runs its job file as a --gpus sweep's does (`archbench.launch`), so resuming, skipping finished runs and
+the records are the training loop's (docs/cluster.md: job arrays, preemption, time limits, --gpus-per-job).
 """
 
 from __future__ import annotations
@@ -28,7 +25,7 @@ from archbench.errors import DIVERGED_EXIT, ArchbenchError, not_installed
 from archbench.progress import job_progress, results_table
 
 MAX_TIMEOUTS = 10  # requeues after reaching the time limit (preemptions do not count)
-LOG_FOLDER = ".submitit"  # under --out: submitit's pickles and each job's stdout and stderr
+LOG_FOLDER = ".submitit"  # under --out: submitit's pickles, each job's stdout and stderr, and the job files
 POLL_SECONDS = {"slurm": 15.0, "local": 1.0}
 NOT_SHARED = ("/tmp", "/var/tmp", "/dev/shm")
 LOCAL_FILESYSTEMS = {"tmpfs", "ramfs", "devtmpfs", "overlay", "ext2", "ext3", "ext4", "xfs", "btrfs", "f2fs", "zfs"}

@@ -33,7 +33,8 @@ def option(
 
     A list `default` is copied for each request. `flags`: its names (default ``--field-name``; a second is an
     alias); `choices`: the values it accepts, checked while parsing; `recipe`: it overrides the recipe field of
-    its name; `limits`: Typer's (min, max, envvar), also checked on a request built in Python (`check_limits`).
+    its name; `limits`: Typer's (min, max, envvar, metavar), min and max also checked on a request built in
+    Python (`check_limits`).
     """
     metadata = {"help": help, "flags": flags, "argument": argument, "choices": choices, "recipe": recipe, **limits}
     if isinstance(default, list):
@@ -613,12 +614,10 @@ def resolve_config(
     recipe = request.recipe()
     global_batch = recipe.batch_size * world_size
     lr, lr_source = resolve_lr(request, entry.lr_scale, global_batch, tuned)
-    if not (math.isfinite(lr) and lr > 0):
-        raise ArchbenchError(f"the learning rate must be a positive finite number, not {lr:g}.")
-    if lr > LARGEST_LR:
+    if not 0 < lr <= LARGEST_LR:  # NaN included
         raise ArchbenchError(
-            f"the learning rate {lr:g} ({lr_source}) cannot be represented in the float32 the optimiser updates "
-            f"parameters in (at most {LARGEST_LR:g}); choose a smaller rate."
+            f"the learning rate {lr:g} ({lr_source}) must be positive and at most {LARGEST_LR:g}: a larger one "
+            "cannot be represented in the float32 the optimiser updates parameters in; choose another rate."
         )
     return RunConfig(
         model=entry.name,

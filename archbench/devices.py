@@ -9,6 +9,7 @@ import contextlib
 import functools
 import os
 import random
+import re
 import resource
 import sys
 
@@ -16,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from archbench.config import DEVICE_CHOICES
+from archbench.config import DEVICE_CHOICES, DEVICE_PATTERN
 from archbench.errors import ArchbenchError
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -24,6 +25,8 @@ PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 def resolve_device(name: str, local_rank: int | None = None) -> torch.device:
     """`auto` is CUDA where available, else the CPU; under torchrun a CUDA rank takes its local GPU."""
+    if not re.fullmatch(DEVICE_PATTERN, name):
+        raise ArchbenchError(f"unknown device '{name}'; use {DEVICE_CHOICES}.")
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda"):
@@ -31,12 +34,7 @@ def resolve_device(name: str, local_rank: int | None = None) -> torch.device:
             raise ArchbenchError(f"--device {name} was asked for but no CUDA device is available; use --device cpu.")
         if local_rank is not None:
             return torch.device("cuda", local_rank)
-    elif name != "cpu":
-        raise ArchbenchError(f"unknown device '{name}'; use {DEVICE_CHOICES}.")
-    try:
-        return torch.device(name)
-    except RuntimeError:
-        raise ArchbenchError(f"unknown device '{name}'; use {DEVICE_CHOICES}.") from None
+    return torch.device(name)
 
 
 def resolve_precision(name: str, device: torch.device) -> str:

@@ -16,7 +16,7 @@ import torch.distributed as dist
 import torch.distributed.nn.functional as dist_fn
 from torch import nn
 
-from archbench.devices import replace_modules
+from archbench.devices import replace_modules, resolve_device
 from archbench.errors import ArchbenchError
 
 TIMEOUT_VARIABLE, DEFAULT_TIMEOUT_S = "ARCHBENCH_DIST_TIMEOUT", 600
@@ -103,9 +103,7 @@ def from_environment(device: str) -> DistContext:
     rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
     if not dist.is_initialized():
         timeout = collective_timeout()
-        use_cuda = device != "cpu" and torch.cuda.is_available()
-        if device.startswith("cuda") and not torch.cuda.is_available():
-            raise ArchbenchError(f"--device {device} was asked for but no CUDA device is available.")
+        use_cuda = resolve_device(device, local_rank).type == "cuda"
         if use_cuda:
             torch.cuda.set_device(local_rank)
         dist.init_process_group(backend="nccl" if use_cuda else "gloo", timeout=timeout)

@@ -492,8 +492,10 @@ def recorded_status(run_dir: Path) -> str | None:
 
 
 def matching_runs(model_dir: Path, matches) -> list[Path]:
-    """The run folders under `model_dir`, newest first (run ids start with the time), whose config.json
-    `matches`; an unreadable one matches nothing."""
+    """The run folders under `model_dir` (none: no folder), newest first (run ids start with the time), whose
+    config.json `matches`; an unreadable one matches nothing."""
+    if not model_dir.is_dir():
+        return []
     found = []
     for run_dir in sorted(model_dir.iterdir(), reverse=True):
         try:
@@ -507,17 +509,12 @@ def matching_runs(model_dir: Path, matches) -> list[Path]:
 
 def runs_with_hash(model_dir: Path, digest: str) -> list[Path]:
     """The run folders under `model_dir` recorded with the config hash `digest`, newest first."""
-    return matching_runs(model_dir, lambda config: config.get("config_hash") == digest) if model_dir.is_dir() else []
+    return matching_runs(model_dir, lambda config: config.get("config_hash") == digest)
 
 
 def finished_run(run_dirs: list[Path]) -> Path | None:
     """The first of `run_dirs` recorded as finished (completed or diverged), or None."""
     return next((run_dir for run_dir in run_dirs if recorded_status(run_dir) not in UNFINISHED), None)
-
-
-def new_run_id(seed: int, digest: str) -> str:
-    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
-    return f"{stamp}-s{seed}-{digest[:6]}-{secrets.token_hex(2)}"
 
 
 def open_run(out: Path, config: dict, fresh: bool = False) -> Run:
@@ -541,7 +538,8 @@ def open_run(out: Path, config: dict, fresh: bool = False) -> Run:
                 stale.unlink(missing_ok=True)
             return Run(run_dir, run_dir.name, _lock_fd=fd)
     while True:
-        run_id = new_run_id(config["seed"], digest)
+        stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
+        run_id = f"{stamp}-s{config['seed']}-{digest[:6]}-{secrets.token_hex(2)}"
         with contextlib.suppress(FileExistsError):
             (model_dir / run_id).mkdir()
             break

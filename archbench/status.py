@@ -64,15 +64,14 @@ def arm_of(lr_source: object, tuning: bool) -> str | None:
 
 def is_locked(run_dir: Path) -> bool:
     """Whether another process holds the run's lock (it is training right now): a shared, non-blocking flock
-    on a descriptor of our own fails while the trainer holds its exclusive one (and is released at once);
-    the lock file is opened read-only and never created."""
+    on a descriptor of our own fails while the trainer holds its exclusive one (and is released with the
+    descriptor); the lock file is opened read-only and never created."""
     try:
         fd = os.open(run_dir / ".lock", os.O_RDONLY)
     except OSError:  # no lock file: no process has ever trained here
         return False
     try:
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        fcntl.flock(fd, fcntl.LOCK_UN)
     except BlockingIOError:
         return True
     except OSError:
@@ -137,13 +136,9 @@ def run_status(run_dir: Path) -> RunStatus:
     return row
 
 
-def run_folders(runs_dir: Path) -> list[Path]:
-    """Every `runs_dir/<model>/<run_id>/` folder (hidden ones, such as job logs, left out)."""
-    return sorted(d for d in runs_dir.glob("[!.]*/[!.]*") if d.is_dir())
-
-
 def study_status(runs_dir: Path) -> list[RunStatus]:
-    folders = run_folders(Path(runs_dir))
+    """A row per `runs_dir/<model>/<run_id>/` folder (hidden ones, such as job logs, left out)."""
+    folders = sorted(d for d in Path(runs_dir).glob("[!.]*/[!.]*") if d.is_dir())
     if not folders:
         raise ArchbenchError(f"no runs under {runs_dir}/; start some with `archbench run MODEL...`.")
     rows = [run_status(d) for d in folders]
@@ -278,7 +273,7 @@ def status_view(rows: list[RunStatus], runs_dir: Path, width: int):
 
 def status_json(runs_dir: Path) -> list[dict]:
     """`archbench status --json`: one object per run, the table's fields by name (seconds, fractions)."""
-    return [asdict(row) for row in study_status(Path(runs_dir))]
+    return [asdict(row) for row in study_status(runs_dir)]
 
 
 def watch_status(
@@ -288,11 +283,11 @@ def watch_status(
     from rich.live import Live
 
     console = console or Console()
-    rows = study_status(Path(runs_dir))
+    rows = study_status(runs_dir)
     live = Live(status_view(rows, runs_dir, console.width), console=console, auto_refresh=False)
     with live, contextlib.suppress(KeyboardInterrupt):
         for _ in itertools.count() if rounds is None else range(rounds - 1):
             time.sleep(every)
-            rows = study_status(Path(runs_dir))
+            rows = study_status(runs_dir)
             live.update(status_view(rows, runs_dir, console.width), refresh=True)
     return rows

@@ -1,23 +1,12 @@
-"""`archbench run --tensorboard` (or ARCHBENCH_TENSORBOARD=1): the run's curves as TensorBoard scalars.
-
-A reporter in front of the terminal's: every run writes an event file into `RUNS/<model>/<run_id>/tensorboard/`,
-so `tensorboard --logdir RUNS` shows the whole study, one run per folder. What it writes, all read at points
-the loop already reads (no extra host-device sync):
-
-- per logged step (every `archbench.train.LOG_EVERY` steps): `train/loss` and `train/accuracy` (the means over
-  the epoch so far), `train/images_per_s` and `train/lr`;
-- per epoch: every numeric column of metrics.csv under `epoch/`, at the optimiser step that ends the epoch
-  (one x axis for every tag, and the one `purge_step` counts in);
-- when the run ends: the early per-layer gradient diagnostics of gradnorms.csv under `gradients/<layer>/`
-  (x axis: the optimiser step).
-
-A resumed run drops the events written after its checkpoint (`purge_step`), so the curves never double.
+"""`archbench run --tensorboard` (or ARCHBENCH_TENSORBOARD=1): a reporter in front of the terminal's that
+writes each run's curves as TensorBoard scalars into `RUNS/<model>/<run_id>/tensorboard/` (what it writes:
+README.md, "With `--tensorboard`"). Every value is one the loop already reads (no extra host-device sync);
+a resumed run drops the events written after its checkpoint (`purge_step`), so the curves never double.
 TensorBoard is an optional dependency: `pip install archbench[tensorboard]`.
 """
 
 from __future__ import annotations
 
-import csv
 import importlib.util
 import math
 from pathlib import Path
@@ -87,16 +76,11 @@ class TensorBoard(Reporter):
         self.inner.close()
 
     def _gradients(self, path: Path) -> None:
-        try:
-            with open(path, newline="", encoding="utf-8") as f:
-                rows = list(csv.DictReader(f))
-        except OSError:
-            return
-        for row in rows:
+        for row in runs.read_rows(path, runs.GradNormRow, needed=())[0]:
             for column in DIAGNOSTICS:
-                value = float(row.get(column) or "nan")
-                if math.isfinite(value):
-                    self.writer.add_scalar(f"gradients/{row['layer']}/{column}", value, int(row["step"]))
+                value = getattr(row, column)
+                if value is not None and math.isfinite(value):
+                    self.writer.add_scalar(f"gradients/{row.layer}/{column}", value, int(row.step))
 
     def _close_writer(self) -> None:
         if self.writer is not None:

@@ -154,8 +154,6 @@ def expected_identity(trial: RunRequest, entry: Entry, seed: int, data, validati
 def trial_state(folder: Path, wanted: dict) -> tuple[dict | None, bool]:
     """The summary of the newest finished run under the model's `folder` whose identity is `wanted` (None:
     none finished), and whether a run of it is training right now."""
-    if not folder.is_dir():
-        return None, False
     matching = runs.matching_runs(folder, lambda config: trial_identity(config) == wanted)
     if finished := runs.finished_run(matching):
         return runs.read_json(finished / runs.SUMMARY), False

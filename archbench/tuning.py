@@ -3,18 +3,18 @@
 `archbench tune` writes one per study (`write_tuning`: JSON, indented, sorted keys); `archbench run --lr tuned`
 reads it (`read_tuning`), and refuses it where its rates do not carry over: other data, a changed registry entry
 or code, a recipe that differs in a field that changes what a rate means. A file is read only if every field
-its readers use has its JSON type (`FILE_FIELDS`, `MODEL_FIELDS`). The rule and the checks are in docs/tuning.md.
+its readers use has its JSON type (`TuningFile`). The rule and the checks are in docs/tuning.md.
 """
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal, TypedDict
 
 from archbench import runs
-from archbench.annotations import matches
+from archbench.annotations import json_problem
 from archbench.config import RATE_FIELDS, TunedRate, upgrade_config
 from archbench.errors import ArchbenchError
 
@@ -25,37 +25,42 @@ STUDY_FIELDS = (*RATE_FIELDS, "epochs")
 RULE = (
     "highest validation accuracy (mean over seeds), ties broken by lower validation loss; diverged rates score nothing"
 )
-STATUSES = (CHOSEN, TIE, ALL_DIVERGED)
-ABSENT = type(None)
-JSON_NAMES = {dict: "an object", list: "a list", str: "a string", int: "an integer", float: "a number"}
-# The fields the readers of a tuning file rely on, with their JSON types (ABSENT: an older file may lack it,
-# float: any number); "[]" names every item of a list. FILE_FIELDS are the file's, MODEL_FIELDS each model's.
-FILE_FIELDS = {
-    "data": dict,
-    "data.fingerprint": str,
-    "validation": dict,
-    "validation.per_class": int,
-    "epochs": int,
-    "global_batch_size": int,
-    "recipe": (dict, ABSENT),
-    "trials": (list, ABSENT),
-    "trials[]": dict,
-    "models": dict,
-}
-MODEL_FIELDS = {
-    "status": str,
-    "lr": (float, ABSENT),
-    "tied": list,
-    "tied[]": float,
-    "grid": list,
-    "grid[]": dict,
-    "grid[].lr": float,
-    "global_batch_size": (int, ABSENT),
-    "registry_toml_sha256": (list, ABSENT),
-    "registry_toml_sha256[]": str,
-    "source_sha256": (list, ABSENT),
-    "source_sha256[]": str,
-}
+
+
+# The fields the readers of a tuning file rely on, with their JSON types (`X | None`: an older file may lack it;
+# float: any number).
+class GridRate(TypedDict):
+    lr: float
+
+
+class ModelChoice(TypedDict):
+    status: Literal[CHOSEN, TIE, ALL_DIVERGED]
+    lr: float | None
+    tied: list[float]
+    grid: list[GridRate]
+    global_batch_size: int | None
+    registry_toml_sha256: list[str] | None
+    source_sha256: list[str] | None
+
+
+class DataRecord(TypedDict):
+    fingerprint: str
+
+
+class ValidationRecord(TypedDict):
+    per_class: int
+
+
+class TuningFile(TypedDict):
+    data: DataRecord
+    validation: ValidationRecord
+    epochs: int
+    global_batch_size: int
+    recipe: dict | None
+    trials: list[dict] | None
+    models: dict[str, ModelChoice]
+
+
 # What a tuned rate belongs to besides the recipe: the hashes of the model's registry entry, as the tuning file
 # and a run's entry identity name them, and what each is of.
 ENTRY_HASHES = (
@@ -200,55 +205,9 @@ def load_tuning(path: Path, remedy: str = "rerun `archbench tune`") -> dict:
         raise ArchbenchError(f"cannot read the tuning file {path} ({e}); {remedy}.") from None
     if not isinstance(content, dict) or content.get("format_version") != FORMAT_VERSION:
         raise ArchbenchError(f"{path} is not an archbench tuning file (format {FORMAT_VERSION}); {remedy}.")
-    if problem := _problem(content):
+    if problem := json_problem(content, TuningFile):
         raise ArchbenchError(f"the tuning file {path} is damaged: {problem}; {remedy}.")
     return content
-
-
-def _problem(content: dict) -> str | None:
-    """What is wrong with a tuning file's fields and statuses, in words; None when nothing is."""
-    if problem := _type_problem(content, FILE_FIELDS):
-        return problem
-    for model, choice in content["models"].items():
-        if problem := _type_problem(choice, MODEL_FIELDS, f"models.{model}"):
-            return problem
-        if choice["status"] not in STATUSES:
-            return f"models.{model}.status is {_shown(choice['status'])}, not one of {', '.join(STATUSES)}"
-    return None
-
-
-def _type_problem(content, fields: dict, name: str = "") -> str | None:
-    """The first field of `fields` that `content` lacks or holds with another JSON type, in words; None if none."""
-    if not isinstance(content, dict):
-        return f"{name} is {_shown(content)}, not an object"
-    for field, kinds in fields.items():
-        kinds = kinds if isinstance(kinds, tuple) else (kinds,)
-        for where, value in _values(content, field, name):
-            if value is None and ABSENT not in kinds:
-                return f"{where} is missing"
-            if not any(matches(value, kind) for kind in kinds):  # an integer is a number; a bool neither
-                return f"{where} is {_shown(value)}, not {' or '.join(JSON_NAMES[k] for k in kinds if k is not ABSENT)}"
-    return None
-
-
-def _values(content: dict, field: str, name: str):
-    """Each (name, value) that `field` ("grid[].lr": the lr of every item of grid) names in `content`."""
-    head, _, rest = field.partition(".")
-    key = head.removesuffix("[]")
-    where = f"{name}.{key}" if name else key
-    value = content.get(key)
-    pairs = [(f"{where}[{i}]", item) for i, item in enumerate(value or [])] if head.endswith("[]") else [(where, value)]
-    for where, value in pairs:
-        if not rest:
-            yield where, value
-        elif isinstance(value, dict):  # else its own check has failed, or it may be absent
-            yield from _values(value, rest, where)
-
-
-def _shown(value) -> str:
-    """A JSON value in a message: itself when short, else its type."""
-    text = json.dumps(value)
-    return text if len(text) <= 24 else JSON_NAMES[type(value)]
 
 
 def existing_tuning(path: Path, *, data: dict, validation: dict, recipe: dict) -> dict | None:

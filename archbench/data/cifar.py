@@ -22,7 +22,7 @@ from torchvision import datasets
 
 from archbench.data.arrays import SourceArrays
 from archbench.data.download import download, refuse_inflation
-from archbench.data.files import file_digest
+from archbench.data.files import file_digest, reason
 from archbench.data.packed import say, unverified
 from archbench.errors import ArchbenchError
 
@@ -208,7 +208,7 @@ def _archive_members(variant: Variant, archive: Path) -> dict[str, _Member]:
                 with tar.extractfile(info) as f:
                     members[name] = _Member(f"{archive}:{info.name}", f.read())
     except DAMAGED_ARCHIVE_ERRORS as e:
-        raise ArchbenchError(f"{archive} is not a readable {variant.name} archive ({_reason(e)})") from None
+        raise ArchbenchError(f"{archive} is not a readable {variant.name} archive ({reason(e)})") from None
     missing = [member for member in wanted if wanted[member] not in members]
     if missing:
         raise ArchbenchError(
@@ -225,11 +225,6 @@ def _folder_members(variant: Variant, folder: Path) -> dict[str, _Member]:
             raise ArchbenchError(f"{path} is missing, so {folder} is not a complete {variant.name} folder")
         members[name] = _Member(str(path), path.read_bytes())
     return members
-
-
-def _reason(error: BaseException) -> str:
-    """An error's message on one line (a damaged archive's or pickle's may span several)."""
-    return " ".join(str(error).split()) or type(error).__name__
 
 
 class _ArraysOnly(pickle.Unpickler):
@@ -263,7 +258,7 @@ def _unpickle(member: _Member, kind: str) -> dict:
         # latin1 turns Python 2 str (keys, names, and the array bytes) into str, as numpy expects
         value = _ArraysOnly(io.BytesIO(member.data), encoding="latin1").load()
     except Exception as e:  # a malformed pickle can raise almost anything; none of it is ours to show
-        raise ArchbenchError(f"{member.where} is not a CIFAR {kind} ({_reason(e)})") from None
+        raise ArchbenchError(f"{member.where} is not a CIFAR {kind} ({reason(e)})") from None
     if not isinstance(value, dict):
         raise ArchbenchError(f"{member.where} is not a CIFAR {kind} (it holds a {type(value).__name__}, not a dict)")
     value = {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in value.items()}

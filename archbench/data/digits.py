@@ -56,15 +56,10 @@ def bundled_file() -> Path:
 
 
 def read(
-    location: str | Path | None = None,
-    root: Path | None = None,
-    *,
-    image_size: int | None = None,
-    skip_bad: bool = False,
-    console: Console | None = None,
+    location: str | None, root: Path, *, image_size: int | None, skip_bad: bool, console: Console | None
 ) -> tuple[SourceArrays, dict]:
-    """The digits from ``location`` (default: scikit-learn's copy) as train/test arrays, and where they came
-    from (``kind``, ``location``, ``checksum``, ``official``: the checksum of the bundled content)."""
+    """The reader contract of `archbench.data.sources`: the digits from ``location`` (None: scikit-learn's
+    copy), with the bundled content's checksum as the official one."""
     path = Path(location).expanduser() if location is not None else bundled_file()
     if not path.is_file():
         raise ArchbenchError(f"--source {path} is not a file: pass a copy of scikit-learn's digits.csv.gz")

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import http.client
 import os
-import re
 import urllib.error
 import urllib.request
 import zipfile
@@ -83,7 +82,8 @@ def _fetch_into(url: str, partial: Path, console: Console | None, timeout: float
             "or its extracted folder with --source ZIP|FOLDER, or train on the synthetic set with --data synthetic"
         ) from None
     with response:
-        resumed = have > 0 and response.status == 206 and _range_start(response) == have
+        content_range = response.headers.get("Content-Range", "")  # a 206 answer's "bytes START-END/TOTAL"
+        resumed = have > 0 and response.status == 206 and content_range.startswith(f"bytes {have}-")
         if not resumed:
             have = 0  # the server sent the whole file: start the partial file over
         length = response.headers.get("Content-Length")
@@ -108,12 +108,6 @@ def _fetch_into(url: str, partial: Path, console: Console | None, timeout: float
                     f"the download of {url} stopped after {out.tell():,} bytes ({error}): "
                     "rerun the same command to resume it"
                 )
-
-
-def _range_start(response) -> int | None:
-    """First byte offset of a 206 answer, from ``Content-Range: bytes START-END/TOTAL``."""
-    match = re.match(r"bytes (\d+)-", response.headers.get("Content-Range", ""))
-    return int(match.group(1)) if match else None
 
 
 def extract_zip(zip_path: Path, dest: Path) -> Path:

@@ -164,8 +164,9 @@ def describe(error: OSError) -> str:
 
 
 def reason(error: BaseException) -> str:
-    """An exception's message, or its type's name where it has none."""
-    return str(error) or type(error).__name__
+    """An exception's message on one line (a damaged archive's or pickle's may span several), or its type's
+    name where it has none."""
+    return "; ".join(line for line in str(error).splitlines() if line.strip()) or type(error).__name__
 
 
 def public_path(path: Path) -> Path:

@@ -100,8 +100,6 @@ def read(
         raise ArchbenchError(
             f"--skip-bad skipped every image of {train_dir / classes[empty[0]]}, so a run could not learn that class"
         )
-    if skipped:
-        say(console, f"skipped {len(skipped)} unreadable images (first: {skipped[0]})")
     return SourceArrays(
         classes=classes,
         train_images=arrays["train"][0],

@@ -193,7 +193,9 @@ class DeviceLoader:
             raise ArchbenchError(
                 f"{self.dataset_size} images are too few to evaluate on {world_size} ranks at batch size {batch_size}."
             )
-        self.images = _upload(images, self.device)
+        # uploaded once (a memory-mapped split is read into memory here); torch tensors need contiguous, writable
+        # memory, and np.load(mmap_mode="r") gives neither guarantee
+        self.images = torch.from_numpy(np.require(images, requirements=["C", "W"])).to(self.device)
         self.labels = torch.from_numpy(np.array(labels, dtype=np.int64)).to(self.device)
 
     @property
@@ -249,9 +251,3 @@ class DeviceLoader:
                 augmentation=self.augmentation,
             )
             yield x, self.labels[part]
-
-
-def _upload(images: np.ndarray, device: torch.device) -> torch.Tensor:
-    """Copy the array once onto ``device`` (a memory-mapped split is read into memory here)."""
-    # torch tensors need contiguous, writable memory; np.load(mmap_mode="r") gives neither guarantee
-    return torch.from_numpy(np.require(images, requirements=["C", "W"])).to(device)

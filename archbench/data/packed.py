@@ -217,6 +217,7 @@ def pack_arrays(
             )
         except DamagedCache as e:  # e.g. a split empty or a class without training images
             raise ArchbenchError(f"the {dataset} data cannot be packed: {e.message}") from None
+    say_repairs(manifest, console)
     return manifest
 
 
@@ -539,6 +540,19 @@ def _prepared_root(root: Path, packed: Path) -> Path:
 def say(console: Console | None, message: str) -> None:
     if console is not None:
         console.print(message, highlight=False, soft_wrap=True)
+
+
+def say_repairs(manifest: dict, console: Console | None) -> None:
+    """One line for each kind of repair the images needed on the way: converted, resized, skipped."""
+    if manifest["converted_to_rgb"]:
+        say(console, f"converted {manifest['converted_to_rgb']} images that were not 8-bit RGB to RGB")
+    if manifest["resized"]:
+        height, width, _ = manifest["image_shape"]
+        first = manifest["resized_files"][0]
+        say(console, f"resized {manifest['resized']} images that were not {height}x{width} (first: {first})")
+    if manifest["skipped"]:
+        first = manifest["skipped_files"][0]
+        say(console, f"[yellow]skipped {manifest['skipped']} unreadable images[/] (first: {first})")
 
 
 def unverified(location: str, differs: str) -> str:

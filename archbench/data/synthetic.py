@@ -167,7 +167,14 @@ def write_layout(folder: Path, params: dict, console: Console | None = None) -> 
     folder = Path(folder)
     say(console, f"writing synthetic JPEGs into {folder}")
     with staged(folder, "writing") as staging:
-        _write_layout_files(staging, params)
+        jobs = _image_jobs(staging, params)
+        everything = [job for split in jobs.values() for job in split]
+        for directory in {job.path.parent for job in everything}:
+            directory.mkdir(parents=True, exist_ok=True)
+        grayscale = [i % GRAYSCALE_EVERY == 3 for i in range(len(everything))]
+        with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+            boxes = dict(zip(everything, pool.map(_write_image, everything, grayscale)))
+        _write_text_files(staging, params, jobs, boxes)
     return folder
 
 
@@ -194,17 +201,6 @@ def _image_jobs(folder: Path, params: dict) -> dict[str, list[ImageJob]]:
         ImageJob(folder / "test" / "images" / f"test_{k}.JPEG", int(c), (seed, 2, k)) for k, c in enumerate(test_labels)
     ]
     return {"train": train, "val": val, "test": test}
-
-
-def _write_layout_files(folder: Path, params: dict) -> None:
-    jobs = _image_jobs(folder, params)
-    everything = [job for split in jobs.values() for job in split]
-    for directory in {job.path.parent for job in everything}:
-        directory.mkdir(parents=True, exist_ok=True)
-    grayscale = [i % GRAYSCALE_EVERY == 3 for i in range(len(everything))]
-    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
-        boxes = dict(zip(everything, pool.map(_write_image, everything, grayscale)))
-    _write_text_files(folder, params, jobs, boxes)
 
 
 def _write_text_files(folder: Path, params: dict, jobs: dict[str, list[ImageJob]], boxes: dict) -> None:

@@ -13,7 +13,7 @@ import os
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
 from typing import NamedTuple
@@ -45,6 +45,7 @@ from archbench.data.packed import (  # noqa: F401 (ARRAYS, check_cache, load_pac
     recorded_manifest,
     reusable_cache,
     say,
+    say_repairs,
     unverified,
     write_manifest,
 )
@@ -86,15 +87,6 @@ class Decoded(NamedTuple):
     converted: bool
     resized: bool
     error: str | None
-
-
-@dataclass
-class SplitReport:
-    count: int = 0
-    skipped: list[str] = field(default_factory=list)
-    resized: list[str] = field(default_factory=list)
-    converted: int = 0
-    class_counts: list[int] = field(default_factory=list)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -342,12 +334,13 @@ def pack(
 ) -> dict:
     """Decode every image of ``layout`` into ``packed`` (built beside it, renamed in when complete)."""
     say(console, f"packing {len(layout.train):,} train and {len(layout.test):,} test images from {layout.folder}")
+    repairs = {"skipped_files": [], "resized_files": [], "converted_to_rgb": 0}
     pool = ThreadPoolExecutor(max_workers=DECODE_WORKERS)
     try:
         with staged(packed, "building") as staging:
             with progress(console) as bars:
-                reports = {split: _pack_split(layout, split, staging, pool, skip_bad, bars) for split in SPLITS}
-            _refuse_untrainable(layout, reports)
+                labels = {split: _pack_split(layout, split, staging, pool, skip_bad, bars, repairs) for split in SPLITS}
+            _refuse_untrainable(layout, labels)
             manifest = write_manifest(
                 staging,
                 dataset="synthetic" if layout.synthetic_params is not None else DATASET,
@@ -356,28 +349,27 @@ def pack(
                 class_order="sorted wnids",
                 source=source_info,
                 augmentation=AUGMENTATION,
-                repairs={
-                    "skipped_files": [name for split in SPLITS for name in reports[split].skipped],
-                    "resized_files": [name for split in SPLITS for name in reports[split].resized],
-                    "converted_to_rgb": sum(reports[split].converted for split in SPLITS),
-                },
+                repairs=repairs,
                 synthetic_params=layout.synthetic_params,
             )
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
-    _report_repairs(manifest, console)
+    say_repairs(manifest, console)
     return manifest
 
 
-def _pack_split(layout: Layout, split: str, out: Path, pool, skip_bad: bool, progress: Progress) -> SplitReport:
-    """Write ``<split>_images.npy`` and ``<split>_labels.npy``; bad images raise or, with skip_bad, are dropped."""
+def _pack_split(
+    layout: Layout, split: str, out: Path, pool, skip_bad: bool, progress: Progress, repairs: dict
+) -> np.ndarray:
+    """Write ``<split>_images.npy`` and ``<split>_labels.npy`` and return the labels kept; a bad image raises
+    or, with skip_bad, is dropped. Dropped, resized and converted images are counted in ``repairs``."""
     items = getattr(layout, split)
     images_path = out / f"{split}_images.npy"
     shape = (len(items), IMAGE_SIZE, IMAGE_SIZE, 3)
     images = np.lib.format.open_memmap(images_path, mode="w+", dtype=np.uint8, shape=shape)
     allocate(images_path)
     labels = np.empty(len(items), dtype=np.int64)
-    report = SplitReport()
+    count = 0
     task = progress.add_task(f"decoding {split}", total=len(items))
     decoded_stream = _decode_in_order(pool, [path for path, _ in items], lambda n: progress.advance(task, n))
     for (path, label), decoded in zip(items, decoded_stream):
@@ -385,61 +377,41 @@ def _pack_split(layout: Layout, split: str, out: Path, pool, skip_bad: bool, pro
         if decoded.error is not None:
             if not skip_bad:
                 raise unreadable(path, decoded.error)
-            report.skipped.append(relative)
+            repairs["skipped_files"].append(relative)
             continue
-        images[report.count] = decoded.pixels
-        labels[report.count] = label
-        report.count += 1
-        report.converted += decoded.converted
+        images[count] = decoded.pixels
+        labels[count] = label
+        count += 1
+        repairs["converted_to_rgb"] += decoded.converted
         if decoded.resized:
-            report.resized.append(relative)
+            repairs["resized_files"].append(relative)
     images.flush()
     del images
-    if report.count < len(items):
-        _shrink_npy(images_path, report.count)
-    np.save(out / f"{split}_labels.npy", labels[: report.count])
-    report.class_counts = np.bincount(labels[: report.count], minlength=len(layout.classes)).tolist()
-    return report
+    if count < len(items):  # --skip-bad dropped images: keep the rows written
+        shorter = images_path.with_name(f"{split}_images.shrinking.npy")
+        np.save(shorter, np.load(images_path, mmap_mode="r")[:count])
+        os.replace(shorter, images_path)
+    np.save(out / f"{split}_labels.npy", labels[:count])
+    return labels[:count]
 
 
-def _refuse_untrainable(layout: Layout, reports: dict[str, SplitReport]) -> None:
+def _refuse_untrainable(layout: Layout, labels: dict[str, np.ndarray]) -> None:
     """An empty split, or a class without training images, is an error naming it (only --skip-bad can
-    make one: without it the first unreadable image stops `prepare`)."""
+    make one, by skipping every image of it: without it the first unreadable image stops `prepare`)."""
     for split in SPLITS:
-        if reports[split].count == 0:
-            skipped = reports[split].skipped
+        if not len(labels[split]):
+            items = getattr(layout, split)
+            first = items[0][0].relative_to(layout.folder).as_posix()
             raise ArchbenchError(
-                f"--skip-bad skipped all {len(skipped)} {split} images of {layout.folder} (first: {skipped[0]}), "
+                f"--skip-bad skipped all {len(items)} {split} images of {layout.folder} (first: {first}), "
                 f"leaving the {split} split empty: replace the unreadable images and rerun"
             )
-    for label, count in enumerate(reports["train"].class_counts):
-        if count == 0:
-            paths = [path for path, item_label in layout.train if item_label == label]
-            raise ArchbenchError(
-                f"--skip-bad skipped all {len(paths)} training images of class {layout.classes[label]} "
-                f"(first: {paths[0].relative_to(layout.folder).as_posix()}), so the set could not learn it: "
-                "replace the unreadable images and rerun"
-            )
-
-
-def _shrink_npy(path: Path, rows: int) -> None:
-    """Keep the first ``rows`` rows of an .npy file (only needed when --skip-bad dropped images)."""
-    full = np.load(path, mmap_mode="r")
-    shorter = path.with_name(path.stem + ".shrinking.npy")
-    out = np.lib.format.open_memmap(shorter, mode="w+", dtype=full.dtype, shape=(rows, *full.shape[1:]))
-    allocate(shorter)
-    out[:] = full[:rows]
-    out.flush()
-    del out, full
-    os.replace(shorter, path)
-
-
-def _report_repairs(manifest: dict, console: Console | None) -> None:
-    if manifest["converted_to_rgb"]:
-        say(console, f"converted {manifest['converted_to_rgb']} images that were not 8-bit RGB to RGB")
-    if manifest["resized"]:
-        first = manifest["resized_files"][0]
-        say(console, f"resized {manifest['resized']} images that were not 64x64 (first: {first})")
-    if manifest["skipped"]:
-        first = manifest["skipped_files"][0]
-        say(console, f"[yellow]skipped {manifest['skipped']} unreadable images[/] (first: {first})")
+    untrained = np.flatnonzero(np.bincount(labels["train"], minlength=len(layout.classes)) == 0)
+    if untrained.size:
+        label = int(untrained[0])
+        paths = [path for path, item_label in layout.train if item_label == label]
+        raise ArchbenchError(
+            f"--skip-bad skipped all {len(paths)} training images of class {layout.classes[label]} "
+            f"(first: {paths[0].relative_to(layout.folder).as_posix()}), so the set could not learn it: "
+            "replace the unreadable images and rerun"
+        )

@@ -12,6 +12,7 @@ from __future__ import annotations
 import inspect
 import typing
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -49,15 +50,14 @@ class Builder:
         return {}
 
 
+@dataclass
 class FunctionBuilder(Builder):
     """A plain function of archbench's own (``resnet``, ``vgg``): [args] are its keyword arguments, checked
     against its signature and type hints; ValueError or RuntimeError from it means the values are wrong."""
 
+    name: str
+    function: Callable[..., nn.Module]
     counts_on_empty = True  # archbench's own models compute nothing in __init__ that counting reads
-
-    def __init__(self, name: str, function: Callable[..., nn.Module]):
-        self.name = name
-        self.function = function
 
     def check(self, args: dict, folder: Path) -> None:
         check_call(self.function, args, f"builder '{self.name}'")
@@ -74,13 +74,14 @@ class FunctionBuilder(Builder):
         return build
 
 
-def check_call(function: Callable, args: dict, label: str) -> None:
+def check_call(function: Callable, args: dict, label: str) -> bool:
     """Raise ArgumentError unless ``function(**args, num_classes=...)`` binds: every key a parameter (unless
-    it takes ``**kwargs``), every required parameter given, every value of its annotated type."""
+    it takes ``**kwargs``), every required parameter given, every value of its annotated type. Returns whether
+    it takes ``num_classes`` (True where there is no signature to read)."""
     try:
         params = inspect.signature(function).parameters
     except (TypeError, ValueError):  # no signature to read (some built-ins): the call itself will tell
-        return
+        return True
     open_ended = any(p.kind is p.VAR_KEYWORD for p in params.values())
     named = {k: p for k, p in params.items() if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL, p.POSITIONAL_ONLY)}
     try:
@@ -95,6 +96,7 @@ def check_call(function: Callable, args: dict, label: str) -> None:
     for key, param in named.items():
         if param.default is param.empty and key not in args and key != "num_classes":
             raise ArgumentError(f"args.{key}", f"is missing ({label} requires it)")
+    return open_ended or "num_classes" in named
 
 
 def check_type(key: str, value, expected) -> None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import importlib
 import importlib.util
-import inspect
 import operator
 import re
 import sys
@@ -48,12 +47,10 @@ class PythonBuilder(Builder):
             raise ArgumentError("args.target", f"names {where}, which is not a file in {folder}")
 
     def constructor(self, args: dict, folder: Path) -> Callable[..., nn.Module]:
-        self.check(args, folder)
         target = args["target"]
         function = load_target(target, folder)
         kwargs = {k: v for k, v in args.items() if k != "target"}
-        check_call(function, kwargs, target)
-        if not _takes_num_classes(function):
+        if not check_call(function, kwargs, target):
             raise ArgumentError("args.target", f"names {target}, which must take a num_classes argument")
 
         def build(**overrides) -> nn.Module:
@@ -79,7 +76,6 @@ class PythonBuilder(Builder):
 
 
 def load_target(target: str, folder: Path) -> Callable:
-    """The callable ``target`` names."""
     where, _, attr = target.rpartition(":")
     try:
         module = _execute_file(folder / where) if where.endswith(".py") else importlib.import_module(where)
@@ -112,11 +108,3 @@ def _execute_file(path: Path) -> types.ModuleType:
     finally:
         sys.path.remove(str(path.parent))
     return module
-
-
-def _takes_num_classes(function: Callable) -> bool:
-    try:
-        params = inspect.signature(function).parameters
-    except (TypeError, ValueError):  # no signature to read: let the call decide
-        return True
-    return "num_classes" in params or any(p.kind is p.VAR_KEYWORD for p in params.values())

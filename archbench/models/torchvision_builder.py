@@ -53,12 +53,13 @@ class TorchvisionBuilder(Builder):
             check_type(f"args.{key}", value, accepted[key])
 
     def constructor(self, args: dict, folder: Path) -> Callable[..., nn.Module]:
-        self.check(args, folder)
         from torchvision.models import get_model_builder
 
         name = args["name"]
         function = get_model_builder(name)
-        kwargs = {**_archbench_defaults(name), **{k: v for k, v in args.items() if k != "name"}}
+        accepted = constructor_parameters(name) or {}
+        own_defaults = {k: v for k, v in OWN_DEFAULTS.items() if k in accepted}
+        kwargs = {"num_classes": DEFAULT_NUM_CLASSES, **own_defaults, **{k: v for k, v in args.items() if k != "name"}}
 
         def build(**overrides) -> nn.Module:
             try:
@@ -132,9 +133,3 @@ def _helpers(function: Callable) -> list[Callable]:
                 chain.append(callee)
         i += 1
     return chain
-
-
-def _archbench_defaults(name: str) -> dict:
-    """Where archbench's defaults differ from torchvision's: one output, the model's own initialisation."""
-    accepted = constructor_parameters(name) or {}
-    return {"num_classes": DEFAULT_NUM_CLASSES} | {k: v for k, v in OWN_DEFAULTS.items() if k in accepted}

@@ -15,7 +15,6 @@ from archbench.report.depth import depth_section
 from archbench.report.discussion import discussion_section
 from archbench.report.gradient_measures import early_window
 from archbench.report.load import reset_schema_notes
-from archbench.report.results import results_table
 from archbench.report.sections import (
     accuracy_section,
     architectures_section,
@@ -29,7 +28,7 @@ from archbench.report.sections import (
     run_records_section,
 )
 from archbench.report.sensitivity import sensitivity_section
-from archbench.report.study import FigureFiles, Inputs, Study, load_study
+from archbench.report.study import FigureFiles, Inputs, Study, load_study, results_table
 from archbench.report.summary import summary_section
 from archbench.report.text import wrap_prose
 
@@ -81,10 +80,10 @@ def write_table(path: Path, table) -> None:
     records.write_text(path, table.to_csv(index=False, float_format="%.6g", lineterminator="\n"))
 
 
-def _command(runs_dir: Path, paths: dict[str, Path], labels: dict[str, str]) -> str:
+def _command(paths: dict[str, Path], labels: dict[str, str]) -> str:
     """`archbench report` as run from the report's folder, with every option whose path differs from its
     default (RUNS_DIR there; the others in the runs folder's project, as the CLI defaults them)."""
-    project = Path(runs_dir).resolve().parent
+    project = paths["--runs"].resolve().parent
     defaults = {
         "--report": project / REPORT_FILE,
         "--benchmarks": project / LATENCY_FILE,
@@ -124,7 +123,7 @@ def write_report(
     inputs = Inputs(
         *(paths[flag] for flag in read),
         *(labels[flag] for flag in read),
-        command=_command(paths["--runs"], paths, labels),
+        command=_command(paths, labels),
         relative=relative,
     )
     files = FigureFiles(*(f"{out.stem}-{name}.png" for name in FIGURES))

@@ -4,6 +4,7 @@ the models' traits, never by their names. The families and pairs are in docs/rep
 
 from __future__ import annotations
 
+import itertools
 import math
 from typing import NamedTuple
 
@@ -30,14 +31,8 @@ class Pair(NamedTuple):
 
 def _twin(kinds: pd.DataFrame, x: str, y: str, differ: str, same: str) -> bool:
     kx, ky = kinds.loc[x], kinds.loc[y]
-    return (
-        kx["builder"] == ky["builder"]
-        and kx["depth"] == ky["depth"]
-        and kx["arm"] == ky["arm"]
-        and kx["fingerprint"] == ky["fingerprint"]
-        and kx[same] == ky[same]
-        and bool(kx[differ]) != bool(ky[differ])
-    )
+    alike = all(kx[key] == ky[key] for key in ("builder", "depth", "arm", "fingerprint", same))
+    return alike and bool(kx[differ]) != bool(ky[differ])
 
 
 def pairs(kinds: pd.DataFrame) -> list[Pair]:
@@ -211,15 +206,14 @@ def _acc(counted: pd.DataFrame, label: str) -> dict[int, float]:
 def _depth_claims(study: Study) -> list[dict]:
     rates, rows, seen = _rates(_selected(study)), [], set()
     for group in sorted(depth_groups(traits(_selected(study))), key=lambda g: g.arm != SHARED):
-        for shallow, deep in zip(group.depths, group.depths[1:]):
-            for residual in (False, True):
-                for a in group.cells.get((deep, residual), []):
-                    for b in group.cells.get((shallow, residual), []):
-                        if (_stand_in(study, a), _stand_in(study, b)) in seen:
-                            continue
-                        seen.add((_stand_in(study, a), _stand_in(study, b)))
-                        claim = f"depth, {'residual' if residual else 'plain'} {shallow} to {deep} layers: {a} vs {b}"
-                        rows.append(_accuracy_row(study, DEPTH, claim, group.arm, a, b, rates))
+        for (shallow, deep), residual in itertools.product(zip(group.depths, group.depths[1:]), (False, True)):
+            deeper, shallower = (group.cells.get((depth, residual), []) for depth in (deep, shallow))
+            for a, b in itertools.product(deeper, shallower):
+                if (key := (_stand_in(study, a), _stand_in(study, b))) in seen:
+                    continue
+                seen.add(key)
+                claim = f"depth, {'residual' if residual else 'plain'} {shallow} to {deep} layers: {a} vs {b}"
+                rows.append(_accuracy_row(study, DEPTH, claim, group.arm, a, b, rates))
     return rows
 
 
@@ -241,11 +235,10 @@ def _step0_label(kinds: pd.DataFrame) -> dict[str, str]:
 
 def _gradient_claims(study: Study) -> list[dict]:
     per_run, kinds = study.gradients.per_run, study.kinds
-    chosen = _selected(study)["label"]
-    rates = _rates(_selected(study))
-    rows = []
     if per_run.empty:
-        return rows
+        return []
+    chosen = _selected(study)["label"]
+    rates, rows = _rates(_selected(study)), []
     metric, abs_metric = "log10(first/last ‖g‖/‖w‖)", "|log10(first/last ‖g‖/‖w‖)|"
     step0 = _step0_label(kinds)
     for window in (STEP0, EARLY):
@@ -279,8 +272,7 @@ def _gradient_claims(study: Study) -> list[dict]:
                 differ = _rate_note(rates, pair.a, pair.b)
                 note = f"not compared: {differ}" if differ else _stand_in_note(study, pair.a, pair.b)
             claim = f"{QUESTION[pair.kind]}, distance from balance: {a_name} vs {b_name}"
-            a = {s: abs(v) for s, v in log_ratios(per_run, sa, window).items()}
-            b = {s: abs(v) for s, v in log_ratios(per_run, sb, window).items()}
+            a, b = ({s: abs(v) for s, v in log_ratios(per_run, x, window).items()} for x in (sa, sb))
             c = Comparison(math.nan, math.nan, 0, 0, None, math.nan) if differ else compare(a, b)
             rows.append(_row(family, claim, arm, a_name, b_name, abs_metric, c, note))
     return rows
@@ -295,9 +287,7 @@ def build_claims(study: Study) -> pd.DataFrame:
     frame["family"] = pd.Categorical(frame["family"], FAMILIES, ordered=True)
     frame = frame.sort_values(["family", "arm", "claim"], kind="stable", ignore_index=True)
     frame["family"] = frame["family"].astype(str)
-    frame["p_adjusted"] = math.nan
-    for _, rows_of in frame.groupby("family", sort=False):
-        frame.loc[rows_of.index, "p_adjusted"] = holm(rows_of["p"])
+    frame["p_adjusted"] = frame.groupby("family", sort=False)["p"].transform(holm)
     frame["verdict"] = [
         "not tested" if not test else RESOLVED if p < ALPHA else NOT_RESOLVED
         for test, p in zip(frame["test"], frame["p_adjusted"])

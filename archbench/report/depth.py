@@ -60,31 +60,22 @@ NO_REFERENCE = ((), "", "")  # for other data
 
 
 def _group_table(group: DepthGroup, counted: pd.DataFrame, family: str | None) -> str:
+    res = accuracy_resolution(counted)
     rows = []
     for (depth, residual), labels in sorted(group.cells.items()):
         for label in labels:
             acc = counted.loc[counted["label"] == label, "final_test_acc"]
-            rows.append(
-                {
-                    "model": label,
-                    "depth": str(depth),
-                    "residual": "yes" if residual else "no",
-                    "final test acc (%)": pct(acc, accuracy_resolution(counted)),
-                    "test error (%)": pct(1.0 - acc, accuracy_resolution(counted)),
-                }
-            )
+            rows.append((label, depth, residual, pct(acc, res), pct(1.0 - acc, res)))
     for ref in REFERENCES.get(family, NO_REFERENCE)[0]:
         if ref.depth in group.depths or family == CIFAR10:
+            error = ref.top1_error
             rows.append(
-                {
-                    "model": f"*reference: {ref.label}*",
-                    "depth": str(ref.depth),
-                    "residual": "yes" if ref.residual else "no",
-                    "final test acc (%)": f"*{100 - ref.top1_error:.2f}*",
-                    "test error (%)": f"*{ref.top1_error:.2f}*",
-                }
+                (f"*reference: {ref.label}*", ref.depth, ref.residual, f"*{100 - error:.2f}*", f"*{error:.2f}*")
             )
-    return md(pd.DataFrame(rows))
+    table = pd.DataFrame(rows, columns=["model", "depth", "residual", "final test acc (%)", "test error (%)"])
+    table["depth"] = table["depth"].astype(str)
+    table["residual"] = table["residual"].map({True: "yes", False: "no"})
+    return md(table)
 
 
 def depth_section(study: Study) -> str | None:

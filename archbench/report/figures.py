@@ -22,7 +22,7 @@ from archbench.report.study import SHARED, TUNED_TAG
 DPI = 100
 SHORTCUT_NOTE = "open circles: 1x1 shortcut projections"
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "h", "*", "p")
-POINT = dict(markersize=6, capsize=3, linestyle="none")  # a model's mean ± interval
+POINT = dict(markersize=6, capsize=3, linestyle="none")  # a model's mean ± interval (no line: over the style's)
 OPEN_CIRCLE = dict(linestyle="none", marker="o", markersize=8, markerfacecolor="none")  # a shortcut projection
 OPEN_SQUARE = dict(linestyle="none", marker="s", markersize=10, markerfacecolor="none")  # the default rate
 ARM_LINES = {"": "-", TUNED_TAG: "--"}  # the registry-default arm solid, tuned dashed, a rate set by --lr dotted
@@ -45,14 +45,13 @@ def _styles(labels: list[str], every: list[str] | None = None) -> dict[str, dict
         label: {
             **style[_model(label)],
             "linestyle": ARM_LINES.get(_arm_tag(label), ":"),
-            "fill": "full" if not _arm_tag(label) else "none",
+            "fillstyle": "full" if not _arm_tag(label) else "none",
         }
         for label in labels
     }
 
 
 def _line(style: dict) -> dict:
-    """The keywords of a model's line: its colour, marker and the line style of its arm."""
     return {k: style[k] for k in ("color", "marker", "linestyle")}
 
 
@@ -181,17 +180,8 @@ def plot_accuracy_vs_cost(results: pd.DataFrame, labels: list[str], path: Path) 
                 if rows.empty or x.empty:
                     continue
                 mean, half = _band(100 * rows["final_test_acc"].to_numpy(float))
-                style = styles[label]
-                ax.errorbar(
-                    [x.mean()],
-                    [mean],
-                    yerr=[half],
-                    **POINT,
-                    color=style["color"],
-                    marker=style["marker"],
-                    fillstyle=style["fill"],
-                    label=f"{label} ({len(rows)}/{len(every)} completed)",
-                )
+                completed = f"{label} ({len(rows)}/{len(every)} completed)"
+                ax.errorbar([x.mean()], [mean], yerr=[half], **(styles[label] | POINT), label=completed)
                 points.append((float(x.mean()), mean))
             if not points:
                 _empty(ax, f"no {key} recorded")
@@ -312,7 +302,9 @@ def plot_lr_sensitivity(sensitivity: Sensitivity, path: Path, every: list[str] |
     report's labels, so each model keeps its colour (`_styles`)."""
     styles = _styles([m.model for m in sensitivity.models], every)
     with _figure(path, (8, 4.5)) as (fig, ax):
-        drawn = False
+        if not any(m.points for m in sensitivity.models):
+            _empty(ax, "no tuning trials recorded")
+            return path
         for m in sensitivity.models:
             colour = styles[m.model]["color"]
             scored = [p for p in m.points if p.scored]
@@ -322,15 +314,11 @@ def plot_lr_sensitivity(sensitivity: Sensitivity, path: Path, every: list[str] |
                 ax.plot(lrs, accs, color=colour, marker=styles[m.model]["marker"], markersize=4, label=m.model)
             if failed:
                 ax.plot([p.lr for p in failed], [0.0] * len(failed), linestyle="none", marker="x", color=colour)
-            drawn = drawn or bool(scored or failed)
             chosen, default = m.point_at(m.chosen), m.point_at(m.default.lr)
             if chosen is not None and chosen.scored:
                 ax.plot([chosen.lr], [100 * chosen.mean], linestyle="none", marker="*", markersize=14, color=colour)
             if default is not None and default.scored:
                 ax.plot([default.lr], [100 * default.mean], **OPEN_SQUARE, markeredgecolor=colour)
-        if not drawn:
-            _empty(ax, "no tuning trials recorded")
-            return path
         _log_grid(
             ax,
             xlabel="learning rate (log scale)",

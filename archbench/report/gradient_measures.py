@@ -31,15 +31,14 @@ class GradientTables(NamedTuple):
     steps: int  # steps 0 to steps - 1 make up step 0 and the early window (at most EARLY_STEPS + 1)
 
 
-def per_layer(grads: pd.DataFrame) -> pd.DataFrame:
-    """Per run and layer: each size measure at step 0 and over the early window, and the mean cosine."""
+def per_layer(grads: pd.DataFrame, last: int) -> pd.DataFrame:
+    """Per run and layer: each size measure at step 0 and over steps 1 to `last`, and the mean cosine."""
     keys = [*RUN_KEYS, "layer_index"]
     if grads.empty:
         return pd.DataFrame(columns=[*keys, "layer", "steps", *LAYER_COLUMNS])
     grouped = grads.groupby(keys, sort=True)
     table = grouped.agg(layer=("layer", "first"), steps=("step", "nunique"))
     at_start = grads[grads["step"] == 0].groupby(keys, sort=True)[list(SIZES)].mean()
-    last = min(EARLY_STEPS, int(grads.groupby(RUN_KEYS)["step"].max().min()))
     later = grads[(grads["step"] > 0) & (grads["step"] <= last)].groupby(keys, sort=True)[[*SIZES, COSINE]].mean()
     table = table.join(at_start.add_suffix(f"_{STEP0}")).join(later.add_suffix(f"_{EARLY}"))
     return table.reindex(columns=["layer", "steps", *LAYER_COLUMNS]).reset_index()
@@ -48,28 +47,15 @@ def per_layer(grads: pd.DataFrame) -> pd.DataFrame:
 def per_run(layers: pd.DataFrame) -> pd.DataFrame:
     """Per run: the first and last weight layer (by layer index), each measure there, and the first/last
     ratio of ‖g‖/‖w‖ at step 0 and over the early window."""
-    rows = []
-    for key, g in layers.groupby(RUN_KEYS, sort=True):
-        g = g.sort_values("layer_index")
-        first, last = g.iloc[0], g.iloc[-1]
-        row = dict(zip(RUN_KEYS, key))
-        row.update(steps=int(g["steps"].max()), first_layer=first["layer"], last_layer=last["layer"])
-        for name in LAYER_COLUMNS:
-            row[f"first_{name}"], row[f"last_{name}"] = first[name], last[name]
-        for window in (STEP0, EARLY):
-            a, b = first[column("grad_to_weight", window)], last[column("grad_to_weight", window)]
-            row[f"ratio_{window}"] = a / b if np.isfinite(a) and np.isfinite(b) and b != 0 else float("nan")
-        rows.append(row)
-    columns = [
-        *RUN_KEYS,
-        "steps",
-        "first_layer",
-        "last_layer",
-        *(f"{end}_{name}" for name in LAYER_COLUMNS for end in ("first", "last")),
-        f"ratio_{STEP0}",
-        f"ratio_{EARLY}",
-    ]
-    return pd.DataFrame(rows, columns=columns)
+    runs = layers.sort_values("layer_index").groupby(RUN_KEYS, sort=True)
+    first, last = (runs.nth(i).set_index(RUN_KEYS) for i in (0, -1))
+    table = runs["steps"].max().to_frame()
+    for name in ("layer", *LAYER_COLUMNS):
+        table[f"first_{name}"], table[f"last_{name}"] = first[name], last[name]
+    for window in (STEP0, EARLY):
+        a, b = (table[f"{end}_{column('grad_to_weight', window)}"].astype(float) for end in ("first", "last"))
+        table[f"ratio_{window}"] = (a / b).where(np.isfinite(a) & np.isfinite(b) & (b != 0))
+    return table.reset_index()
 
 
 def by_depth(layers: pd.DataFrame) -> pd.DataFrame:
@@ -84,21 +70,17 @@ def by_bin(layers: pd.DataFrame) -> pd.DataFrame:
     """Per run and depth bin (0 to DEPTH_BINS - 1): the number of weight layers the run has and every
     measure averaged over the bin's layers (NaNs left out), so a bin's mean and interval over seeds come
     from one value per seed."""
-    rows = []
-    for key, g in layers.groupby(RUN_KEYS, sort=True):
-        g = g.sort_values("layer_index")
-        bins = (np.arange(len(g)) * DEPTH_BINS) // len(g)  # DEPTH_BINS groups of (nearly) equal count
-        for b in range(DEPTH_BINS):
-            row = {**dict(zip(RUN_KEYS, key)), "bin": b, "layers": len(g)}
-            row.update(g.loc[bins == b, LAYER_COLUMNS].mean().to_dict())
-            rows.append(row)
-    return pd.DataFrame(rows, columns=[*RUN_KEYS, "bin", "layers", *LAYER_COLUMNS])
+    ordered = layers.sort_values([*RUN_KEYS, "layer_index"])
+    runs = ordered.groupby(RUN_KEYS, sort=True)
+    count = runs["layer_index"].transform("size")
+    binned = ordered.assign(bin=runs.cumcount() * DEPTH_BINS // count, layers=count)  # groups of (nearly) equal count
+    return binned.groupby([*RUN_KEYS, "bin", "layers"], sort=True)[LAYER_COLUMNS].mean().reset_index()
 
 
 def gradient_tables(grads: pd.DataFrame) -> GradientTables:
-    layers = per_layer(grads)
-    steps = min(EARLY_STEPS + 1, int(grads.groupby(RUN_KEYS)["step"].max().min()) + 1) if len(layers) else 0
-    return GradientTables(per_run(layers), by_depth(layers), by_bin(layers), steps)
+    last = min(EARLY_STEPS, int(grads.groupby(RUN_KEYS)["step"].max().min())) if len(grads) else 0
+    layers = per_layer(grads, last)
+    return GradientTables(per_run(layers), by_depth(layers), by_bin(layers), last + 1 if len(grads) else 0)
 
 
 def early_window(steps: int) -> str:

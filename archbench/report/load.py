@@ -201,6 +201,10 @@ def _read_run(run_dir: Path) -> dict | None:
     }
 
 
+# summary.json's per-threshold maps (threshold -> epochs, seconds or images; null: never reached), by number type
+TO_THRESHOLD = {"epochs_to_threshold": int, "seconds_to_threshold": float, "images_to_threshold": int}
+
+
 def _read_summary(
     summary_path: Path, summary: dict | None, history: list[EpochMetrics], thresholds: list[float], on_holdout: bool
 ) -> dict:
@@ -215,8 +219,7 @@ def _read_summary(
             )
     else:  # what summary.json would say, by the loop's own rules
         summary = {"status": "interrupted", "diverged_at_step": None, **outcome(history, thresholds, on_holdout)}
-    kinds = {"epochs_to_threshold": int, "seconds_to_threshold": float, "images_to_threshold": int}
-    return summary | {key: _per_threshold(summary, summary_path, key, kind) for key, kind in kinds.items()}
+    return summary | {key: _per_threshold(summary, summary_path, key, kind) for key, kind in TO_THRESHOLD.items()}
 
 
 PROVENANCE = ("archbench_version", "git_commit", "git_dirty", "torch", "torchvision", "cuda", "device_name", "python")
@@ -267,6 +270,7 @@ NUMBERS = tuple(
 def _summary_fields(summary: dict, metrics: pd.DataFrame) -> dict:
     """The row's fields that summary.json and metrics.csv record: how the run ended and what it reached."""
     gflops = summary.get("gflops") or {}
+    at_best = metrics.loc[metrics["epoch"] == _num(summary["best_epoch"]), "holdout_loss"]
     return {
         "status": summary["status"],
         "finished_at": summary.get("finished_at"),
@@ -274,7 +278,7 @@ def _summary_fields(summary: dict, metrics: pd.DataFrame) -> dict:
         "epochs_completed": int(summary["epochs_completed"] or 0),
         **{key: _num(summary[key]) for key in NUMBERS},
         "selected_on": summary["selected_on"],
-        **{key: summary[key] for key in ("epochs_to_threshold", "seconds_to_threshold", "images_to_threshold")},
+        **{key: summary[key] for key in TO_THRESHOLD},
         "parameters": _num(summary.get("parameters")),
         "gflops_224": _num(gflops.get("at_224")),
         **{key: _num(summary.get(key)) for key in ("peak_memory_mb", "compile_seconds", "train_seconds")},
@@ -283,6 +287,8 @@ def _summary_fields(summary: dict, metrics: pd.DataFrame) -> dict:
         # number of steps); NaN for a record from before clipping was recorded
         "clip_fraction": float(metrics["clip_fraction"].mean()),
         "numbers_key": numbers_key(metrics),
+        # a tuning trial's tie-break (`archbench.tuning.choose`): the holdout loss of its chosen epoch
+        "holdout_loss_at_best_epoch": float(at_best.iloc[0]) if len(at_best) else math.nan,
     }
 
 
@@ -359,15 +365,6 @@ def load_csvs(runs: pd.DataFrame, name: str = METRICS) -> pd.DataFrame:
         for r in runs.itertuples()
     ]
     return pd.concat(frames, ignore_index=True)
-
-
-def holdout_loss_at_best_epoch(run_path: str, best_epoch: float) -> float | None:
-    """The holdout loss of a run's chosen epoch (for a tuning trial's tie-break), or None."""
-    if math.isnan(best_epoch):
-        return None
-    metrics = _frame(_rows(Path(run_path) / METRICS))
-    rows = metrics[metrics["epoch"] == best_epoch]
-    return None if rows.empty or pd.isna(rows.iloc[0]["holdout_loss"]) else float(rows.iloc[0]["holdout_loss"])
 
 
 class TuningFile(NamedTuple):

@@ -51,8 +51,6 @@ from archbench.report.text import (
 from archbench.report.thresholds import thresholds_of
 from archbench.runs import HOLDOUT, TEST
 
-VALIDATION = HOLDOUT  # a summary's `selected_on` (TEST: no holdout)
-
 
 def header_section(study: Study) -> str:
     listed = study.listed
@@ -203,7 +201,6 @@ def provenance_section(study: Study) -> str:
 
 
 def _whole(value) -> str:
-    """A whole number as a cell, — for none."""
     return DASH if value is None or pd.isna(value) else str(int(value))
 
 
@@ -249,7 +246,7 @@ def architectures_section(study: Study) -> str:
 
 
 def _chosen_on(group: pd.DataFrame) -> str:
-    sides = {VALIDATION: "holdout", TEST: "test (no holdout split)"}
+    sides = {HOLDOUT: "holdout", TEST: "test (no holdout split)"}
     found = sorted({str(s) for s in group["selected_on"]})
     if len(found) == 1:
         return sides.get(found[0], found[0])
@@ -257,7 +254,7 @@ def _chosen_on(group: pd.DataFrame) -> str:
 
 
 def _val_chosen_cell(group: pd.DataFrame, res: str) -> str:
-    on_val = group[group["selected_on"] == VALIDATION]
+    on_val = group[group["selected_on"] == HOLDOUT]
     return pct(on_val["test_acc_at_best_epoch"], res) if len(on_val) else f"{DASH} (no holdout split)"
 
 

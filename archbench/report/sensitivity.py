@@ -11,7 +11,7 @@ import pandas as pd
 
 from archbench.config import RunRequest, resolve_lr
 from archbench.errors import ArchbenchError
-from archbench.report.load import TuningFile, holdout_loss_at_best_epoch
+from archbench.report.load import TuningFile
 from archbench.report.text import DASH, md, pct
 from archbench.tuning import ALL_DIVERGED, CHOSEN, TIE, Trial, choose
 
@@ -80,7 +80,7 @@ def trials_from_records(trials: pd.DataFrame) -> list[Trial]:
             run_id=r.run_id,
             status=r.status,
             val_acc=_num(r.best_holdout_acc) if r.status == "completed" else None,
-            val_loss=holdout_loss_at_best_epoch(r.path, r.best_epoch) if r.status == "completed" else None,
+            val_loss=_num(r.holdout_loss_at_best_epoch) if r.status == "completed" else None,
             test_acc=_num(r.test_acc_at_best_epoch),
         )
         for r in trials.itertuples()
@@ -212,7 +212,7 @@ def _summary_rows(s: Sensitivity) -> pd.DataFrame:
                 "best lr": DASH if best is None else f"{best.lr:g}",
                 "default lr": _default_text(m),
                 "val acc at best (%)": DASH if best is None else _pct(best.mean),
-                "val acc at default (%)": DASH if default is None or not default.scored else _pct(default.mean),
+                "val acc at default (%)": DASH if default is None else _pct(default.mean),  # NaN: scored nothing
                 "best - default (points)": tuneability(m),
             }
         )
@@ -223,11 +223,7 @@ def _grid_rows(s: Sensitivity) -> pd.DataFrame:
     rows = []
     for m in s.models:
         for p in m.points:
-            marks = [
-                word
-                for word, lr in (("chosen", m.chosen), ("default", m.default.lr))
-                if lr is not None and math.isclose(p.lr, lr, rel_tol=1e-6)
-            ]
+            marks = [word for word, lr in (("chosen", m.chosen), ("default", m.default.lr)) if m.point_at(lr) is p]
             if p.unscored:
                 marks.append(f"scored nothing: {', '.join(p.unscored)}")
             rows.append(

@@ -80,8 +80,11 @@ def sign_flip_p(n: int, difference: float) -> float:
     return 1.0 if difference == 0 else min(1.0, 2.0 / 2**n)
 
 
-def _paired(a: dict[int, float], b: dict[int, float]):
-    """`a` and `b` on their shared seeds (when at least two) and the seeds each side lost; else as they are."""
+def _paired(a: dict[int, float], b: dict[int, float], keep):
+    """`a` and `b` (their values that `keep` accepts, None never) on their shared seeds (when at least two)
+    and the seeds each side lost; else as they are."""
+    a = {s: float(v) for s, v in a.items() if v is not None and keep(float(v))}
+    b = {s: float(v) for s, v in b.items() if v is not None and keep(float(v))}
     shared = a.keys() & b.keys()
     if len(shared) < 2:
         return a, b, ((), ())
@@ -98,9 +101,7 @@ def compare(a: dict[int, float], b: dict[int, float]) -> Comparison:
     """Test a difference of means between two models, each given as {seed: value}: paired t on the shared
     seeds (the exact sign-flip test when every difference is the same), else Welch (the exact permutation test
     when neither side varies). Non-finite values are dropped with their seed first."""
-    a = {s: float(v) for s, v in a.items() if finite([v])}
-    b = {s: float(v) for s, v in b.items() if finite([v])}
-    a, b, dropped = _paired(a, b)
+    a, b, dropped = _paired(a, b, math.isfinite)
     va, vb = [a[s] for s in sorted(a)], [b[s] for s in sorted(b)]
     sides = _sides(va, vb)
     if len(va) < 2 or len(vb) < 2:
@@ -133,9 +134,7 @@ def compare_times(a: dict[int, float], b: dict[int, float]) -> Comparison:
     """Test times to a threshold (fewer is sooner), a run that never reached it ∞ (ranked above every finite
     time; a mean with an ∞ is ∞): the exact signed-rank test on the shared seeds, else the exact rank-sum
     test. The statistic is the signed-rank sum (or the rank sum of a minus its expectation)."""
-    a = {s: float(v) for s, v in a.items() if v is not None and not math.isnan(float(v))}
-    b = {s: float(v) for s, v in b.items() if v is not None and not math.isnan(float(v))}
-    a, b, dropped = _paired(a, b)
+    a, b, dropped = _paired(a, b, lambda v: not math.isnan(v))
     va, vb = [a[s] for s in sorted(a)], [b[s] for s in sorted(b)]
     sides = _sides(va, vb)
     if len(va) < 2 or len(vb) < 2:

@@ -1,5 +1,5 @@
 """What the report reads, loaded once (`Study`): the runs, how they group (`label_runs`), which of them count,
-and the tables derived from them. The grouping rules are in docs/report.md."""
+and the tables derived from them (`results_table`). The grouping rules are in docs/report.md."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from archbench.config import lr_origin
 from archbench.errors import ArchbenchError
 from archbench.report.gradient_measures import GradientTables, gradient_tables
 from archbench.report.load import (
+    TO_THRESHOLD,
     RunFolders,
     counted_runs,
     load_bench_results,
@@ -214,10 +215,8 @@ def identical_groups(runs: pd.DataFrame) -> dict[str, str]:
     """{group: the group it repeats} for each group whose every chosen run has a run in an earlier group
     (registry default rates first) with the same seed, recipe and per-epoch numbers."""
     chosen = runs[runs["selected"]]
-    order = sorted(
-        chosen["label"].unique(),
-        key=lambda label: (chosen.loc[chosen["label"] == label, "arm"].iloc[0] != SHARED, label),
-    )
+    arms = chosen.groupby("label")["arm"].first()
+    order = sorted(arms.index, key=lambda label: (arms[label] != SHARED, label))
     seen: dict[tuple, str] = {}
     out = {}
     for label in order:
@@ -273,3 +272,31 @@ def load_study(inputs: Inputs, figures: FigureFiles) -> Study:
         kinds=traits(counted),
         main_threshold=main_threshold(selected, thresholds_of(selected)),
     )
+
+
+BASE_COLUMNS = tuple(
+    "model label arm seed run_id dataset lr lr_source status epochs_completed final_train_acc "
+    "final_test_acc best_test_acc selected_on test_acc_at_best_epoch clip_fraction parameters gflops_224 "
+    "train_seconds config_hash identical_to".split()
+)
+
+
+def results_table(runs: pd.DataFrame, identical: dict[str, str]) -> pd.DataFrame:
+    """REPORT-results.csv, as `archbench.load_runs` gives it too: one row per chosen run (`runs["selected"]`),
+    sorted by label and seed; `identical_to` names the group a run repeats exactly (`identical_groups`), empty
+    otherwise; a threshold never reached takes infinite time."""
+    chosen = runs[runs["selected"]].sort_values(["label", "seed"], ignore_index=True)
+    table = pd.DataFrame({c: chosen[c] for c in BASE_COLUMNS if c in chosen.columns})
+    table["identical_to"] = [identical.get(label, "") for label in chosen["label"]]
+    table["parameters"] = table["parameters"].round().astype("Int64")  # a count: printed whole
+    for t in thresholds_of(chosen):
+        for source in TO_THRESHOLD:  # columns epochs_to_<t>, seconds_to_<t>, images_to_<t>
+            column = f"{source.removesuffix('threshold')}{t:g}"
+            table[column] = [math.inf if r.get(t) is None else float(r.get(t)) for r in chosen[source]]
+    return table[[*BASE_COLUMNS, *(c for c in table.columns if c not in BASE_COLUMNS)]]
+
+
+def load_results(runs_dir: Path) -> pd.DataFrame:
+    """The results table of the runs under `runs_dir` (what REPORT-results.csv holds)."""
+    runs = study_runs(Path(runs_dir))[0]
+    return results_table(runs, identical_groups(runs))

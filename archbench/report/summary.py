@@ -95,43 +95,36 @@ def _of_runs(values: pd.Series) -> str:
 
 
 def model_rows(study: Study) -> pd.DataFrame:
-    chosen, counted, t = study.chosen, study.counted, study.main_threshold
-    level, res, fractions = chance(study), accuracy_resolution(counted), clip_fractions(study)
-    rows = []
-    for label in study.kinds.index:
-        mine, done = chosen[chosen["label"] == label], counted[counted["label"] == label]
+    counted, t = study.counted, study.main_threshold
+    level, res = chance(study), accuracy_resolution(counted)
+
+    def row(label: str, mine: pd.DataFrame) -> dict:
+        done = counted[counted["label"] == label]
         completed = int((mine["status"] == "completed").sum())
         acc = pct(done["final_test_acc"], res) if completed else DASH
         flag = chance_flag(done["final_test_acc"], level) if completed else ""
-        acc += f" {flag}" if flag else ""
-        lrs = "/".join(f"{x:g}" for x in sorted(set(mine["lr"])))
-        f = fractions.get(label, math.nan)
-        rows.append(
-            {
-                "model": label,
-                "lr": lrs,
-                "completed": f"{completed}/{len(mine)}",
-                "final test acc (%)": acc,
-                f"epochs to {DASH if t is None else threshold_label(t)}": _time_cell(mine, t, "epochs"),
-                "train s to it": _time_cell(mine, t, "seconds"),
-                "clipped steps": DASH if not math.isfinite(f) else f"{100 * f:.0f}%{_of_runs(mine['clip_fraction'])}",
-            }
-        )
-    return pd.DataFrame(rows)
+        f = mine["clip_fraction"].mean()  # as `clip_fractions` gives it
+        return {
+            "lr": "/".join(f"{x:g}" for x in sorted(set(mine["lr"]))),
+            "completed": f"{completed}/{len(mine)}",
+            "final test acc (%)": f"{acc} {flag}" if flag else acc,
+            f"epochs to {DASH if t is None else threshold_label(t)}": _time_cell(mine, t, "epochs"),
+            "train s to it": _time_cell(mine, t, "seconds"),
+            "clipped steps": DASH if not math.isfinite(f) else f"{100 * f:.0f}%{_of_runs(mine['clip_fraction'])}",
+        }
+
+    return pd.DataFrame([{"model": label, **row(label, mine)} for label, mine in study.chosen.groupby("label")])
 
 
 def _pair_text(row) -> str:
     if not row.test:
         why = "; ".join(x for x in (f"n = {row.n_a} vs {row.n_b}" if row.n_a or row.n_b else "", row.note) if x)
         return f"{row.model_a} vs {row.model_b}: not tested ({why or 'too few seeds'})"
-    if row.verdict == RESOLVED:
-        outcome = f"{row.model_a if row.difference > 0 else row.model_b} higher"
-    else:
-        outcome = "not resolved"
+    said = outcome(row).removeprefix(f"{RESOLVED}: ")  # "<model> higher", or "not resolved"
     flag = " [rates differ]" if "rates differ" in str(row.note) else ""
     constant = f", {constant_text(row)}" if constant_text(row) else ""
     return (
-        f"{row.model_a} vs {row.model_b} {row.difference:+.2f} pts{constant}, {outcome} "
+        f"{row.model_a} vs {row.model_b} {row.difference:+.2f} pts{constant}, {said} "
         f"(Holm {p_text(row.p_adjusted)}){flag}"
     )
 
