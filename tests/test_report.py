@@ -17,7 +17,9 @@ from typer.testing import CliRunner
 from archbench import runs
 from archbench.cli import app
 from archbench.config import BENCH_DIR, GPU_RESULTS_FILE, LATENCY_FILE, DataIdentity, Recipe, RunConfig
+from archbench.errors import ArchbenchError
 from archbench.report import write_report, write_table
+from archbench.report.load import BENCHMARK_COMMAND, GPU_SCRIPT
 from archbench.runs import epochs_to_threshold
 from archbench.tuning import FORMAT_VERSION as TUNING_FORMAT
 from archbench.tuning import Trial, choose
@@ -598,6 +600,23 @@ def test_discussion_says_when_tuned_rates_are_chosen_but_not_run(study, tmp_path
 
     write_run(runs, "resnet18", 0, [0.3, 0.5], lr_source="tuned (tuning.json)", lr=1.0, run_tag="tuned")
     assert NO_TUNED_RUNS not in section(generate(tmp_path, runs), ". Discussion")
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "command"),
+    [
+        ("forward_latency.json", "{not json", BENCHMARK_COMMAND),
+        ("gpu-results.json", "[1, 2]", GPU_SCRIPT),
+    ],
+)
+def test_a_damaged_benchmark_file_names_the_command_that_writes_it(tmp_path, name, text, command):
+    runs = write_study(tmp_path / "runs")
+    damaged = tmp_path / name
+    damaged.write_text(text)
+    where = {"benchmarks": damaged} if name == "forward_latency.json" else {"gpu_results": damaged}
+    with pytest.raises(ArchbenchError) as refused:
+        generate(tmp_path, runs, **where)
+    assert str(damaged) in refused.value.message and refused.value.message.endswith(f"rerun `{command}`")
 
 
 LATENCY = {

@@ -42,15 +42,16 @@ from archbench.tuning import load_tuning
 BENCHMARK_COMMAND = f"pytest benchmarks/test_forward_latency.py --benchmark-json {LATENCY_FILE.as_posix()}"
 
 
-def _read_json(path: Path) -> dict:
+def _read_json(path: Path, command: str) -> dict:
+    """A benchmark result file as a dict, or one line naming it and the `command` that writes it anew."""
     try:
         obj = json.loads(path.read_text(encoding="utf-8"))
     except OSError as e:
         raise ArchbenchError(f"cannot read {path}: {e.strerror}") from None
     except ValueError as e:
-        raise ArchbenchError(f"{path} is not valid JSON ({e}); rerun or delete that run") from None
+        raise ArchbenchError(f"{path} is not valid JSON ({e}); rerun `{command}`") from None
     if not isinstance(obj, dict):
-        raise ArchbenchError(f"{path} does not hold a JSON object; rerun or delete that run")
+        raise ArchbenchError(f"{path} does not hold a JSON object; rerun `{command}`")
     return obj
 
 
@@ -384,7 +385,7 @@ def load_latency(path: Path) -> pd.DataFrame | None:
     path = Path(path)
     if not path.exists():
         return None
-    data = _read_json(path)
+    data = _read_json(path, BENCHMARK_COMMAND)
     benchmarks = data.get("benchmarks")
     if not isinstance(benchmarks, list):
         raise ArchbenchError(f"{path} is not pytest-benchmark JSON (no 'benchmarks' list); rerun `{BENCHMARK_COMMAND}`")
@@ -426,7 +427,7 @@ def load_gpu_results(path: Path) -> dict | None:
     path = Path(path)
     if not path.exists():
         return None
-    results = _read_json(path)
+    results = _read_json(path, GPU_SCRIPT)
     missing = [k for k in GPU_KEYS if k not in results]
     if missing:
         raise ArchbenchError(f"{path} lacks the field(s) {', '.join(missing)}; rerun `{GPU_SCRIPT}`")
