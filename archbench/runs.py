@@ -332,20 +332,21 @@ GRADNORM_TEXT_COLUMNS = ("layer", "kind")
 TIMING_COLUMNS = ("epoch_seconds", "train_images_per_s", "train_seconds")  # differ between identical runs
 
 
-def read_rows(path: Path, row_type=EpochMetrics, needed: tuple[str, ...] | None = ("epoch",)) -> tuple[list, list]:
+def read_rows(path: Path, row_type, needed: tuple[str, ...] | None = None) -> tuple[list, list]:
     """One of a run's CSVs (none: no file) as `row_type` rows in this version's names, numbers as floats, and
     the columns its older schema version lacked, read as None; `DamagedRecord` when it cannot be read or lacks
     the columns `needed` (None: every column of its schema version)."""
     if not path.exists():
         return [], []
+    names = columns(row_type)
     try:
         with open(path, newline="", encoding="utf-8") as f:
             reader = csv.DictReader(f)
             header = reader.fieldnames = [RENAMED.get(name, name) for name in reader.fieldnames or ()]
-            rows = [row_type(**{c: _value(path, c, row.get(c)) for c in columns(row_type)}) for row in reader]
+            rows = [row_type(**{c: _value(path, c, row.get(c)) for c in names}) for row in reader]
     except (csv.Error, UnicodeDecodeError):
         raise DamagedRecord(path.name, f"{path.name} is not a readable CSV") from None
-    absent = [c for c in columns(row_type) if c not in header]
+    absent = [c for c in names if c not in header]
     if needed is None:  # every column but those added after the file's version
         version = schema_version(rows[0].schema_version) if rows else SCHEMA_VERSION
         lacks = [c for c in absent if c not in added_since(version or 1)]
